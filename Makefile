@@ -1,0 +1,31 @@
+# Two entry points, each doing all set-up on a fresh machine:
+#   make demo   - create .venv, install topo_pai, analyse a pruned ResNet-20
+#   make test   - create .venv, install topo_pai with test extras, run the suite
+# OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads make torch 5-60x slower on shared cores.
+export OMP_WAIT_POLICY := PASSIVE
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench install
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first and bounded: an unbounded requirement pulls a multi-GB CUDA build on CPU machines.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet "torch>=2.2,<2.14"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m topo_pai.demo
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_core.py

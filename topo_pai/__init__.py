@@ -1,0 +1,47 @@
+"""topo_pai: the topology of sparse neural networks.
+
+Turn a torch model and its pruning masks into a layered DAG and ask how many
+input-to-output paths survive, and which nodes and weights lie on one.
+
+>>> import topo_pai
+>>> sorted(topo_pai.__all__)[:3]
+['InputShapeError', 'MaskError', 'NoPrunableLayerError']
+
+Heavy dependencies (torch, numba) load on first use, not on import.
+"""
+
+from __future__ import annotations
+
+from topo_pai.errors import (
+    InputShapeError,
+    MaskError,
+    NoPrunableLayerError,
+    PathCountTooLarge,
+    TopoPaiError,
+    TraceError,
+    UnsupportedOpError,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "from_torch": "topo_pai.topology",
+    "Topology": "topo_pai.topology",
+    "PathCount": "topo_pai.topology",
+    "NodeCounts": "topo_pai.metrics.scaled",
+    "Summary": "topo_pai.summary",
+}
+
+__all__ = [
+    "from_torch", "Topology", "PathCount", "NodeCounts", "Summary", "TopoPaiError", "MaskError",
+    "InputShapeError", "TraceError", "UnsupportedOpError", "NoPrunableLayerError",
+    "PathCountTooLarge",
+]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'topo_pai' has no attribute {name!r}")

@@ -1,0 +1,105 @@
+"""The intermediate representation that every resolution works from.
+
+``trace`` turns a torch model into a :class:`Program`: a list of :class:`Op` in
+topological order over *values* (per-sample tensors, batch dimension dropped).
+Only ops whose topology is known appear; unary elementwise ops (activations,
+normalisation, dropout) are aliases and leave no op behind.
+
+Node groups are the network input and the output of every prunable layer; the
+paths of the paper run between their units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One call of a prunable ``Linear`` or ``Conv`` module.
+
+    Convolutions are normalised to two spatial dimensions (a 1-d conv has
+    height 1), so ``stride``, ``pad`` (left/top padding) and ``dilation`` are
+    pairs. ``weight_shape`` is the parameter's true shape.
+    """
+
+    group: int  # index of the node group this layer outputs (0 is the input)
+    name: str  # module path, e.g. "layer1.0.conv1"
+    param: str  # parameter name, e.g. "layer1.0.conv1.weight"
+    kind: str  # "Linear", "Conv1d" or "Conv2d"
+    fx_node: str
+    weight_shape: tuple[int, ...]
+    groups: int = 1
+    stride: tuple[int, int] = (1, 1)
+    pad: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    @property
+    def kernel_hw(self) -> tuple[int, int]:
+        if self.kind == "Linear":
+            return (1, 1)
+        if self.kind == "Conv1d":
+            return (1, self.weight_shape[2])
+        return (self.weight_shape[2], self.weight_shape[3])
+
+    @property
+    def kernel_volume(self) -> int:
+        kh, kw = self.kernel_hw
+        return kh * kw
+
+
+@dataclass(frozen=True)
+class Op:
+    """One structural op. ``kind`` is one of ``input``, ``layer``, ``pool``,
+    ``reduce``, ``add``, ``cat``, ``reshape``; ``attrs`` holds what it needs:
+
+    * ``layer``: ``layer`` (index into ``Program.layers``);
+    * ``pool``: ``windows`` (per spatial axis, a CSR pair ``(ptr, idx)`` listing
+      the input positions of each output position);
+    * ``reduce``: ``axes`` (per-sample axes summed over);
+    * ``cat``: ``axis`` (per-sample axis).
+    """
+
+    kind: str
+    fx_node: str
+    inputs: tuple[int, ...]
+    output: int
+    attrs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Program:
+    values: list[tuple[int, ...]]  # per-sample shape of every value
+    ops: list[Op]
+    layers: list[Layer]
+    outputs: list[int]  # values that are network outputs
+    unused_params: dict[str, tuple[int, ...]]  # prunable weights not on the traced graph
+
+    @property
+    def group_values(self) -> list[int]:
+        """Value id of every node group: the input, then each layer's output."""
+        values = [self.ops[0].output]
+        by_layer = {op.attrs["layer"]: op.output for op in self.ops if op.kind == "layer"}
+        values.extend(by_layer[i] for i in range(len(self.layers)))
+        return values
+
+
+def spatial3(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """View a per-sample (C,), (C, L) or (C, H, W) shape as (C, H, W)."""
+    if len(shape) == 1:
+        return (shape[0], 1, 1)
+    if len(shape) == 2:
+        return (shape[0], 1, shape[1])
+    if len(shape) == 3:
+        return tuple(shape)  # type: ignore[return-value]
+    raise ValueError(f"only 1-d and 2-d spatial tensors are supported, got per-sample shape {shape}")
+
+
+def windows_csr(windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Pack a list of index arrays into CSR ``(ptr, idx)`` (int64)."""
+    ptr = np.zeros(len(windows) + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum([len(w) for w in windows])
+    idx = np.concatenate(windows).astype(np.int64) if windows else np.zeros(0, np.int64)
+    return ptr, idx

@@ -1,0 +1,680 @@
+"""torch.fx bridge: trace a model into a :class:`~topo_pai.graph.ir.Program`.
+
+The model is never executed. Shapes are inferred op by op from the module
+hyper-parameters and ``input_shape``, which is what lets one trace feed any
+number of mask sets cheaply, and lets a wrong ``input_shape`` be reported at
+the fx node where it stops fitting.
+
+Unknown ops are errors, never identities: a silently skipped op would give a
+silently wrong path count.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+
+from topo_pai.errors import InputShapeError, NoPrunableLayerError, TraceError, UnsupportedOpError
+from topo_pai.graph.ir import Layer, Op, Program, windows_csr
+
+
+class _Tensor:
+    """A traced tensor: the id of its value in the program."""
+
+    __slots__ = ("vid",)
+
+    def __init__(self, vid: int):
+        self.vid = vid
+
+
+class _Const:
+    """A tensor that is not on the input-to-output graph (a buffer or parameter)."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _op_tables():
+    """Map torch callables and module types onto the structural op they are."""
+    torch = _torch()
+    nn = torch.nn
+    F = torch.nn.functional
+
+    unary_modules = (
+        nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+        nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus,
+        nn.Softsign, nn.Tanhshrink, nn.LogSigmoid, nn.BatchNorm1d, nn.BatchNorm2d,
+        nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d,
+        nn.InstanceNorm2d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d,
+        nn.AlphaDropout, nn.Identity,
+    )
+    unary_functions = {
+        F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu,
+        F.selu, F.celu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, F.sigmoid, torch.sigmoid,
+        F.tanh, torch.tanh, F.softplus, F.softsign, F.logsigmoid, F.prelu, F.dropout,
+        F.dropout1d, F.dropout2d, F.alpha_dropout, F.batch_norm, F.layer_norm, F.group_norm,
+        F.instance_norm, torch.clone, torch.nn.functional.relu6,
+    }
+    unary_methods = {
+        "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "float",
+        "double", "half", "to", "detach", "type_as", "requires_grad_",
+    }
+    pool_functions = {
+        F.max_pool1d: ("max", 1), F.max_pool2d: ("max", 2), torch.max_pool1d: ("max", 1),
+        torch.max_pool2d: ("max", 2), F.avg_pool1d: ("avg", 1), F.avg_pool2d: ("avg", 2),
+        torch.avg_pool1d: ("avg", 1), F.adaptive_avg_pool1d: ("adaptive", 1),
+        F.adaptive_avg_pool2d: ("adaptive", 2), F.adaptive_max_pool1d: ("adaptive", 1),
+        F.adaptive_max_pool2d: ("adaptive", 2), torch.adaptive_avg_pool1d: ("adaptive", 1),
+    }
+    return unary_modules, unary_functions, unary_methods, pool_functions
+
+
+def _conv_out(size, k, s, p_total, d, ceil_mode=False, p_left=None):
+    span = size + p_total - d * (k - 1) - 1
+    if ceil_mode:
+        out = -(-span // s) + 1
+        # torch: the last window must start inside the input or left padding
+        if (out - 1) * s >= size + (p_left if p_left is not None else p_total // 2):
+            out -= 1
+    else:
+        out = span // s + 1
+    return out
+
+
+def _pool_windows(size, out, k, s, p, d):
+    """Input positions of each output position of a (max/avg) pool, clipped."""
+    wins = []
+    for y in range(out):
+        start = y * s - p
+        pos = start + d * np.arange(k)
+        wins.append(pos[(pos >= 0) & (pos < size)])
+    return windows_csr(wins)
+
+
+def _adaptive_windows(size, out):
+    wins = []
+    for y in range(out):
+        start = (y * size) // out
+        end = -(-((y + 1) * size) // out)
+        wins.append(np.arange(start, end))
+    return windows_csr(wins)
+
+
+def _pair(v, n):
+    if isinstance(v, (tuple, list)):
+        if len(v) == 1:
+            return tuple(v) * n
+        return tuple(v)
+    return (v,) * n
+
+
+class _Tracer:
+    def __init__(self, model, input_shape, prunable: dict[str, Any]):
+        self.model = model
+        self.input_shape = input_shape
+        self.prunable = prunable  # module name -> module, for Linear/Conv
+        self.values: list[tuple[int, ...]] = []
+        self.ops: list[Op] = []
+        self.layers: list[Layer] = []
+        self.outputs: list[int] = []
+        self.used_modules: set[str] = set()
+        self.tables = _op_tables()
+
+    # -- helpers ----------------------------------------------------------------
+    def new_value(self, shape) -> int:
+        self.values.append(tuple(int(s) for s in shape))
+        return len(self.values) - 1
+
+    def shape(self, t: _Tensor) -> tuple[int, ...]:
+        return self.values[t.vid]
+
+    def emit(self, kind, node, inputs, shape, **attrs) -> _Tensor:
+        out = self.new_value(shape)
+        self.ops.append(Op(kind, node.name, tuple(t.vid for t in inputs), out, attrs))
+        return _Tensor(out)
+
+    def unsupported(self, node, what, hint=""):
+        raise UnsupportedOpError(
+            f"fx node '{node.name}' ({node.op} {what}) has no known topology; topo_pai does not "
+            f"treat unknown ops as identity. {hint}".rstrip()
+        )
+
+    def shape_error(self, node, msg):
+        raise InputShapeError(
+            f"input_shape={tuple(self.input_shape)} does not fit the model at fx node "
+            f"'{node.name}': {msg}"
+        )
+
+    # -- dispatch ---------------------------------------------------------------
+    def run(self, graph) -> Program:
+        env: dict[Any, Any] = {}
+        n_inputs = 0
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                if n_inputs == 0:
+                    vid = self.new_value(self.input_shape)
+                    self.ops.append(Op("input", node.name, (), vid))
+                    env[node] = _Tensor(vid)
+                elif node.args:
+                    env[node] = node.args[0]  # an optional argument left at its default
+                else:
+                    raise TraceError(
+                        f"the model's forward takes more than one tensor input (fx placeholder "
+                        f"'{node.name}'); topo_pai analyses single-input models. Wrap the model so "
+                        "that forward takes one tensor."
+                    )
+                n_inputs += 1
+                continue
+            if node.op == "output":
+                self.collect_outputs(node, node.args[0], env)
+                continue
+            args = _map(node.args, env)
+            kwargs = _map(node.kwargs, env)
+            if node.op == "get_attr":
+                env[node] = _Const(_fetch_attr(self.model, node.target))
+            elif node.op == "call_module":
+                env[node] = self.call_module(node, args, kwargs)
+            elif node.op == "call_function":
+                env[node] = self.call_function(node, args, kwargs)
+            elif node.op == "call_method":
+                env[node] = self.call_method(node, args, kwargs)
+            else:  # pragma: no cover - fx has no other opcodes
+                self.unsupported(node, node.op)
+        if not self.layers:
+            raise NoPrunableLayerError(
+                "the model has no Linear or Conv1d/Conv2d layer between its input and output; "
+                "there is nothing to count paths through"
+            )
+        unused = {f"{name}.weight": tuple(_weight_shape(m)) for name, m in self.prunable.items()
+                  if name not in self.used_modules}
+        return Program(self.values, self.ops, self.layers, self.outputs, unused)
+
+    def collect_outputs(self, node, arg, env):
+        if isinstance(arg, (tuple, list)):
+            for a in arg:
+                self.collect_outputs(node, a, env)
+        elif isinstance(arg, dict):
+            for a in arg.values():
+                self.collect_outputs(node, a, env)
+        else:
+            v = env.get(arg) if _is_fx_node(arg) else None
+            if isinstance(v, _Tensor):
+                self.outputs.append(v.vid)
+
+    # -- modules ------------------------------------------------------------------
+    def call_module(self, node, args, kwargs):
+        torch = _torch()
+        nn = torch.nn
+        mod = self.model.get_submodule(node.target)
+        unary_modules = self.tables[0]
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) and type(mod).__name__ not in (
+                "LazyLinear", "LazyConv1d", "LazyConv2d"):
+            return self.layer(node, mod, x)
+        if isinstance(mod, unary_modules):
+            return self.unary(node, x)
+        if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d)):
+            if mod.return_indices:
+                self.unsupported(node, f"{type(mod).__name__}(return_indices=True)")
+            dims = 1 if isinstance(mod, nn.MaxPool1d) else 2
+            return self.pool(node, x, dims, mod.kernel_size, mod.stride, mod.padding,
+                             mod.dilation, mod.ceil_mode)
+        if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d)):
+            dims = 1 if isinstance(mod, nn.AvgPool1d) else 2
+            return self.pool(node, x, dims, mod.kernel_size, mod.stride, mod.padding, 1,
+                             mod.ceil_mode)
+        if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool1d,
+                            nn.AdaptiveMaxPool2d)):
+            if getattr(mod, "return_indices", False):
+                self.unsupported(node, f"{type(mod).__name__}(return_indices=True)")
+            dims = 1 if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)) else 2
+            return self.adaptive_pool(node, x, dims, mod.output_size)
+        if isinstance(mod, nn.Flatten):
+            return self.flatten(node, x, mod.start_dim, mod.end_dim)
+        if isinstance(mod, nn.Unflatten):
+            shape = self.batched(x)
+            dim = mod.dim % len(shape)
+            new = shape[:dim] + tuple(mod.unflattened_size) + shape[dim + 1:]
+            return self.reshape(node, x, new)
+        self.unsupported(
+            node, f"module '{node.target}' of type {type(mod).__name__}",
+            "Supported: Linear, Conv1d/2d, activations, norms, dropout, pools, Flatten.")
+
+    def layer(self, node, mod, x):
+        torch = _torch()
+        nn = torch.nn
+        if not isinstance(x, _Tensor):
+            self.unsupported(node, f"module '{node.target}' applied to a non-graph value")
+        if node.target in self.used_modules:
+            raise UnsupportedOpError(
+                f"module '{node.target}' is called more than once (fx node '{node.name}'); shared "
+                "weights would make one mask stand for several layers. Use separate modules."
+            )
+        self.used_modules.add(node.target)
+        shape = self.shape(x)
+        kind = type(mod).__name__ if not isinstance(mod, nn.Linear) else "Linear"
+        wshape = tuple(_weight_shape(mod))
+        group = len(self.layers) + 1
+        if isinstance(mod, nn.Linear):
+            if len(shape) != 1:
+                self.shape_error(node, f"Linear '{node.target}' receives per-sample shape {shape}; "
+                                       "topo_pai supports Linear on (batch, features) tensors only")
+            if shape[0] != mod.in_features:
+                self.shape_error(node, f"Linear '{node.target}' expects {mod.in_features} input "
+                                       f"features but receives {shape[0]}")
+            layer = Layer(group, node.target, f"{node.target}.weight", "Linear", node.name, wshape)
+            self.layers.append(layer)
+            return self.emit("layer", node, [x], (mod.out_features,), layer=group - 1)
+        is1d = isinstance(mod, nn.Conv1d)
+        kind = "Conv1d" if is1d else "Conv2d"
+        if mod.padding_mode != "zeros":
+            self.unsupported(node, f"{kind} '{node.target}' with padding_mode="
+                                   f"'{mod.padding_mode}'",
+                             "Only zero padding adds no edges; use padding_mode='zeros'.")
+        want = 2 if is1d else 3
+        if len(shape) != want:
+            self.shape_error(node, f"{kind} '{node.target}' needs a per-sample tensor of "
+                                   f"{want} dims, got shape {shape}")
+        if shape[0] != mod.in_channels:
+            self.shape_error(node, f"{kind} '{node.target}' expects {mod.in_channels} input "
+                                   f"channels but receives {shape[0]} (per-sample shape {shape})")
+        spatial = shape[1:]
+        ks = tuple(mod.kernel_size)
+        stride = tuple(mod.stride)
+        dil = tuple(mod.dilation)
+        if isinstance(mod.padding, str):
+            if mod.padding == "valid":
+                pl = (0,) * len(ks)
+                ptot = pl
+            else:  # 'same': torch pads d*(k-1) in total, the extra unit on the right
+                ptot = tuple(d * (k - 1) for d, k in zip(dil, ks))
+                pl = tuple(p // 2 for p in ptot)
+        else:
+            pl = tuple(mod.padding)
+            ptot = tuple(2 * p for p in pl)
+        out_sp = tuple(_conv_out(n, k, s, pt, d) for n, k, s, pt, d in
+                       zip(spatial, ks, stride, ptot, dil))
+        if any(o <= 0 for o in out_sp):
+            self.shape_error(node, f"{kind} '{node.target}' input of spatial size {spatial} is "
+                                   f"smaller than its kernel {ks} (dilation {dil})")
+        if is1d:
+            stride, pl, dil = (1,) + stride, (0,) + pl, (1,) + dil
+        layer = Layer(group, node.target, f"{node.target}.weight", kind, node.name, wshape,
+                      groups=mod.groups, stride=tuple(stride), pad=tuple(pl), dilation=tuple(dil))
+        self.layers.append(layer)
+        return self.emit("layer", node, [x], (mod.out_channels,) + out_sp, layer=group - 1)
+
+    # -- structural ops -------------------------------------------------------------
+    def unary(self, node, x):
+        if isinstance(x, _Tensor):
+            return x
+        return x if isinstance(x, _Const) else self.unsupported(node, "unary op on a non-tensor")
+
+    def batched(self, x) -> tuple[int, ...]:
+        return (1,) + self.shape(x)
+
+    def pool(self, node, x, dims, kernel, stride, padding, dilation, ceil_mode):
+        shape = self.shape(x)
+        if len(shape) != dims + 1:
+            self.shape_error(node, f"a {dims}-d pool needs a per-sample tensor of {dims + 1} "
+                                   f"dims, got shape {shape}")
+        ks = _pair(kernel, dims)
+        ss = _pair(stride if stride not in (None, (), []) else kernel, dims)
+        ps = _pair(padding, dims)
+        ds = _pair(dilation, dims)
+        windows, out_sp = [], []
+        for n, k, s, p, d in zip(shape[1:], ks, ss, ps, ds):
+            o = _conv_out(n, k, s, 2 * p, d, ceil_mode, p_left=p)
+            if o <= 0:
+                self.shape_error(node, f"pool window {ks} does not fit spatial size {shape[1:]}")
+            out_sp.append(o)
+            windows.append(_pool_windows(n, o, k, s, p, d))
+        return self.emit_pool(node, x, shape, out_sp, windows)
+
+    def adaptive_pool(self, node, x, dims, output_size):
+        shape = self.shape(x)
+        if len(shape) != dims + 1:
+            self.shape_error(node, f"a {dims}-d adaptive pool needs a per-sample tensor of "
+                                   f"{dims + 1} dims, got shape {shape}")
+        outs = _pair(output_size, dims)
+        windows, out_sp = [], []
+        for n, o in zip(shape[1:], outs):
+            o = n if o is None else int(o)
+            out_sp.append(o)
+            windows.append(_adaptive_windows(n, o))
+        return self.emit_pool(node, x, shape, out_sp, windows)
+
+    def emit_pool(self, node, x, shape, out_sp, windows):
+        if len(windows) == 1:  # 1-d pools act on the width of a (C, 1, L) view
+            windows = [windows_csr([np.zeros(1, np.int64)])] + windows
+        return self.emit("pool", node, [x], (shape[0],) + tuple(out_sp), windows=windows)
+
+    def reduce(self, node, x, dim, keepdim):
+        shape = self.batched(x)
+        if dim is None:
+            self.unsupported(node, "reduction over all dims",
+                             "Reduce over spatial dims only, e.g. x.mean((2, 3)).")
+        dims = sorted({d % len(shape) for d in (dim if isinstance(dim, (tuple, list)) else (dim,))})
+        if 0 in dims or 1 in dims:
+            self.unsupported(node, f"reduction over dims {tuple(dims)} of a tensor of shape "
+                                   f"{shape}", "Only reductions over spatial dims (>= 2) are "
+                                               "supported; dims 0 and 1 are batch and channel.")
+        axes = tuple(d - 1 for d in dims)
+        per = self.shape(x)
+        out = tuple(1 if i in axes else s for i, s in enumerate(per)) if keepdim else \
+            tuple(s for i, s in enumerate(per) if i not in axes)
+        return self.emit("reduce", node, [x], out, axes=axes)
+
+    def flatten(self, node, x, start_dim=0, end_dim=-1):
+        shape = self.batched(x)
+        s, e = start_dim % len(shape), end_dim % len(shape)
+        if s == 0:
+            self.unsupported(node, "flatten of the batch dimension",
+                             "Flatten from dim 1, e.g. torch.flatten(x, 1).")
+        new = shape[:s] + (int(np.prod(shape[s:e + 1])),) + shape[e + 1:]
+        return self.reshape(node, x, new)
+
+    def reshape(self, node, x, new_batched):
+        old = self.batched(x)
+        total = int(np.prod(old))
+        new = [int(v) for v in new_batched]
+        if new.count(-1) > 1:
+            self.unsupported(node, f"reshape to {tuple(new)}")
+        if -1 in new:
+            known = int(np.prod([v for v in new if v != -1]))
+            new[new.index(-1)] = total // known if known else 0
+        if int(np.prod(new)) != total:
+            self.shape_error(node, f"cannot reshape per-sample shape {old[1:]} to {tuple(new)}")
+        if not new or new[0] != 1:
+            self.unsupported(node, f"reshape from {old} to {tuple(new)} mixes the batch "
+                                   "dimension", "Keep dim 0 as the batch, e.g. x.view(x.size(0), -1).")
+        new_ps = tuple(new[1:])
+        if new_ps == self.shape(x):
+            return x
+        if len(new_ps) == 0:
+            self.unsupported(node, "reshape to a per-sample scalar")
+        a = int(np.prod(self.shape(x)[1:]))
+        b = int(np.prod(new_ps[1:]))
+        if not (a % b == 0 or b % a == 0):
+            self.unsupported(node, f"reshape from {old} to {tuple(new)}: its channels (dim 1) "
+                                   "neither split nor merge whole channels",
+                             "Reshape into features, e.g. x.flatten(1).")
+        return self.emit("reshape", node, [x], new_ps)
+
+    def add(self, node, a, b):
+        ta, tb = isinstance(a, _Tensor), isinstance(b, _Tensor)
+        if ta and tb:
+            if self.shape(a) != self.shape(b):
+                self.unsupported(node, f"add of shapes {self.shape(a)} and {self.shape(b)}",
+                                 "Broadcasting adds between graph tensors are not supported.")
+            return self.emit("add", node, [a, b], self.shape(a))
+        if ta:
+            return self.offset(node, a, b)
+        if tb:
+            return self.offset(node, b, a)
+        return _concrete(node, operator.add, (a, b), {})
+
+    def offset(self, node, t, other):
+        """``t + c`` or ``t * c`` with a constant ``c``: no edges, units unchanged."""
+        if isinstance(other, (int, float, bool)) or other is None:
+            return t
+        if isinstance(other, _Const):
+            torch = _torch()
+            c = other.tensor
+            if isinstance(c, torch.Tensor) and c.dim() <= len(self.shape(t)) + 1:
+                try:
+                    torch.broadcast_shapes(tuple(c.shape), self.batched(t))
+                    if torch.broadcast_shapes(tuple(c.shape), self.batched(t)) == self.batched(t):
+                        return t
+                except RuntimeError:
+                    pass
+        self.unsupported(node, f"{node.target} with a non-scalar operand")
+
+    def cat(self, node, tensors, dim):
+        if not all(isinstance(t, _Tensor) for t in tensors):
+            self.unsupported(node, "cat with a tensor that is not on the graph")
+        shapes = [self.batched(t) for t in tensors]
+        d = dim % len(shapes[0])
+        if d == 0:
+            self.unsupported(node, "cat along the batch dimension")
+        for s in shapes[1:]:
+            if len(s) != len(shapes[0]) or any(x != y for i, (x, y) in
+                                               enumerate(zip(s, shapes[0])) if i != d):
+                self.shape_error(node, f"cat of mismatched shapes {shapes}")
+        out = list(shapes[0][1:])
+        out[d - 1] = sum(s[d] for s in shapes)
+        if len(tensors) == 1:
+            return tensors[0]
+        return self.emit("cat", node, tensors, tuple(out), axis=d - 1)
+
+    # -- functions and methods --------------------------------------------------------
+    def call_function(self, node, args, kwargs):
+        torch = _torch()
+        fn = node.target
+        _, unary_functions, _, pool_functions = self.tables
+        if not _has_tensor(args, kwargs):
+            return _concrete(node, fn, args, kwargs)
+        if fn in unary_functions:
+            return self.unary(node, args[0] if args else kwargs.get("input"))
+        if fn in (operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub):
+            a = args[0] if args else kwargs["input"]
+            b = args[1] if len(args) > 1 else kwargs.get("other")
+            return self.add(node, a, b)
+        if fn in (operator.mul, operator.imul, torch.mul, operator.truediv, torch.div,
+                  operator.neg):
+            a = args[0]
+            b = args[1] if len(args) > 1 else None
+            if isinstance(a, _Tensor) and isinstance(b, _Tensor):
+                self.unsupported(node, f"{getattr(fn, '__name__', fn)} of two graph tensors",
+                                 "Multiplicative gating has no path semantics here.")
+            t, c = (a, b) if isinstance(a, _Tensor) else (b, a)
+            return self.offset(node, t, c)
+        if fn in pool_functions:
+            return self.pool_function(node, fn, pool_functions[fn], args, kwargs)
+        if fn is torch.flatten:
+            x = args[0]
+            start = args[1] if len(args) > 1 else kwargs.get("start_dim", 0)
+            end = args[2] if len(args) > 2 else kwargs.get("end_dim", -1)
+            return self.flatten(node, x, start, end)
+        if fn is torch.reshape:
+            return self.reshape(node, args[0], args[1])
+        if fn in (torch.cat, torch.concat, torch.concatenate):
+            tensors = args[0] if args else kwargs["tensors"]
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+            return self.cat(node, list(tensors), dim)
+        if fn in (torch.mean, torch.sum, torch.amax):
+            return self.reduce(node, args[0], args[1] if len(args) > 1 else kwargs.get("dim"),
+                               args[2] if len(args) > 2 else kwargs.get("keepdim", False))
+        if fn is getattr:
+            return self.attribute(node, args[0], args[1])
+        if fn is operator.getitem and isinstance(args[0], _Tensor):
+            self.unsupported(node, "indexing/slicing a tensor")
+        if fn in (torch.squeeze, torch.unsqueeze):
+            return self.call_method(node, (args[0], *args[1:]), kwargs, name=fn.__name__)
+        self.unsupported(node, f"function {getattr(fn, '__module__', '')}."
+                               f"{getattr(fn, '__name__', repr(fn))}")
+
+    def pool_function(self, node, fn, spec, args, kwargs):
+        style, dims = spec
+        x = args[0]
+        names = {
+            "max": ["kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"],
+            "avg": ["kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                    "divisor_override"],
+            "adaptive": ["output_size", "return_indices"],
+        }[style]
+        params = dict(zip(names, args[1:]))
+        params.update({k: v for k, v in kwargs.items() if k != "input"})
+        if params.get("return_indices"):
+            self.unsupported(node, "pool with return_indices=True")
+        if style == "adaptive":
+            return self.adaptive_pool(node, x, dims, params["output_size"])
+        return self.pool(node, x, dims, params["kernel_size"], params.get("stride"),
+                         params.get("padding", 0), params.get("dilation", 1),
+                         bool(params.get("ceil_mode", False)))
+
+    def attribute(self, node, x, name):
+        if isinstance(x, _Tensor):
+            if name == "shape":
+                return _torch().Size(self.batched(x))
+            if name == "ndim":
+                return len(self.batched(x))
+            self.unsupported(node, f"tensor attribute '{name}'")
+        return _concrete(node, getattr, (x, name), {})
+
+    def call_method(self, node, args, kwargs, name=None):
+        name = name or node.target
+        x = args[0]
+        if not isinstance(x, _Tensor):
+            if _has_tensor(args, kwargs):
+                self.unsupported(node, f"method '{name}' on a non-graph value")
+            return _concrete(node, lambda obj, *a, **k: getattr(obj, name)(*a, **k), args, kwargs)
+        rest = args[1:]
+        unary_methods = self.tables[2]
+        if name in unary_methods:
+            return x
+        if name == "size":
+            shape = _torch().Size(self.batched(x))
+            d = rest[0] if rest else kwargs.get("dim")
+            return shape if d is None else shape[d]
+        if name == "dim":
+            return len(self.batched(x))
+        if name in ("view", "reshape"):
+            shape = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+            if len(rest) == 1 and not isinstance(rest[0], (tuple, list, int)):
+                self.unsupported(node, f"{name} with a dtype or tensor argument")
+            return self.reshape(node, x, tuple(shape))
+        if name == "view_as" or name == "reshape_as":
+            other = rest[0]
+            return self.reshape(node, x, self.batched(other))
+        if name == "flatten":
+            start = rest[0] if rest else kwargs.get("start_dim", 0)
+            end = rest[1] if len(rest) > 1 else kwargs.get("end_dim", -1)
+            return self.flatten(node, x, start, end)
+        if name in ("squeeze", "unsqueeze"):
+            shape = list(self.batched(x))
+            dim = rest[0] if rest else kwargs.get("dim")
+            if name == "unsqueeze":
+                d = dim % (len(shape) + 1)
+                shape.insert(d, 1)
+            else:
+                dims = range(len(shape)) if dim is None else (
+                    dim if isinstance(dim, (tuple, list)) else (dim,))
+                dims = {d % len(shape) for d in dims}
+                shape = [s for i, s in enumerate(shape) if not (i in dims and s == 1 and i > 0)]
+            return self.reshape(node, x, tuple(shape))
+        if name in ("mean", "sum", "amax"):
+            dim = rest[0] if rest else kwargs.get("dim")
+            keep = rest[1] if len(rest) > 1 else kwargs.get("keepdim", False)
+            return self.reduce(node, x, dim, keep)
+        if name in ("add", "add_", "sub", "sub_"):
+            return self.add(node, x, rest[0] if rest else kwargs.get("other"))
+        if name in ("mul", "mul_", "div", "div_"):
+            other = rest[0] if rest else kwargs.get("other")
+            if isinstance(other, _Tensor):
+                self.unsupported(node, f"method '{name}' of two graph tensors",
+                                 "Multiplicative gating has no path semantics here.")
+            return self.offset(node, x, other)
+        self.unsupported(node, f"method '{name}'")
+
+
+def _concrete(node, fn, args, kwargs):
+    """Evaluate an op on plain Python values (sizes, ints) as the model would."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the node named
+        raise TraceError(f"could not evaluate fx node '{node.name}' ({node.target}) on constant "
+                         f"arguments: {exc}") from exc
+
+
+def _is_fx_node(x) -> bool:
+    torch = _torch()
+    return isinstance(x, torch.fx.Node)
+
+
+def _map(obj, env):
+    torch = _torch()
+    return torch.fx.node.map_arg(obj, lambda n: env[n])
+
+
+def _has_tensor(args, kwargs) -> bool:
+    found = []
+
+    def visit(v):
+        if isinstance(v, (_Tensor, _Const)):
+            found.append(v)
+        elif isinstance(v, (tuple, list)):
+            for x in v:
+                visit(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                visit(x)
+
+    visit(args)
+    visit(kwargs)
+    return any(isinstance(v, _Tensor) for v in found) or any(isinstance(v, _Const) for v in found)
+
+
+def _fetch_attr(gm, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _weight_shape(mod):
+    orig = getattr(mod, "weight_orig", None)
+    if orig is not None:
+        return orig.shape
+    parametrizations = getattr(mod, "parametrizations", None)
+    if parametrizations is not None and "weight" in parametrizations:
+        return parametrizations["weight"].original.shape
+    return mod.weight.shape
+
+
+def prunable_modules(model) -> dict[str, Any]:
+    """Modules whose ``weight`` carries edges: Linear, Conv1d and Conv2d."""
+    torch = _torch()
+    nn = torch.nn
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+
+
+def trace(model, input_shape) -> Program:
+    """Trace ``model`` with torch.fx and infer every value's shape from ``input_shape``."""
+    torch = _torch()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except TypeError as exc:
+        raise InputShapeError(
+            f"input_shape must be a tuple of ints without the batch dimension, e.g. (3, 32, 32); "
+            f"got {input_shape!r}") from exc
+    if not shape or any(s <= 0 for s in shape):
+        raise InputShapeError(
+            f"input_shape must be a non-empty tuple of positive ints without the batch dimension, "
+            f"e.g. (3, 32, 32); got {input_shape!r}")
+    try:
+        # Tracer.trace gives the Graph without compiling a GraphModule, which we never run.
+        graph = torch.fx.Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 - fx raises many types; all become TraceError
+        raise TraceError(
+            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}. "
+            "Data-dependent control flow (if/for on tensor values) cannot be traced; make it "
+            "static or move it out of forward."
+        ) from exc
+    return _Tracer(model, shape, prunable_modules(model)).run(graph)
+
+
+__all__ = ["trace", "prunable_modules"]

@@ -1,0 +1,97 @@
+"""Pure-numpy references for the numba kernels.
+
+They work for any dtype, including ``object`` arrays of Python ints, which is
+how :attr:`topo_pai.PathCount.exact` gets arbitrary-precision counts. They loop
+over unpruned weight elements and use numpy slicing over positions, so they are
+slow but short enough to check by eye.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _valid_range(pad, k, dil, stride, in_size, out_size):
+    first = pad - k * dil
+    lo = 0 if first <= 0 else -(-first // stride)
+    last = in_size - 1 + pad - k * dil
+    hi = -1 if last < 0 else last // stride
+    return lo, min(hi, out_size - 1) + 1
+
+
+def _shifted(lo, hi, pad, k, dil, stride):
+    start = lo * stride - pad + k * dil
+    return slice(start, start + (hi - lo - 1) * stride + 1, stride)
+
+
+def conv_forward(x, weights, groups, stride, pad, dil, out_hw):
+    """``out[o]`` = sum over unpruned ``(o, i, kh, kw)`` of ``w * x[g*I + i, window]``.
+
+    ``x`` has shape (C, H, W); ``weights`` (O, I, KH, KW) holds multiplicities
+    (0/1 masks, or |w| for weighted flows).
+    """
+    C, H, W = x.shape
+    O, per_group, _, _ = weights.shape
+    OH, OW = out_hw
+    out = np.zeros((O, OH, OW), dtype=x.dtype)
+    if x.dtype == object:
+        out[...] = 0
+    out_per_group = O // groups
+    for o, i, kh, kw in zip(*np.nonzero(weights)):
+        ci = (o // out_per_group) * per_group + i
+        h_lo, h_hi = _valid_range(pad[0], kh, dil[0], stride[0], H, OH)
+        w_lo, w_hi = _valid_range(pad[1], kw, dil[1], stride[1], W, OW)
+        if h_lo >= h_hi or w_lo >= w_hi:
+            continue
+        window = x[ci, _shifted(h_lo, h_hi, pad[0], kh, dil[0], stride[0]),
+                   _shifted(w_lo, w_hi, pad[1], kw, dil[1], stride[1])]
+        out[o, h_lo:h_hi, w_lo:w_hi] += weights[o, i, kh, kw] * window
+    return out
+
+
+def conv_backward(gout, weights, groups, stride, pad, dil, in_chw):
+    """Transpose of :func:`conv_forward`."""
+    C, H, W = in_chw
+    O, per_group, _, _ = weights.shape
+    _, OH, OW = gout.shape
+    gin = np.zeros((C, H, W), dtype=gout.dtype)
+    if gout.dtype == object:
+        gin[...] = 0
+    out_per_group = O // groups
+    for o, i, kh, kw in zip(*np.nonzero(weights)):
+        ci = (o // out_per_group) * per_group + i
+        h_lo, h_hi = _valid_range(pad[0], kh, dil[0], stride[0], H, OH)
+        w_lo, w_hi = _valid_range(pad[1], kw, dil[1], stride[1], W, OW)
+        if h_lo >= h_hi or w_lo >= w_hi:
+            continue
+        gin[ci, _shifted(h_lo, h_hi, pad[0], kh, dil[0], stride[0]),
+            _shifted(w_lo, w_hi, pad[1], kw, dil[1], stride[1])] += (
+                weights[o, i, kh, kw] * gout[o, h_lo:h_hi, w_lo:w_hi])
+    return gin
+
+
+def pool_forward(x, hwin, wwin):
+    """Sum pooling over explicit windows: ``hwin[y]``/``wwin[z]`` list input rows/cols."""
+    C = x.shape[0]
+    out = np.zeros((C, len(hwin), len(wwin)), dtype=x.dtype)
+    if x.dtype == object:
+        out[...] = 0
+    for y, rows in enumerate(hwin):
+        for z, cols in enumerate(wwin):
+            block = x[:, rows][:, :, cols]
+            out[:, y, z] = block.reshape(C, -1).sum(axis=1) if block.size else 0
+    return out
+
+
+def pool_backward(gout, hwin, wwin, in_hw):
+    """Transpose of :func:`pool_forward`."""
+    C = gout.shape[0]
+    gin = np.zeros((C,) + tuple(in_hw), dtype=gout.dtype)
+    if gout.dtype == object:
+        gin[...] = 0
+    for y, rows in enumerate(hwin):
+        for z, cols in enumerate(wwin):
+            for r in rows:
+                for c in cols:
+                    gin[:, r, c] += gout[:, y, z]
+    return gin

@@ -1,0 +1,449 @@
+"""``from_torch`` and :class:`Topology`: the masked network as a layered DAG.
+
+Semantics (tested in ``tests/``):
+
+* **Nodes** are the units of the network input and of the output of every
+  Linear and Conv layer. At ``"channel"`` resolution a unit is a channel (or a
+  feature of a 1-d tensor), the paper's model; at ``"neuron"`` resolution it is
+  an element of the per-sample tensor.
+* **Edges** are unpruned weights. At channel resolution a conv weight element
+  ``(o, i, kh, kw)`` is one parallel edge from input channel ``i`` (within its
+  group) to output channel ``o``; at neuron resolution there is one edge per
+  unpruned element and output position whose input position lies inside the
+  input (padding adds no nodes).
+* **Non-parametric ops are structure.** Elementwise ops keep units, ``+``
+  merges (counts add), ``cat`` stacks, a pool output unit connects to every
+  input unit of its window (channel ``c`` to channel ``c`` once at channel
+  resolution, as does a spatial mean), and a flatten maps channel ``c`` to its
+  ``H*W`` features, so a Linear after it has one parallel edge from ``c`` per
+  unpruned weight among them. Biases are neither nodes nor edges.
+* **Paths** run from an input unit to an output unit. A node is *effective*
+  when a path passes through it; so is an unpruned weight element (at neuron
+  resolution: at some output position).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from topo_pai.errors import MaskError, PathCountTooLarge
+from topo_pai.graph.ir import Program
+from topo_pai.graph.masks import LayerMask, attached_masks, layer_mask, scan, validate_keys
+from topo_pai.graph.structure import build_structure
+from topo_pai.graph.trace import trace
+from topo_pai.metrics import exact as X
+from topo_pai.metrics.channel import Block, ChannelGraph, build_blocks
+from topo_pai.metrics.neuron import NeuronGraph
+from topo_pai.metrics.scaled import NodeCounts, Scaled
+from topo_pai.summary import Summary
+
+RESOLUTIONS = ("channel", "neuron")
+
+
+def _check_resolution(resolution: str) -> str:
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be 'channel' or 'neuron', got {resolution!r}")
+    return resolution
+
+
+class PathCount:
+    """The number of input-to-output paths.
+
+    ``log10`` is always available and finite for any non-empty network (``-inf``
+    when there are no paths). ``exact`` is the exact Python int, computed on
+    first access with arbitrary precision; it raises :class:`PathCountTooLarge`
+    when the work (edges times 64-bit words of the count) would exceed
+    ``topo_pai.metrics.exact.EXACT_MAX_WORK`` (3e8). Use :meth:`exact_value`
+    with a larger ``max_work`` to insist.
+    """
+
+    def __init__(self, log10: float, resolution: str, exact_fn, work: float):
+        self.log10 = float(log10)
+        self.resolution = resolution
+        self._exact_fn = exact_fn
+        self._work = work
+        self._exact: int | None = None
+
+    @property
+    def exact(self) -> int:
+        return self.exact_value()
+
+    def exact_value(self, max_work: float | None = None) -> int:
+        """The exact count; refuses when the estimated work exceeds ``max_work``."""
+        if self._exact is None:
+            limit = X.EXACT_MAX_WORK if max_work is None else max_work
+            if self._work > limit:
+                raise PathCountTooLarge(
+                    f"an exact {self.resolution}-resolution count needs ~{self._work:.2g} units of "
+                    f"work (edges x 64-bit words), above max_work={limit:.2g}; use .log10, or call "
+                    "exact_value(max_work=...) to insist")
+            self._exact = int(self._exact_fn())
+        return self._exact
+
+    def __float__(self) -> float:
+        return math.inf if self.log10 > 308 else (0.0 if self.log10 == -math.inf
+                                                   else 10.0 ** self.log10)
+
+    def __repr__(self) -> str:
+        return f"PathCount(log10={self.log10:.6g}, resolution={self.resolution!r})"
+
+
+@dataclass
+class _State:
+    fwd: dict  # group -> Scaled (channel) / value id -> Scaled (neuron)
+    bwd: dict
+    rf: dict  # 0/1 float arrays, same keys
+    rb: dict
+
+
+class Topology:
+    """A masked network as a layered DAG of node groups.
+
+    Build one with :func:`from_torch`. Queries take ``resolution="channel"``
+    (the paper's channel multigraph) or ``"neuron"`` (spatially unrolled) and are
+    cached; :meth:`with_masks` reuses the traced structure for other masks.
+    """
+
+    def __init__(self, program: Program, structure, layer_masks: list[LayerMask],
+                 unused_masks: dict[str, np.ndarray], param_names: set[str], index_dtype):
+        self.program = program
+        self._structure = structure
+        self._layer_masks = layer_masks
+        self._unused = unused_masks
+        self._param_names = param_names
+        self._index_dtype = index_dtype
+        layer_inputs, outputs, sizes = structure
+        self._channel = ChannelGraph(sizes, build_blocks(layer_inputs, layer_masks), layer_inputs,
+                                     outputs, layer_masks)
+        self._neuron = NeuronGraph(program, layer_masks)
+        self._states: dict[str, _State] = {}
+
+    # -- construction ---------------------------------------------------------------
+    @classmethod
+    def _build(cls, program, structure, masks, param_names, index_dtype) -> "Topology":
+        if masks is None:
+            masks = {}
+        if not isinstance(masks, Mapping):
+            raise MaskError(f"masks must be a mapping from parameter name to a 0/1 tensor, got "
+                            f"{type(masks).__name__}")
+        validate_keys(masks, program, param_names)
+        if index_dtype is None:
+            index_dtype = np.int32
+        index_dtype = np.dtype(index_dtype)
+        if index_dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+            raise ValueError(f"index_dtype must be int32 or int64, got {index_dtype}")
+        layer_masks = []
+        in_units = {op.attrs["layer"]: program.values[op.inputs[0]][0]
+                    for op in program.ops if op.kind == "layer"}
+        for i, layer in enumerate(program.layers):
+            layer_masks.append(layer_mask(layer, in_units[i], masks.get(layer.param), index_dtype))
+        unused = {}
+        for name, shape in program.unused_params.items():
+            if name in masks:
+                unused[name] = scan(name, masks[name], shape, 1, 1, 1)[0]
+            else:
+                unused[name] = np.ones(shape, dtype=np.uint8)
+        return cls(program, structure, layer_masks, unused, param_names, index_dtype)
+
+    def with_masks(self, masks: Mapping[str, Any] | None) -> "Topology":
+        """A new Topology for other masks on the same model, without tracing again.
+
+        A prunable weight missing from ``masks`` is dense.
+        """
+        return Topology._build(self.program, self._structure, masks, self._param_names,
+                               self._index_dtype)
+
+    # -- structure ----------------------------------------------------------------------
+    @property
+    def layers(self):
+        """The prunable layers in topological order (:class:`~topo_pai.graph.ir.Layer`)."""
+        return list(self.program.layers)
+
+    @property
+    def group_names(self) -> list[str]:
+        """Node-group names: ``"input"``, then each layer's module path."""
+        return ["input"] + [layer.name for layer in self.program.layers]
+
+    @property
+    def blocks(self) -> list[Block]:
+        """Channel-level CSR blocks ``(src group, dst group, matrix)`` in topological order."""
+        return list(self._channel.blocks)
+
+    @property
+    def masks(self) -> dict[str, np.ndarray]:
+        """The validated masks as read-only uint8 arrays (every prunable weight)."""
+        out = {layer.param: lm.mask for layer, lm in zip(self.program.layers, self._layer_masks)}
+        out.update(self._unused)
+        for arr in out.values():
+            arr.flags.writeable = False
+        return out
+
+    def n_nodes(self, resolution: str = "channel") -> int:
+        _check_resolution(resolution)
+        values = self.program.group_values
+        if resolution == "channel":
+            return sum(self.program.values[v][0] for v in values)
+        return sum(int(np.prod(self.program.values[v])) for v in values)
+
+    @property
+    def n_params(self) -> int:
+        """Number of prunable weight elements (Linear and Conv weights)."""
+        return int(sum(lm.mask.size for lm in self._layer_masks)
+                   + sum(m.size for m in self._unused.values()))
+
+    @property
+    def n_unpruned(self) -> int:
+        return int(sum(lm.unpruned for lm in self._layer_masks)
+                   + sum(int(m.sum()) for m in self._unused.values()))
+
+    # -- engines --------------------------------------------------------------------------
+    def _state(self, resolution: str) -> _State:
+        _check_resolution(resolution)
+        if resolution not in self._states:
+            if resolution == "channel":
+                g = self._channel
+                fwd, bwd = dict(enumerate(g.forward())), dict(enumerate(g.backward()))
+            else:
+                g = self._neuron
+                fwd, bwd = g.forward(), g.backward()
+            # Reachability is read off the counts unless scaling may have flushed a
+            # tiny count to zero; then it is recomputed in 0/1 arithmetic.
+            if any(s.risky for s in fwd.values()) or any(s.risky for s in bwd.values()):
+                if resolution == "channel":
+                    rf, rb = dict(enumerate(g.reach_forward())), dict(enumerate(g.reach_backward()))
+                else:
+                    rf = {v: s.m for v, s in g.forward(saturate=True).items()}
+                    rb = {v: s.m for v, s in g.backward(saturate=True).items()}
+            else:  # every consumer of rf/rb only asks "> 0", which the counts answer
+                rf = {v: s.m for v, s in fwd.items()}
+                rb = {v: s.m for v, s in bwd.items()}
+            self._states[resolution] = _State(fwd, bwd, rf, rb)
+        return self._states[resolution]
+
+    def _group_keys(self, resolution: str) -> list:
+        """Engine keys of the node groups: group ids (channel) or value ids (neuron)."""
+        if resolution == "channel":
+            return list(range(len(self.program.layers) + 1))
+        return self.program.group_values
+
+    def _layer_io(self, layer: int) -> tuple[int, int]:
+        op = next(op for op in self.program.ops
+                  if op.kind == "layer" and op.attrs["layer"] == layer)
+        return op.inputs[0], op.output
+
+    # -- queries --------------------------------------------------------------------------
+    def count_paths(self, resolution: str = "channel") -> PathCount:
+        """Number of input-to-output paths (see :class:`PathCount`)."""
+        st = self._state(resolution)
+        if resolution == "channel":
+            log10 = self._channel.log10_paths([st.fwd[g] for g in range(len(st.fwd))])
+            n_entries = sum(b.nnz for b in self._channel.blocks)
+            work = X.estimate_work(self.program, self._layer_masks, resolution, log10, n_entries)
+            return PathCount(log10, resolution, lambda: X.channel_exact(self._channel), work)
+        parts = [st.fwd[v] for v in self.program.outputs]
+        from topo_pai.metrics.scaled import log10_sum
+
+        log10 = log10_sum(parts)
+        work = X.estimate_work(self.program, self._layer_masks, resolution, log10, 0)
+        return PathCount(log10, resolution,
+                         lambda: X.neuron_exact(self.program, self._layer_masks), work)
+
+    def _effective_nodes_per_group(self, resolution: str) -> list[int]:
+        st = self._state(resolution)
+        return [int(np.count_nonzero((st.rf[k] > 0) & (st.rb[k] > 0)))
+                for k in self._group_keys(resolution)]
+
+    def effective_nodes(self, resolution: str = "channel") -> int:
+        """Number of nodes on at least one input-to-output path."""
+        return sum(self._effective_nodes_per_group(resolution))
+
+    def _effective_params_per_layer(self, resolution: str) -> list[int]:
+        st = self._state(resolution)
+        if resolution == "channel":
+            return self._channel.effective_params(st.rf, st.rb)
+        from topo_pai.kernels import propagate as K
+
+        counts = []
+        for i, (layer, lm) in enumerate(zip(self.program.layers, self._layer_masks)):
+            vin, vout = self._layer_io(i)
+            if layer.kind == "Linear":
+                counts.append(int(K.csr_bilinear(lm.indptr, lm.indices, lm.data, st.rb[vout],
+                                                 st.rf[vin])))
+            else:
+                _, flags = self._neuron.effective_flags(i, st.rf[vin], st.rb[vout])
+                counts.append(int(flags.sum()))
+        return counts
+
+    def effective_params(self, resolution: str = "channel") -> int:
+        """Number of unpruned weight elements on at least one input-to-output path."""
+        return sum(self._effective_params_per_layer(resolution))
+
+    def effective_masks_numpy(self, resolution: str = "channel") -> dict[str, np.ndarray]:
+        """Like :meth:`effective_masks` but with numpy bool arrays."""
+        st = self._state(resolution)
+        out: dict[str, np.ndarray] = {}
+        for i, (layer, lm) in enumerate(zip(self.program.layers, self._layer_masks)):
+            vin, vout = self._layer_io(i)
+            mask = lm.mask.astype(bool)
+            if resolution == "channel":
+                fin = self._channel.layer_input_reach(i, st.rf) > 0
+                bout = st.rb[layer.group] > 0
+            else:
+                fin, bout = st.rf[vin] > 0, st.rb[vout] > 0
+            if layer.kind == "Linear":
+                eff = mask & bout[:, None] & fin[None, :]
+            elif resolution == "channel":
+                O, per_group = layer.weight_shape[:2]
+                o = np.arange(O)
+                cols = (o // (O // layer.groups))[:, None] * per_group + np.arange(per_group)
+                pair = bout[:, None] & fin[cols]
+                eff = mask & pair.reshape(pair.shape + (1,) * (mask.ndim - 2))
+            else:
+                flat, flags = self._neuron.effective_flags(i, st.rf[vin], st.rb[vout])
+                eff = np.zeros(mask.size, dtype=bool)
+                eff[flat] = flags.astype(bool)
+                eff = eff.reshape(mask.shape)
+            out[layer.param] = eff
+        for name, m in self._unused.items():
+            out[name] = np.zeros(m.shape, dtype=bool)
+        return out
+
+    def effective_masks(self, resolution: str = "channel") -> dict:
+        """Bool torch tensors marking the effective weights of every prunable weight."""
+        import torch
+
+        return {k: torch.from_numpy(v) for k, v in self.effective_masks_numpy(resolution).items()}
+
+    def forward_counts(self, resolution: str = "channel") -> dict[str, NodeCounts]:
+        """Paths from the inputs to every node, per node group (overflow-safe)."""
+        return self._node_counts(resolution, self._state(resolution).fwd)
+
+    def backward_counts(self, resolution: str = "channel") -> dict[str, NodeCounts]:
+        """Paths from every node to the outputs, per node group (overflow-safe)."""
+        return self._node_counts(resolution, self._state(resolution).bwd)
+
+    def _node_counts(self, resolution, table) -> dict[str, NodeCounts]:
+        out = {}
+        for name, key in zip(self.group_names, self._group_keys(resolution)):
+            s: Scaled = table[key]
+            m = s.m if resolution == "channel" else s.m.reshape(self.program.values[key])
+            out[name] = NodeCounts(m, s.e)
+        return out
+
+    def summary(self, resolution: str = "channel") -> Summary:
+        """Per-layer table: params, unpruned, effective params, nodes, paths in and out."""
+        st = self._state(resolution)
+        nodes_eff = self._effective_nodes_per_group(resolution)
+        params_eff = [0] + self._effective_params_per_layer(resolution)
+        keys = self._group_keys(resolution)
+        values = self.program.group_values
+        rows = []
+        for g, (name, key) in enumerate(zip(self.group_names, keys)):
+            shape = self.program.values[values[g]]
+            if g == 0:
+                kind, wshape, params, unpruned = "input", shape, 0, 0
+            else:
+                layer = self.program.layers[g - 1]
+                lm = self._layer_masks[g - 1]
+                kind, wshape, params, unpruned = layer.kind, layer.weight_shape, lm.mask.size, \
+                    lm.unpruned
+            n_nodes = shape[0] if resolution == "channel" else int(np.prod(shape))
+            rows.append(dict(
+                name=name, kind=kind, shape=tuple(wshape), params=int(params),
+                unpruned=int(unpruned), effective_params=int(params_eff[g]), nodes=int(n_nodes),
+                effective_nodes=int(nodes_eff[g]), log10_in_paths=st.fwd[key].log10_total(),
+                log10_out_paths=st.bwd[key].log10_total(),
+            ))
+        totals = dict(
+            params=self.n_params, unpruned=self.n_unpruned,
+            effective_params=sum(params_eff), nodes=self.n_nodes(resolution),
+            effective_nodes=sum(nodes_eff), log10_paths=self.count_paths(resolution).log10,
+        )
+        return Summary(rows, totals, resolution)
+
+    def to_networkx(self, max_edges: int = 200_000):
+        """The channel graph as a ``networkx.DiGraph``.
+
+        Nodes are ``(group_name, unit)`` with attributes ``layer`` (group index,
+        for ``multipartite_layout(G, subset_key="layer")``) and ``unit``; each
+        edge carries its ``multiplicity`` (parallel edges folded into one).
+        """
+        import networkx as nx
+
+        total = sum(b.nnz for b in self._channel.blocks)
+        if total > max_edges:
+            raise ValueError(f"the channel graph has {total} edges, above max_edges={max_edges}; "
+                             "to_networkx is meant for small networks (raise max_edges to insist)")
+        G = nx.DiGraph()
+        names = self.group_names
+        for g, n in self._channel.sizes.items():
+            G.add_nodes_from(((names[g], u), {"layer": g, "unit": u}) for u in range(n))
+        for b in self._channel.blocks:
+            coo = b.matrix.tocoo()
+            for r, c, v in zip(coo.row, coo.col, coo.data):
+                key = ((names[b.src], int(c)), (names[b.dst], int(r)))
+                if G.has_edge(*key):
+                    G.edges[key]["multiplicity"] += int(v)
+                else:
+                    G.add_edge(*key, multiplicity=int(v))
+        return G
+
+    def __repr__(self) -> str:
+        return (f"Topology({len(self.program.layers)} layers, {self.n_params} params, "
+                f"{self.n_unpruned} unpruned)")
+
+
+def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, *,
+               index_dtype=None) -> Topology:
+    """Trace ``model`` with torch.fx and build the layered DAG of its masks.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Any fx-traceable model built from Linear, Conv1d/2d, activations, norms,
+        dropout, pools, flatten/view/reshape, ``+``, ``cat`` and spatial means.
+        It is not executed and not modified.
+    masks : mapping, optional
+        Parameter name (as in ``model.named_parameters()``, e.g.
+        ``"layer1.0.conv1.weight"``) to a 0/1 tensor or array of that shape. If
+        ``None``, the masks attached by ``torch.nn.utils.prune`` are used. A
+        prunable weight without a mask is dense. Masks are copied, not kept.
+    input_shape : tuple of int
+        Shape of one input sample, without the batch dimension, e.g. ``(3, 32, 32)``.
+    index_dtype : {None, numpy.int32, numpy.int64}
+        Index dtype of the CSR blocks (default int32).
+
+    Returns
+    -------
+    Topology
+
+    Examples
+    --------
+    >>> import torch
+    >>> import topo_pai
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    >>> topo = topo_pai.from_torch(model, input_shape=(4,))
+    >>> topo.count_paths().exact  # 4 * 3 * 2
+    24
+    >>> mask = torch.ones(3, 4)
+    >>> mask[0] = 0
+    >>> topo.with_masks({"0.weight": mask}).effective_nodes()  # one hidden unit is cut off
+    8
+    """
+    from topo_pai.errors import InputShapeError
+
+    if input_shape is None:
+        raise InputShapeError("input_shape is required: the shape of one input sample without "
+                              "the batch dimension, e.g. input_shape=(3, 32, 32)")
+    program = trace(model, input_shape)
+    structure = build_structure(program)
+    if masks is None:
+        masks = attached_masks(model)
+    param_names = {name for name, _ in model.named_parameters()}
+    param_names |= {name.removesuffix("_orig") for name in param_names}
+    return Topology._build(program, structure, masks, param_names, index_dtype)
