@@ -46,11 +46,9 @@ import math
 import operator
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 __all__ = ["ProbeResult", "float64_probe", "prunable_weight_names"]
 
@@ -184,7 +182,7 @@ def _rewrite(gm: fx.GraphModule) -> dict[str, fx.Node]:
     for node in list(graph.nodes):
         if node.op == "call_module":
             mod = modules[node.target]
-            if isinstance(mod, _PRUNABLE) or isinstance(mod, _KEEP_MODULES):
+            if isinstance(mod, (_PRUNABLE, _KEEP_MODULES)):
                 continue
             if isinstance(mod, _IDENTITY_MODULES):
                 _identity(node)

@@ -36,17 +36,17 @@ from __future__ import annotations
 import copy
 import math
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
 
 import networkx as nx
 import numpy as np
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
-from torch import nn
+from hypothesis import strategies as st
+from torch import fx, nn
 
-IntOrTuple = Union[int, tuple]
+IntOrTuple = int | tuple
 
 # ---------------------------------------------------------------------------
 # Spec language
@@ -69,7 +69,7 @@ class Conv:
     out: int
     k: IntOrTuple
     stride: IntOrTuple = 1
-    padding: Union[int, tuple, str] = 0
+    padding: int | tuple | str = 0
     dilation: IntOrTuple = 1
     groups: int = 1
     bias: bool = False
@@ -81,7 +81,7 @@ class Pool:
 
     kind: str  # "max" | "avg"
     k: IntOrTuple
-    stride: Optional[IntOrTuple] = None
+    stride: IntOrTuple | None = None
     padding: IntOrTuple = 0
     ceil_mode: bool = False
     functional: bool = False
@@ -107,21 +107,42 @@ class BatchNorm:
 
 
 @dataclass(frozen=True)
+class Unary:
+    """Other shape-preserving ops: "dropout", "identity", "groupnorm", "layernorm"
+    (modules), "gelu" (F.gelu), "sigmoid" (x.sigmoid())."""
+
+    kind: str
+
+
+_UNARY_MODULE_KINDS = ("dropout", "identity", "groupnorm", "layernorm")
+
+
+@dataclass(frozen=True)
 class Flatten:
-    functional: bool = False  # torch.flatten(x, 1) vs nn.Flatten()
+    """Flatten to (N, -1); ``form`` is "module" (nn.Flatten()), "torch"
+    (torch.flatten(x, 1)) or "view" (x.view(x.size(0), -1))."""
+
+    form: str = "module"
 
 
 @dataclass(frozen=True)
 class SpatialMean:
-    """``x.mean((2, 3))`` (or ``x.mean((2,))`` for 1-d signals); always functional."""
+    """Mean over all spatial dims, always functional: "method" x.mean((2, 3)),
+    "torch" torch.mean(x, (2, 3)), "keepdim" x.mean((2, 3), keepdim=True)."""
+
+    form: str = "method"
 
 
 @dataclass(frozen=True)
 class Residual:
-    """``body(x) + shortcut(x)``; shortcut ``None`` is the identity."""
+    """``body(x) + shortcut(x)``; shortcut ``None`` is the identity.
+
+    ``add`` picks the spelling: "op" (``a + b``) or "torch" (``torch.add``).
+    """
 
     body: tuple
-    shortcut: Optional[Conv] = None
+    shortcut: Conv | None = None
+    add: str = "op"
 
 
 @dataclass(frozen=True)
@@ -192,12 +213,12 @@ def out_shape(layer, shape: tuple) -> tuple:
         return (shape[0],) + _pool_geometry(layer, shape)[-1]
     if isinstance(layer, Adaptive):
         return (shape[0],) + _adaptive_out(layer, shape)
-    if isinstance(layer, (ReLU, BatchNorm)):
+    if isinstance(layer, (ReLU, BatchNorm, Unary)):
         return shape
     if isinstance(layer, Flatten):
         return (math.prod(shape),)
     if isinstance(layer, SpatialMean):
-        return (shape[0],)
+        return (shape[0],) + ((1,) * (len(shape) - 1) if layer.form == "keepdim" else ())
     if isinstance(layer, Residual):
         return chain_out_shape(layer.body, shape)
     if isinstance(layer, Concat):
@@ -221,8 +242,12 @@ def _is_module_form(layer) -> bool:
     """Layers that nn.Sequential can hold as-is (no functional flavour)."""
     if isinstance(layer, (Linear, Conv, BatchNorm)):
         return True
-    if isinstance(layer, (Pool, Adaptive, ReLU, Flatten)):
+    if isinstance(layer, (Pool, Adaptive, ReLU)):
         return not layer.functional
+    if isinstance(layer, Flatten):
+        return layer.form == "module"
+    if isinstance(layer, Unary):
+        return layer.kind in _UNARY_MODULE_KINDS
     return False
 
 
@@ -237,7 +262,7 @@ def _child_prefix(parent: str, i: int, sequential: bool) -> str:
     return f"{parent}.{local}" if parent else local
 
 
-def _make_module(layer, shape: tuple) -> Optional[nn.Module]:
+def _make_module(layer, shape: tuple) -> nn.Module | None:
     """Module for a module-form layer; None for functional layers."""
     nd = len(shape) - 1
     if isinstance(layer, Linear):
@@ -252,6 +277,14 @@ def _make_module(layer, shape: tuple) -> Optional[nn.Module]:
         return _Residual(layer, shape)
     if isinstance(layer, Concat):
         return _Concat(layer, shape)
+    if isinstance(layer, Unary):
+        if layer.kind not in _UNARY_MODULE_KINDS:
+            return None
+        return {"dropout": lambda: nn.Dropout(0.5), "identity": nn.Identity,
+                "groupnorm": lambda: nn.GroupNorm(1, shape[0]),
+                "layernorm": lambda: nn.LayerNorm(shape[-1])}[layer.kind]()
+    if isinstance(layer, Flatten):
+        return nn.Flatten() if layer.form == "module" else None
     if getattr(layer, "functional", True):
         return None
     if isinstance(layer, Pool):
@@ -264,8 +297,6 @@ def _make_module(layer, shape: tuple) -> Optional[nn.Module]:
         return cls(layer.out)
     if isinstance(layer, ReLU):
         return nn.ReLU()
-    if isinstance(layer, Flatten):
-        return nn.Flatten()
     raise TypeError(layer)
 
 
@@ -273,10 +304,15 @@ def _apply_functional(layer, nd: int, x):
     """Functional forms; ``nd`` is fixed at build time so fx sees no shape logic."""
     if isinstance(layer, ReLU):
         return F.relu(x)
+    if isinstance(layer, Unary):
+        return F.gelu(x) if layer.kind == "gelu" else x.sigmoid()
     if isinstance(layer, Flatten):
-        return torch.flatten(x, 1)
+        return torch.flatten(x, 1) if layer.form == "torch" else x.view(x.size(0), -1)
     if isinstance(layer, SpatialMean):
-        return x.mean(tuple(range(2, 2 + nd)))
+        dims = tuple(range(2, 2 + nd))
+        if layer.form == "torch":
+            return torch.mean(x, dims)
+        return x.mean(dims, keepdim=layer.form == "keepdim")
     if isinstance(layer, Pool):
         fn = {("max", 1): F.max_pool1d, ("max", 2): F.max_pool2d,
               ("avg", 1): F.avg_pool1d, ("avg", 2): F.avg_pool2d}[(layer.kind, nd)]
@@ -312,6 +348,7 @@ class _Chain(nn.Module):
 class _Residual(nn.Module):
     def __init__(self, layer: Residual, shape: tuple):
         super().__init__()
+        self.torch_add = layer.add == "torch"
         self.body = _Chain(layer.body, shape)
         self.has_shortcut = layer.shortcut is not None
         if self.has_shortcut:
@@ -319,7 +356,7 @@ class _Residual(nn.Module):
 
     def forward(self, x):
         sc = self.shortcut(x) if self.has_shortcut else x
-        return self.body(x) + sc
+        return torch.add(self.body(x), sc) if self.torch_add else self.body(x) + sc
 
 
 class _Concat(nn.Module):
@@ -365,8 +402,8 @@ class Edge:
     src: Node
     dst: Node
     mult: int = 1
-    param: Optional[str] = None   # weight that produced the edge (None: structure)
-    index: Optional[tuple] = None  # element of that weight
+    param: str | None = None   # weight that produced the edge (None: structure)
+    index: tuple | None = None  # element of that weight
 
 
 @dataclass
@@ -455,7 +492,7 @@ class _Builder:
             return self.linear(layer, t, prefix)
         if isinstance(layer, Conv):
             return self.conv(layer, t, prefix)
-        if isinstance(layer, (ReLU, BatchNorm)):
+        if isinstance(layer, (ReLU, BatchNorm, Unary)):
             return _T(new_shape, t.units)
         if isinstance(layer, Flatten):
             if self.res == "neuron":
@@ -535,7 +572,8 @@ class _Builder:
         out = self.group(type(layer).__name__, math.prod(new_shape), real=False)
         for c in range(t.shape[0]):
             for pos in np.ndindex(*out_sp):
-                dst = out[np.ravel_multi_index((c,) + pos, new_shape)]
+                # (a keepdim mean has trailing 1s in new_shape, same flat index)
+                dst = out[np.ravel_multi_index((c,) + pos, (new_shape[0],) + tuple(out_sp))]
                 ranges = [windows[dim][pos[dim]] for dim in range(len(pos))] if windows else \
                     [range(L) for L in in_sp]
                 for q in _product(ranges):
@@ -889,10 +927,9 @@ def float64_probe(model: nn.Module, masks: dict, input_shape: tuple,
 # ---------------------------------------------------------------------------
 # hypothesis strategies
 # ---------------------------------------------------------------------------
-from hypothesis import strategies as st  # noqa: E402  (test-only dependency)
 
-
-_UNARY_CHOICES = [ReLU(), ReLU(True), BatchNorm()]
+_UNARY_CHOICES = [ReLU(), ReLU(True), BatchNorm(), Unary("dropout"), Unary("identity"),
+                  Unary("groupnorm"), Unary("layernorm"), Unary("gelu"), Unary("sigmoid")]
 
 
 def _divisors(n: int) -> list:
@@ -925,7 +962,6 @@ def _conv(draw, shape: tuple, max_ch: int, stride_ok: bool = True) -> Conv:
 
 @st.composite
 def _pool(draw, shape: tuple) -> Pool:
-    nd = len(shape) - 1
     k = draw(st.integers(1, 3))
     stride = draw(st.one_of(st.none(), st.integers(1, 3)))
     p = draw(st.integers(0, k // 2))  # torch: padding <= kernel/2
@@ -938,7 +974,7 @@ def _pool(draw, shape: tuple) -> Pool:
 
 @st.composite
 def _same_size_branch(draw, shape: tuple, stride: int, max_ch: int, conv_only: bool,
-                      cout: Optional[int] = None) -> tuple:
+                      cout: int | None = None) -> tuple:
     """Layers whose output spatial size is floor((L-1)/stride)+1 (= input when stride 1).
 
     ``conv_only`` forces a parametric branch: concat's first branch and a
@@ -989,7 +1025,7 @@ def _residual(draw, shape: tuple, max_ch: int) -> Residual:
     shortcut = None if identity else Conv(out[0], 1, stride, 0)
     sc_shape = shape if shortcut is None else out_shape(shortcut, shape)
     assert sc_shape == out, (sc_shape, out)  # add needs equal shapes
-    return Residual(tuple(body), shortcut)
+    return Residual(tuple(body), shortcut, draw(st.sampled_from(["op", "torch"])))
 
 
 @st.composite
@@ -1036,20 +1072,23 @@ def specs(draw, max_channels: int = 4, max_spatial: int = 7, max_blocks: int = 4
         choice = draw(st.sampled_from(opts))
         if shape[0] > mc and choice in ("residual", "concat"):
             choice = "conv"  # keep widths small after a concat
-        layer = {
-            "conv": lambda: draw(_conv(shape, mc)),
-            "unary": lambda: draw(st.sampled_from(_UNARY_CHOICES)),
-            "pool": lambda: draw(_pool(shape)),
-            "adaptive": lambda: Adaptive(
-                tuple(draw(st.integers(1, min(L + 1, 4))) for L in shape[1:]),
-                draw(st.sampled_from(["avg", "avg", "max"])), draw(st.booleans())),
-            "residual": lambda: draw(_residual(shape, mc)),
-            "concat": lambda: draw(_concat(shape, mc)),
-        }[choice]()
+        if choice == "conv":
+            layer = draw(_conv(shape, mc))
+        elif choice == "unary":
+            layer = draw(st.sampled_from(_UNARY_CHOICES))
+        elif choice == "pool":
+            layer = draw(_pool(shape))
+        elif choice == "adaptive":
+            layer = Adaptive(tuple(draw(st.integers(1, min(L + 1, 4))) for L in shape[1:]),
+                             draw(st.sampled_from(["avg", "avg", "max"])), draw(st.booleans()))
+        elif choice == "residual":
+            layer = draw(_residual(shape, mc))
+        else:
+            layer = draw(_concat(shape, mc))
         n_param += isinstance(layer, (Conv, Residual, Concat))
         layers.append(layer)
         shape = out_shape(layer, shape)
-    structural = (ReLU, BatchNorm, Pool, Adaptive)
+    structural = (ReLU, BatchNorm, Unary, Pool, Adaptive)
     last_block = next((layer for layer in reversed(layers) if not isinstance(layer, structural)), None)
     if n_param == 0 or isinstance(last_block, Concat):
         # A trailing concat may pass input units straight to the output,
@@ -1059,19 +1098,22 @@ def specs(draw, max_channels: int = 4, max_spatial: int = 7, max_blocks: int = 4
         shape = out_shape(layers[-1], shape)
     head = draw(st.sampled_from(["none", "none", "mean", "mean_linear", "flatten_linear",
                                  "adaptive_linear"]))
+    flatten_forms = st.sampled_from(["module", "torch", "view"])
     if head == "mean":
-        layers.append(SpatialMean())
+        layers.append(SpatialMean(draw(st.sampled_from(["method", "torch"]))))
     elif head == "mean_linear":
-        layers += [SpatialMean(), Linear(draw(st.integers(1, mc)))]
+        mean = SpatialMean(draw(st.sampled_from(["method", "torch", "keepdim"])))
+        layers += [mean] + ([Flatten(draw(flatten_forms))] if mean.form == "keepdim" else [])
+        layers.append(Linear(draw(st.integers(1, mc))))
     elif head == "flatten_linear":
-        layers += [Flatten(draw(st.booleans())), Linear(draw(st.integers(1, mc)))]
+        layers += [Flatten(draw(flatten_forms)), Linear(draw(st.integers(1, mc)))]
     elif head == "adaptive_linear":
-        layers += [Adaptive(1, functional=draw(st.booleans())), Flatten(draw(st.booleans())),
+        layers += [Adaptive(1, functional=draw(st.booleans())), Flatten(draw(flatten_forms)),
                    Linear(draw(st.integers(1, mc)))]
     return tuple(layers), input_shape
 
 
-def masks_for(model: nn.Module, rng_or_draw, density: Optional[float] = None) -> dict:
+def masks_for(model: nn.Module, rng_or_draw, density: float | None = None) -> dict:
     """Random 0/1 masks (float torch tensors) for every Linear/Conv weight.
 
     ``rng_or_draw`` is a numpy Generator, an int seed, or a hypothesis

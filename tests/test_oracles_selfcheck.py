@@ -8,6 +8,7 @@ torch probe) agree, so that a disagreement with ``topo_pai`` later points at
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import sys
@@ -15,18 +16,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.fx as fx
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from torch import fx
 
 sys.path.insert(0, os.path.dirname(__file__))
-import oracles as O  # noqa: E402
+import oracles as O
 
 # torch warns about padding='same' with even kernels; irrelevant to structure.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
 
 RESOLUTIONS = ("channel", "neuron")
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
 
 
 def _dense(model):
@@ -247,7 +248,7 @@ def test_dense_mlp_closed_form(widths):
     shape = (widths[0],)
     model = O.build_torch(spec, shape)
     stats = _all_stats(spec, shape, _dense(model))
-    n_weights = sum(a * b for a, b in zip(widths, widths[1:]))
+    n_weights = sum(a * b for a, b in itertools.pairwise(widths))
     for res in RESOLUTIONS:  # at channel and neuron resolution an MLP is the same graph
         assert stats[res].count == math.prod(widths)
         assert stats[res].total_effective_nodes == sum(widths)
@@ -325,7 +326,7 @@ def test_identity_residual_closed_form(c, h, w):
 @pytest.mark.parametrize("c,ca,j,hw", [(1, 1, 1, 1), (2, 3, 2, 4), (3, 2, 4, 9)])
 def test_concat_closed_form(c, ca, j, hw):
     # cat([conv1x1_a(x), x]) -> conv1x1 to j: j * (ca*c + c) paths per position.
-    side = int(math.isqrt(hw))
+    side = math.isqrt(hw)
     spec = (O.Concat((O.Conv(ca, 1),), ()), O.Conv(j, 1))
     model = O.build_torch(spec, (c, side, side))
     stats = _all_stats(spec, (c, side, side), _dense(model))

@@ -39,7 +39,8 @@ from topo_pai.graph.trace import trace
 from topo_pai.metrics import exact as X
 from topo_pai.metrics.channel import Block, ChannelGraph, build_blocks
 from topo_pai.metrics.neuron import NeuronGraph
-from topo_pai.metrics.scaled import NodeCounts, Scaled
+from topo_pai.kernels import propagate as K
+from topo_pai.metrics.scaled import LOG10_2, NodeCounts, Scaled
 from topo_pai.summary import Summary
 
 RESOLUTIONS = ("channel", "neuron")
@@ -335,6 +336,41 @@ class Topology:
             out[name] = NodeCounts(m, s.e)
         return out
 
+    def flows(self, weights: Mapping[str, Any] | None = None,
+              resolution: str = "channel") -> "Flows":
+        """Path flows with edge weights: every path counts the product of its weights.
+
+        With ``weights`` ``{name: tensor}`` (typically ``|w|``; they must be finite and
+        non-negative) this is SynFlow's flow ``R = 1ᵀ(∏|W|)1`` on this graph, computed
+        overflow-free. A prunable weight missing from ``weights`` has weight 1, so
+        ``flows()`` with no weights gives plain path counts. At channel resolution a
+        kernel's edge weight is the sum of its unpruned elements' weights.
+        """
+        _check_resolution(resolution)
+        weights = {} if weights is None else weights
+        unknown = set(weights) - {layer.param for layer in self.program.layers} - set(self._unused)
+        if unknown:
+            raise MaskError(f"weights given for {sorted(unknown)}, which are not prunable weights")
+        flat_w, lms = [], []
+        for layer, lm in zip(self.program.layers, self._layer_masks):
+            w = weights.get(layer.param)
+            if w is None:
+                w = np.ones(lm.mask.size)
+            else:
+                w = _weights_array(layer.param, w, layer.weight_shape)
+            flat_w.append(w)
+            data = K.kernel_weight_sums(lm.mask.reshape(-1), w, layer.kernel_volume, lm.indptr,
+                                        lm.indices, layer.weight_shape[1])
+            lms.append(LayerMask(lm.mask, lm.unpruned, lm.indptr, lm.indices, data, lm.shape))
+        layer_inputs, outputs, sizes = self._structure
+        if resolution == "channel":
+            graph = ChannelGraph(sizes, build_blocks(layer_inputs, lms), layer_inputs, outputs, lms)
+            fwd, bwd = dict(enumerate(graph.forward())), dict(enumerate(graph.backward()))
+        else:
+            graph = NeuronGraph(self.program, lms, flat_w, elements=self._neuron._elements)
+            fwd, bwd = graph.forward(), graph.backward()
+        return Flows(self, resolution, graph, fwd, bwd, flat_w)
+
     def summary(self, resolution: str = "channel") -> Summary:
         """Per-layer table: params, unpruned, effective params, nodes, paths in and out."""
         st = self._state(resolution)
@@ -396,6 +432,102 @@ class Topology:
     def __repr__(self) -> str:
         return (f"Topology({len(self.program.layers)} layers, {self.n_params} params, "
                 f"{self.n_unpruned} unpruned)")
+
+
+def _weights_array(name: str, w, shape) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(w, torch.Tensor):
+            w = w.detach().cpu().double().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    arr = np.asarray(w, dtype=np.float64)
+    if arr.shape != tuple(shape):
+        raise MaskError(f"weights for '{name}' have shape {arr.shape}, expected {tuple(shape)}")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise MaskError(f"weights for '{name}' must be finite and non-negative (pass |w|)")
+    return np.ascontiguousarray(arr).reshape(-1)
+
+
+class Flows:
+    """Weighted path flows of a :class:`Topology` (see :meth:`Topology.flows`)."""
+
+    def __init__(self, topo: Topology, resolution: str, graph, fwd, bwd, weights):
+        self.topology = topo
+        self.resolution = resolution
+        self._graph = graph
+        self._fwd, self._bwd = fwd, bwd
+        self._weights = weights
+
+    @property
+    def log10_total(self) -> float:
+        """log10 of the total flow ``R`` (the path count when all weights are 1)."""
+        if self.resolution == "channel":
+            return self._graph.log10_paths([self._fwd[g] for g in range(len(self._fwd))])
+        from topo_pai.metrics.scaled import log10_sum
+
+        return log10_sum([self._fwd[v] for v in self.topology.program.outputs])
+
+    @property
+    def forward(self) -> dict[str, NodeCounts]:
+        """Flow from the inputs into every node, per node group."""
+        return self.topology._node_counts(self.resolution, self._fwd)
+
+    @property
+    def backward(self) -> dict[str, NodeCounts]:
+        """Flow from every node to the outputs, per node group."""
+        return self.topology._node_counts(self.resolution, self._bwd)
+
+    def log10_through_weights(self) -> dict[str, np.ndarray]:
+        """log10 of the flow through every weight element, ``w * dR/dw`` (SynFlow's
+        score), with the weight's shape; ``-inf`` for pruned or pathless weights."""
+        topo = self.topology
+        out = {}
+        with np.errstate(divide="ignore"):
+            for i, (layer, lm) in enumerate(zip(topo.program.layers, topo._layer_masks)):
+                w = self._weights[i].reshape(layer.weight_shape)
+                mask = lm.mask.astype(bool)
+                logw = np.where(mask, np.log10(np.where(mask, w, 1.0)), -np.inf)
+                if self.resolution == "channel":
+                    fin = self._channel_input(i)
+                    bout = self._bwd[layer.group]
+                    lf = np.log10(fin.m) + fin.e * LOG10_2
+                    lb = np.log10(bout.m) + bout.e * LOG10_2
+                    if layer.kind == "Linear":
+                        score = logw + lb[:, None] + lf[None, :]
+                    else:
+                        O, per_group = layer.weight_shape[:2]
+                        cols = (np.arange(O) // (O // layer.groups))[:, None] * per_group \
+                            + np.arange(per_group)
+                        pair = lb[:, None] + lf[cols]
+                        score = logw + pair.reshape(pair.shape + (1,) * (w.ndim - 2))
+                else:
+                    vin, vout = topo._layer_io(i)
+                    fin, bout = self._fwd[vin], self._bwd[vout]
+                    if layer.kind == "Linear":
+                        lf = np.log10(fin.m) + fin.e * LOG10_2
+                        lb = np.log10(bout.m) + bout.e * LOG10_2
+                        score = logw + lb[:, None] + lf[None, :]
+                    else:
+                        flat, sums = self._graph.weight_flow(i, fin.m, bout.m)
+                        score = np.full(w.size, -np.inf)
+                        score[flat] = np.log10(sums) + (fin.e + bout.e) * LOG10_2
+                        score = score.reshape(w.shape) + logw
+                out[layer.param] = score
+        for name, m in topo._unused.items():
+            out[name] = np.full(m.shape, -np.inf)
+        return out
+
+    def _channel_input(self, layer: int) -> Scaled:
+        from topo_pai.metrics.scaled import combine
+
+        parts = []
+        for g, S in self.topology._channel.layer_inputs[layer].items():
+            f = self._fwd[g]
+            parts.append(Scaled(f.m if S is None else S @ f.m, f.e, f.risky, f.zero))
+        n = self.topology._layer_masks[layer].shape[1]
+        return combine(parts, n)
 
 
 def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, *,

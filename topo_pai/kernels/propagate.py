@@ -21,13 +21,13 @@ import numpy as np
 _JIT = dict(nogil=True, cache=True)
 
 
-@numba.njit(**_JIT)
+@numba.njit(parallel=True, **_JIT)
 def validate_copy(flat, out):
     """Copy a mask to ``out`` as uint8 (``v == 1``); return the number of
     elements that are neither 0 nor 1 (NaN included). Branch-free so that it
     vectorises."""
     n_bad = 0
-    for t in range(flat.shape[0]):
+    for t in numba.prange(flat.shape[0]):
         v = flat[t]
         out[t] = v == 1
         n_bad += (v != 0) & (v != 1)
@@ -67,7 +67,25 @@ def kernel_csr(mask, group_size, per_group_in, out_per_group, index_sample):
                 data[nnz] = c
                 nnz += c != 0
         indptr[o + 1] = nnz
+    if 2 * nnz > n_kernels:  # mostly full: a view wastes little and saves a copy
+        return indptr, indices[:nnz], data[:nnz]
     return indptr, indices[:nnz].copy(), data[:nnz].copy()
+
+
+@numba.njit(**_JIT)
+def kernel_weight_sums(mask, weights, group_size, indptr, indices, per_group_in):
+    """Data for a CSR with ``kernel_csr``'s pattern: ``sum(mask * weights)`` per kernel."""
+    data = np.zeros(indices.shape[0], dtype=np.float64)
+    for o in range(indptr.shape[0] - 1):
+        for k in range(indptr[o], indptr[o + 1]):
+            i = indices[k] % per_group_in
+            base = (o * per_group_in + i) * group_size
+            acc = 0.0
+            for t in range(base, base + group_size):
+                if mask[t]:
+                    acc += weights[t]
+            data[k] = acc
+    return data
 
 
 @numba.njit(**_JIT)
@@ -78,7 +96,7 @@ def mask_elements(mask, n_out, per_group_in, kh_size, kw_size, out_per_group):
     pointer over output channels, global input channel and kernel offsets.
     """
     n = mask.shape[0]
-    flat = np.empty(n + 1, dtype=np.int64)
+    flat = np.empty(n + 1, dtype=np.int32)  # one layer never holds 2**31 weights
     nnz = 0
     for t in range(n):  # branch-free compaction, as in kernel_csr
         flat[nnz] = t
@@ -86,9 +104,10 @@ def mask_elements(mask, n_out, per_group_in, kh_size, kw_size, out_per_group):
     flat = flat[:nnz].copy()
     kk = kh_size * kw_size
     ptr_o = np.zeros(n_out + 1, dtype=np.int64)
-    nz_i = np.empty(nnz, dtype=np.int64)
-    nz_kh = np.empty(nnz, dtype=np.int64)
-    nz_kw = np.empty(nnz, dtype=np.int64)
+    # Compact dtypes: a dense ResNet-50 has 25M elements, so bytes per element matter.
+    nz_i = np.empty(nnz, dtype=np.int32)
+    nz_kh = np.empty(nnz, dtype=np.int16)
+    nz_kw = np.empty(nnz, dtype=np.int16)
     for k in range(nnz):
         t = flat[k]
         o = t // (per_group_in * kk)
@@ -211,12 +230,14 @@ def conv_forward(x, H, W, out, OH, OW, ptr_o, nz_i, nz_kh, nz_kw, nz_val,
 
     ``ptr_o``/``nz_*`` list the unpruned weight elements grouped by output
     channel; the outer loop is parallel over output channels, so each thread
-    writes its own slice.
+    writes its own slice. An empty ``nz_val`` means every weight is 1.
     """
     n_out = ptr_o.shape[0] - 1
+    unit = nz_val.shape[0] == 0
     for o in numba.prange(n_out):
         obase = o * OH * OW
         for t in range(ptr_o[o], ptr_o[o + 1]):
+            v = 1.0 if unit else nz_val[t]
             kh = nz_kh[t]
             kw = nz_kw[t]
             h_lo, h_hi, w_lo, w_hi, fused = _conv_span(H, W, OH, OW, kh, kw, sh, sw, ph, pw,
@@ -225,12 +246,11 @@ def conv_forward(x, H, W, out, OH, OW, ptr_o, nz_i, nz_kh, nz_kw, nz_val,
                 continue
             ibase = nz_i[t] * H * W + (h_lo * sh - ph + kh * dh) * W - pw + kw * dw
             if fused:
-                _axpy(out, obase + h_lo * OW, x, ibase, (h_hi - h_lo) * OW, 1, nz_val[t])
+                _axpy(out, obase + h_lo * OW, x, ibase, (h_hi - h_lo) * OW, 1, v)
                 continue
             for oh in range(h_lo, h_hi):
                 irow = ibase + (oh - h_lo) * sh * W
-                _axpy(out, obase + oh * OW + w_lo, x, irow + w_lo * sw, w_hi - w_lo, sw,
-                      nz_val[t])
+                _axpy(out, obase + oh * OW + w_lo, x, irow + w_lo * sw, w_hi - w_lo, sw, v)
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -239,11 +259,13 @@ def conv_backward(gout, H, W, gin, OH, OW, ptr_i, nz_o, nz_kh, nz_kw, nz_val,
     """Transpose of :func:`conv_forward`: ``gin[i] += sum val * gout[o, window]``.
 
     The unpruned elements are grouped by *input* channel here, so the parallel
-    loop again owns its output slice.
+    loop again owns its output slice. An empty ``nz_val`` means every weight is 1.
     """
     n_in = ptr_i.shape[0] - 1
+    unit = nz_val.shape[0] == 0
     for i in numba.prange(n_in):
         for t in range(ptr_i[i], ptr_i[i + 1]):
+            v = 1.0 if unit else nz_val[t]
             kh = nz_kh[t]
             kw = nz_kw[t]
             h_lo, h_hi, w_lo, w_hi, fused = _conv_span(H, W, OH, OW, kh, kw, sh, sw, ph, pw,
@@ -253,12 +275,11 @@ def conv_backward(gout, H, W, gin, OH, OW, ptr_i, nz_o, nz_kh, nz_kw, nz_val,
             obase = nz_o[t] * OH * OW
             ibase = i * H * W + (h_lo * sh - ph + kh * dh) * W - pw + kw * dw
             if fused:
-                _axpy_t(gin, ibase, gout, obase + h_lo * OW, (h_hi - h_lo) * OW, 1, nz_val[t])
+                _axpy_t(gin, ibase, gout, obase + h_lo * OW, (h_hi - h_lo) * OW, 1, v)
                 continue
             for oh in range(h_lo, h_hi):
                 irow = ibase + (oh - h_lo) * sh * W
-                _axpy_t(gin, irow + w_lo * sw, gout, obase + oh * OW + w_lo, w_hi - w_lo, sw,
-                        nz_val[t])
+                _axpy_t(gin, irow + w_lo * sw, gout, obase + oh * OW + w_lo, w_hi - w_lo, sw, v)
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -285,6 +306,29 @@ def conv_effective(fin, H, W, bout, OH, OW, ptr_o, nz_i, nz_kh, nz_kw,
                 if hit:
                     break
             flags[t] = hit
+
+
+@numba.njit(parallel=True, **_JIT)
+def conv_weight_flow(fin, H, W, bout, OH, OW, ptr_o, nz_i, nz_kh, nz_kw,
+                     sh, sw, ph, pw, dh, dw, sums):
+    """``sums[t] = sum over output positions of fin[input position] * bout[position]``
+    for every unpruned element ``t``: the paths (or path mass) through it, per
+    unit weight."""
+    n_out = ptr_o.shape[0] - 1
+    for o in numba.prange(n_out):
+        obase = o * OH * OW
+        for t in range(ptr_o[o], ptr_o[o + 1]):
+            kh = nz_kh[t]
+            kw = nz_kw[t]
+            h_lo, h_hi, w_lo, w_hi, _ = _conv_span(H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw)
+            ibase = nz_i[t] * H * W
+            acc = 0.0
+            for oh in range(h_lo, h_hi):
+                irow = ibase + (oh * sh - ph + kh * dh) * W - pw + kw * dw
+                orow = obase + oh * OW
+                for ow in range(w_lo, w_hi):
+                    acc += bout[orow + ow] * fin[irow + ow * sw]
+            sums[t] = acc
 
 
 @numba.njit(parallel=True, **_JIT)

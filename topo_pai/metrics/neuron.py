@@ -30,7 +30,8 @@ class ConvElements:
     by_i_o: np.ndarray
     by_i_kh: np.ndarray
     by_i_kw: np.ndarray
-    ones: np.ndarray
+    order: np.ndarray  # permutation from output-major to input-major order
+    unit: np.ndarray  # empty: the kernels read it as "every weight is 1"
 
 
 def conv_elements(layer: Layer, lm: LayerMask, in_channels: int) -> ConvElements:
@@ -38,17 +39,34 @@ def conv_elements(layer: Layer, lm: LayerMask, in_channels: int) -> ConvElements
     KH, KW = layer.kernel_hw
     flat, ptr_o, nz_i, kh, kw = K.mask_elements(lm.mask.reshape(-1), O, per_group, KH, KW,
                                                 O // layer.groups)
-    o = np.repeat(np.arange(O), np.diff(ptr_o))
+    o = np.repeat(np.arange(O, dtype=np.int32), np.diff(ptr_o))
     ptr_i, order = K.group_by(nz_i, in_channels)
-    return ConvElements(flat, ptr_o, nz_i, kh, kw, ptr_i, o[order], kh[order], kw[order],
-                        np.ones(flat.shape[0]))
+    return ConvElements(flat, ptr_o, nz_i, kh, kw, ptr_i, o[order], kh[order], kw[order], order,
+                        np.zeros(0))
 
 
 class NeuronGraph:
-    def __init__(self, program: Program, layer_masks: list[LayerMask]):
+    """Op-by-op propagation; ``weights`` (per layer, flat float64 over the weight's
+    elements) turns path counts into path mass, as SynFlow's flows."""
+
+    def __init__(self, program: Program, layer_masks: list[LayerMask],
+                 weights: list[np.ndarray] | None = None, elements=None):
         self.p = program
         self.layer_masks = layer_masks
-        self._elements: dict[int, ConvElements] = {}
+        self.weights = weights
+        self._elements: dict[int, ConvElements] = {} if elements is None else elements
+        self._values: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def element_values(self, layer: int):
+        """Per-element weights in output-major and input-major order (empty: unit)."""
+        if self.weights is None:
+            unit = self.elements(layer).unit
+            return unit, unit
+        if layer not in self._values:
+            el = self.elements(layer)
+            v = np.ascontiguousarray(self.weights[layer][el.flat], dtype=np.float64)
+            self._values[layer] = (v, v[el.order])
+        return self._values[layer]
 
     def elements(self, layer: int) -> ConvElements:
         if layer not in self._elements:
@@ -104,8 +122,9 @@ class NeuronGraph:
                 K.csr_matvec(lm.indptr, lm.indices, lm.data, x, out)
             else:
                 el = self.elements(op.attrs["layer"])
+                vals, _ = self.element_values(op.attrs["layer"])
                 K.conv_forward(x, H, W, out, OH, OW, el.ptr_o, el.nz_i, el.nz_kh, el.nz_kw,
-                               el.ones, *L.stride, *L.pad, *L.dilation)
+                               vals, *L.stride, *L.pad, *L.dilation)
         elif op.kind == "pool":
             C, H, W = spatial3(self.p.values[op.inputs[0]])
             _, OH, OW = spatial3(self.p.values[op.output])
@@ -157,8 +176,9 @@ class NeuronGraph:
                 K.csr_rmatvec(lm.indptr, lm.indices, lm.data, g, gin)
             else:
                 el = self.elements(op.attrs["layer"])
+                _, vals = self.element_values(op.attrs["layer"])
                 K.conv_backward(g, H, W, gin, OH, OW, el.ptr_i, el.by_i_o, el.by_i_kh,
-                                el.by_i_kw, el.ones, *L.stride, *L.pad, *L.dilation)
+                                el.by_i_kw, vals, *L.stride, *L.pad, *L.dilation)
         elif op.kind == "pool":
             C, H, W = spatial3(self.p.values[op.inputs[0]])
             _, OH, OW = spatial3(self.p.values[op.output])
@@ -182,3 +202,13 @@ class NeuronGraph:
         K.conv_effective(fin, H, W, bout, OH, OW, el.ptr_o, el.nz_i, el.nz_kh, el.nz_kw,
                          *L.stride, *L.pad, *L.dilation, flags)
         return el.flat, flags
+
+    def weight_flow(self, layer: int, fin: np.ndarray, bout: np.ndarray):
+        """Per unpruned element: sum over positions of fin * bout (times nothing)."""
+        op = next(op for op in self.p.ops if op.kind == "layer" and op.attrs["layer"] == layer)
+        L, H, W, OH, OW = self._conv_geometry(op)
+        el = self.elements(layer)
+        sums = np.zeros(el.flat.shape[0])
+        K.conv_weight_flow(fin, H, W, bout, OH, OW, el.ptr_o, el.nz_i, el.nz_kh, el.nz_kw,
+                           *L.stride, *L.pad, *L.dilation, sums)
+        return el.flat, sums

@@ -1,0 +1,515 @@
+"""Numba kernels (``topo_pai.kernels.propagate``) against independent references.
+
+* conv/pool kernels: against the pure-numpy twins in
+  ``topo_pai.kernels.reference`` and, as a third opinion, against torch
+  (``F.conv2d`` with explicit asymmetric padding, autograd for the transpose);
+* CSR kernels: against scipy;
+* mask kernels (``validate_copy``, ``kernel_csr``), ``group_by`` and
+  ``scale_stats``: against plain numpy.
+
+Every kernel is run with int32 and int64 index arrays (numba compiles one
+specialisation per dtype). Values are small integers stored as float64, so
+every comparison is exact whatever the summation order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from topo_pai.kernels import propagate as K  # noqa: E402
+from topo_pai.kernels import reference as R  # noqa: E402
+
+INDEX_DTYPES = (np.int32, np.int64)
+EXAMPLES = settings(max_examples=60, deadline=None)
+
+
+# ---------------------------------------------------------------------------
+# conv geometry
+# ---------------------------------------------------------------------------
+
+@st.composite
+def conv_cases(draw):
+    G = draw(st.integers(1, 3))
+    per_group = draw(st.integers(1, 3))
+    out_per_group = draw(st.integers(1, 3))
+    KH, KW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    # total padding: symmetric, or one extra unit on the right (torch's 'same' with even spans)
+    ph_tot = 2 * ph + draw(st.integers(0, 1))
+    pw_tot = 2 * pw + draw(st.integers(0, 1))
+    H, W = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    OH = (H + ph_tot - dh * (KH - 1) - 1) // sh + 1
+    OW = (W + pw_tot - dw * (KW - 1) - 1) // sw + 1
+    assume(OH >= 1 and OW >= 1)
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    density = draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]))
+    dtype = draw(st.sampled_from(INDEX_DTYPES))
+    # element arrays may be narrower than the pointers (the engine uses int16 offsets)
+    nz_dtype = draw(st.sampled_from((np.int16,) + INDEX_DTYPES))
+    unit = draw(st.booleans())  # empty nz_val: every weight is 1
+    return dict(G=G, I=per_group, O=G * out_per_group, C=G * per_group, KH=KH, KW=KW,
+                stride=(sh, sw), pad=(ph, pw), pad_tot=(ph_tot, pw_tot), dil=(dh, dw),
+                H=H, W=W, OH=OH, OW=OW, seed=seed, density=density, dtype=dtype,
+                nz_dtype=nz_dtype, unit=unit)
+
+
+def conv_arrays(c):
+    rng = np.random.default_rng(c["seed"])
+    mask = rng.random((c["O"], c["I"], c["KH"], c["KW"])) < c["density"]
+    # multiplicities 1..3, or all ones when the kernels get an empty nz_val
+    weights = mask * (1 if c.get("unit") else rng.integers(1, 4, size=mask.shape))
+    x = rng.integers(0, 6, size=(c["C"], c["H"], c["W"])).astype(np.float64)
+    g = rng.integers(0, 6, size=(c["O"], c["OH"], c["OW"])).astype(np.float64)
+    return weights.astype(np.float64), x, g, rng
+
+
+def elements(weights, groups, dtype, nz_dtype=None, unit=False):
+    """Unpruned elements grouped by output channel and by (global) input channel."""
+    nz = dtype if nz_dtype is None else nz_dtype
+    O, I, _, _ = weights.shape
+    o, i, kh, kw = np.nonzero(weights)  # C order: grouped by o
+    val = weights[o, i, kh, kw].astype(np.float64)
+    gi = (o // (O // groups)) * I + i
+    ptr_o = np.concatenate([[0], np.cumsum(np.bincount(o, minlength=O))]).astype(dtype)
+    order = np.argsort(gi, kind="stable")
+    ptr_i = np.concatenate([[0], np.cumsum(np.bincount(gi, minlength=groups * I))]).astype(dtype)
+    empty = np.zeros(0)
+    return dict(
+        ptr_o=ptr_o, nz_i=gi.astype(nz), nz_kh=kh.astype(nz), nz_kw=kw.astype(nz),
+        val=empty if unit else val, ptr_i=ptr_i, by_i_o=o[order].astype(nz),
+        by_i_kh=kh[order].astype(nz), by_i_kw=kw[order].astype(nz),
+        by_i_val=empty if unit else val[order],
+    )
+
+
+def torch_conv(x, weights, c):
+    """The same conv in torch, with explicit (left/top, right/bottom) zero padding."""
+    (ph, pw), (ph_tot, pw_tot) = c["pad"], c["pad_tot"]
+    xt = torch.from_numpy(x)[None]
+    xt = F.pad(xt, (pw, pw_tot - pw, ph, ph_tot - ph))
+    y = F.conv2d(xt, torch.from_numpy(weights), None, c["stride"], 0, c["dil"], c["G"])[0]
+    assert tuple(y.shape) == (c["O"], c["OH"], c["OW"])
+    return y.numpy()
+
+
+def torch_conv_transpose(g, weights, c):
+    xt = torch.zeros((c["C"], c["H"], c["W"]), dtype=torch.float64, requires_grad=True)
+    (ph, pw), (ph_tot, pw_tot) = c["pad"], c["pad_tot"]
+    y = F.conv2d(F.pad(xt[None], (pw, pw_tot - pw, ph, ph_tot - ph)), torch.from_numpy(weights),
+                 None, c["stride"], 0, c["dil"], c["G"])[0]
+    (y * torch.from_numpy(g)).sum().backward()
+    return xt.grad.numpy()
+
+
+@EXAMPLES
+@given(conv_cases())
+def test_conv_forward(c):
+    weights, x, _, rng = conv_arrays(c)
+    el = elements(weights, c["G"], c["dtype"], c["nz_dtype"], c["unit"])
+    init = rng.integers(0, 3, size=c["O"] * c["OH"] * c["OW"]).astype(np.float64)
+    out = init.copy()
+    K.conv_forward(x.reshape(-1), c["H"], c["W"], out, c["OH"], c["OW"], el["ptr_o"], el["nz_i"],
+                   el["nz_kh"], el["nz_kw"], el["val"], *c["stride"], *c["pad"], *c["dil"])
+    ref = R.conv_forward(x, weights, c["G"], c["stride"], c["pad"], c["dil"], (c["OH"], c["OW"]))
+    np.testing.assert_array_equal(ref, torch_conv(x, weights, c))
+    np.testing.assert_array_equal((out - init).reshape(ref.shape), ref)  # accumulates
+
+
+@EXAMPLES
+@given(conv_cases())
+def test_conv_backward(c):
+    weights, x, g, rng = conv_arrays(c)
+    el = elements(weights, c["G"], c["dtype"], c["nz_dtype"], c["unit"])
+    init = rng.integers(0, 3, size=c["C"] * c["H"] * c["W"]).astype(np.float64)
+    gin = init.copy()
+    K.conv_backward(g.reshape(-1), c["H"], c["W"], gin, c["OH"], c["OW"], el["ptr_i"],
+                    el["by_i_o"], el["by_i_kh"], el["by_i_kw"], el["by_i_val"], *c["stride"],
+                    *c["pad"], *c["dil"])
+    ref = R.conv_backward(g, weights, c["G"], c["stride"], c["pad"], c["dil"],
+                          (c["C"], c["H"], c["W"]))
+    np.testing.assert_array_equal(ref, torch_conv_transpose(g, weights, c))
+    np.testing.assert_array_equal((gin - init).reshape(ref.shape), ref)
+    # adjoint identity <conv(x), g> == <x, conv^T(g)>
+    fwd = R.conv_forward(x, weights, c["G"], c["stride"], c["pad"], c["dil"], (c["OH"], c["OW"]))
+    assert (fwd * g).sum() == (x * ref).sum()
+
+
+@EXAMPLES
+@given(conv_cases(), st.sampled_from([0.2, 0.5, 1.0]))
+def test_conv_effective(c, p_on):
+    weights, _, _, rng = conv_arrays(c)
+    el = elements(weights, c["G"], c["dtype"], c["nz_dtype"], c["unit"])
+    fin = (rng.random((c["C"], c["H"], c["W"])) < p_on).astype(np.float64)
+    bout = (rng.random((c["O"], c["OH"], c["OW"])) < p_on).astype(np.float64)
+    n = len(el["val"])
+    flags = np.full(n, 7, dtype=np.uint8)  # every flag must be written
+    K.conv_effective(fin.reshape(-1), c["H"], c["W"], bout.reshape(-1), c["OH"], c["OW"],
+                     el["ptr_o"], el["nz_i"], el["nz_kh"], el["nz_kw"], *c["stride"], *c["pad"],
+                     *c["dil"], flags)
+    o, i, kh, kw = np.nonzero(weights)
+    want = np.zeros(n, dtype=np.uint8)
+    for t in range(n):
+        single = np.zeros_like(weights)
+        single[o[t], i[t], kh[t], kw[t]] = 1
+        y = R.conv_forward(fin, single, c["G"], c["stride"], c["pad"], c["dil"],
+                           (c["OH"], c["OW"]))
+        want[t] = (y * bout).sum() > 0
+    np.testing.assert_array_equal(flags, want)
+
+
+@pytest.mark.parametrize("dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("unit", [False, True])
+@pytest.mark.parametrize("geometry", [
+    # stride 1 with full-width output rows: the kernels fuse rows into one run
+    dict(KH=3, KW=3, stride=(1, 1), pad=(1, 1), pad_tot=(2, 2), dil=(1, 1), H=6, W=5),
+    dict(KH=1, KW=1, stride=(1, 1), pad=(0, 0), pad_tot=(0, 0), dil=(1, 1), H=4, W=7),
+    dict(KH=2, KW=4, stride=(1, 1), pad=(0, 1), pad_tot=(1, 3), dil=(1, 1), H=5, W=6),
+    dict(KH=3, KW=3, stride=(1, 1), pad=(2, 2), pad_tot=(4, 4), dil=(2, 2), H=5, W=5),
+    # 1-d convs are (C, 1, L)
+    dict(KH=1, KW=3, stride=(1, 1), pad=(0, 2), pad_tot=(0, 4), dil=(1, 2), H=1, W=9),
+    dict(KH=1, KW=3, stride=(1, 2), pad=(0, 1), pad_tot=(0, 2), dil=(1, 1), H=1, W=9),
+])
+def test_conv_kernels_fixed_geometries(geometry, unit, dtype):
+    c = dict(geometry, G=1, I=2, O=3, C=2, seed=3, density=0.7, dtype=dtype, unit=unit)
+    c["OH"] = (c["H"] + c["pad_tot"][0] - c["dil"][0] * (c["KH"] - 1) - 1) // c["stride"][0] + 1
+    c["OW"] = (c["W"] + c["pad_tot"][1] - c["dil"][1] * (c["KW"] - 1) - 1) // c["stride"][1] + 1
+    weights, x, g, _ = conv_arrays(c)
+    el = elements(weights, 1, dtype, np.int16, unit)
+    out = np.zeros(c["O"] * c["OH"] * c["OW"])
+    K.conv_forward(x.reshape(-1), c["H"], c["W"], out, c["OH"], c["OW"], el["ptr_o"],
+                   el["nz_i"], el["nz_kh"], el["nz_kw"], el["val"], *c["stride"], *c["pad"],
+                   *c["dil"])
+    np.testing.assert_array_equal(out.reshape(c["O"], c["OH"], c["OW"]),
+                                  torch_conv(x, weights, c))
+    gin = np.zeros(c["C"] * c["H"] * c["W"])
+    K.conv_backward(g.reshape(-1), c["H"], c["W"], gin, c["OH"], c["OW"], el["ptr_i"],
+                    el["by_i_o"], el["by_i_kh"], el["by_i_kw"], el["by_i_val"], *c["stride"],
+                    *c["pad"], *c["dil"])
+    np.testing.assert_array_equal(gin.reshape(c["C"], c["H"], c["W"]),
+                                  torch_conv_transpose(g, weights, c))
+
+
+@st.composite
+def mask_element_cases(draw):
+    groups = draw(st.integers(1, 3))
+    per_group_in = draw(st.integers(1, 3))
+    out_per_group = draw(st.integers(1, 3))
+    KH, KW = draw(st.integers(1, 3)), draw(st.integers(1, 4))
+    density = draw(st.sampled_from([0.0, 0.3, 0.8, 1.0]))
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    return groups, per_group_in, out_per_group, KH, KW, density, seed
+
+
+@EXAMPLES
+@given(mask_element_cases())
+def test_mask_elements(case):
+    groups, I, opg, KH, KW, density, seed = case
+    O = groups * opg
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((O, I, KH, KW)) < density).astype(np.uint8)
+    flat, ptr_o, nz_i, nz_kh, nz_kw = K.mask_elements(mask.reshape(-1), O, I, KH, KW, opg)
+    o, i, kh, kw = np.nonzero(mask)  # output-major, as documented
+    np.testing.assert_array_equal(flat, np.flatnonzero(mask))
+    np.testing.assert_array_equal(ptr_o, np.concatenate([[0], np.cumsum(np.bincount(
+        o, minlength=O))]))
+    np.testing.assert_array_equal(nz_i, (o // opg) * I + i)
+    np.testing.assert_array_equal(nz_kh, kh)
+    np.testing.assert_array_equal(nz_kw, kw)
+    for arr in (flat, ptr_o, nz_i, nz_kh, nz_kw):
+        assert arr.dtype.kind == "i"
+
+
+def test_conv_kernels_big_case_both_dtypes():
+    """One larger fixed case (a realistic 3x3 stride-2 'same'-ish conv)."""
+    c = dict(G=2, I=3, O=4, C=6, KH=3, KW=3, stride=(2, 2), pad=(1, 1), pad_tot=(2, 2),
+             dil=(1, 1), H=17, W=12, OH=9, OW=6, seed=5, density=0.6)
+    for dtype in INDEX_DTYPES:
+        c["dtype"] = dtype
+        weights, x, g, _ = conv_arrays(c)
+        el = elements(weights, c["G"], dtype)
+        out = np.zeros(c["O"] * c["OH"] * c["OW"])
+        K.conv_forward(x.reshape(-1), c["H"], c["W"], out, c["OH"], c["OW"], el["ptr_o"],
+                       el["nz_i"], el["nz_kh"], el["nz_kw"], el["val"], *c["stride"], *c["pad"],
+                       *c["dil"])
+        np.testing.assert_array_equal(out.reshape(c["O"], c["OH"], c["OW"]),
+                                      torch_conv(x, weights, c))
+        gin = np.zeros(c["C"] * c["H"] * c["W"])
+        K.conv_backward(g.reshape(-1), c["H"], c["W"], gin, c["OH"], c["OW"], el["ptr_i"],
+                        el["by_i_o"], el["by_i_kh"], el["by_i_kw"], el["by_i_val"], *c["stride"],
+                        *c["pad"], *c["dil"])
+        np.testing.assert_array_equal(gin.reshape(c["C"], c["H"], c["W"]),
+                                      torch_conv_transpose(g, weights, c))
+
+
+def test_reference_conv_on_python_ints():
+    """The reference kernels also run on object arrays of Python ints (exact counts)."""
+    w = np.ones((1, 1, 3, 3), dtype=np.int64).astype(object)
+    big = 10 ** 400
+    x = np.full((1, 4, 4), big, dtype=object)
+    y = R.conv_forward(x, w, 1, (1, 1), (1, 1), (1, 1), (4, 4))
+    assert y[0, 0, 0] == 4 * big and y[0, 1, 1] == 9 * big and y[0, 0, 1] == 6 * big
+    g = R.conv_backward(np.full((1, 4, 4), big, dtype=object), w, 1, (1, 1), (1, 1), (1, 1),
+                        (1, 4, 4))
+    assert g[0, 0, 0] == 4 * big and g[0, 2, 1] == 9 * big
+
+
+# ---------------------------------------------------------------------------
+# pools
+# ---------------------------------------------------------------------------
+
+@st.composite
+def pool_cases(draw):
+    C = draw(st.integers(1, 3))
+    H, W = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    OH, OW = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    win = lambda n: st.lists(st.integers(0, n - 1), max_size=4, unique=True).map(sorted)  # noqa: E731
+    hwin = [np.array(w, dtype=np.int64) for w in draw(st.lists(win(H), min_size=OH, max_size=OH))]
+    wwin = [np.array(w, dtype=np.int64) for w in draw(st.lists(win(W), min_size=OW, max_size=OW))]
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    dtype = draw(st.sampled_from(INDEX_DTYPES))
+    return C, H, W, hwin, wwin, seed, dtype
+
+
+def to_csr(windows, dtype):
+    ptr = np.concatenate([[0], np.cumsum([len(w) for w in windows])]).astype(dtype)
+    idx = (np.concatenate(windows) if windows else np.zeros(0)).astype(dtype)
+    return ptr, idx
+
+
+def naive_pool(x, hwin, wwin):
+    C = x.shape[0]
+    out = np.zeros((C, len(hwin), len(wwin)))
+    for c in range(C):
+        for y, rows in enumerate(hwin):
+            for z, cols in enumerate(wwin):
+                out[c, y, z] = sum(x[c, r, q] for r in rows for q in cols)
+    return out
+
+
+@EXAMPLES
+@given(pool_cases())
+def test_pool_forward_and_backward(case):
+    C, H, W, hwin, wwin, seed, dtype = case
+    OH, OW = len(hwin), len(wwin)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 6, size=(C, H, W)).astype(np.float64)
+    g = rng.integers(0, 6, size=(C, OH, OW)).astype(np.float64)
+    g[rng.random(g.shape) < 0.3] = 0.0  # the backward kernel skips zero gradients
+    hp, hi = to_csr(hwin, dtype)
+    wp, wi = to_csr(wwin, dtype)
+
+    ref = R.pool_forward(x, hwin, wwin)
+    np.testing.assert_array_equal(ref, naive_pool(x, hwin, wwin))
+    init = rng.integers(0, 3, size=C * OH * OW).astype(np.float64)
+    out = init.copy()
+    K.pool_forward(x.reshape(-1), C, H, W, out, OH, OW, hp, hi, wp, wi)
+    np.testing.assert_array_equal((out - init).reshape(ref.shape), ref)
+
+    gref = R.pool_backward(g, hwin, wwin, (H, W))
+    assert (ref * g).sum() == (x * gref).sum()  # adjoint
+    init = rng.integers(0, 3, size=C * H * W).astype(np.float64)
+    gin = init.copy()
+    K.pool_backward(g.reshape(-1), C, H, W, gin, OH, OW, hp, hi, wp, wi)
+    np.testing.assert_array_equal((gin - init).reshape(gref.shape), gref)
+
+
+@pytest.mark.parametrize("dtype", INDEX_DTYPES)
+def test_pool_kernels_match_torch_sum_pool(dtype):
+    """Windows of a 3x3 stride-2 padding-1 pool (clipped to the input) vs torch."""
+    C, H, W, k, s, p = 2, 7, 6, 3, 2, 1
+
+    def windows(n):
+        out = (n + 2 * p - k) // s + 1
+        return [np.array([q for q in range(y * s - p, y * s - p + k) if 0 <= q < n])
+                for y in range(out)]
+
+    hwin, wwin = windows(H), windows(W)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 9, size=(C, H, W)).astype(np.float64)
+    want = F.avg_pool2d(torch.from_numpy(x)[None], k, s, p, count_include_pad=True,
+                        divisor_override=1)[0].numpy()
+    out = np.zeros(want.size)
+    K.pool_forward(x.reshape(-1), C, H, W, out, len(hwin), len(wwin), *to_csr(hwin, dtype),
+                   *to_csr(wwin, dtype))
+    np.testing.assert_array_equal(out.reshape(want.shape), want)
+
+
+# ---------------------------------------------------------------------------
+# CSR
+# ---------------------------------------------------------------------------
+
+@st.composite
+def csr_cases(draw):
+    m, n = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    density = draw(st.sampled_from([0.0, 0.2, 0.5, 1.0]))
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    dtype = draw(st.sampled_from(INDEX_DTYPES))
+    data_dtype = draw(st.sampled_from([np.float64, np.float32]))
+    rng = np.random.default_rng(seed)
+    A = sp.random(m, n, density=density, format="csr", random_state=rng,
+                  data_rvs=lambda k: rng.integers(1, 5, size=k).astype(np.float64))
+    A.sort_indices()
+    return A, A.indptr.astype(dtype), A.indices.astype(dtype), A.data.astype(data_dtype), rng
+
+
+@EXAMPLES
+@given(csr_cases())
+def test_csr_matvec(case):
+    A, indptr, indices, data, rng = case
+    x = rng.integers(0, 7, size=A.shape[1]).astype(np.float64)
+    init = rng.integers(0, 3, size=A.shape[0]).astype(np.float64)
+    out = init.copy()
+    K.csr_matvec(indptr, indices, data, x, out)
+    np.testing.assert_array_equal(out, init + A @ x)
+
+
+@EXAMPLES
+@given(csr_cases())
+def test_csr_rmatvec(case):
+    A, indptr, indices, data, rng = case
+    y = rng.integers(0, 7, size=A.shape[0]).astype(np.float64)
+    y[rng.random(y.shape) < 0.3] = 0.0
+    init = rng.integers(0, 3, size=A.shape[1]).astype(np.float64)
+    out = init.copy()
+    K.csr_rmatvec(indptr, indices, data, y, out)
+    np.testing.assert_array_equal(out, init + A.T @ y)
+
+
+@EXAMPLES
+@given(csr_cases())
+def test_csr_bilinear(case):
+    A, indptr, indices, data, rng = case
+    left = (rng.random(A.shape[0]) < 0.6).astype(np.float64)
+    right = (rng.random(A.shape[1]) < 0.6).astype(np.float64)
+    assert K.csr_bilinear(indptr, indices, data, left, right) == left @ (A @ right)
+
+
+def test_csr_kernels_unsorted_and_duplicate_free_rows():
+    """Rows whose column indices are not sorted still multiply correctly."""
+    indptr = np.array([0, 3, 3, 5], dtype=np.int32)
+    indices = np.array([4, 0, 2, 3, 1], dtype=np.int32)
+    data = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    A = sp.csr_array((data, indices, indptr), shape=(3, 5)).toarray()
+    x = np.arange(1.0, 6.0)
+    out = np.zeros(3)
+    K.csr_matvec(indptr, indices, data, x, out)
+    np.testing.assert_array_equal(out, A @ x)
+    y = np.array([1.0, 2.0, 3.0])
+    out = np.zeros(5)
+    K.csr_rmatvec(indptr, indices, data, y, out)
+    np.testing.assert_array_equal(out, A.T @ y)
+
+
+# ---------------------------------------------------------------------------
+# masks: validate_copy, kernel_csr
+# ---------------------------------------------------------------------------
+
+VALUES = [0.0, 1.0, 2.0, -1.0, 0.5, float("nan"), float("inf"), -0.0, 1e-300]
+
+
+@EXAMPLES
+@given(st.lists(st.sampled_from(VALUES), max_size=40),
+       st.sampled_from([np.float64, np.float32]))
+def test_validate_copy_floats(values, dtype):
+    flat = np.array(values, dtype=dtype)
+    out = np.full(flat.shape, 9, dtype=np.uint8)
+    n_bad = K.validate_copy(flat, out)
+    with np.errstate(invalid="ignore"):
+        want_bad = int(np.count_nonzero(~((flat == 0) | (flat == 1))))
+    assert n_bad == want_bad
+    np.testing.assert_array_equal(out, (flat == 1).astype(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int32, np.int64])
+def test_validate_copy_integers(dtype):
+    info = np.iinfo(dtype)
+    flat = np.array([0, 1, 1, 0, 2, info.max, info.min, 1], dtype=dtype)
+    out = np.zeros(flat.shape, dtype=np.uint8)
+    n_bad = K.validate_copy(flat, out)
+    assert n_bad == int(np.count_nonzero((flat != 0) & (flat != 1)))
+    np.testing.assert_array_equal(out, (flat == 1).astype(np.uint8))
+    ok = np.array([0, 1, 1, 0], dtype=dtype)
+    out = np.zeros(4, dtype=np.uint8)
+    assert K.validate_copy(ok, out) == 0
+    np.testing.assert_array_equal(out, [0, 1, 1, 0])
+
+
+@st.composite
+def kernel_csr_cases(draw):
+    groups = draw(st.integers(1, 3))
+    per_group_in = draw(st.integers(1, 4))
+    out_per_group = draw(st.integers(1, 3))
+    kernel = draw(st.sampled_from([(), (1,), (3,), (2, 2), (3, 3), (1, 5)]))
+    density = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    dtype = draw(st.sampled_from(INDEX_DTYPES))
+    return groups, per_group_in, out_per_group, kernel, density, seed, dtype
+
+
+@EXAMPLES
+@given(kernel_csr_cases())
+def test_kernel_csr(case):
+    groups, pgi, opg, kernel, density, seed, dtype = case
+    O = groups * opg
+    rng = np.random.default_rng(seed)
+    mask = (rng.random((O, pgi) + kernel) < density).astype(np.uint8)
+    group_size = int(np.prod(kernel)) if kernel else 1
+    indptr, indices, data = K.kernel_csr(mask.reshape(-1), group_size, pgi, opg,
+                                         np.zeros(1, dtype=dtype))
+    assert indptr.dtype == np.dtype(dtype) and indices.dtype == np.dtype(dtype)
+    # dense multiplicity matrix from the definition
+    taps = mask.reshape(O, pgi, -1).sum(axis=2)
+    M = np.zeros((O, groups * pgi), dtype=np.int64)
+    for o in range(O):
+        M[o, (o // opg) * pgi:(o // opg + 1) * pgi] = taps[o]
+    rows, cols = np.nonzero(M)  # row-major: sorted columns within each row
+    np.testing.assert_array_equal(indptr, np.concatenate([[0], np.cumsum(np.bincount(
+        rows, minlength=O))]))
+    np.testing.assert_array_equal(indices, cols)
+    np.testing.assert_array_equal(data, M[rows, cols])
+    got = sp.csr_array((data.astype(np.float64), indices, indptr), shape=M.shape).toarray()
+    np.testing.assert_array_equal(got, M)
+
+
+# ---------------------------------------------------------------------------
+# group_by, scale_stats
+# ---------------------------------------------------------------------------
+
+@EXAMPLES
+@given(st.integers(1, 10).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.integers(0, n - 1), max_size=60))),
+    st.sampled_from(INDEX_DTYPES))
+def test_group_by(case, dtype):
+    n_keys, keys = case
+    keys = np.array(keys, dtype=dtype)
+    ptr, order = K.group_by(keys, n_keys)
+    np.testing.assert_array_equal(ptr, np.concatenate([[0], np.cumsum(np.bincount(
+        keys.astype(np.int64), minlength=n_keys))]))
+    np.testing.assert_array_equal(order, np.argsort(keys, kind="stable"))
+    for k in range(n_keys):
+        assert np.all(keys[order[ptr[k]:ptr[k + 1]]] == k)
+
+
+@EXAMPLES
+@given(st.lists(st.one_of(st.just(0.0), st.floats(1e-300, 1e300)), max_size=30))
+def test_scale_stats(values):
+    x = np.array(values, dtype=np.float64)
+    hi, lo = K.scale_stats(x)
+    pos = x[x > 0]
+    if pos.size:
+        assert hi == pos.max() and lo == pos.min()
+    else:
+        assert hi == 0.0 and lo == math.inf
