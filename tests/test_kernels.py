@@ -154,7 +154,7 @@ def test_conv_effective(c, p_on):
     el = elements(weights, c["G"], c["dtype"], c["nz_dtype"], c["unit"])
     fin = (rng.random((c["C"], c["H"], c["W"])) < p_on).astype(np.float64)
     bout = (rng.random((c["O"], c["OH"], c["OW"])) < p_on).astype(np.float64)
-    n = len(el["val"])
+    n = len(el["nz_i"])
     flags = np.full(n, 7, dtype=np.uint8)  # every flag must be written
     K.conv_effective(fin.reshape(-1), c["H"], c["W"], bout.reshape(-1), c["OH"], c["OW"],
                      el["ptr_o"], el["nz_i"], el["nz_kh"], el["nz_kw"], *c["stride"], *c["pad"],

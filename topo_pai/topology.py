@@ -461,6 +461,14 @@ class Flows:
         self._weights = weights
 
     @property
+    def blocks(self) -> list[Block]:
+        """Channel-resolution CSR blocks whose data are the summed edge weights per kernel."""
+        if self.resolution != "channel":
+            raise ValueError("weighted blocks exist at channel resolution; call "
+                             "flows(weights, resolution='channel')")
+        return list(self._graph.blocks)
+
+    @property
     def log10_total(self) -> float:
         """log10 of the total flow ``R`` (the path count when all weights are 1)."""
         if self.resolution == "channel":
