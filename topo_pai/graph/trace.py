@@ -655,8 +655,8 @@ def trace(model, input_shape) -> Program:
     torch = _torch()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    try:
-        shape = tuple(int(s) for s in input_shape)
+    try:  # operator.index refuses 4.5 instead of truncating it to 4
+        shape = tuple(operator.index(s) for s in input_shape)
     except TypeError as exc:
         raise InputShapeError(
             f"input_shape must be a tuple of ints without the batch dimension, e.g. (3, 32, 32); "
