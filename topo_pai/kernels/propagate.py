@@ -146,14 +146,14 @@ def csr_rmatvec(indptr, indices, data, y, out):
 
 @numba.njit(**_JIT)
 def csr_bilinear(indptr, indices, data, left, right):
-    """``sum_{r,c} left[r] * A[r, c] * right[c]`` with 0/1 ``left``/``right``."""
+    """``sum_{r,c} [left[r] > 0] * A[r, c] * [right[c] > 0]`` (counts weights joining
+    a co-reachable row to a reachable column)."""
     total = 0.0
     for r in range(indptr.shape[0] - 1):
-        if left[r] == 0.0:
-            continue
-        for k in range(indptr[r], indptr[r + 1]):
-            if right[indices[k]] != 0.0:
-                total += data[k]
+        if left[r] > 0.0:
+            for k in range(indptr[r], indptr[r + 1]):
+                if right[indices[k]] > 0.0:
+                    total += data[k]
     return total
 
 
