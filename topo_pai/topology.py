@@ -371,6 +371,40 @@ class Topology:
             fwd, bwd = graph.forward(), graph.backward()
         return Flows(self, resolution, graph, fwd, bwd, flat_w)
 
+    def layer_input_counts(self, layer: int, resolution: str = "channel") -> NodeCounts:
+        """Paths from the network input into each input unit of ``layer`` (an index
+        into :attr:`layers`): per channel or feature; at neuron resolution summed over
+        each channel's positions. This is NPB's incoming path mass ``P_in``."""
+        st = self._state(resolution)
+        if resolution == "channel":
+            from topo_pai.metrics.scaled import combine
+
+            parts = []
+            for g, S in self._channel.layer_inputs[layer].items():
+                f = st.fwd[g]
+                parts.append(Scaled(f.m if S is None else S @ f.m, f.e, f.risky, f.zero))
+            s = combine(parts, self._layer_masks[layer].shape[1])
+            return NodeCounts(s.m, s.e)
+        vin, _ = self._layer_io(layer)
+        f = st.fwd[vin]
+        shape = self.program.values[vin]
+        return NodeCounts(f.m.reshape(shape[0], -1).sum(axis=1), f.e)
+
+    def layer_reach(self, layer: int, resolution: str = "channel") -> tuple[np.ndarray, np.ndarray]:
+        """``(inputs, outputs)`` bool arrays of ``layer``: which of its input units are
+        reached from the network input, and which of its output units reach the
+        network output (per channel/feature; at neuron resolution, any position)."""
+        st = self._state(resolution)
+        if resolution == "channel":
+            fin = self._channel.layer_input_reach(layer, st.rf) > 0
+            bout = st.rb[self.program.layers[layer].group] > 0
+            return fin, bout
+        vin, vout = self._layer_io(layer)
+        shape_in, shape_out = self.program.values[vin], self.program.values[vout]
+        fin = (st.rf[vin].reshape(shape_in[0], -1) > 0).any(axis=1)
+        bout = (st.rb[vout].reshape(shape_out[0], -1) > 0).any(axis=1)
+        return fin, bout
+
     def summary(self, resolution: str = "channel") -> Summary:
         """Per-layer table: params, unpruned, effective params, nodes, paths in and out."""
         st = self._state(resolution)
