@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class LayerReport:
     upper_bound: float
     optimal: bool
     seconds: float
+    p_in: np.ndarray = field(default=None, repr=False)  # the instance's P_in (mantissas)
 
 
 def _kernel_cap(K, layer) -> int:
@@ -139,7 +140,7 @@ def npb_masks(topo, weights_abs: dict[str, np.ndarray], budgets: dict[str, int],
             layer.param, int(budgets[layer.param]), k, len(counts.mantissa),
             layer.weight_shape[0], sol.n_eff_in, sol.n_eff_out, sol.n_kernels, log10_out,
             sol.objective, sol.node_term, sol.path_term, sol.reg_term, sol.upper_bound,
-            sol.optimal, time.perf_counter() - t0))
+            sol.optimal, time.perf_counter() - t0, counts.mantissa))
         current = topo.with_masks(masks)
     if repair:
         masks = repair_masks(topo, masks, weights_abs)
