@@ -1,0 +1,64 @@
+"""Registry entries for NPB and the seed paper's SynFlow-based widening method.
+
+* ``npb``: Algorithm 1 (see :mod:`topo_pai.npb.pruner`), ERK budgets by default.
+* ``synflow_widen``: a *reconstruction* of the ICLR paper's "fairly naive method
+  based on SynFlow". The paper gives no algorithm; the released code holds an
+  unused ``impsynflow`` option that suggests it. Here: iterative SynFlow in which
+  every ``delta_t``-th round (up to round ``max_t``) scores weights at random
+  instead, which spreads the kept weights over more channels (wider subnetworks,
+  more effective nodes) while the other rounds keep preserving paths.
+"""
+
+from __future__ import annotations
+
+from topo_pai.npb.pruner import npb_masks
+from topo_pai.pruners.registry import Method, register_method
+from topo_pai.pruners.select import rng_for, top_k
+
+NPB_OPTIONS = {"alpha": 0.01, "beta": 1.0, "K": None, "node": "degree", "p_in": "channel",
+               "placement": "magnitude", "repair": True}
+
+
+def _npb(ctx, budgets, **options):
+    """NPB masks for the framework's per-layer budgets (the balance report is kept in
+    ``ctx.cache["npb_report"]``)."""
+    opts = {**NPB_OPTIONS, **options}
+    topo = ctx.topology()
+    on_graph = {layer.param for layer in topo.layers}
+    wanted = {t.param: int(budgets[t.param]) for t in ctx.active if t.param in on_graph}
+    masks, report = npb_masks(topo, ctx.abs_weights(), wanted, seed=ctx.seed, **opts)
+    ctx.cache["npb_report"] = report
+    out = {}
+    for t in ctx.active:
+        if t.param in masks:
+            out[t.param] = masks[t.param]
+        else:  # off the traced graph: no path crosses it; keep its largest |w|
+            keep = top_k(ctx.abs_weights()[t.param].reshape(-1), int(budgets[t.param]),
+                         rng_for(ctx.seed, "npb", t.param))
+            out[t.param] = keep.reshape(t.shape)
+    return out
+
+
+def _synflow_widen(ctx, masks, delta_t=10, max_t=None, resolution="channel"):
+    """SynFlow scores, except on rounds ``t`` with ``t % delta_t == 0`` (and
+    ``t <= max_t`` when given), which use seeded uniform random scores."""
+    from topo_pai.pruners.methods import _synflow_scores
+
+    if int(delta_t) < 1:
+        raise ValueError(f"delta_t must be a positive int, got {delta_t!r}")
+    t = ctx.cache.get("synflow_widen_round", 0) + 1
+    ctx.cache["synflow_widen_round"] = t
+    if t % int(delta_t) == 0 and (max_t is None or t <= int(max_t)):
+        return {n: rng_for(ctx.seed, f"widen{t}", n).random(ctx.abs_weights()[n].shape)
+                for n in ctx.active_names}
+    return _synflow_scores(ctx, masks, resolution=resolution)
+
+
+register_method(Method(
+    "npb", "masks", _npb, default_allocation="erk", options=dict(NPB_OPTIONS),
+    summary="Node-Path Balancing: exact per-layer node/path optimum on ERK budgets"))
+register_method(Method(
+    "synflow_widen", "iterative", _synflow_widen, randomized=True,
+    options={"rounds": 100, "delta_t": 10, "max_t": None, "resolution": "channel"},
+    summary="SynFlow with random scores every delta_t-th round (reconstruction of the "
+            "ICLR paper's naive method)"))
