@@ -585,7 +585,8 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
     masks : mapping, optional
         Parameter name (as in ``model.named_parameters()``, e.g.
         ``"layer1.0.conv1.weight"``) to a 0/1 tensor or array of that shape. If
-        ``None``, the masks attached by ``torch.nn.utils.prune`` are used. A
+        ``None``, the masks attached by ``torch.nn.utils.prune`` (or by
+        :func:`topo_pai.apply_masks`, either method) are used. A
         prunable weight without a mask is dense. Masks are copied, not kept.
     input_shape : tuple of int
         Shape of one input sample, without the batch dimension, e.g. ``(3, 32, 32)``.

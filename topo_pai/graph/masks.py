@@ -30,15 +30,32 @@ class LayerMask:
 
 
 def attached_masks(model) -> dict:
-    """Masks that ``torch.nn.utils.prune`` attached (``<name>_mask`` buffers)."""
+    """Masks attached to ``model``: ``torch.nn.utils.prune``'s ``<name>_mask`` buffers,
+    and ``torch.nn.utils.parametrize`` parametrisations that hold a ``mask`` tensor
+    (as :func:`topo_pai.apply_masks` with ``method="parametrize"`` registers)."""
+    import torch
+
     found = {}
     for mod_name, mod in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
         for pname, _ in list(mod.named_parameters(recurse=False)):
             if pname.endswith("_orig"):
                 base = pname[: -len("_orig")]
                 buf = getattr(mod, base + "_mask", None)
                 if buf is not None:
-                    found[f"{mod_name}.{base}" if mod_name else base] = buf
+                    found[prefix + base] = buf
+        plists = getattr(mod, "parametrizations", None)
+        if plists is not None:
+            for tensor_name, plist in plists.items():
+                held = [p.mask for p in plist if isinstance(getattr(p, "mask", None),
+                                                            torch.Tensor)]
+                if len(held) == 1:
+                    found[prefix + tensor_name] = held[0]
+                elif len(held) > 1:  # several masks in a chain act as their product
+                    prod = held[0].bool()
+                    for extra in held[1:]:
+                        prod = prod & extra.bool()
+                    found[prefix + tensor_name] = prod
     return found
 
 
