@@ -21,13 +21,13 @@ NPB_OPTIONS = {"alpha": 0.01, "beta": 1.0, "K": None, "node": "degree", "p_in": 
 
 def _npb(ctx, budgets, **options):
     """NPB masks for the framework's per-layer budgets (the balance report is kept in
-    ``ctx.cache["npb_report"]``)."""
+    ``ctx.cache["report"]``, which ``prune_with_scores`` returns as ``.report``)."""
     opts = {**NPB_OPTIONS, **options}
     topo = ctx.topology()
     on_graph = {layer.param for layer in topo.layers}
     wanted = {t.param: int(budgets[t.param]) for t in ctx.active if t.param in on_graph}
     masks, report = npb_masks(topo, ctx.abs_weights(), wanted, seed=ctx.seed, **opts)
-    ctx.cache["npb_report"] = report
+    ctx.cache["report"] = report
     out = {}
     for t in ctx.active:
         if t.param in masks:

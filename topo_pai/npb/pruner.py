@@ -60,6 +60,28 @@ class LayerReport:
     p_in: np.ndarray = field(default=None, repr=False)  # the instance's P_in (mantissas)
 
 
+class BalanceReport(list):
+    """One :class:`LayerReport` per NPB-pruned layer, in topological order; prints as
+    a table (budget, K, effective channels, paths achieved, objective and its bound)."""
+
+    def to_records(self) -> list[dict]:
+        fields = [f for f in LayerReport.__dataclass_fields__ if f != "p_in"]
+        return [{f: getattr(r, f) for f in fields} for r in self]
+
+    def __str__(self) -> str:
+        head = ("layer", "budget", "K", "eff. in", "eff. out", "kernels", "log10 paths",
+                "objective", "bound", "optimal")
+        cells = [head] + [(r.name, str(r.budget), str(r.K), f"{r.effective_in}/{r.n_in}",
+                           f"{r.effective_out}/{r.n_out}", str(r.nonempty_kernels),
+                           f"{r.log10_paths_out:.2f}", f"{r.objective:.6f}",
+                           f"{r.upper_bound:.6f}", "yes" if r.optimal else "no") for r in self]
+        widths = [max(len(row[j]) for row in cells) for j in range(len(head))]
+        lines = ["  ".join(c.ljust(w) if j == 0 else c.rjust(w)
+                           for j, (c, w) in enumerate(zip(row, widths))) for row in cells]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
 def _kernel_cap(K, layer) -> int:
     volume = layer.kernel_volume
     if K is None:
@@ -121,7 +143,7 @@ def npb_masks(topo, weights_abs: dict[str, np.ndarray], budgets: dict[str, int],
         raise ValueError(f"beta must be >= 0, got {beta!r}")
     rng = np.random.default_rng(seed)
     masks: dict[str, np.ndarray] = {}
-    reports: list[LayerReport] = []
+    reports = BalanceReport()
     current = topo.with_masks({})
     for idx, layer in enumerate(topo.layers):
         if layer.param not in budgets:
