@@ -30,12 +30,21 @@ _LAZY = {
     "PathCount": "topo_pai.topology",
     "NodeCounts": "topo_pai.metrics.scaled",
     "Summary": "topo_pai.summary",
+    "prune": "topo_pai.pruners",
+    "available_methods": "topo_pai.pruners",
+    "apply_masks": "topo_pai.pruners",
+    "remove_masks": "topo_pai.pruners",
+    "bake_masks": "topo_pai.pruners",
+    "read_masks": "topo_pai.pruners",
+    "save_masks": "topo_pai.pruners",
+    "load_masks": "topo_pai.pruners",
 }
 
 __all__ = [
     "from_torch", "Topology", "PathCount", "NodeCounts", "Summary", "TopoPaiError", "MaskError",
     "InputShapeError", "TraceError", "UnsupportedOpError", "NoPrunableLayerError",
-    "PathCountTooLarge",
+    "PathCountTooLarge", "prune", "available_methods", "apply_masks", "remove_masks",
+    "bake_masks", "read_masks", "save_masks", "load_masks",
 ]
 
 

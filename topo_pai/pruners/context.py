@@ -1,0 +1,220 @@
+"""What a pruning method may read: the model's prunable weights, a Topology, a
+gradient-ready copy of the model and the data -- each built once, on demand,
+and never by modifying the caller's model.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from topo_pai.errors import NoPrunableLayerError
+
+
+@dataclass(frozen=True)
+class Target:
+    """One prunable weight: the ``weight`` of a Linear or Conv1d/Conv2d module."""
+
+    param: str  # e.g. "layer1.0.conv1.weight"
+    module: str  # e.g. "layer1.0.conv1"
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def prunable_targets(model) -> list[Target]:
+    """Prunable weights of ``model`` in ``named_modules`` order."""
+    from topo_pai.graph.trace import _weight_shape, prunable_modules
+
+    torch = _torch()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    out = []
+    for name, mod in prunable_modules(model).items():
+        param = f"{name}.weight" if name else "weight"
+        out.append(Target(param, name, tuple(int(s) for s in _weight_shape(mod))))
+    if not out:
+        raise NoPrunableLayerError(
+            f"{type(model).__name__} has no Linear or Conv1d/Conv2d layer, so there is no weight "
+            "to prune")
+    return out
+
+
+def effective_weight(module):
+    """The weight the module's forward uses (``weight_orig * weight_mask`` under
+    ``torch.nn.utils.prune``, the parametrised value under ``parametrize``)."""
+    orig = getattr(module, "weight_orig", None)
+    mask = getattr(module, "weight_mask", None)
+    if orig is not None and mask is not None:
+        return (orig.detach() * mask.detach().to(orig.dtype))
+    return module.weight.detach()
+
+
+def resolve_exclude(targets: list[Target], exclude) -> set[str]:
+    """Param names matched by ``exclude`` (module names, param names or fnmatch patterns)."""
+    if exclude is None:
+        return set()
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    try:
+        patterns = list(exclude)
+    except TypeError as exc:
+        raise TypeError(f"exclude must be an iterable of module or parameter names (or fnmatch "
+                        f"patterns), got {type(exclude).__name__}") from exc
+    out: set[str] = set()
+    for pat in patterns:
+        if not isinstance(pat, str):
+            raise TypeError(f"exclude entries must be strings, got {pat!r}")
+        hit = {t.param for t in targets
+               if fnmatch.fnmatchcase(t.param, pat) or fnmatch.fnmatchcase(t.module, pat)}
+        if not hit:
+            sample = ", ".join(t.module for t in targets[:5])
+            raise ValueError(f"exclude entry {pat!r} matches no prunable layer (Linear/Conv "
+                             f"weights), e.g. {sample}{', ...' if len(targets) > 5 else ''}")
+        out |= hit
+    return out
+
+
+def iter_batches(data, max_batches: int | None = None) -> list:
+    """``data`` as a list of ``(x, y)`` tensor pairs: one ``(x, y)`` batch, or any
+    iterable of batches (a DataLoader) whose items start with ``x, y``."""
+    torch = _torch()
+
+    def is_pair(b):
+        return (isinstance(b, (tuple, list)) and len(b) >= 2 and isinstance(b[0], torch.Tensor)
+                and isinstance(b[1], torch.Tensor))
+
+    if isinstance(data, (tuple, list)) and len(data) == 2 and is_pair(data):
+        batches = [tuple(data)]
+    elif isinstance(data, torch.Tensor):
+        raise TypeError("data must be an (x, y) batch or a DataLoader of (x, y) batches; got a "
+                        "single tensor (the loss needs targets y)")
+    else:
+        try:
+            it = iter(data)
+        except TypeError as exc:
+            raise TypeError(f"data must be an (x, y) batch or a DataLoader of (x, y) batches, got "
+                            f"{type(data).__name__}") from exc
+        batches = []
+        for b in it:
+            if max_batches is not None and len(batches) >= max_batches:
+                break
+            if not is_pair(b):
+                raise TypeError(f"every batch of data must be (x, y, ...) tensors; got "
+                                f"{type(b).__name__}")
+            batches.append((b[0], b[1]))
+    if max_batches is not None:
+        batches = batches[:max_batches]
+    if not batches:
+        raise ValueError("data holds no batch")
+    return batches
+
+
+class PruneContext:
+    """Lazy, cached views of the model for the scoring functions.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+        The caller's model; never modified.
+    targets : list of Target
+        Every prunable weight, in model order.
+    active : list of Target
+        The targets being pruned (not excluded).
+    seed : int
+    input_shape : tuple
+    data : object or None
+    options : dict
+        Allocation and generic options (``max_batches``, ``loss``, ``train_mode``).
+    """
+
+    def __init__(self, model, targets, active, seed, input_shape, data, options):
+        self.model = model
+        self.targets = targets
+        self.active = active
+        self.seed = seed
+        self.input_shape = input_shape
+        self.data = data
+        self.options = options
+        self._topo = None
+        self._weights: dict[str, np.ndarray] | None = None
+        self._abs: dict[str, np.ndarray] | None = None
+        self._plain = None
+        self._batches = None
+        self.cache: dict[str, Any] = {}  # per-run memo for the scoring functions
+
+    @property
+    def active_names(self) -> list[str]:
+        return [t.param for t in self.active]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {t.param: t.numel for t in self.active}
+
+    def topology(self):
+        """The model's Topology, traced once, with the masks already attached to the model
+        (``torch.nn.utils.prune`` or :func:`~topo_pai.pruners.apply_masks`), if any;
+        methods that prune in rounds swap masks with ``Topology.with_masks``."""
+        if self._topo is None:
+            from topo_pai.topology import from_torch
+
+            if self.input_shape is None:
+                raise ValueError("input_shape is required (the shape of one input sample without "
+                                 "the batch dimension, e.g. (3, 32, 32))")
+            self._topo = from_torch(self.model, None, self.input_shape)
+        return self._topo
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Effective weights as float64 arrays (every target)."""
+        if self._weights is None:
+            out = {}
+            for t in self.targets:
+                w = effective_weight(self.model.get_submodule(t.module))
+                out[t.param] = w.cpu().to(_torch().float64).numpy()
+            self._weights = out
+        return self._weights
+
+    def abs_weights(self) -> dict[str, np.ndarray]:
+        if self._abs is None:
+            self._abs = {k: np.abs(v) for k, v in self.weights().items()}
+        return self._abs
+
+    def batches(self) -> list:
+        if self._batches is None:
+            if self.data is None:
+                raise ValueError("this pruning step needs data")
+            self._batches = iter_batches(self.data, self.options.get("max_batches"))
+        return self._batches
+
+    def plain_model(self):
+        """A private deep copy of the model whose prunable weights are plain Parameters
+        holding the effective weights (pruning reparametrisations baked in)."""
+        if self._plain is None:
+            from topo_pai.pruners.torch_masks import _strip
+
+            # A pruned module keeps its masked weight as a plain (non-leaf) attribute that
+            # deepcopy refuses; it is recomputed below, so copy it as None.
+            memo: dict[int, Any] = {}
+            for t in self.targets:
+                mod = self.model.get_submodule(t.module)
+                if hasattr(mod, "weight_orig") and "weight" in mod.__dict__:
+                    memo[id(mod.__dict__["weight"])] = None
+            net = copy.deepcopy(self.model, memo)
+            for t in self.targets:
+                _strip(net.get_submodule(t.module), keep_mask=True)
+            for p in net.parameters():
+                p.requires_grad_(False)
+            self._plain = net
+        return self._plain

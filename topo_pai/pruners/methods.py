@@ -1,0 +1,284 @@
+"""The built-in pruning methods: scores (higher = keep) or, for PHEW and shuffle, masks.
+
+Every function here reads the model through a
+:class:`~topo_pai.pruners.context.PruneContext` and returns float64 arrays for
+``ctx.active`` only; thresholding, budgets and rounds live in
+:mod:`topo_pai.pruners.api`.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from topo_pai.pruners.registry import Method, register_method
+from topo_pai.pruners.select import rng_for, top_k
+
+
+def _random_scores(ctx, masks):
+    """i.i.d. uniform scores, one seeded stream per layer: with exact per-layer
+    budgets, the kept set is a uniformly random subset of each layer."""
+    del masks
+    return {t.param: rng_for(ctx.seed, "random", t.param).random(t.shape) for t in ctx.active}
+
+
+def _magnitude_scores(ctx, masks):
+    """``|w|``."""
+    del masks
+    w = ctx.abs_weights()
+    return {n: w[n] for n in ctx.active_names}
+
+
+# -- gradient-based scores ---------------------------------------------------------------
+
+def _leaf_weights(ctx, masks):
+    """Fresh leaf tensors holding every prunable weight (times its current mask), keyed
+    by parameter name, and the private model copy they are substituted into."""
+    net = ctx.plain_model()
+    net.train(bool(ctx.options.get("train_mode", False)))
+    ws = {}
+    for t in ctx.targets:
+        w = net.get_submodule(t.module).weight.detach()
+        if masks is not None and t.param in masks:
+            w = w * torch.from_numpy(masks[t.param]).to(device=w.device, dtype=w.dtype)
+        ws[t.param] = w.clone().requires_grad_(True)
+    return net, ws
+
+
+def _loss_fn(ctx):
+    loss = ctx.options.get("loss")
+    return F.cross_entropy if loss is None else loss
+
+
+def _device(net):
+    p = next(net.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _call(net, ws, x):
+    return torch.func.functional_call(net, ws, (x,), strict=False)
+
+
+def _snip_scores(ctx, masks):
+    """SNIP (Lee et al. 2019): ``|g ⊙ w|`` with ``g`` the loss gradient summed over
+    the batches (the gradient w.r.t. a multiplicative mask at 1, as in the
+    Synaptic-Flow code). Pruned weights (``masks``) are zero, so score zero."""
+    net, ws = _leaf_weights(ctx, masks)
+    dev = _device(net)
+    loss_fn = _loss_fn(ctx)
+    leaves = list(ws.values())
+    total = [torch.zeros_like(w) for w in leaves]
+    for x, y in ctx.batches():
+        out = _call(net, ws, x.to(dev))
+        grads = torch.autograd.grad(loss_fn(out, y.to(dev)), leaves, allow_unused=True)
+        for acc, g in zip(total, grads):
+            if g is not None:
+                acc += g
+    by_name = dict(zip(ws, total))
+    return {n: (by_name[n] * ws[n].detach()).abs().double().cpu().numpy()
+            for n in ctx.active_names}
+
+
+def _grasp_scores(ctx, masks, temperature=200.0):
+    """GraSP (Wang et al. 2020), sign convention of the paper and reference code.
+
+    With ``g`` the loss gradient (logits divided by ``temperature``) and ``H`` the
+    Hessian, removing weight ``q`` changes the gradient norm by about
+    ``S(-θ_q) = -θ_q (Hg)_q``; GraSP removes the weights with the *largest*
+    ``S(-θ)``, whose removal hurts gradient flow least (or even raises it). The
+    keep-score returned here is therefore ``θ ⊙ Hg`` (higher = keep; not an
+    absolute value: scores are signed), exactly what the Synaptic-Flow code keeps.
+    """
+    del masks
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature!r}")
+    net, ws = _leaf_weights(ctx, None)
+    dev = _device(net)
+    loss_fn = _loss_fn(ctx)
+    leaves = list(ws.values())
+    stopped = [torch.zeros_like(w) for w in leaves]
+    for x, y in ctx.batches():
+        out = _call(net, ws, x.to(dev)) / temperature
+        grads = torch.autograd.grad(loss_fn(out, y.to(dev)), leaves, allow_unused=True)
+        for acc, g in zip(stopped, grads):
+            if g is not None:
+                acc += g
+    hg = [torch.zeros_like(w) for w in leaves]
+    for x, y in ctx.batches():
+        out = _call(net, ws, x.to(dev)) / temperature
+        grads = torch.autograd.grad(loss_fn(out, y.to(dev)), leaves, create_graph=True,
+                                    allow_unused=True)
+        z = sum((g * s).sum() for g, s in zip(grads, stopped) if g is not None)
+        if not isinstance(z, torch.Tensor) or not z.requires_grad:
+            continue  # the loss does not depend on the weights twice (e.g. a linear model)
+        hvp = torch.autograd.grad(z, leaves, allow_unused=True)
+        for acc, h in zip(hg, hvp):
+            if h is not None:
+                acc += h
+    by_name = dict(zip(ws, hg))
+    return {n: (ws[n].detach() * by_name[n]).double().cpu().numpy() for n in ctx.active_names}
+
+
+# -- topology-based scores ---------------------------------------------------------------
+
+def _synflow_scores(ctx, masks, resolution="channel"):
+    """SynFlow (Tanaka et al. 2020): ``|w ⊙ ∂R/∂w|`` with ``R = 1ᵀ(∏|W|)1`` the
+    path flow of the masked network under weights ``|w|``, as ``log10`` computed
+    overflow-free by :meth:`topo_pai.Topology.flows` (``-inf`` where a weight is
+    pruned or on no input-output path). Biases carry no flow and normalisation
+    layers are identities; at ``"neuron"`` resolution every pool is a sum over
+    its window (the original SynFlow's flow with sum-pooling), at ``"channel"``
+    resolution (the default, much faster) a pool links channel ``c`` to ``c``."""
+    from topo_pai.topology import RESOLUTIONS
+
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be 'channel' or 'neuron', got {resolution!r}")
+    topo = ctx.topology()
+    if masks is not None:
+        topo = topo.with_masks(masks)
+    flows = topo.flows(ctx.abs_weights(), resolution)
+    if resolution == "channel":
+        fast = _channel_log_scores(ctx, topo, flows)
+        if fast is not None:
+            return fast
+    scores = flows.log10_through_weights()
+    return {n: scores[n] for n in ctx.active_names}
+
+
+# Explicit loops instead of numpy broadcasting: a 3x3 kernel would make numpy's inner
+# loop 9 long. Same float additions in the same order, so bit-identical results.
+@numba.njit(nogil=True, cache=True)
+def _kernel_scores(lw, pair, kvol, out):
+    for p in range(pair.shape[0]):
+        v = pair[p]
+        base = p * kvol
+        for k in range(kvol):
+            out[base + k] = lw[base + k] + v
+
+
+@numba.njit(nogil=True, cache=True)
+def _linear_scores(lw, lb, lf, out):
+    for o in range(lw.shape[0]):
+        for i in range(lw.shape[1]):
+            out[o, i] = (lw[o, i] + lb[o]) + lf[i]
+
+
+def _log10_abs_weights(ctx) -> dict[str, np.ndarray]:
+    cache = ctx.cache.get("log10|w|")
+    if cache is None:
+        with np.errstate(divide="ignore"):
+            cache = {n: np.log10(w) for n, w in ctx.abs_weights().items()}
+        ctx.cache["log10|w|"] = cache
+    return cache
+
+
+def _channel_log_scores(ctx, topo, flows):
+    """``Flows.log10_through_weights()`` at channel resolution for the active layers,
+    with ``log10|w|`` computed once per pruning run instead of once per round.
+
+    ``log10_through_weights`` spends most of a SynFlow round on ``log10`` of every
+    weight; here the score is assembled from the same per-unit log flows with the
+    same float operations in the same order, so the two agree bit for bit
+    (tested). Scores of pruned weights are left finite: the caller never reads
+    them. Returns ``None`` (use the public method) if the Flows internals differ.
+    """
+    from topo_pai.metrics.scaled import LOG10_2
+
+    try:
+        channel_input, bwd = flows._channel_input, flows._bwd
+        layers = topo.layers
+    except AttributeError:  # pragma: no cover - guards against core refactors
+        return None
+    logw = _log10_abs_weights(ctx)
+    buffers = ctx.cache.setdefault("synflow scores", {})
+    active = set(ctx.active_names)
+    out = {}
+    with np.errstate(divide="ignore"):
+        for i, layer in enumerate(layers):
+            if layer.param not in active:
+                continue
+            fin, bout = channel_input(i), bwd[layer.group]
+            lf = np.log10(fin.m) + fin.e * LOG10_2
+            lb = np.log10(bout.m) + bout.e * LOG10_2
+            lw = logw[layer.param]
+            # One buffer per layer for the whole run: fresh 100 MB arrays every round
+            # would cost page faults. Only the last round's scores outlive their round.
+            score = buffers.get(layer.param)
+            if score is None:
+                score = buffers[layer.param] = np.empty(lw.shape)
+            if layer.kind == "Linear":  # (lw + lb) + lf, the order of the public method
+                _linear_scores(lw, lb, lf, score)
+            else:
+                n_out, per_group = layer.weight_shape[:2]
+                cols = (np.arange(n_out) // (n_out // layer.groups))[:, None] * per_group \
+                    + np.arange(per_group)
+                pair = lb[:, None] + lf[cols]
+                _kernel_scores(lw.reshape(-1), pair.reshape(-1), layer.kernel_volume,
+                               score.reshape(-1))
+            out[layer.param] = score
+    for n in active - set(out):  # prunable weights off the traced graph carry no flow
+        out[n] = np.full(logw[n].shape, -np.inf)
+    return out
+
+
+# -- mask builders -------------------------------------------------------------------------
+
+def _phew_masks(ctx, budgets, **options):
+    """PHEW (Patil & Dovrolis 2021): biased random walks from ``|w|``; layer budgets
+    default to ERK. Implemented by ``topo_pai.pruners.phew.phew_masks``."""
+    try:
+        from topo_pai.pruners.phew import phew_masks
+    except ImportError as exc:
+        raise ImportError("method 'phew' needs topo_pai.pruners.phew.phew_masks, which is not "
+                          f"available: {exc}") from exc
+    full = {t.param: int(budgets.get(t.param, t.numel)) for t in ctx.targets}
+    out = phew_masks(ctx.topology(), ctx.abs_weights(), full, ctx.seed, **options)
+    result = {}
+    for t in ctx.active:
+        if t.param in out:
+            result[t.param] = out[t.param]
+        else:  # a layer off the traced graph: no walk reaches it, keep its largest |w|
+            keep = top_k(ctx.abs_weights()[t.param].reshape(-1), full[t.param],
+                         rng_for(ctx.seed, "phew", t.param))
+            result[t.param] = keep.reshape(t.shape)
+    return result
+
+
+def _shuffle_masks(ctx, budgets, masks=None):
+    """Layerwise shuffle (Frankle et al. 2021): each layer keeps as many weights as
+    in ``masks``, at positions drawn uniformly at random (seeded per layer)."""
+    del masks  # its counts arrive as ``budgets``
+    out = {}
+    for t in ctx.active:
+        keep = np.zeros(t.numel, dtype=bool)
+        k = budgets[t.param]
+        keep[rng_for(ctx.seed, "shuffle", t.param).choice(t.numel, size=k, replace=False,
+                                                           shuffle=False)] = True
+        out[t.param] = keep.reshape(t.shape)
+    return out
+
+
+register_method(Method(
+    "random", "score", _random_scores, randomized=True, default_allocation="uniform",
+    summary="uniformly random weights, exact per-layer counts (default allocation 'uniform')"))
+register_method(Method("magnitude", "score", _magnitude_scores, summary="|w|, global threshold"))
+register_method(Method("snip", "score", _snip_scores, needs_data=True,
+                       summary="|g * w| on data (Lee et al. 2019)"))
+register_method(Method("iter_snip", "iterative", _snip_scores, needs_data=True,
+                       options={"rounds": 100},
+                       summary="SNIP re-scored over `rounds` rounds, exponential schedule"))
+register_method(Method("grasp", "score", _grasp_scores, needs_data=True,
+                       options={"temperature": 200.0},
+                       summary="keep high w * Hg, i.e. remove high -w * Hg (Wang et al. 2020)"))
+register_method(Method("synflow", "iterative", _synflow_scores,
+                       options={"rounds": 100, "resolution": "channel"},
+                       summary="log10 |w * dR/dw| path flow, `rounds` rounds (Tanaka et al. 2020)"))
+register_method(Method("phew", "masks", _phew_masks, randomized=True, default_allocation="erk",
+                       forwards_options=True,
+                       summary="biased random walks on |w| (Patil & Dovrolis 2021); ERK budgets; "
+                               "options go to phew_masks (element, max_stall, max_walks)"))
+register_method(Method("shuffle", "masks", _shuffle_masks, randomized=True,
+                       options={"masks": None}, budgets_from_option="masks",
+                       summary="permute the kept positions of `masks` within each layer"))

@@ -1,0 +1,167 @@
+"""Thresholding: keep the ``k`` highest scores, ties broken by a seeded draw.
+
+Selection is O(n): ``np.partition`` finds the k-th largest score, everything
+above it is kept, and the remaining slots are filled with a seeded random
+choice among the scores equal to it, taken in a fixed order (layer order, then
+flat index). So every kept score is ``>=`` every pruned score, and equal scores
+never make the result depend on memory layout.
+
+Iterative methods select among the weights still *alive*; two small numba
+kernels (gather the alive scores, then compare against the threshold) keep a
+round at a few passes over the score arrays, with no index arrays.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numba
+import numpy as np
+
+
+def rng_for(seed: int, *keys) -> np.random.Generator:
+    """An independent generator for ``seed`` and string/int ``keys`` (e.g. a layer name).
+
+    Streams depend only on their keys, so adding a layer never changes another
+    layer's draws.
+    """
+    words = [int(seed)]
+    for k in keys:
+        words.append(k if isinstance(k, int) else zlib.crc32(str(k).encode()))
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def check_finite_or_inf(name: str, method: str, scores: np.ndarray) -> None:
+    """Raise if ``scores`` holds NaN (``min`` propagates NaN: one pass, no temporary)."""
+    if scores.size and np.isnan(scores.min()):
+        raise ValueError(f"method {method!r} produced NaN scores for '{name}' "
+                         f"({int(np.isnan(scores).sum())} of {scores.size}); check the model's "
+                         "weights and data for NaN/inf")
+
+
+# Both kernels are branch-free so that LLVM vectorises them.
+
+@numba.njit(nogil=True, cache=True)
+def _gather_alive(scores, alive, out, start):
+    """Append the scores of alive entries to ``out`` from ``start``; return the end.
+    ``out`` needs one slot of slack: dead entries are written and then overwritten."""
+    k = start
+    for i in range(scores.shape[0]):
+        out[k] = scores[i]
+        k += alive[i]
+    return k
+
+
+@numba.njit(nogil=True, cache=True)
+def _above(scores, alive, use_alive, threshold, out):
+    """``out = alive & (scores > threshold)``; return how many are set."""
+    n = 0
+    if use_alive:
+        for i in range(scores.shape[0]):
+            up = alive[i] & (scores[i] > threshold)
+            out[i] = up
+            n += up
+    else:
+        for i in range(scores.shape[0]):
+            up = scores[i] > threshold
+            out[i] = up
+            n += up
+    return n
+
+
+@numba.njit(nogil=True, cache=True)
+def _tied(scores, alive, use_alive, threshold, idx):
+    """Write the flat indices of alive entries equal to ``threshold`` to ``idx``
+    (ascending); return how many. Ties are rare, so the branch predicts well."""
+    m = 0
+    for i in range(scores.shape[0]):
+        if scores[i] == threshold and ((not use_alive) or alive[i]):
+            idx[m] = i
+            m += 1
+    return m
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def select_top(scores: list[np.ndarray], k: int, rng: np.random.Generator,
+               alive: list[np.ndarray] | None = None,
+               workspace: dict | None = None) -> list[np.ndarray]:
+    """Keep the ``k`` highest scores over several arrays with one threshold.
+
+    Parameters
+    ----------
+    scores : list of float64 arrays
+        One array per layer (any shape); never modified.
+    k : int
+        Number of entries to keep in total.
+    rng : numpy.random.Generator
+        Draws among entries tied at the threshold.
+    alive : list of bool arrays, optional
+        Only these entries compete (and at most these are kept).
+    workspace : dict, optional
+        Scratch memory reused across calls (iterative pruning).
+
+    Returns
+    -------
+    list of bool arrays
+        The kept entries, with the shapes of ``scores``.
+    """
+    flat = [_flat(np.asarray(s, dtype=np.float64)) for s in scores]
+    live = None if alive is None else [_flat(np.asarray(a, dtype=np.bool_)) for a in alive]
+    empty = np.zeros(0, dtype=np.bool_)
+    n_live = [f.size for f in flat] if live is None else [int(np.count_nonzero(a)) for a in live]
+    total = sum(n_live)
+    out = [np.zeros(f.size, dtype=bool) for f in flat]
+    if k >= total:
+        for o, a in zip(out, live if live is not None else [None] * len(out)):
+            if a is None:
+                o[:] = True
+            else:
+                o[:] = a
+    elif k > 0:
+        if live is None:
+            buf = np.concatenate(flat) if len(flat) > 1 else flat[0].copy()
+        else:
+            buf = None if workspace is None else workspace.get("gather")
+            if buf is None or buf.size < total + 1:
+                buf = np.empty(total + 1, dtype=np.float64)
+                if workspace is not None:
+                    workspace["gather"] = buf
+            end = 0
+            for f, a in zip(flat, live):
+                end = _gather_alive(f, a, buf, end)
+        kth = total - k
+        buf[:total].partition(kth)
+        threshold = float(buf[kth])
+        lives = live if live is not None else [empty] * len(flat)
+        need = k - sum(_above(f, a, live is not None, threshold, o)
+                       for f, a, o in zip(flat, lives, out))
+        if need > 0:  # fill from the entries tied at the threshold, in a fixed order
+            tied = []
+            for f, a in zip(flat, lives):
+                idx = np.empty(f.size, dtype=np.int64)  # pages are touched only where written
+                tied.append(idx[:_tied(f, a, live is not None, threshold, idx)])
+            sizes = np.cumsum([0] + [t.size for t in tied])
+            if need == sizes[-1]:
+                chosen = np.arange(need)
+            else:
+                chosen = np.sort(rng.choice(int(sizes[-1]), size=need, replace=False,
+                                            shuffle=False))
+            for j, (t, o) in enumerate(zip(tied, out)):
+                part = chosen[(chosen >= sizes[j]) & (chosen < sizes[j + 1])] - sizes[j]
+                o[t[part]] = True
+    return [o.reshape(np.shape(s)) for o, s in zip(out, scores)]
+
+
+def top_k(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Bool array marking the ``k`` largest entries of ``scores``.
+
+    >>> import numpy as np
+    >>> top_k(np.array([0.1, 3.0, -np.inf, 2.0]), 2, rng_for(0)).tolist()
+    [False, True, False, True]
+    >>> int(top_k(np.zeros(10), 4, rng_for(0)).sum())
+    4
+    """
+    return select_top([scores], k, rng)[0]
