@@ -167,7 +167,10 @@ def test_exact_matches_milp(inst):
     assert ours >= theirs - RTOL * max(1.0, abs(theirs))
     assert mil.upper_bound >= ours - 1e-7 * max(1.0, ours)
     if mil.optimal:
-        assert close(ours, theirs), (ours, theirs, mil.info)
+        # HiGHS proves optimality up to its feasibility/optimality tolerances
+        # (~1e-7 on the rescaled costs); a term weighted below that (e.g. beta ~ 6e-8)
+        # may be left unoptimised by HiGHS while ours, never lower, gets it right.
+        assert ours - theirs <= 1e-7 * max(1.0, abs(ours)), (ours, theirs, mil.info)
 
 
 @settings(max_examples=60)

@@ -23,7 +23,6 @@ import topo_pai  # noqa: E402
 from topo_pai.models import resnet20  # noqa: E402
 from topo_pai.pruners import phew as P  # noqa: E402
 
-
 # ---------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------

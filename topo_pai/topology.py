@@ -336,28 +336,38 @@ class Topology:
             out[name] = NodeCounts(m, s.e)
         return out
 
+    def edge_weights(self, weights: Mapping[str, Any] | None = None) -> "EdgeWeights":
+        """Validate per-element edge weights once (finite, non-negative, right shapes),
+        for repeated :meth:`flows` calls on this Topology or on its :meth:`with_masks`
+        siblings (as iterative SynFlow does). Missing weights are 1."""
+        weights = {} if weights is None else weights
+        known = {layer.param for layer in self.program.layers}
+        unknown = set(weights) - known - set(self._unused)
+        if unknown:
+            raise MaskError(f"weights given for {sorted(unknown)}, which are not prunable weights")
+        flat = {}
+        for layer in self.program.layers:
+            w = weights.get(layer.param)
+            flat[layer.param] = (np.ones(int(np.prod(layer.weight_shape))) if w is None
+                                 else _weights_array(layer.param, w, layer.weight_shape))
+        return EdgeWeights(flat)
+
     def flows(self, weights: Mapping[str, Any] | None = None,
               resolution: str = "channel") -> "Flows":
         """Path flows with edge weights: every path counts the product of its weights.
 
         With ``weights`` ``{name: tensor}`` (typically ``|w|``; they must be finite and
-        non-negative) this is SynFlow's flow ``R = 1ᵀ(∏|W|)1`` on this graph, computed
+        non-negative), or the :class:`EdgeWeights` that :meth:`edge_weights` validated
+        once for reuse across :meth:`with_masks` calls, this is SynFlow's flow ``R = 1ᵀ(∏|W|)1`` on this graph, computed
         overflow-free. A prunable weight missing from ``weights`` has weight 1, so
         ``flows()`` with no weights gives plain path counts. At channel resolution a
         kernel's edge weight is the sum of its unpruned elements' weights.
         """
         _check_resolution(resolution)
-        weights = {} if weights is None else weights
-        unknown = set(weights) - {layer.param for layer in self.program.layers} - set(self._unused)
-        if unknown:
-            raise MaskError(f"weights given for {sorted(unknown)}, which are not prunable weights")
+        prepared = weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights)
         flat_w, lms = [], []
         for layer, lm in zip(self.program.layers, self._layer_masks):
-            w = weights.get(layer.param)
-            if w is None:
-                w = np.ones(lm.mask.size)
-            else:
-                w = _weights_array(layer.param, w, layer.weight_shape)
+            w = prepared.flat[layer.param]
             flat_w.append(w)
             data = K.kernel_weight_sums(lm.mask.reshape(-1), w, layer.kernel_volume, lm.indptr,
                                         lm.indices, layer.weight_shape[1])
@@ -482,6 +492,14 @@ def _weights_array(name: str, w, shape) -> np.ndarray:
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise MaskError(f"weights for '{name}' must be finite and non-negative (pass |w|)")
     return np.ascontiguousarray(arr).reshape(-1)
+
+
+@dataclass(frozen=True)
+class EdgeWeights:
+    """Validated flat float64 edge weights per prunable weight (see
+    :meth:`Topology.edge_weights`)."""
+
+    flat: dict
 
 
 class Flows:

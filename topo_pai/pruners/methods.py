@@ -138,7 +138,10 @@ def _synflow_scores(ctx, masks, resolution="channel"):
     topo = ctx.topology()
     if masks is not None:
         topo = topo.with_masks(masks)
-    flows = topo.flows(ctx.abs_weights(), resolution)
+    prepared = ctx.cache.get("edge_weights")
+    if prepared is None:  # validate |w| once per pruning run, not once per round
+        prepared = ctx.cache["edge_weights"] = topo.edge_weights(ctx.abs_weights())
+    flows = topo.flows(prepared, resolution)
     if resolution == "channel":
         fast = _channel_log_scores(ctx, topo, flows)
         if fast is not None:
@@ -278,7 +281,7 @@ register_method(Method("synflow", "iterative", _synflow_scores,
 register_method(Method("phew", "masks", _phew_masks, randomized=True, default_allocation="erk",
                        forwards_options=True,
                        summary="biased random walks on |w| (Patil & Dovrolis 2021); ERK budgets; "
-                               "options go to phew_masks (element, max_stall, max_walks)"))
+                               "options go to phew_masks (element, stall_window, min_yield, max_walks)"))
 register_method(Method("shuffle", "masks", _shuffle_masks, randomized=True,
                        options={"masks": None}, budgets_from_option="masks",
                        summary="permute the kept positions of `masks` within each layer"))
