@@ -6,6 +6,7 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ class PruneResult:
         ``scope="layer"``), ``None`` for a global threshold.
     method : str
     sparsity : float
+    report : object or None
+        The method's own account of the run, if it gives one: for ``"npb"`` a
+        :class:`topo_pai.npb.pruner.BalanceReport` (per layer: budget, K, effective
+        channels, paths, objective and its bound; prints as a table).
     """
 
     masks: dict
@@ -44,6 +49,7 @@ class PruneResult:
     budgets: dict | None
     method: str
     sparsity: float
+    report: Any = None  # a method's own account of the run (NPB: its balance report)
 
 
 def _check_sparsity(sparsity) -> float:
@@ -246,7 +252,7 @@ def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] 
         arr = masks.get(t.param)
         out[t.param] = (torch.ones(t.shape, dtype=torch.bool) if arr is None
                         else torch.from_numpy(np.ascontiguousarray(arr, dtype=bool)))
-    return PruneResult(out, scores, budgets, m.name, sparsity)
+    return PruneResult(out, scores, budgets, m.name, sparsity, ctx.cache.get("report"))
 
 
 def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=None,
