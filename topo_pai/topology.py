@@ -36,11 +36,11 @@ from topo_pai.graph.ir import Program
 from topo_pai.graph.masks import LayerMask, attached_masks, layer_mask, scan, validate_keys
 from topo_pai.graph.structure import build_structure
 from topo_pai.graph.trace import trace
+from topo_pai.kernels import propagate as K
 from topo_pai.metrics import exact as X
 from topo_pai.metrics.channel import Block, ChannelGraph, build_blocks
 from topo_pai.metrics.neuron import NeuronGraph
-from topo_pai.kernels import propagate as K
-from topo_pai.metrics.scaled import LOG10_2, NodeCounts, Scaled
+from topo_pai.metrics.scaled import LOG10_2, NodeCounts, Scaled, log10_sum
 from topo_pai.summary import Summary
 
 RESOLUTIONS = ("channel", "neuron")
@@ -233,8 +233,7 @@ class Topology:
         return self.program.group_values
 
     def _layer_io(self, layer: int) -> tuple[int, int]:
-        op = next(op for op in self.program.ops
-                  if op.kind == "layer" and op.attrs["layer"] == layer)
+        op = self.program.layer_ops[layer]
         return op.inputs[0], op.output
 
     # -- queries --------------------------------------------------------------------------
@@ -247,8 +246,6 @@ class Topology:
             work = X.estimate_work(self.program, self._layer_masks, resolution, log10, n_entries)
             return PathCount(log10, resolution, lambda: X.channel_exact(self._channel), work)
         parts = [st.fwd[v] for v in self.program.outputs]
-        from topo_pai.metrics.scaled import log10_sum
-
         log10 = log10_sum(parts)
         work = X.estimate_work(self.program, self._layer_masks, resolution, log10, 0)
         return PathCount(log10, resolution,
@@ -267,8 +264,6 @@ class Topology:
         st = self._state(resolution)
         if resolution == "channel":
             return self._channel.effective_params(st.rf, st.rb)
-        from topo_pai.kernels import propagate as K
-
         counts = []
         for i, (layer, lm) in enumerate(zip(self.program.layers, self._layer_masks)):
             vin, vout = self._layer_io(i)
@@ -387,13 +382,7 @@ class Topology:
         each channel's positions. This is NPB's incoming path mass ``P_in``."""
         st = self._state(resolution)
         if resolution == "channel":
-            from topo_pai.metrics.scaled import combine
-
-            parts = []
-            for g, S in self._channel.layer_inputs[layer].items():
-                f = st.fwd[g]
-                parts.append(Scaled(f.m if S is None else S @ f.m, f.e, f.risky, f.zero))
-            s = combine(parts, self._layer_masks[layer].shape[1])
+            s = self._channel.layer_input_flow(layer, st.fwd)
             return NodeCounts(s.m, s.e)
         vin, _ = self._layer_io(layer)
         f = st.fwd[vin]
@@ -525,8 +514,6 @@ class Flows:
         """log10 of the total flow ``R`` (the path count when all weights are 1)."""
         if self.resolution == "channel":
             return self._graph.log10_paths([self._fwd[g] for g in range(len(self._fwd))])
-        from topo_pai.metrics.scaled import log10_sum
-
         return log10_sum([self._fwd[v] for v in self.topology.program.outputs])
 
     @property
@@ -580,14 +567,7 @@ class Flows:
         return out
 
     def _channel_input(self, layer: int) -> Scaled:
-        from topo_pai.metrics.scaled import combine
-
-        parts = []
-        for g, S in self.topology._channel.layer_inputs[layer].items():
-            f = self._fwd[g]
-            parts.append(Scaled(f.m if S is None else S @ f.m, f.e, f.risky, f.zero))
-        n = self.topology._layer_masks[layer].shape[1]
-        return combine(parts, n)
+        return self._graph.layer_input_flow(layer, self._fwd)
 
 
 def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, *,

@@ -12,6 +12,7 @@ paths of the paper run between their units.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -77,13 +78,16 @@ class Program:
     outputs: list[int]  # values that are network outputs
     unused_params: dict[str, tuple[int, ...]]  # prunable weights not on the traced graph
 
+    @cached_property
+    def layer_ops(self) -> dict[int, Op]:
+        """The ``layer`` op of every layer index (built once; looked up per layer often)."""
+        return {op.attrs["layer"]: op for op in self.ops if op.kind == "layer"}
+
     @property
     def group_values(self) -> list[int]:
         """Value id of every node group: the input, then each layer's output."""
-        values = [self.ops[0].output]
-        by_layer = {op.attrs["layer"]: op.output for op in self.ops if op.kind == "layer"}
-        values.extend(by_layer[i] for i in range(len(self.layers)))
-        return values
+        return [self.ops[0].output] + [self.layer_ops[i].output
+                                       for i in range(len(self.layers))]
 
 
 def spatial3(shape: tuple[int, ...]) -> tuple[int, int, int]:

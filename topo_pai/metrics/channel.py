@@ -139,6 +139,14 @@ class ChannelGraph:
                 K.csr_rmatvec(*b.arrays, r[g], acc[b.src])
         return r
 
+    def layer_input_flow(self, layer: int, fwd) -> Scaled:
+        """Scaled counts (or flows) into the units of ``layer``'s input value."""
+        parts = []
+        for g, S in self.layer_inputs[layer].items():
+            f = fwd[g]
+            parts.append(Scaled(f.m if S is None else S @ f.m, f.e, f.risky, f.zero))
+        return combine(parts, self.layer_masks[layer].shape[1])
+
     def layer_input_reach(self, layer: int, rf: list[np.ndarray]) -> np.ndarray:
         """0/1 reachability of the units of ``layer``'s input value."""
         parts = [_apply(S, rf[g]) for g, S in self.layer_inputs[layer].items()]

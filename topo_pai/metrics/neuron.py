@@ -71,7 +71,7 @@ class NeuronGraph:
     def elements(self, layer: int) -> ConvElements:
         if layer not in self._elements:
             L = self.p.layers[layer]
-            op = next(op for op in self.p.ops if op.kind == "layer" and op.attrs["layer"] == layer)
+            op = self.p.layer_ops[layer]
             self._elements[layer] = conv_elements(L, self.layer_masks[layer],
                                                   self.p.values[op.inputs[0]][0])
         return self._elements[layer]
@@ -195,7 +195,7 @@ class NeuronGraph:
     # -- effectiveness ---------------------------------------------------------------
     def effective_flags(self, layer: int, fin: np.ndarray, bout: np.ndarray):
         """Per-layer effectiveness: flags per unpruned element (conv) or count (linear)."""
-        op = next(op for op in self.p.ops if op.kind == "layer" and op.attrs["layer"] == layer)
+        op = self.p.layer_ops[layer]
         L, H, W, OH, OW = self._conv_geometry(op)
         el = self.elements(layer)
         flags = np.zeros(el.flat.shape[0], dtype=np.uint8)
@@ -205,7 +205,7 @@ class NeuronGraph:
 
     def weight_flow(self, layer: int, fin: np.ndarray, bout: np.ndarray):
         """Per unpruned element: sum over positions of fin * bout (times nothing)."""
-        op = next(op for op in self.p.ops if op.kind == "layer" and op.attrs["layer"] == layer)
+        op = self.p.layer_ops[layer]
         L, H, W, OH, OW = self._conv_geometry(op)
         el = self.elements(layer)
         sums = np.zeros(el.flat.shape[0])
