@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench install
+.PHONY: demo test bench install study study-figures
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,16 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_core.py
+
+# The Fashion-MNIST replication study (docs/study/REPORT.md). Resumable: rerun to continue.
+# `make study FRESH=1` deletes the committed results first and rebuilds everything from scratch.
+STUDY_OUT ?= docs/study/results
+STUDY_WORKERS ?= 2
+study: $(VENV)/.installed
+	@if [ -n "$(FRESH)" ]; then rm -rf $(STUDY_OUT); fi
+	$(BIN)/topo-pai sweep --config docs/study/study.toml --out $(STUDY_OUT) --workers $(STUDY_WORKERS)
+	$(BIN)/python docs/study/analyze.py $(STUDY_OUT)
+
+# Redraw the study's figures and tables from the committed results (no training).
+study-figures: $(VENV)/.installed
+	$(BIN)/python docs/study/analyze.py $(STUDY_OUT)

@@ -12,7 +12,14 @@ Heavy dependencies (torch, numba) load on first use, not on import.
 
 from __future__ import annotations
 
-from topo_pai.errors import (
+import os
+
+# Must precede torch's first import: with the default ACTIVE policy, idle OpenMP
+# threads spin and make torch 5-60x slower on machines with few shared cores.
+# setdefault, so a user's explicit choice wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from topo_pai.errors import (  # noqa: E402
     InputShapeError,
     MaskError,
     NoPrunableLayerError,

@@ -279,6 +279,33 @@ class Topology:
         """Number of unpruned weight elements on at least one input-to-output path."""
         return sum(self._effective_params_per_layer(resolution))
 
+    def effective_flops(self, resolution: str = "channel") -> int:
+        """Multiply-accumulates of one forward pass through the effective subnetwork.
+
+        Each effective weight is charged once per output position of its layer
+        (``H_out * W_out`` for a conv, 1 for a Linear): the convention of the
+        pruning literature's FLOP counters (density x dense FLOPs per layer),
+        restricted to the weights that lie on a path. Pruned and ineffective
+        weights cost nothing; biases, norms, activations and pooling are not
+        counted.
+
+        Examples
+        --------
+        >>> import torch, topo_pai
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Flatten(),
+        ...                           torch.nn.Linear(2 * 4 * 4, 3))
+        >>> topo = topo_pai.from_torch(net, input_shape=(1, 4, 4))
+        >>> topo.effective_flops() == 2 * 9 * 16 + 32 * 3
+        True
+        """
+        per_layer = self._effective_params_per_layer(_check_resolution(resolution))
+        values = self.program.group_values
+        total = 0
+        for layer, n_eff in zip(self.program.layers, per_layer):
+            out_shape = self.program.values[values[layer.group]]
+            total += int(n_eff) * int(np.prod(out_shape[1:], dtype=np.int64))
+        return total
+
     def effective_masks_numpy(self, resolution: str = "channel") -> dict[str, np.ndarray]:
         """Like :meth:`effective_masks` but with numpy bool arrays."""
         st = self._state(resolution)

@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
+
+from topo_pai.models._common import check_input_size, check_positive_int
 
 
 class BasicBlock(nn.Module):
@@ -65,12 +67,23 @@ class Bottleneck(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """Three-stage ResNet for small images (depth = 6n + 2)."""
+    """Three-stage ResNet for small images (depth = 6n + 2).
 
-    def __init__(self, depth: int, in_channels: int = 3, num_classes: int = 10, width: int = 16):
+    The global average pool makes the classifier independent of the input
+    size; ``input_size`` is only checked to be at least 4, the smallest size
+    at which both stride-2 stages still halve a map (the last stage then works
+    on 1x1 maps).
+    """
+
+    def __init__(self, depth: int, in_channels: int = 3, num_classes: int = 10, width: int = 16,
+                 *, input_size=32):
         super().__init__()
-        if (depth - 2) % 6 != 0:
-            raise ValueError(f"depth must be 6n + 2, got {depth}")
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"depth must be 6n + 2 with n >= 1 (20, 32, 56, ...), got {depth!r}")
+        in_channels = check_positive_int("in_channels", in_channels)
+        num_classes = check_positive_int("num_classes", num_classes)
+        width = check_positive_int("width", width)
+        check_input_size(input_size, 4, f"resnet{depth}")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
@@ -93,11 +106,20 @@ class CifarResNet(nn.Module):
 
 
 class ImageNetResNet(nn.Module):
-    """Four-stage ResNet; ``small_stem`` uses a 3x3 stride-1 stem without max-pool."""
+    """Four-stage ResNet; ``small_stem`` uses a 3x3 stride-1 stem without max-pool.
+
+    The classifier follows a global average pool, so any input size works;
+    ``input_size`` is checked to be at least the total stride (8 with the
+    small stem, 32 with the ImageNet stem), below which some stride-2 layer
+    would no longer halve its map.
+    """
 
     def __init__(self, block, layers, in_channels: int = 3, num_classes: int = 1000,
-                 small_stem: bool = False):
+                 small_stem: bool = False, *, input_size=224, name: str = "this ResNet"):
         super().__init__()
+        in_channels = check_positive_int("in_channels", in_channels)
+        num_classes = check_positive_int("num_classes", num_classes)
+        check_input_size(input_size, 8 if small_stem else 32, name)
         if small_stem:
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False),
@@ -127,21 +149,46 @@ class ImageNetResNet(nn.Module):
         return self.fc(x)
 
 
-def resnet20(in_channels: int = 3, num_classes: int = 10, width: int = 16) -> CifarResNet:
-    return CifarResNet(20, in_channels, num_classes, width)
+def resnet20(in_channels: int = 3, num_classes: int = 10, width: int = 16, *,
+             input_size=32) -> CifarResNet:
+    """ResNet-20 (CIFAR); ``width`` is the first stage's channel count (16).
+
+    Examples
+    --------
+    >>> import torch
+    >>> resnet20(in_channels=1, input_size=8)(torch.zeros(2, 1, 8, 8)).shape
+    torch.Size([2, 10])
+    """
+    return CifarResNet(20, in_channels, num_classes, width, input_size=input_size)
 
 
-def resnet32(in_channels: int = 3, num_classes: int = 10, width: int = 16) -> CifarResNet:
-    return CifarResNet(32, in_channels, num_classes, width)
+def resnet32(in_channels: int = 3, num_classes: int = 10, width: int = 16, *,
+             input_size=32) -> CifarResNet:
+    """ResNet-32 (CIFAR); ``width`` is the first stage's channel count (16)."""
+    return CifarResNet(32, in_channels, num_classes, width, input_size=input_size)
 
 
-def resnet56(in_channels: int = 3, num_classes: int = 10, width: int = 16) -> CifarResNet:
-    return CifarResNet(56, in_channels, num_classes, width)
+def resnet56(in_channels: int = 3, num_classes: int = 10, width: int = 16, *,
+             input_size=32) -> CifarResNet:
+    """ResNet-56 (CIFAR); ``width`` is the first stage's channel count (16)."""
+    return CifarResNet(56, in_channels, num_classes, width, input_size=input_size)
 
 
-def resnet18(in_channels: int = 3, num_classes: int = 200) -> ImageNetResNet:
-    return ImageNetResNet(BasicBlock, (2, 2, 2, 2), in_channels, num_classes, small_stem=True)
+def resnet18(in_channels: int = 3, num_classes: int = 200, *, input_size=64) -> ImageNetResNet:
+    """ResNet-18 with a 3x3 stride-1 stem (Tiny-ImageNet style); ``input_size`` >= 8."""
+    return ImageNetResNet(BasicBlock, (2, 2, 2, 2), in_channels, num_classes, small_stem=True,
+                          input_size=input_size, name="resnet18")
 
 
-def resnet50(in_channels: int = 3, num_classes: int = 1000) -> ImageNetResNet:
-    return ImageNetResNet(Bottleneck, (3, 4, 6, 3), in_channels, num_classes)
+def resnet50(in_channels: int = 3, num_classes: int = 1000, *, input_size=224) -> ImageNetResNet:
+    """ResNet-50 (ImageNet stem, bottlenecks); ``input_size`` >= 32.
+
+    Examples
+    --------
+    >>> resnet50(input_size=16)
+    Traceback (most recent call last):
+    ...
+    ValueError: input_size=16 is too small for resnet50: height and width must be at least 32
+    """
+    return ImageNetResNet(Bottleneck, (3, 4, 6, 3), in_channels, num_classes,
+                          input_size=input_size, name="resnet50")

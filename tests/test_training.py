@@ -1,0 +1,124 @@
+"""Masked training: pruned weights stay exactly zero, runs are reproducible, bad input is refused."""
+
+import json
+import math
+
+import pytest
+import torch
+
+import topo_pai
+from topo_pai.experiments.data import load_dataset
+from topo_pai.experiments.training import TrainConfig, evaluate, resolve_device, train
+from topo_pai.models import get_model
+
+
+@pytest.fixture(scope="module")
+def data():
+    tr = load_dataset("synthetic", "train", input_shape=(1, 12, 12), n=512)
+    te = load_dataset("synthetic", "test", input_shape=(1, 12, 12), n=256)
+    return tr, te
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return get_model("lenet_300_100", in_channels=1, input_size=12, num_classes=10)
+
+
+def test_pruned_weights_stay_exactly_zero_and_accuracy_rises(data):
+    tr, te = data
+    model = _model()
+    masks = topo_pai.prune(model, "random", 0.8, input_shape=(1, 12, 12), seed=0)
+    before = evaluate(model, te)[1]
+    res = train(model, tr, te, masks=masks, epochs=6, lr=0.1, batch_size=32, weight_decay=5e-4,
+                progress=False, device="cpu")
+    for name, m in masks.items():
+        mod, attr = name.rsplit(".", 1)
+        w = getattr(model.get_submodule(mod), attr)
+        assert torch.count_nonzero(w.detach()[~m]) == 0, name
+        # momentum and weight decay did move the unpruned weights
+        assert torch.count_nonzero(w.detach()[m]) == int(m.sum())
+    assert res.final_accuracy > max(0.5, before + 0.2)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4, 5, 6]
+    assert res.history[-1]["test_acc"] == pytest.approx(evaluate(model, te)[1])
+
+
+def test_same_seed_same_history(data):
+    tr, te = data
+    runs = []
+    for _ in range(2):
+        model = _model(1)
+        masks = topo_pai.prune(model, "magnitude", 0.8, input_shape=(1, 12, 12))
+        runs.append(train(model, tr, te, masks=masks, epochs=2, seed=7, progress=False,
+                          device="cpu").history)
+    strip = [[{k: v for k, v in h.items() if k != "seconds"} for h in r] for r in runs]
+    assert strip[0] == strip[1]
+
+
+def test_masks_already_attached_are_kept(data):
+    tr, _ = data
+    model = _model()
+    masks = topo_pai.prune(model, "random", 0.95, input_shape=(1, 12, 12))
+    topo_pai.apply_masks(model, masks)
+    train(model, tr, epochs=1, progress=False, device="cpu")
+    assert all(torch.equal(topo_pai.read_masks(model)[k], v) for k, v in masks.items())
+    assert topo_pai.from_torch(model, input_shape=(1, 12, 12)).n_unpruned == \
+        sum(int(m.sum()) for m in masks.values())
+
+
+def test_schedules():
+    cos = TrainConfig(epochs=4, lr=0.1, schedule="cosine")
+    assert [round(cos.lr_at(e), 6) for e in range(4)] == [
+        round(0.05 * (1 + math.cos(math.pi * e / 4)), 6) for e in range(4)]
+    step = TrainConfig(epochs=8, lr=0.1, schedule="step", milestones=(2, 5), gamma=0.5)
+    assert [step.lr_at(e) for e in (0, 1, 2, 4, 5, 7)] == [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    default_step = TrainConfig(epochs=8, lr=1.0, schedule="step")
+    assert [default_step.lr_at(e) for e in (3, 4, 6)] == [1.0, pytest.approx(0.1),
+                                                          pytest.approx(0.01)]
+    assert TrainConfig(schedule="constant", lr=0.3).lr_at(5) == 0.3
+
+
+def test_log_file_has_one_json_line_per_epoch(data, tmp_path):
+    tr, te = data
+    log = tmp_path / "log" / "train.jsonl"
+    train(_model(), tr, te, epochs=2, progress=False, log=log, device="cpu")
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    assert {"lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"} <= set(lines[0])
+    seen = []
+    train(_model(), tr, epochs=1, progress=False, log=seen.append, device="cpu")
+    assert len(seen) == 1
+
+
+def test_device_auto_is_cuda_when_available_else_cpu():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("tpu:0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            resolve_device("cuda")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(epochs=0), "epochs"), (dict(lr=-1.0), "lr"), (dict(schedule="linear"), "schedule"),
+    (dict(batch_size=2.5), "batch_size"), (dict(milestones=(3, 2)), "milestones"),
+])
+def test_bad_hyperparameters(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw)
+
+
+def test_bad_inputs(data):
+    tr, _ = data
+    with pytest.raises(TypeError, match="model"):
+        train("net", tr, progress=False)
+    with pytest.raises(TypeError, match="train_set"):
+        train(_model(), (tr.x, tr.y), progress=False)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        train(_model(), tr, epochz=1, progress=False)
+
+
+def test_diverging_loss_is_reported(data):
+    tr, _ = data
+    with pytest.raises(FloatingPointError, match="lower lr"):
+        train(_model(), tr, epochs=3, lr=1e6, momentum=0.0, weight_decay=0.0, progress=False,
+              device="cpu")

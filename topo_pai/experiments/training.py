@@ -1,0 +1,316 @@
+"""Masked training: SGD with momentum, step or cosine schedules, on CPU or CUDA.
+
+The masks are attached with :func:`topo_pai.apply_masks` (``torch.nn.utils.prune``
+reparametrisation: ``weight = weight_orig * weight_mask``), so a pruned weight
+is exactly zero in every forward pass, whatever the optimizer does to
+``weight_orig``. :func:`train` checks this after the last epoch.
+
+Data are in-memory :class:`~topo_pai.experiments.data.Dataset` objects (or any
+object with ``x`` and ``y`` tensors); batches are index slices drawn from a
+seeded generator, so a run is reproducible on the same device and torch build.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from topo_pai.pruners.torch_masks import apply_masks, read_masks
+
+logger = logging.getLogger("topo_pai.training")
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None) is CUDA when available, else CPU; anything else is passed to torch.
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {device!r}") \
+            from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asks for CUDA, but torch.cuda.is_available() is "
+                         "False here; pass device='auto' or 'cpu'")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and every CUDA device); make cuDNN deterministic."""
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(int(seed))
+    np.random.seed(int(seed) % 2**32)
+    torch.manual_seed(int(seed))
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def check_omp_policy() -> None:
+    """Warn when torch runs with spinning OpenMP threads (see the module docs of topo_pai)."""
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        logger.warning("OMP_WAIT_POLICY is not PASSIVE: on machines with few shared cores idle "
+                       "OpenMP threads spin and torch can run 5-60x slower; set it before torch "
+                       "is imported (importing topo_pai first does)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of :func:`train` (defaults: the paper's CIFAR recipe, shortened).
+
+    ``milestones`` are epochs at which ``"step"`` multiplies the rate by
+    ``gamma``; by default half and three quarters of ``epochs``.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] | None = None
+    gamma: float = 0.1
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise ValueError(f"training {name} {why}, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                bad(name, "must be a positive int")
+        for name in ("lr", "momentum", "weight_decay", "gamma"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                bad(name, "must be a finite non-negative number")
+        if self.lr == 0:
+            bad("lr", "must be positive")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", f"must be one of {SCHEDULES}")
+        if self.milestones is not None:
+            ms = tuple(self.milestones)
+            if any(not isinstance(m, int) or m < 1 for m in ms) or list(ms) != sorted(set(ms)):
+                bad("milestones", "must be increasing positive epoch numbers")
+            object.__setattr__(self, "milestones", ms)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate used during ``epoch`` (0-based)."""
+        if self.schedule == "constant":
+            return self.lr
+        if self.schedule == "cosine":
+            return 0.5 * self.lr * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        ms = self.milestones or tuple(sorted({max(1, self.epochs // 2),
+                                              max(1, (3 * self.epochs) // 4)}))
+        return self.lr * self.gamma ** sum(epoch >= m for m in ms)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: per-epoch metrics and the final test accuracy."""
+
+    history: list[dict] = field(default_factory=list)
+    final_accuracy: float | None = None
+    final_loss: float | None = None
+    device: str = "cpu"
+    seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+
+
+def _tensors(dataset, name: str):
+    x, y = getattr(dataset, "x", None), getattr(dataset, "y", None)
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be a topo_pai Dataset (or have tensors .x and .y), got "
+                        f"{type(dataset).__name__}")
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError(f"{name} has {x.shape[0]} inputs and {y.shape[0]} labels; they must be "
+                         "equal and non-zero")
+    return x, y
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, *, batch_size: int = 1000,
+             device: str | torch.device | None = "auto") -> tuple[float, float]:
+    """Mean cross-entropy and accuracy (fraction) of ``model`` on ``dataset``, in eval mode."""
+    dev = resolve_device(device)
+    x, y = _tensors(dataset, "dataset")
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+        out = model(xb)
+        loss_sum += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(1) == yb).sum())
+    model.train(was_training)
+    return loss_sum / x.shape[0], correct / x.shape[0]
+
+
+def _progress(iterable, enabled: bool, **kw):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # progress bars are a nicety, never a hard dependency
+        return iterable
+    return tqdm(iterable, leave=False, **kw)
+
+
+def _pruned_nonzero(model: nn.Module, masks: dict) -> list[str]:
+    bad = []
+    params = dict(model.named_modules())
+    for name, m in masks.items():
+        mod_name, _, attr = name.rpartition(".")
+        w = getattr(params[mod_name], attr)
+        if bool((w.detach()[~m.to(w.device)] != 0).any()):
+            bad.append(name)
+    return bad
+
+
+def train(model: nn.Module, train_set, test_set=None, *, masks=None,
+          config: TrainConfig | None = None, device: str | torch.device | None = "auto",
+          seed: int = 0, progress: bool = True, log: str | os.PathLike | Callable | None = None,
+          **hyper) -> TrainResult:
+    """Train ``model`` **in place** with its pruned weights held at exactly zero.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Trained in place (and moved to ``device``).
+    train_set, test_set : Dataset
+        In-memory datasets (``.x`` float tensor, ``.y`` int64 labels), e.g.
+        from :func:`topo_pai.experiments.data.load_dataset`. ``test_set`` is
+        evaluated after every epoch.
+    masks : dict, optional
+        ``{param name: 0/1 mask}`` as from :func:`topo_pai.prune`; attached with
+        :func:`topo_pai.apply_masks`. None keeps the masks already attached
+        (``torch.nn.utils.prune`` or parametrize); a model without any trains dense.
+    config : TrainConfig, optional
+        Hyperparameters; keyword arguments (``epochs=``, ``lr=``, ``schedule=``,
+        ...) override its fields.
+    device : "auto", "cpu", "cuda", torch.device
+        ``"auto"``: CUDA when available, else CPU.
+    seed : int
+        Seeds initial state, batch order and dropout.
+    progress : bool
+        A progress bar over the batches of each epoch (tqdm, when installed).
+    log : path or callable, optional
+        Each epoch's metrics dict is appended as one JSON line to this file, or
+        passed to this callable. They also go to the ``topo_pai.training`` logger.
+
+    Returns
+    -------
+    TrainResult
+        ``history`` (one dict per epoch: ``epoch, lr, train_loss, train_acc,
+        test_loss, test_acc, seconds``) and ``final_accuracy`` (test accuracy
+        after the last epoch, a fraction; None without ``test_set``).
+
+    Raises
+    ------
+    RuntimeError
+        If a pruned weight is non-zero after training (it never should be).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from types import SimpleNamespace
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = torch.randn(256, 4, generator=g); y = (x[:, 0] > 0).long()
+    >>> data = SimpleNamespace(x=x, y=y)
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> mask = {"0.weight": torch.rand(8, 4, generator=g) > 0.5}
+    >>> res = train(net, data, data, masks=mask, epochs=20, batch_size=32,
+    ...             progress=False, device="cpu")
+    >>> res.final_accuracy > 0.8, bool((net[0].weight[~mask["0.weight"]] == 0).all())
+    (True, True)
+    """
+    cfg = TrainConfig(**{**asdict(config or TrainConfig()), **hyper}) if hyper else \
+        (config or TrainConfig())
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    x, y = _tensors(train_set, "train_set")
+    if test_set is not None:
+        _tensors(test_set, "test_set")
+    check_omp_policy()
+    dev = resolve_device(device)
+    seed_everything(seed)
+    if masks is not None:
+        apply_masks(model, masks)
+    attached = {k: v.bool() for k, v in read_masks(model).items()}
+    model.to(dev)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    gen = torch.Generator().manual_seed(int(seed))
+    sink = None
+    if log is not None and not callable(log):
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        sink = open(log, "a", encoding="utf-8")
+    result = TrainResult(device=str(dev), config=asdict(cfg))
+    start = time.perf_counter()
+    try:
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            lr = cfg.lr_at(epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            model.train()
+            order = torch.randperm(x.shape[0], generator=gen)
+            loss_sum, correct = 0.0, 0
+            batches = range(0, x.shape[0], cfg.batch_size)
+            for i in _progress(batches, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                               unit="batch"):
+                idx = order[i:i + cfg.batch_size]
+                xb, yb = x[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)
+                out = model(xb)
+                loss = nn.functional.cross_entropy(out, yb)
+                if not torch.isfinite(loss.detach()):
+                    raise FloatingPointError(f"training loss became {float(loss.detach())} in epoch "
+                                             f"{epoch + 1}; lower lr (now {lr:g})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += float(loss.detach()) * idx.numel()
+                correct += int((out.argmax(1) == yb).sum())
+            row = dict(epoch=epoch + 1, lr=lr, train_loss=loss_sum / x.shape[0],
+                       train_acc=correct / x.shape[0])
+            if test_set is not None:
+                row["test_loss"], row["test_acc"] = evaluate(model, test_set, device=dev)
+            row["seconds"] = time.perf_counter() - t0
+            result.history.append(row)
+            logger.info("epoch %d/%d %s", epoch + 1, cfg.epochs,
+                        " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+            if sink is not None:
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+            elif callable(log):
+                log(row)
+    finally:
+        if sink is not None:
+            sink.close()
+    result.seconds = time.perf_counter() - start
+    if result.history and test_set is not None:
+        result.final_loss = result.history[-1]["test_loss"]
+        result.final_accuracy = result.history[-1]["test_acc"]
+    leaked = _pruned_nonzero(model, attached)
+    if leaked:
+        raise RuntimeError(f"pruned weights became non-zero during training in {leaked[:5]}")
+    return result
