@@ -29,6 +29,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from topo_pai.kernels import propagate as K  # noqa: E402
 from topo_pai.kernels import reference as R  # noqa: E402
+from topo_pai.metrics.neuron import ConvElements, ConvPlan, conv_backward, conv_forward  # noqa: E402
 
 INDEX_DTYPES = (np.int32, np.int64)
 EXAMPLES = settings(max_examples=60, deadline=None)
@@ -95,6 +96,33 @@ def elements(weights, groups, dtype, nz_dtype=None, unit=False):
     )
 
 
+def plane_elements(c, el):
+    """The engine's phase-plane plan and elements for a test case's element lists."""
+    KH, KW = c["KH"], c["KW"]
+    (sh, sw), (dh, dw) = c["stride"], c["dil"]
+    plan = ConvPlan(c["C"], c["H"], c["W"], c["O"], c["OH"], c["OW"], tuple(c["stride"]),
+                    tuple(c["pad"]), tuple(c["dil"]), c["OH"] + ((KH - 1) * dh) // sh,
+                    c["OW"] + ((KW - 1) * dw) // sw)
+    sample = np.zeros(1, dtype=c["dtype"])
+    src = K.plane_offsets(el["nz_i"], el["nz_kh"], el["nz_kw"], plan.plane, plan.Hq, plan.Wq,
+                          sh, sw, dh, dw, sample)
+    by_i_i = np.repeat(np.arange(c["C"]), np.diff(el["ptr_i"]))
+    by_i_src = K.plane_offsets(by_i_i, el["by_i_kh"], el["by_i_kw"], plan.plane, plan.Hq,
+                               plan.Wq, sh, sw, dh, dw, sample)
+    return plan, ConvElements(None, el["ptr_o"], src, el["ptr_i"], el["by_i_o"], by_i_src, None,
+                              np.zeros(0))
+
+
+def run_conv_forward(c, el, x, out):
+    plan, ce = plane_elements(c, el)
+    conv_forward(plan, ce, x.reshape(-1), el["val"], out)
+
+
+def run_conv_backward(c, el, g, gin):
+    plan, ce = plane_elements(c, el)
+    conv_backward(plan, ce, g.reshape(-1), el["by_i_val"], gin)
+
+
 def torch_conv(x, weights, c):
     """The same conv in torch, with explicit (left/top, right/bottom) zero padding."""
     (ph, pw), (ph_tot, pw_tot) = c["pad"], c["pad_tot"]
@@ -121,8 +149,7 @@ def test_conv_forward(c):
     el = elements(weights, c["G"], c["dtype"], c["nz_dtype"], c["unit"])
     init = rng.integers(0, 3, size=c["O"] * c["OH"] * c["OW"]).astype(np.float64)
     out = init.copy()
-    K.conv_forward(x.reshape(-1), c["H"], c["W"], out, c["OH"], c["OW"], el["ptr_o"], el["nz_i"],
-                   el["nz_kh"], el["nz_kw"], el["val"], *c["stride"], *c["pad"], *c["dil"])
+    run_conv_forward(c, el, x, out)
     ref = R.conv_forward(x, weights, c["G"], c["stride"], c["pad"], c["dil"], (c["OH"], c["OW"]))
     np.testing.assert_array_equal(ref, torch_conv(x, weights, c))
     np.testing.assert_array_equal((out - init).reshape(ref.shape), ref)  # accumulates
@@ -135,9 +162,7 @@ def test_conv_backward(c):
     el = elements(weights, c["G"], c["dtype"], c["nz_dtype"], c["unit"])
     init = rng.integers(0, 3, size=c["C"] * c["H"] * c["W"]).astype(np.float64)
     gin = init.copy()
-    K.conv_backward(g.reshape(-1), c["H"], c["W"], gin, c["OH"], c["OW"], el["ptr_i"],
-                    el["by_i_o"], el["by_i_kh"], el["by_i_kw"], el["by_i_val"], *c["stride"],
-                    *c["pad"], *c["dil"])
+    run_conv_backward(c, el, g, gin)
     ref = R.conv_backward(g, weights, c["G"], c["stride"], c["pad"], c["dil"],
                           (c["C"], c["H"], c["W"]))
     np.testing.assert_array_equal(ref, torch_conv_transpose(g, weights, c))
@@ -156,9 +181,12 @@ def test_conv_effective(c, p_on):
     bout = (rng.random((c["O"], c["OH"], c["OW"])) < p_on).astype(np.float64)
     n = len(el["nz_i"])
     flags = np.full(n, 7, dtype=np.uint8)  # every flag must be written
-    K.conv_effective(fin.reshape(-1), c["H"], c["W"], bout.reshape(-1), c["OH"], c["OW"],
-                     el["ptr_o"], el["nz_i"], el["nz_kh"], el["nz_kw"], *c["stride"], *c["pad"],
-                     *c["dil"], flags)
+    plan, ce = plane_elements(c, el)
+    K.plane_effective(plan.to_planes(fin.reshape(-1)), plan.out_to_rows(bout.reshape(-1)),
+                      plan.ostride, plan.n, ce.ptr_o, ce.src, flags)
+    sums = np.full(n, -1.0)
+    K.plane_weight_flow(plan.to_planes(fin.reshape(-1)), plan.out_to_rows(bout.reshape(-1)),
+                        plan.ostride, plan.n, ce.ptr_o, ce.src, sums)
     o, i, kh, kw = np.nonzero(weights)
     want = np.zeros(n, dtype=np.uint8)
     for t in range(n):
@@ -167,6 +195,7 @@ def test_conv_effective(c, p_on):
         y = R.conv_forward(fin, single, c["G"], c["stride"], c["pad"], c["dil"],
                            (c["OH"], c["OW"]))
         want[t] = (y * bout).sum() > 0
+        assert sums[t] == (y * bout).sum()
     np.testing.assert_array_equal(flags, want)
 
 
@@ -189,15 +218,11 @@ def test_conv_kernels_fixed_geometries(geometry, unit, dtype):
     weights, x, g, _ = conv_arrays(c)
     el = elements(weights, 1, dtype, np.int16, unit)
     out = np.zeros(c["O"] * c["OH"] * c["OW"])
-    K.conv_forward(x.reshape(-1), c["H"], c["W"], out, c["OH"], c["OW"], el["ptr_o"],
-                   el["nz_i"], el["nz_kh"], el["nz_kw"], el["val"], *c["stride"], *c["pad"],
-                   *c["dil"])
+    run_conv_forward(c, el, x, out)
     np.testing.assert_array_equal(out.reshape(c["O"], c["OH"], c["OW"]),
                                   torch_conv(x, weights, c))
     gin = np.zeros(c["C"] * c["H"] * c["W"])
-    K.conv_backward(g.reshape(-1), c["H"], c["W"], gin, c["OH"], c["OW"], el["ptr_i"],
-                    el["by_i_o"], el["by_i_kh"], el["by_i_kw"], el["by_i_val"], *c["stride"],
-                    *c["pad"], *c["dil"])
+    run_conv_backward(c, el, g, gin)
     np.testing.assert_array_equal(gin.reshape(c["C"], c["H"], c["W"]),
                                   torch_conv_transpose(g, weights, c))
 
@@ -241,15 +266,11 @@ def test_conv_kernels_big_case_both_dtypes():
         weights, x, g, _ = conv_arrays(c)
         el = elements(weights, c["G"], dtype)
         out = np.zeros(c["O"] * c["OH"] * c["OW"])
-        K.conv_forward(x.reshape(-1), c["H"], c["W"], out, c["OH"], c["OW"], el["ptr_o"],
-                       el["nz_i"], el["nz_kh"], el["nz_kw"], el["val"], *c["stride"], *c["pad"],
-                       *c["dil"])
+        run_conv_forward(c, el, x, out)
         np.testing.assert_array_equal(out.reshape(c["O"], c["OH"], c["OW"]),
                                       torch_conv(x, weights, c))
         gin = np.zeros(c["C"] * c["H"] * c["W"])
-        K.conv_backward(g.reshape(-1), c["H"], c["W"], gin, c["OH"], c["OW"], el["ptr_i"],
-                        el["by_i_o"], el["by_i_kh"], el["by_i_kw"], el["by_i_val"], *c["stride"],
-                        *c["pad"], *c["dil"])
+        run_conv_backward(c, el, g, gin)
         np.testing.assert_array_equal(gin.reshape(c["C"], c["H"], c["W"]),
                                       torch_conv_transpose(g, weights, c))
 
@@ -513,3 +534,108 @@ def test_scale_stats(values):
         assert hi == pos.max() and lo == pos.min()
     else:
         assert hi == 0.0 and lo == math.inf
+
+
+@EXAMPLES
+@given(st.lists(st.sampled_from([0.0, -0.0, 1e-310, 5e-324, 0.25, 1.0, 3.5, 1e300]),
+                max_size=40), st.integers(0, 2 ** 31 - 1))
+def test_scale_stats_special_values(values, seed):
+    """Subnormals, -0.0 and arrays longer than one parallel chunk."""
+    x = np.array(values, dtype=np.float64)
+    if seed % 3 == 0:  # a long array spanning several chunks
+        x = np.random.default_rng(seed).permutation(np.resize(x, 70_000)) if x.size else x
+    hi, lo = K.scale_stats(x)
+    pos = x[x > 0]
+    assert (hi, lo) == ((pos.max(), pos.min()) if pos.size else (0.0, math.inf))
+
+
+@EXAMPLES
+@given(st.integers(0, 3000), st.integers(0, 2 ** 31 - 1))
+def test_count_both_positive(n, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 3, size=n) * rng.random(n)
+    b = rng.integers(0, 3, size=n) * rng.random(n)
+    assert K.count_both_positive(a, b) == np.count_nonzero((a > 0) & (b > 0))
+
+
+# ---------------------------------------------------------------------------
+# fused mask intake and dense multiplicity matrices
+# ---------------------------------------------------------------------------
+
+@EXAMPLES
+@given(kernel_csr_cases(), st.sampled_from([np.float32, np.float64, np.uint8]),
+       st.booleans())
+def test_fused_intake_matches_validate_and_kernel_csr(case, src_dtype, poison):
+    """validate_count / validate_kernel_counts + counts_csr == validate_copy + kernel_csr."""
+    groups, pgi, opg, kernel, density, seed, dtype = case
+    O = groups * opg
+    rng = np.random.default_rng(seed)
+    flat = (rng.random((O, pgi) + kernel) < density).astype(src_dtype).reshape(-1)
+    if poison and flat.size:
+        flat[rng.integers(flat.size)] = 2
+    group_size = int(np.prod(kernel)) if kernel else 1
+    ref_out = np.zeros(flat.size, dtype=np.uint8)
+    ref_bad = K.validate_copy(flat, ref_out)
+    out = np.full(flat.size, 9, dtype=np.uint8)
+    if group_size == 1:
+        bad, ones = K.validate_count(flat, out)
+        counts, nonempty = out, ones
+    else:
+        counts = np.full(O * pgi, 99, dtype=np.uint8)
+        bad, nonempty, ones = K.validate_kernel_counts(flat, group_size, out, counts)
+        np.testing.assert_array_equal(counts, ref_out.reshape(O * pgi, -1).sum(axis=1))
+    assert bad == ref_bad
+    np.testing.assert_array_equal(out, ref_out)
+    assert ones == int(ref_out.sum()) and nonempty == int(np.count_nonzero(counts))
+    want = K.kernel_csr(ref_out, group_size, pgi, opg, np.zeros(1, dtype=dtype))
+    got = K.counts_csr(counts, pgi, opg, nonempty, np.zeros(1, dtype=dtype))
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)
+
+
+@EXAMPLES
+@given(kernel_csr_cases(), st.integers(0, 2 ** 31 - 1))
+def test_dense_kernels_bit_identical_to_csr(case, seed2):
+    """dense_matvec / dense_rmatvec / dense_bilinear give exactly the CSR results,
+    also on non-integer inputs where a different summation order would show."""
+    groups, pgi, opg, _, density, seed, dtype = case
+    O = groups * opg
+    rng = np.random.default_rng(seed)
+    counts = ((rng.random(O * pgi) < density) * rng.integers(1, 10, O * pgi)).astype(np.uint8)
+    csr = K.counts_csr(counts, pgi, opg, int(np.count_nonzero(counts)), np.zeros(1, dtype=dtype))
+    r2 = np.random.default_rng(seed2)
+    x = r2.random(groups * pgi) * 10.0 ** r2.integers(-5, 5, groups * pgi)
+    x[r2.random(x.shape) < 0.3] = 0.0
+    y = r2.random(O)
+    y[r2.random(O) < 0.3] = 0.0
+    init_o, init_i = r2.random(O), r2.random(groups * pgi)
+    a, b = init_o.copy(), init_o.copy()
+    K.dense_matvec(counts, pgi, opg, x, a)
+    K.csr_matvec(*csr, x, b)
+    np.testing.assert_array_equal(a, b)
+    a, b = init_i.copy(), init_i.copy()
+    K.dense_rmatvec(counts, pgi, opg, y, a)
+    K.csr_rmatvec(*csr, y, b)
+    np.testing.assert_array_equal(a, b)
+    assert K.dense_bilinear(counts, pgi, opg, y, x) == K.csr_bilinear(*csr, y, x)
+    M = sp.csr_array((csr[2].astype(np.float64), csr[1], csr[0]),
+                     shape=(O, groups * pgi)).toarray()
+    assert K.dense_bilinear(counts, pgi, opg, y, x) == ((y > 0) @ M @ (x > 0))
+
+
+def test_layer_mask_dense_and_sparse_forms_agree():
+    """A LayerMask held densely builds the same CSR arrays on demand as a sparse one."""
+    from topo_pai.graph.ir import Layer
+    from topo_pai.graph.masks import layer_mask
+
+    layer = Layer(1, "c", "c.weight", "Conv2d", "c", (6, 2, 3, 3), groups=2)
+    rng = np.random.default_rng(0)
+    for density in (0.02, 0.5, 1.0):
+        m = (rng.random((6, 2, 3, 3)) < density).astype(np.float32)
+        lm = layer_mask(layer, 4, m, np.int64)
+        assert lm.dense == (np.count_nonzero(m.reshape(12, 9).sum(1)) >= 0.05 * 12)
+        want = K.kernel_csr(m.astype(np.uint8).reshape(-1), 9, 2, 3, np.zeros(1, np.int64))
+        for g, w in zip((lm.indptr, lm.indices, lm.data), want):
+            np.testing.assert_array_equal(g, w)
+        assert lm.unpruned == int(m.sum()) and lm.nnz == int(want[0][-1])

@@ -38,7 +38,7 @@ from topo_pai.graph.structure import build_structure
 from topo_pai.graph.trace import trace
 from topo_pai.kernels import propagate as K
 from topo_pai.metrics import exact as X
-from topo_pai.metrics.channel import Block, ChannelGraph, build_blocks
+from topo_pai.metrics.channel import Block, ChannelGraph
 from topo_pai.metrics.neuron import NeuronGraph
 from topo_pai.metrics.scaled import LOG10_2, NodeCounts, Scaled, log10_sum
 from topo_pai.summary import Summary
@@ -78,6 +78,8 @@ class PathCount:
         """The exact count; refuses when the estimated work exceeds ``max_work``."""
         if self._exact is None:
             limit = X.EXACT_MAX_WORK if max_work is None else max_work
+            if callable(self._work):
+                self._work = float(self._work())
             if self._work > limit:
                 raise PathCountTooLarge(
                     f"an exact {self.resolution}-resolution count needs ~{self._work:.2g} units of "
@@ -119,8 +121,7 @@ class Topology:
         self._param_names = param_names
         self._index_dtype = index_dtype
         layer_inputs, outputs, sizes = structure
-        self._channel = ChannelGraph(sizes, build_blocks(layer_inputs, layer_masks), layer_inputs,
-                                     outputs, layer_masks)
+        self._channel = ChannelGraph(sizes, None, layer_inputs, outputs, layer_masks)
         self._neuron = NeuronGraph(program, layer_masks)
         self._states: dict[str, _State] = {}
 
@@ -242,8 +243,10 @@ class Topology:
         st = self._state(resolution)
         if resolution == "channel":
             log10 = self._channel.log10_paths([st.fwd[g] for g in range(len(st.fwd))])
-            n_entries = sum(b.nnz for b in self._channel.blocks)
-            work = X.estimate_work(self.program, self._layer_masks, resolution, log10, n_entries)
+            # The work estimate needs the block sizes; it is only asked for by .exact.
+            work = lambda: X.estimate_work(
+                self.program, self._layer_masks, resolution, log10,
+                self._channel.n_block_entries())
             return PathCount(log10, resolution, lambda: X.channel_exact(self._channel), work)
         parts = [st.fwd[v] for v in self.program.outputs]
         log10 = log10_sum(parts)
@@ -253,7 +256,7 @@ class Topology:
 
     def _effective_nodes_per_group(self, resolution: str) -> list[int]:
         st = self._state(resolution)
-        return [int(np.count_nonzero((st.rf[k] > 0) & (st.rb[k] > 0)))
+        return [int(K.count_both_positive(st.rf[k], st.rb[k]))
                 for k in self._group_keys(resolution)]
 
     def effective_nodes(self, resolution: str = "channel") -> int:
@@ -268,8 +271,7 @@ class Topology:
         for i, (layer, lm) in enumerate(zip(self.program.layers, self._layer_masks)):
             vin, vout = self._layer_io(i)
             if layer.kind == "Linear":
-                counts.append(int(K.csr_bilinear(lm.indptr, lm.indices, lm.data, st.rb[vout],
-                                                 st.rf[vin])))
+                counts.append(int(lm.bilinear(st.rb[vout], st.rf[vin])))
             else:
                 _, flags = self._neuron.effective_flags(i, st.rf[vin], st.rb[vout])
                 counts.append(int(flags.sum()))
@@ -396,7 +398,7 @@ class Topology:
             lms.append(LayerMask(lm.mask, lm.unpruned, lm.indptr, lm.indices, data, lm.shape))
         layer_inputs, outputs, sizes = self._structure
         if resolution == "channel":
-            graph = ChannelGraph(sizes, build_blocks(layer_inputs, lms), layer_inputs, outputs, lms)
+            graph = ChannelGraph(sizes, None, layer_inputs, outputs, lms)
             fwd, bwd = dict(enumerate(graph.forward())), dict(enumerate(graph.backward()))
         else:
             graph = NeuronGraph(self.program, lms, flat_w, elements=self._neuron._elements)

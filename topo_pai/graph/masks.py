@@ -8,25 +8,98 @@ channel-level edge multiplicities.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from topo_pai.errors import MaskError
 from topo_pai.graph.ir import Layer, Program
 from topo_pai.kernels import propagate as K
 
+#: A layer's multiplicity matrix is kept as dense per-kernel counts (no index
+#: arrays) when at least this fraction of its kernels is non-empty: a dense entry
+#: costs ~1 byte per pass, a CSR non-zero ~12 bytes and a gather, and building the
+#: CSR arrays costs a pass over all kernels besides.
+DENSE_FRACTION = 0.05
 
-@dataclass
+
 class LayerMask:
-    """A validated mask and its channel-level multiplicity matrix ``M`` (CSR)."""
+    """A validated mask and its channel-level multiplicity matrix ``M``.
 
-    mask: np.ndarray  # uint8, the weight's shape
-    unpruned: int
-    indptr: np.ndarray
-    indices: np.ndarray
-    data: np.ndarray  # float64 multiplicities
-    shape: tuple[int, int]  # (out units, in units)
+    ``M`` (shape ``(out units, in units)``) is held either as CSR arrays
+    (``indptr``, ``indices``, ``data``) or, when most kernels are non-empty, as
+    dense per-kernel ``counts`` (``(O * per_group_in,)``, row ``o`` at columns
+    ``(o // out_per_group) * per_group_in + i``). The CSR arrays are then built on
+    first access; :meth:`matvec`, :meth:`rmatvec` and :meth:`bilinear` use
+    whichever form is held and give bit-identical results either way.
+    """
+
+    __slots__ = ("_csr", "_index_dtype", "_nnz", "counts", "mask", "out_per_group",
+                 "per_group_in", "shape", "unpruned")
+
+    def __init__(self, mask: np.ndarray, unpruned: int, indptr=None, indices=None, data=None,
+                 shape: tuple[int, int] = (0, 0), *, counts=None, per_group_in: int = 1,
+                 out_per_group: int = 1, index_dtype=np.int32, nnz: int | None = None):
+        self.mask = mask  # uint8, the weight's shape
+        self.unpruned = unpruned
+        self.shape = shape
+        self.counts = counts
+        self.per_group_in = per_group_in
+        self.out_per_group = out_per_group
+        self._index_dtype = index_dtype
+        self._csr = None if indptr is None else (indptr, indices, data)
+        self._nnz = nnz
+        if self._csr is None and counts is None:
+            raise ValueError("LayerMask needs CSR arrays or dense counts")
+
+    def _arrays(self):
+        if self._csr is None:
+            self._csr = K.counts_csr(self.counts, self.per_group_in, self.out_per_group,
+                                     self.nnz, np.zeros(1, dtype=self._index_dtype))
+        return self._csr
+
+    @property
+    def indptr(self) -> np.ndarray:
+        return self._arrays()[0]
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self._arrays()[1]
+
+    @property
+    def data(self) -> np.ndarray:
+        """Multiplicities (float32; summed edge weights for weighted copies)."""
+        return self._arrays()[2]
+
+    @property
+    def nnz(self) -> int:
+        """Number of non-zero entries of ``M`` (non-empty kernels)."""
+        if self._nnz is None:  # built from CSR arrays
+            self._nnz = int(self._csr[0][-1])
+        return self._nnz
+
+    @property
+    def dense(self) -> bool:
+        return self.counts is not None
+
+    def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
+        """``out += M @ x``."""
+        if self.counts is not None:
+            K.dense_matvec(self.counts, self.per_group_in, self.out_per_group, x, out)
+        else:
+            K.csr_matvec(*self._csr, x, out)
+
+    def rmatvec(self, y: np.ndarray, out: np.ndarray) -> None:
+        """``out += M.T @ y``."""
+        if self.counts is not None:
+            K.dense_rmatvec(self.counts, self.per_group_in, self.out_per_group, y, out)
+        else:
+            K.csr_rmatvec(*self._csr, y, out)
+
+    def bilinear(self, left: np.ndarray, right: np.ndarray) -> float:
+        """Sum of ``M[r, c]`` over rows with ``left > 0`` and columns with ``right > 0``."""
+        if self.counts is not None:
+            return K.dense_bilinear(self.counts, self.per_group_in, self.out_per_group, left,
+                                    right)
+        return K.csr_bilinear(*self._csr, left, right)
 
 
 def attached_masks(model) -> dict:
@@ -105,30 +178,62 @@ def validate_keys(masks: dict, program: Program, param_names: set[str]) -> None:
                         f"are e.g.: {sample}{', ...' if len(prunable) > 6 else ''}")
 
 
-def scan(name: str, m, shape: tuple[int, ...], group_size: int, per_group_in: int,
-         out_per_group: int, index_dtype=np.int32):
-    """Validate one mask; return its uint8 copy and its multiplicity CSR arrays."""
+def _check_shape(name: str, m, shape) -> None:
     got = tuple(getattr(m, "shape", np.shape(m)))
     if got != tuple(shape):
         raise MaskError(f"mask for '{name}' has shape {got} but the parameter has shape "
                         f"{tuple(shape)}")
+
+
+def _bad_value(name: str, flat: np.ndarray, shape) -> MaskError:
+    bad = int(np.flatnonzero((flat != 0) & (flat != 1))[0])
+    where = np.unravel_index(bad, shape)
+    return MaskError(f"mask for '{name}' holds {flat[bad]!r} at index "
+                     f"{tuple(int(i) for i in where)}; masks must hold only 0 and 1 (no NaN)")
+
+
+def scan(name: str, m, shape: tuple[int, ...], group_size: int, per_group_in: int,
+         out_per_group: int, index_dtype=np.int32):
+    """Validate one mask; return its uint8 copy and its multiplicity CSR arrays."""
+    _check_shape(name, m, shape)
     flat = _flat_numpy(name, m)
     out = np.empty(flat.shape[0], dtype=np.uint8)
     if K.validate_copy(flat, out):
-        bad = int(np.flatnonzero((flat != 0) & (flat != 1))[0])
-        where = np.unravel_index(bad, shape)
-        raise MaskError(f"mask for '{name}' holds {flat[bad]!r} at index "
-                        f"{tuple(int(i) for i in where)}; masks must hold only 0 and 1 (no NaN)")
+        raise _bad_value(name, flat, shape)
     csr = K.kernel_csr(out, group_size, per_group_in, out_per_group, np.zeros(1, dtype=index_dtype))
     return out.reshape(shape), csr
 
 
 def layer_mask(layer: Layer, in_units: int, m, index_dtype) -> LayerMask:
+    """Validate ``m`` (``None``: dense) and build ``layer``'s :class:`LayerMask` in one
+    pass over the mask: copy, 0/1 check and per-kernel counts are fused."""
     shape = layer.weight_shape
-    if m is None:
-        m = np.ones(shape, dtype=np.uint8)
     out_units, per_group_in = shape[0], shape[1]
-    mask, (indptr, indices, data) = scan(layer.param, m, shape, layer.kernel_volume,
-                                         per_group_in, out_units // layer.groups, index_dtype)
-    return LayerMask(mask, int(data.sum(dtype=np.float64)), indptr, indices, data,
-                     (out_units, in_units))
+    out_per_group = out_units // layer.groups
+    group_size = layer.kernel_volume
+    n_kernels = out_units * per_group_in
+    if m is None:
+        mask = np.ones(int(np.prod(shape)), dtype=np.uint8)
+        counts = mask if group_size == 1 else np.full(
+            n_kernels, group_size, dtype=np.uint8 if group_size < 256 else np.int32)
+        nonempty, ones = n_kernels, mask.shape[0]
+    else:
+        _check_shape(layer.param, m, shape)
+        flat = _flat_numpy(layer.param, m)
+        mask = np.empty(flat.shape[0], dtype=np.uint8)
+        if group_size == 1:
+            bad, ones = K.validate_count(flat, mask)
+            counts = mask
+            nonempty = ones
+        else:
+            counts = np.empty(n_kernels, dtype=np.uint8 if group_size < 256 else np.int32)
+            bad, nonempty, ones = K.validate_kernel_counts(flat, group_size, mask, counts)
+        if bad:
+            raise _bad_value(layer.param, flat, shape)
+    lm = LayerMask(mask.reshape(shape), int(ones), shape=(out_units, in_units), counts=counts,
+                   per_group_in=per_group_in, out_per_group=out_per_group,
+                   index_dtype=index_dtype, nnz=int(nonempty))
+    if nonempty < DENSE_FRACTION * n_kernels:
+        lm._arrays()  # sparse: CSR is the cheaper form to hold and to multiply with
+        lm.counts = None
+    return lm

@@ -157,178 +157,77 @@ def csr_bilinear(indptr, indices, data, left, right):
     return total
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
 @numba.njit(**_JIT)
-def scale_stats(x):
-    """Return ``(max, smallest positive)`` of a non-negative array (0, inf if none)."""
-    hi = 0.0
-    lo = np.inf
-    for t in range(x.shape[0]):
-        v = x[t]
-        if v > 0.0:
-            if v > hi:
-                hi = v
-            if v < lo:
-                lo = v
+def _bit_extremes(bits, lo_t, hi_t):
+    hi = np.int64(0)
+    lo = np.int64(_INT64_MAX)
+    for t in range(lo_t, hi_t):
+        b = bits[t]
+        hi = max(hi, b)
+        lo = min(lo, b if b > 0 else _INT64_MAX)
     return hi, lo
 
 
-@numba.njit(**_JIT)
-def _valid_range(pad, k, dil, stride, in_size, out_size):
-    # Output positions y with 0 <= y*stride - pad + k*dil < in_size.
-    first = pad - k * dil
-    lo = 0 if first <= 0 else (first + stride - 1) // stride
-    last = in_size - 1 + pad - k * dil  # y*stride <= last
-    hi = -1 if last < 0 else last // stride
-    if hi > out_size - 1:
-        hi = out_size - 1
-    return lo, hi + 1
+@numba.njit(parallel=True, **_JIT)
+def _bit_extremes_parallel(bits, chunk):
+    n = bits.shape[0]
+    n_chunks = (n + chunk - 1) // chunk
+    his = np.zeros(n_chunks, dtype=np.int64)
+    los = np.zeros(n_chunks, dtype=np.int64)
+    for c in numba.prange(n_chunks):
+        his[c], los[c] = _bit_extremes(bits, c * chunk, min((c + 1) * chunk, n))
+    return his.max(), los.min()
 
 
 @numba.njit(**_JIT)
-def _conv_span(H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw):
-    """Valid output rows/cols of one kernel element, and whether all its rows
-    form one contiguous run in both input and output (then they are fused)."""
-    h_lo, h_hi = _valid_range(ph, kh, dh, sh, H, OH)
-    w_lo, w_hi = _valid_range(pw, kw, dw, sw, W, OW)
-    fused = sw == 1 and sh == 1 and W == OW and w_lo == 0 and w_hi == OW
-    return h_lo, h_hi, w_lo, w_hi, fused
+def scale_stats(x):
+    """Return ``(max, smallest positive)`` of a non-negative array (0, inf if none).
 
-
-@numba.njit(**_JIT)
-def _axpy(dst, d0, src, s0, n, stride, v):
-    """``dst[d0 + j] += v * src[s0 + j * stride]`` for ``j < n``.
-
-    The unit-stride case goes through slices so that LLVM can vectorise it.
+    Non-negative float64 values order like their bit patterns read as int64, so
+    both extremes are integer reductions, which vectorise (float min/max do not
+    without fastmath) and are exact in any order. ``-0.0`` reads as a negative
+    integer and counts as zero. Long arrays are split over threads; short ones
+    (most channel-level vectors) are not worth waking them for.
     """
-    if stride == 1:
-        a = dst[d0:d0 + n]
-        b = src[s0:s0 + n]
-        for j in range(n):
-            a[j] += v * b[j]
+    bits = np.ascontiguousarray(x).view(np.int64)
+    n = bits.shape[0]
+    if n >= 1 << 17:
+        hi, lo = _bit_extremes_parallel(bits, 1 << 15)
     else:
-        for j in range(n):
-            dst[d0 + j] += v * src[s0 + j * stride]
+        hi, lo = _bit_extremes(bits, 0, n)
+    out = np.empty(2, dtype=np.int64)
+    out[0] = hi
+    out[1] = lo
+    f = out.view(np.float64)
+    return f[0], (f[1] if lo != _INT64_MAX else np.inf)
 
 
 @numba.njit(**_JIT)
-def _axpy_t(dst, d0, src, s0, n, stride, v):
-    """``dst[d0 + j * stride] += v * src[s0 + j]`` (the transpose of :func:`_axpy`)."""
-    if stride == 1:
-        a = dst[d0:d0 + n]
-        b = src[s0:s0 + n]
-        for j in range(n):
-            a[j] += v * b[j]
-    else:
-        for j in range(n):
-            dst[d0 + j * stride] += v * src[s0 + j]
+def _count_both(a, b, lo, hi):
+    n = 0
+    for t in range(lo, hi):
+        n += (a[t] > 0.0) & (b[t] > 0.0)
+    return n
 
 
 @numba.njit(parallel=True, **_JIT)
-def conv_forward(x, H, W, out, OH, OW, ptr_o, nz_i, nz_kh, nz_kw, nz_val,
-                 sh, sw, ph, pw, dh, dw):
-    """``out[o] += sum_{(i,kh,kw) in row o} val * x[i, shifted window]``.
-
-    ``ptr_o``/``nz_*`` list the unpruned weight elements grouped by output
-    channel; the outer loop is parallel over output channels, so each thread
-    writes its own slice. An empty ``nz_val`` means every weight is 1.
-    """
-    n_out = ptr_o.shape[0] - 1
-    unit = nz_val.shape[0] == 0
-    for o in numba.prange(n_out):
-        obase = o * OH * OW
-        for t in range(ptr_o[o], ptr_o[o + 1]):
-            v = 1.0 if unit else nz_val[t]
-            kh = nz_kh[t]
-            kw = nz_kw[t]
-            h_lo, h_hi, w_lo, w_hi, fused = _conv_span(H, W, OH, OW, kh, kw, sh, sw, ph, pw,
-                                                       dh, dw)
-            if h_lo >= h_hi or w_lo >= w_hi:
-                continue
-            ibase = nz_i[t] * H * W + (h_lo * sh - ph + kh * dh) * W - pw + kw * dw
-            if fused:
-                _axpy(out, obase + h_lo * OW, x, ibase, (h_hi - h_lo) * OW, 1, v)
-                continue
-            for oh in range(h_lo, h_hi):
-                irow = ibase + (oh - h_lo) * sh * W
-                _axpy(out, obase + oh * OW + w_lo, x, irow + w_lo * sw, w_hi - w_lo, sw, v)
+def _count_both_parallel(a, b, chunk):
+    n_chunks = (a.shape[0] + chunk - 1) // chunk
+    n = 0
+    for c in numba.prange(n_chunks):
+        n += _count_both(a, b, c * chunk, min((c + 1) * chunk, a.shape[0]))
+    return n
 
 
-@numba.njit(parallel=True, **_JIT)
-def conv_backward(gout, H, W, gin, OH, OW, ptr_i, nz_o, nz_kh, nz_kw, nz_val,
-                  sh, sw, ph, pw, dh, dw):
-    """Transpose of :func:`conv_forward`: ``gin[i] += sum val * gout[o, window]``.
-
-    The unpruned elements are grouped by *input* channel here, so the parallel
-    loop again owns its output slice. An empty ``nz_val`` means every weight is 1.
-    """
-    n_in = ptr_i.shape[0] - 1
-    unit = nz_val.shape[0] == 0
-    for i in numba.prange(n_in):
-        for t in range(ptr_i[i], ptr_i[i + 1]):
-            v = 1.0 if unit else nz_val[t]
-            kh = nz_kh[t]
-            kw = nz_kw[t]
-            h_lo, h_hi, w_lo, w_hi, fused = _conv_span(H, W, OH, OW, kh, kw, sh, sw, ph, pw,
-                                                       dh, dw)
-            if h_lo >= h_hi or w_lo >= w_hi:
-                continue
-            obase = nz_o[t] * OH * OW
-            ibase = i * H * W + (h_lo * sh - ph + kh * dh) * W - pw + kw * dw
-            if fused:
-                _axpy_t(gin, ibase, gout, obase + h_lo * OW, (h_hi - h_lo) * OW, 1, v)
-                continue
-            for oh in range(h_lo, h_hi):
-                irow = ibase + (oh - h_lo) * sh * W
-                _axpy_t(gin, irow + w_lo * sw, gout, obase + oh * OW + w_lo, w_hi - w_lo, sw, v)
-
-
-@numba.njit(parallel=True, **_JIT)
-def conv_effective(fin, H, W, bout, OH, OW, ptr_o, nz_i, nz_kh, nz_kw,
-                   sh, sw, ph, pw, dh, dw, flags):
-    """``flags[t] = 1`` iff element ``t`` joins a reachable input position to a
-    co-reachable output position at some output position (early exit)."""
-    n_out = ptr_o.shape[0] - 1
-    for o in numba.prange(n_out):
-        obase = o * OH * OW
-        for t in range(ptr_o[o], ptr_o[o + 1]):
-            kh = nz_kh[t]
-            kw = nz_kw[t]
-            h_lo, h_hi, w_lo, w_hi, _ = _conv_span(H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw)
-            ibase = nz_i[t] * H * W
-            hit = 0
-            for oh in range(h_lo, h_hi):
-                irow = ibase + (oh * sh - ph + kh * dh) * W - pw + kw * dw
-                orow = obase + oh * OW
-                for ow in range(w_lo, w_hi):
-                    if bout[orow + ow] > 0.0 and fin[irow + ow * sw] > 0.0:
-                        hit = 1
-                        break
-                if hit:
-                    break
-            flags[t] = hit
-
-
-@numba.njit(parallel=True, **_JIT)
-def conv_weight_flow(fin, H, W, bout, OH, OW, ptr_o, nz_i, nz_kh, nz_kw,
-                     sh, sw, ph, pw, dh, dw, sums):
-    """``sums[t] = sum over output positions of fin[input position] * bout[position]``
-    for every unpruned element ``t``: the paths (or path mass) through it, per
-    unit weight."""
-    n_out = ptr_o.shape[0] - 1
-    for o in numba.prange(n_out):
-        obase = o * OH * OW
-        for t in range(ptr_o[o], ptr_o[o + 1]):
-            kh = nz_kh[t]
-            kw = nz_kw[t]
-            h_lo, h_hi, w_lo, w_hi, _ = _conv_span(H, W, OH, OW, kh, kw, sh, sw, ph, pw, dh, dw)
-            ibase = nz_i[t] * H * W
-            acc = 0.0
-            for oh in range(h_lo, h_hi):
-                irow = ibase + (oh * sh - ph + kh * dh) * W - pw + kw * dw
-                orow = obase + oh * OW
-                for ow in range(w_lo, w_hi):
-                    acc += bout[orow + ow] * fin[irow + ow * sw]
-            sums[t] = acc
+@numba.njit(**_JIT)
+def count_both_positive(a, b):
+    """Number of positions with ``a > 0`` and ``b > 0``."""
+    if a.shape[0] >= 1 << 17:
+        return _count_both_parallel(a, b, 1 << 15)
+    return _count_both(a, b, 0, a.shape[0])
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -379,3 +278,297 @@ def group_by(keys, n_keys):
         order[fill[k]] = t
         fill[k] += 1
     return ptr, order
+
+
+# ---------------------------------------------------------------------------
+# Mask intake and dense multiplicity matrices
+# ---------------------------------------------------------------------------
+
+@numba.njit(parallel=True, **_JIT)
+def validate_count(flat, out):
+    """:func:`validate_copy` that also counts the ones: ``(n_bad, n_ones)``."""
+    n_bad = 0
+    n_ones = 0
+    for t in numba.prange(flat.shape[0]):
+        v = flat[t]
+        one = v == 1
+        out[t] = one
+        n_ones += one
+        n_bad += (v != 0) & (v != 1)
+    return n_bad, n_ones
+
+
+@numba.njit(parallel=True, **_JIT)
+def validate_kernel_counts(flat, group_size, out, counts):
+    """Validate and copy a mask as :func:`validate_copy` does, and count the ones
+    of every kernel (``group_size`` consecutive elements) into ``counts``.
+
+    Returns ``(n_bad, n_nonempty_kernels, n_ones)``. Two parallel loops: the
+    branch-free validating copy vectorises, and the counts then read the
+    compact uint8 copy.
+    """
+    n_bad = 0
+    for t in numba.prange(flat.shape[0]):
+        v = flat[t]
+        out[t] = v == 1
+        n_bad += (v != 0) & (v != 1)
+    n_nonempty = 0
+    n_ones = 0
+    for k in numba.prange(counts.shape[0]):
+        base = k * group_size
+        c = 0
+        for t in range(base, base + group_size):
+            c += out[t]
+        counts[k] = c
+        n_nonempty += c != 0
+        n_ones += c
+    return n_bad, n_nonempty, n_ones
+
+
+@numba.njit(**_JIT)
+def counts_csr(counts, per_group_in, out_per_group, nnz, index_sample):
+    """Multiplicity CSR from per-kernel counts (``counts`` of shape (O * per_group_in,))
+    with ``nnz`` non-zero counts.
+
+    Same pattern and ordering as :func:`kernel_csr` on the mask the counts came
+    from. It branches on every count: it is used for sparse matrices, where the
+    branch is well predicted and skips the writes of empty kernels.
+    """
+    n_kernels = counts.shape[0]
+    n_out = n_kernels // per_group_in if per_group_in > 0 else 0
+    indptr = np.zeros(n_out + 1, dtype=index_sample.dtype)
+    indices = np.empty(nnz, dtype=index_sample.dtype)
+    data = np.empty(nnz, dtype=np.float32)
+    k = 0
+    for o in range(n_out):
+        offset = (o // out_per_group) * per_group_in
+        row = o * per_group_in
+        for i in range(per_group_in):
+            c = counts[row + i]
+            if c != 0:
+                indices[k] = offset + i
+                data[k] = c
+                k += 1
+        indptr[o + 1] = k
+    return indptr, indices, data
+
+
+@numba.njit(**_JIT)
+def _dense_row(counts, row, base, x, n):
+    acc = 0.0
+    for i in range(n):
+        acc += counts[row + i] * x[base + i]
+    return acc
+
+
+@numba.njit(parallel=True, **_JIT)
+def dense_matvec(counts, per_group_in, out_per_group, x, out):
+    """``out += M @ x`` for the multiplicity matrix held densely as per-kernel counts:
+    row ``o`` has ``counts[o * P + i]`` at column ``(o // out_per_group) * P + i``.
+
+    Each row is summed in column order, exactly as :func:`csr_matvec` sums the
+    non-zeros of the same matrix (the zeros add ``+0.0``), so the two agree bit
+    for bit. Four rows are interleaved so that four independent sums hide the
+    latency of the (ordered, hence unvectorised) additions.
+    """
+    P = per_group_in
+    n_out = counts.shape[0] // P if P > 0 else 0
+    n_blocks = (n_out + 3) // 4
+    for b in numba.prange(n_blocks):
+        o0 = 4 * b
+        if o0 + 4 <= n_out and o0 // out_per_group == (o0 + 3) // out_per_group:
+            base = (o0 // out_per_group) * P
+            r0 = o0 * P
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            for i in range(P):
+                xi = x[base + i]
+                a0 += counts[r0 + i] * xi
+                a1 += counts[r0 + P + i] * xi
+                a2 += counts[r0 + 2 * P + i] * xi
+                a3 += counts[r0 + 3 * P + i] * xi
+            out[o0] += a0
+            out[o0 + 1] += a1
+            out[o0 + 2] += a2
+            out[o0 + 3] += a3
+        else:
+            for o in range(o0, min(o0 + 4, n_out)):
+                out[o] += _dense_row(counts, o * P, (o // out_per_group) * P, x, P)
+
+
+@numba.njit(**_JIT)
+def dense_rmatvec(counts, per_group_in, out_per_group, y, out):
+    """``out += M.T @ y`` for the dense counts of :func:`dense_matvec`.
+
+    Rows are added in order, as :func:`csr_rmatvec` does, so the two agree bit
+    for bit; the inner loop over columns vectorises.
+    """
+    P = per_group_in
+    n_out = counts.shape[0] // P if P > 0 else 0
+    for o in range(n_out):
+        yo = y[o]
+        if yo == 0.0:
+            continue
+        base = (o // out_per_group) * P
+        row = o * P
+        dst = out[base:base + P]
+        src = counts[row:row + P]
+        for i in range(P):
+            dst[i] += src[i] * yo
+
+
+@numba.njit(**_JIT)
+def dense_bilinear(counts, per_group_in, out_per_group, left, right):
+    """:func:`csr_bilinear` for the dense counts of :func:`dense_matvec` (an exact
+    integer sum, returned as float)."""
+    P = per_group_in
+    n_out = counts.shape[0] // P if P > 0 else 0
+    total = 0
+    for o in range(n_out):
+        if left[o] > 0.0:
+            base = (o // out_per_group) * P
+            row = o * P
+            acc = 0
+            for i in range(P):
+                acc += counts[row + i] * (right[base + i] > 0.0)
+            total += acc
+    return float(total)
+
+
+# ---------------------------------------------------------------------------
+# Convolutions on the phase-plane layout
+# ---------------------------------------------------------------------------
+#
+# A conv input (C, H, W) is re-laid out as (C, sh*sw, Hq, Wq) "phase planes":
+# plane (a, b) of channel c holds x[c, R*sh + a - ph, Q*sw + b - pw] at (R, Q),
+# zero where that position is padding. Kernel tap (kh, kw) then reads plane
+# ((kh*dh) % sh, (kw*dw) % sw) shifted by ((kh*dh) // sh, (kw*dw) // sw), with
+# unit stride. Laying the output out with the same row stride Wq (the extra
+# columns are scratch), every unpruned weight element becomes ONE contiguous
+# span of n = (OH - 1) * Wq + OW values: no per-row loop, no bounds, no stride.
+# Out-of-image taps read zeros, which add +0.0 and so leave every real output
+# value bit-identical to skipping them.
+
+@numba.njit(parallel=True, **_JIT)
+def to_planes(x, C, H, W, sh, sw, ph, pw, Hq, Wq, xq):
+    """Fill ``xq`` (C * sh * sw * Hq * Wq, zeros outside the image) from ``x`` (C, H, W)."""
+    P = sh * sw
+    for c in numba.prange(C):
+        for p in range(P):
+            a = p // sw
+            b = p - a * sw
+            base = (c * P + p) * Hq * Wq
+            for R in range(Hq):
+                h = R * sh + a - ph
+                row = base + R * Wq
+                if h < 0 or h >= H:
+                    for Q in range(Wq):
+                        xq[row + Q] = 0.0
+                    continue
+                src = (c * H + h) * W
+                for Q in range(Wq):
+                    w = Q * sw + b - pw
+                    xq[row + Q] = x[src + w] if 0 <= w < W else 0.0
+
+
+@numba.njit(parallel=True, **_JIT)
+def from_planes(xq, C, H, W, sh, sw, ph, pw, Hq, Wq, x):
+    """``x[c, h, w] += xq[c, phase, R, Q]`` (the image positions of the planes)."""
+    P = sh * sw
+    for c in numba.prange(C):
+        for h in range(H):
+            hp = h + ph
+            R = hp // sh
+            a = hp - R * sh
+            if R >= Hq:
+                continue
+            dst = (c * H + h) * W
+            for w in range(W):
+                wp = w + pw
+                Q = wp // sw
+                b = wp - Q * sw
+                if Q < Wq:
+                    x[dst + w] += xq[((c * P + a * sw + b) * Hq + R) * Wq + Q]
+
+
+@numba.njit(**_JIT)
+def plane_offsets(nz_i, nz_kh, nz_kw, plane, Hq, Wq, sh, sw, dh, dw, index_sample):
+    """Start of every element's span in the phase-plane input: channel ``nz_i``'s
+    planes begin at ``nz_i * plane``."""
+    n = nz_i.shape[0]
+    src = np.empty(n, dtype=index_sample.dtype)
+    for t in range(n):
+        qh = nz_kh[t] * dh
+        qw = nz_kw[t] * dw
+        p = (qh % sh) * sw + qw % sw
+        src[t] = nz_i[t] * plane + (p * Hq + qh // sh) * Wq + qw // sw
+    return src
+
+
+@numba.njit(parallel=True, **_JIT)
+def plane_forward(xq, out, ostride, n, ptr_o, src, val):
+    """``out[o * ostride + j] += val[t] * xq[src[t] + j]`` for ``j < n`` and every
+    element ``t`` of output channel ``o`` (in element order); empty ``val``: all 1."""
+    unit = val.shape[0] == 0
+    for o in numba.prange(ptr_o.shape[0] - 1):
+        a = out[o * ostride:o * ostride + n]
+        for t in range(ptr_o[o], ptr_o[o + 1]):
+            b = xq[src[t]:src[t] + n]
+            if unit:
+                for j in range(n):
+                    a[j] += b[j]
+            else:
+                v = val[t]
+                for j in range(n):
+                    a[j] += v * b[j]
+
+
+@numba.njit(parallel=True, **_JIT)
+def plane_backward(gout, gq, ostride, n, ptr_i, by_i_o, by_i_src, val):
+    """Transpose of :func:`plane_forward`, parallel over input channels (each owns
+    its planes): ``gq[src[t] + j] += val[t] * gout[o[t] * ostride + j]``. The scratch
+    columns of ``gout`` must be zero."""
+    unit = val.shape[0] == 0
+    for i in numba.prange(ptr_i.shape[0] - 1):
+        for t in range(ptr_i[i], ptr_i[i + 1]):
+            a = gq[by_i_src[t]:by_i_src[t] + n]
+            o0 = by_i_o[t] * ostride
+            b = gout[o0:o0 + n]
+            if unit:
+                for j in range(n):
+                    a[j] += b[j]
+            else:
+                v = val[t]
+                for j in range(n):
+                    a[j] += v * b[j]
+
+
+@numba.njit(parallel=True, **_JIT)
+def plane_effective(fq, bout, ostride, n, ptr_o, src, flags):
+    """``flags[t] = 1`` iff some position has ``bout > 0`` and ``fq > 0`` on element
+    ``t``'s span (scratch columns of ``bout`` must be zero)."""
+    for o in numba.prange(ptr_o.shape[0] - 1):
+        a = bout[o * ostride:o * ostride + n]
+        for t in range(ptr_o[o], ptr_o[o + 1]):
+            b = fq[src[t]:src[t] + n]
+            hit = 0
+            for j in range(n):
+                if a[j] > 0.0 and b[j] > 0.0:
+                    hit = 1
+                    break
+            flags[t] = hit
+
+
+@numba.njit(parallel=True, **_JIT)
+def plane_weight_flow(fq, bout, ostride, n, ptr_o, src, sums):
+    """``sums[t] = sum_j bout[o * ostride + j] * fq[src[t] + j]`` in position order."""
+    for o in numba.prange(ptr_o.shape[0] - 1):
+        a = bout[o * ostride:o * ostride + n]
+        for t in range(ptr_o[o], ptr_o[o + 1]):
+            b = fq[src[t]:src[t] + n]
+            acc = 0.0
+            for j in range(n):
+                acc += a[j] * b[j]
+            sums[t] = acc

@@ -3,8 +3,9 @@
 Block ``(src, dst)`` holds the edge multiplicities from the units of node
 group ``src`` to those of layer group ``dst``: the layer's own multiplicity
 matrix ``M`` (unpruned elements per kernel) composed with the structure map of
-its input (``M @ S``). Forward counts are layered mat-vecs over the blocks,
-backward counts the transposed mat-vecs, both in :mod:`.scaled` arithmetic.
+its input (``M @ S``). Forward counts are layered mat-vecs (one per layer, on
+its input summed over the groups that feed it), backward counts the transposed
+mat-vecs, both in :mod:`.scaled` arithmetic.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from topo_pai.graph.masks import LayerMask
-from topo_pai.kernels import propagate as K
 from topo_pai.metrics.scaled import Scaled, combine, log10_sum, normalize
 
 
@@ -70,18 +70,56 @@ def _apply_t(S, v: np.ndarray) -> np.ndarray:
 
 
 class ChannelGraph:
-    """Counting and reachability over the channel blocks."""
+    """Counting and reachability over the channel graph.
 
-    def __init__(self, sizes: dict[int, int], blocks: list[Block], layer_inputs, outputs,
+    Propagation runs layer by layer: a layer's input counts are first summed
+    over the node groups that feed it (through their structure maps, which are
+    cheap vector ops), then multiplied once by the layer's multiplicity matrix.
+    In a residual net a block input draws on many groups, and multiplying each
+    group's counts by the same matrix separately (one block each) would repeat
+    the layer's largest cost once per group. The explicit CSR :attr:`blocks`
+    are built only when asked for.
+    """
+
+    def __init__(self, sizes: dict[int, int], blocks: list[Block] | None, layer_inputs, outputs,
                  layer_masks: list[LayerMask]):
         self.sizes = sizes
-        self.blocks = blocks
+        self._blocks = blocks
         self.layer_inputs = layer_inputs
         self.outputs = outputs
         self.layer_masks = layer_masks
-        self.incoming: dict[int, list[Block]] = {g: [] for g in sizes}
-        for b in blocks:
-            self.incoming[b.dst].append(b)
+        self._incoming: dict[int, list[Block]] | None = None
+
+    @property
+    def blocks(self) -> list[Block]:
+        if self._blocks is None:
+            self._blocks = build_blocks(self.layer_inputs, self.layer_masks)
+        return self._blocks
+
+    @property
+    def incoming(self) -> dict[int, list[Block]]:
+        if self._incoming is None:
+            self._incoming = {g: [] for g in self.sizes}
+            for b in self.blocks:
+                self._incoming[b.dst].append(b)
+        return self._incoming
+
+    def n_block_entries(self) -> int:
+        """Total non-zeros of the blocks, building only blocks that are not a layer's
+        own matrix."""
+        if self._blocks is not None:
+            return sum(b.nnz for b in self._blocks)
+        total = 0
+        for inputs, lm in zip(self.layer_inputs, self.layer_masks):
+            for S in inputs.values():
+                if S is None:
+                    total += lm.nnz
+                else:
+                    M = sp.csr_array((lm.data, lm.indices, lm.indptr), shape=lm.shape)
+                    A = sp.csr_array(M @ S)
+                    A.sum_duplicates()
+                    total += A.nnz
+        return total
 
     @property
     def n_groups(self) -> int:
@@ -90,14 +128,14 @@ class ChannelGraph:
     # -- counts -------------------------------------------------------------------
     def forward(self) -> list[Scaled]:
         fwd = [Scaled(np.ones(self.sizes[0]))]
-        for g in range(1, self.n_groups):
-            parts = []
-            for b in self.incoming[g]:
-                src = fwd[b.src]
-                out = np.zeros(self.sizes[g])
-                K.csr_matvec(*b.arrays, src.m, out)
-                parts.append(normalize(out, src.e, src.risky))
-            fwd.append(combine(parts, self.sizes[g]))
+        for layer, lm in enumerate(self.layer_masks):
+            x = self.layer_input_flow(layer, fwd)
+            out = np.zeros(self.sizes[layer + 1])
+            if x.zero:
+                fwd.append(Scaled(out, 0, x.risky, zero=True))
+                continue
+            lm.matvec(x.m, out)
+            fwd.append(normalize(out, x.e, x.risky))
         return fwd
 
     def backward(self) -> list[Scaled]:
@@ -106,12 +144,21 @@ class ChannelGraph:
             parts[g].append(Scaled(_apply_t(S, np.ones(S.shape[0])) if S is not None
                                    else np.ones(self.sizes[g])))
         bwd: list[Scaled] = [None] * self.n_groups  # type: ignore[list-item]
-        for g in range(self.n_groups - 1, -1, -1):
-            bwd[g] = combine(parts[g], self.sizes[g])
-            for b in self.incoming[g]:
-                out = np.zeros(self.sizes[b.src])
-                K.csr_rmatvec(*b.arrays, bwd[g].m, out)
-                parts[b.src].append(normalize(out, bwd[g].e, bwd[g].risky))
+        for g in range(self.n_groups - 1, 0, -1):
+            bwd[g] = b = combine(parts.pop(g), self.sizes[g])
+            lm = self.layer_masks[g - 1]
+            gin = np.zeros(lm.shape[1])
+            if b.zero:
+                s = Scaled(gin, 0, b.risky, zero=True)
+            else:
+                lm.rmatvec(b.m, gin)
+                s = normalize(gin, b.e, b.risky)
+            for src, S in self.layer_inputs[g - 1].items():
+                if S is None:
+                    parts[src].append(s)
+                else:
+                    parts[src].append(Scaled(S.T @ s.m, s.e, s.risky, s.zero))
+        bwd[0] = combine(parts.pop(0), self.sizes[0])
         return bwd
 
     def log10_paths(self, fwd: list[Scaled]) -> float:
@@ -121,10 +168,9 @@ class ChannelGraph:
     # -- reachability (0/1 arithmetic, exact) -----------------------------------------
     def reach_forward(self) -> list[np.ndarray]:
         r = [np.ones(self.sizes[0])]
-        for g in range(1, self.n_groups):
-            out = np.zeros(self.sizes[g])
-            for b in self.incoming[g]:
-                K.csr_matvec(*b.arrays, r[b.src], out)
+        for layer, lm in enumerate(self.layer_masks):
+            out = np.zeros(self.sizes[layer + 1])
+            lm.matvec(self.layer_input_reach(layer, r), out)
             r.append(np.minimum(out, 1.0))
         return r
 
@@ -133,10 +179,14 @@ class ChannelGraph:
         for g, S in self.outputs.items():
             acc[g] += np.ones(self.sizes[g]) if S is None else _apply_t(S, np.ones(S.shape[0]))
         r: list[np.ndarray] = [None] * self.n_groups  # type: ignore[list-item]
-        for g in range(self.n_groups - 1, -1, -1):
+        for g in range(self.n_groups - 1, 0, -1):
             r[g] = np.minimum(acc[g], 1.0)
-            for b in self.incoming[g]:
-                K.csr_rmatvec(*b.arrays, r[g], acc[b.src])
+            lm = self.layer_masks[g - 1]
+            gin = np.zeros(lm.shape[1])
+            lm.rmatvec(r[g], gin)
+            for src, S in self.layer_inputs[g - 1].items():
+                acc[src] += _apply_t(S, gin)
+        r[0] = np.minimum(acc[0], 1.0)
         return r
 
     def layer_input_flow(self, layer: int, fwd) -> Scaled:
@@ -156,5 +206,11 @@ class ChannelGraph:
         counts = []
         for layer, lm in enumerate(self.layer_masks):
             fin = self.layer_input_reach(layer, rf)
-            counts.append(int(K.csr_bilinear(lm.indptr, lm.indices, lm.data, rb[layer + 1], fin)))
+            bout = rb[layer + 1]
+            if lm.unpruned == 0:
+                counts.append(0)
+            elif bool(np.all(bout > 0)) and bool(np.all(fin > 0)):
+                counts.append(lm.unpruned)  # every row and column is on a path
+            else:
+                counts.append(int(lm.bilinear(bout, fin)))
         return counts

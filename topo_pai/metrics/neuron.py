@@ -17,32 +17,145 @@ from topo_pai.kernels import propagate as K
 from topo_pai.metrics.scaled import Scaled, combine, normalize
 
 
+@dataclass(frozen=True)
+class ConvPlan:
+    """Geometry of one conv on the phase-plane layout (see :mod:`topo_pai.kernels.propagate`).
+
+    The input (C, H, W) becomes ``C`` blocks of ``plane`` values (``sh * sw`` planes
+    of Hq x Wq); the output is computed with row stride ``Wq`` (``ostride`` values
+    per channel), every unpruned element adding one span of ``n`` values.
+    """
+
+    C: int
+    H: int
+    W: int
+    O: int
+    OH: int
+    OW: int
+    stride: tuple[int, int]
+    pad: tuple[int, int]
+    dilation: tuple[int, int]
+    Hq: int
+    Wq: int
+
+    @property
+    def phases(self) -> int:
+        return self.stride[0] * self.stride[1]
+
+    @property
+    def plane(self) -> int:
+        return self.phases * self.Hq * self.Wq
+
+    @property
+    def n(self) -> int:
+        return (self.OH - 1) * self.Wq + self.OW if self.OH > 0 and self.OW > 0 else 0
+
+    @property
+    def ostride(self) -> int:
+        return self.OH * self.Wq
+
+    @property
+    def same_input(self) -> bool:
+        """The planes are the input itself (unit stride, no padding, all of it read)."""
+        return (self.phases == 1 and self.pad == (0, 0) and self.Hq == self.H
+                and self.Wq == self.W)
+
+    @property
+    def same_output(self) -> bool:
+        return self.Wq == self.OW
+
+    def to_planes(self, x: np.ndarray) -> np.ndarray:
+        if self.same_input:
+            return x
+        xq = np.empty(self.C * self.plane)
+        K.to_planes(x, self.C, self.H, self.W, *self.stride, *self.pad, self.Hq, self.Wq, xq)
+        return xq
+
+    def from_planes(self, xq: np.ndarray, out: np.ndarray) -> None:
+        """``out += `` the image positions of ``xq``."""
+        if self.same_input:
+            out += xq
+            return
+        K.from_planes(xq, self.C, self.H, self.W, *self.stride, *self.pad, self.Hq, self.Wq, out)
+
+    def out_to_rows(self, y: np.ndarray) -> np.ndarray:
+        """(O, OH, OW) values laid out with row stride Wq, scratch columns zero."""
+        if self.same_output:
+            return y
+        yq = np.zeros((self.O, self.OH, self.Wq))
+        yq[:, :, :self.OW] = y.reshape(self.O, self.OH, self.OW)
+        return yq.reshape(-1)
+
+    def out_from_rows(self, yq: np.ndarray) -> np.ndarray:
+        if self.same_output:
+            return yq
+        return np.ascontiguousarray(yq.reshape(self.O, self.OH, self.Wq)[:, :, :self.OW]).reshape(-1)
+
+
+def conv_plan(layer: Layer, in_shape, out_shape) -> ConvPlan:
+    C, H, W = spatial3(in_shape)
+    O, OH, OW = spatial3(out_shape)
+    KH, KW = layer.kernel_hw
+    (sh, sw), (dh, dw) = layer.stride, layer.dilation
+    return ConvPlan(C, H, W, O, OH, OW, tuple(layer.stride), tuple(layer.pad),
+                    tuple(layer.dilation), OH + ((KH - 1) * dh) // sh, OW + ((KW - 1) * dw) // sw)
+
+
 @dataclass
 class ConvElements:
-    """Unpruned elements of a conv weight, grouped by output and by input channel."""
+    """Unpruned elements of a conv weight, grouped by output and by input channel,
+    as span starts in the phase-plane input of their layer's :class:`ConvPlan`."""
 
     flat: np.ndarray  # flat index into the weight of every element (output-major)
     ptr_o: np.ndarray
-    nz_i: np.ndarray  # global input channel
-    nz_kh: np.ndarray
-    nz_kw: np.ndarray
+    src: np.ndarray  # start of the element's input span
     ptr_i: np.ndarray
     by_i_o: np.ndarray
-    by_i_kh: np.ndarray
-    by_i_kw: np.ndarray
+    by_i_src: np.ndarray
     order: np.ndarray  # permutation from output-major to input-major order
     unit: np.ndarray  # empty: the kernels read it as "every weight is 1"
 
 
-def conv_elements(layer: Layer, lm: LayerMask, in_channels: int) -> ConvElements:
+def conv_elements(layer: Layer, lm: LayerMask, plan: ConvPlan) -> ConvElements:
     O, per_group = layer.weight_shape[:2]
     KH, KW = layer.kernel_hw
     flat, ptr_o, nz_i, kh, kw = K.mask_elements(lm.mask.reshape(-1), O, per_group, KH, KW,
                                                 O // layer.groups)
+    index = np.int32 if plan.C * plan.plane < 2 ** 31 else np.int64
+    src = K.plane_offsets(nz_i, kh, kw, plan.plane, plan.Hq, plan.Wq, *plan.stride,
+                          *plan.dilation, np.zeros(1, dtype=index))
+    del kh, kw
     o = np.repeat(np.arange(O, dtype=np.int32), np.diff(ptr_o))
-    ptr_i, order = K.group_by(nz_i, in_channels)
-    return ConvElements(flat, ptr_o, nz_i, kh, kw, ptr_i, o[order], kh[order], kw[order], order,
-                        np.zeros(0))
+    ptr_i, order = K.group_by(nz_i, plan.C)
+    return ConvElements(flat, ptr_o, src, ptr_i, o[order], src[order], order, np.zeros(0))
+
+
+def conv_forward(plan: ConvPlan, el: ConvElements, x: np.ndarray, val: np.ndarray,
+                 out: np.ndarray) -> None:
+    """``out += conv(x)`` for flat (C, H, W) ``x`` and (O, OH, OW) ``out``."""
+    if plan.n == 0:
+        return
+    xq = plan.to_planes(x)
+    if plan.same_output:
+        K.plane_forward(xq, out, plan.ostride, plan.n, el.ptr_o, el.src, val)
+        return
+    yq = np.zeros(plan.O * plan.ostride)
+    K.plane_forward(xq, yq, plan.ostride, plan.n, el.ptr_o, el.src, val)
+    out += plan.out_from_rows(yq)
+
+
+def conv_backward(plan: ConvPlan, el: ConvElements, g: np.ndarray, val: np.ndarray,
+                  gin: np.ndarray) -> None:
+    """``gin += conv(.)^T g`` (the transpose of :func:`conv_forward`)."""
+    if plan.n == 0:
+        return
+    gq = plan.out_to_rows(g)
+    if plan.same_input:
+        K.plane_backward(gq, gin, plan.ostride, plan.n, el.ptr_i, el.by_i_o, el.by_i_src, val)
+        return
+    acc = np.zeros(plan.C * plan.plane)
+    K.plane_backward(gq, acc, plan.ostride, plan.n, el.ptr_i, el.by_i_o, el.by_i_src, val)
+    plan.from_planes(acc, gin)
 
 
 class NeuronGraph:
@@ -56,6 +169,14 @@ class NeuronGraph:
         self.weights = weights
         self._elements: dict[int, ConvElements] = {} if elements is None else elements
         self._values: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._plans: dict[int, ConvPlan] = {}
+
+    def plan(self, layer: int) -> ConvPlan:
+        if layer not in self._plans:
+            op = self.p.layer_ops[layer]
+            self._plans[layer] = conv_plan(self.p.layers[layer], self.p.values[op.inputs[0]],
+                                           self.p.values[op.output])
+        return self._plans[layer]
 
     def element_values(self, layer: int):
         """Per-element weights in output-major and input-major order (empty: unit)."""
@@ -70,10 +191,8 @@ class NeuronGraph:
 
     def elements(self, layer: int) -> ConvElements:
         if layer not in self._elements:
-            L = self.p.layers[layer]
-            op = self.p.layer_ops[layer]
-            self._elements[layer] = conv_elements(L, self.layer_masks[layer],
-                                                  self.p.values[op.inputs[0]][0])
+            self._elements[layer] = conv_elements(self.p.layers[layer], self.layer_masks[layer],
+                                                  self.plan(layer))
         return self._elements[layer]
 
     def size(self, vid: int) -> int:
@@ -119,12 +238,11 @@ class NeuronGraph:
             L, H, W, OH, OW = self._conv_geometry(op)
             lm = self.layer_masks[op.attrs["layer"]]
             if L.kind == "Linear":
-                K.csr_matvec(lm.indptr, lm.indices, lm.data, x, out)
+                lm.matvec(x, out)
             else:
-                el = self.elements(op.attrs["layer"])
-                vals, _ = self.element_values(op.attrs["layer"])
-                K.conv_forward(x, H, W, out, OH, OW, el.ptr_o, el.nz_i, el.nz_kh, el.nz_kw,
-                               vals, *L.stride, *L.pad, *L.dilation)
+                layer = op.attrs["layer"]
+                vals, _ = self.element_values(layer)
+                conv_forward(self.plan(layer), self.elements(layer), x, vals, out)
         elif op.kind == "pool":
             C, H, W = spatial3(self.p.values[op.inputs[0]])
             _, OH, OW = spatial3(self.p.values[op.output])
@@ -173,12 +291,11 @@ class NeuronGraph:
             L, H, W, OH, OW = self._conv_geometry(op)
             lm = self.layer_masks[op.attrs["layer"]]
             if L.kind == "Linear":
-                K.csr_rmatvec(lm.indptr, lm.indices, lm.data, g, gin)
+                lm.rmatvec(g, gin)
             else:
-                el = self.elements(op.attrs["layer"])
-                _, vals = self.element_values(op.attrs["layer"])
-                K.conv_backward(g, H, W, gin, OH, OW, el.ptr_i, el.by_i_o, el.by_i_kh,
-                                el.by_i_kw, vals, *L.stride, *L.pad, *L.dilation)
+                layer = op.attrs["layer"]
+                _, vals = self.element_values(layer)
+                conv_backward(self.plan(layer), self.elements(layer), g, vals, gin)
         elif op.kind == "pool":
             C, H, W = spatial3(self.p.values[op.inputs[0]])
             _, OH, OW = spatial3(self.p.values[op.output])
@@ -193,22 +310,24 @@ class NeuronGraph:
         return gin
 
     # -- effectiveness ---------------------------------------------------------------
+    def _planes(self, layer: int, fin: np.ndarray, bout: np.ndarray):
+        plan = self.plan(layer)
+        return plan, plan.to_planes(fin), plan.out_to_rows(bout)
+
     def effective_flags(self, layer: int, fin: np.ndarray, bout: np.ndarray):
         """Per-layer effectiveness: flags per unpruned element (conv) or count (linear)."""
-        op = self.p.layer_ops[layer]
-        L, H, W, OH, OW = self._conv_geometry(op)
         el = self.elements(layer)
         flags = np.zeros(el.flat.shape[0], dtype=np.uint8)
-        K.conv_effective(fin, H, W, bout, OH, OW, el.ptr_o, el.nz_i, el.nz_kh, el.nz_kw,
-                         *L.stride, *L.pad, *L.dilation, flags)
+        plan, fq, bq = self._planes(layer, fin, bout)
+        if plan.n:
+            K.plane_effective(fq, bq, plan.ostride, plan.n, el.ptr_o, el.src, flags)
         return el.flat, flags
 
     def weight_flow(self, layer: int, fin: np.ndarray, bout: np.ndarray):
         """Per unpruned element: sum over positions of fin * bout (times nothing)."""
-        op = self.p.layer_ops[layer]
-        L, H, W, OH, OW = self._conv_geometry(op)
         el = self.elements(layer)
         sums = np.zeros(el.flat.shape[0])
-        K.conv_weight_flow(fin, H, W, bout, OH, OW, el.ptr_o, el.nz_i, el.nz_kh, el.nz_kw,
-                           *L.stride, *L.pad, *L.dilation, sums)
+        plan, fq, bq = self._planes(layer, fin, bout)
+        if plan.n:
+            K.plane_weight_flow(fq, bq, plan.ostride, plan.n, el.ptr_o, el.src, sums)
         return el.flat, sums
