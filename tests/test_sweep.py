@@ -128,6 +128,7 @@ def test_training_sweep_in_worker_processes(tmp_path):
     (dict(shuffled=("snip",)), "shuffled"), (dict(methods=("random", "random")), "duplicates"),
     (dict(train={"epochs": 1, "lr_max": 3}), "lr_max"), (dict(train={"epochs": 0}), "epochs"),
     (dict(model_kwargs={"vgg11": {}}), "model_kwargs"), (dict(train_limit=0), "train_limit"),
+    (dict(resources={"GPU": 0}), "resources"), (dict(resources={"GPU": "one"}), "resources"),
 ])
 def test_bad_configurations(change, match):
     with pytest.raises(ValueError, match=match):

@@ -27,6 +27,7 @@ import math
 import os
 import time
 import traceback
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, fields
@@ -156,6 +157,12 @@ class SweepConfig:
         for name in ("model_kwargs", "method_options", "resources"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"sweep {name} must be a dict, got {getattr(self, name)!r}")
+        bad = {k: v for k, v in self.resources.items()
+               if not isinstance(k, str) or isinstance(v, bool)
+               or not isinstance(v, (int, float)) or not v > 0}
+        if bad:
+            raise ValueError(f"sweep resources must map names to positive numbers (e.g. "
+                             f"{{'GPU': 1}}), got {bad}")
         unknown = [k for k in self.model_kwargs if k not in self.models]
         if unknown:
             raise ValueError(f"sweep model_kwargs names {unknown}, which are not in models")
@@ -525,6 +532,9 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
     if not pending:
         failed = {}
     elif engine == "local":
+        if cfg.resources:
+            warnings.warn(f"resources {cfg.resources} are declared for distributed engines; "
+                          "local workers ignore them", stacklevel=2)
         failed = _run_local(cfg, pending, store, workers, data_root, device, retries, progress)
     else:
         from topo_pai.experiments.distributed import run_dask
