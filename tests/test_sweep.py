@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import sys
 
 import pytest
 
@@ -156,3 +157,51 @@ def test_config_files_round_trip(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({**cfg.to_dict(), "epochs": 3}))
     with pytest.raises(ValueError, match="unknown keys"):
         SweepConfig.from_file(tmp_path / "c.json")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and uses pgrep")
+def test_workers_exit_when_the_sweep_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys\n"
+        "from topo_pai.experiments.sweep import SweepConfig, run_sweep\n"
+        "cfg = SweepConfig(models=('lenet_300_100',), dataset='synthetic', methods=('random',),\n"
+        "                  sparsities=(0.5, 0.6, 0.7, 0.8), seeds=(0,),\n"
+        "                  train=dict(epochs=50, batch_size=8))\n"
+        "run_sweep(cfg, sys.argv[1], workers=2, progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s")])
+    try:
+        children = []
+        for _ in range(240):  # wait until both workers have started
+            time.sleep(0.5)
+            out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+            children = [int(p) for p in out.stdout.split()]
+            if len(children) >= 2:
+                break
+        assert len(children) >= 2, "worker processes did not start"
+        time.sleep(3)
+        os.kill(proc.pid, signal.SIGKILL)  # no chance to shut the pool down
+        proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(p) for p in children):
+            time.sleep(0.5)
+        assert not any(_alive(p) for p in children)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _alive(pid: int) -> bool:
+    import os
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return os.path.exists(f"/proc/{pid}")

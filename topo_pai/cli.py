@@ -184,7 +184,8 @@ def cmd_sweep(args) -> int:
           f"({args.engine}, {args.workers} worker(s))", flush=True)
     rows = run_sweep(cfg, args.out, workers=args.workers, engine=args.engine,
                      data_root=args.data_root, device=args.device, retries=args.retries,
-                     progress=not args.quiet, scheduler_address=args.scheduler, limit=args.limit)
+                     progress=not args.quiet, scheduler_address=args.scheduler, limit=args.limit,
+                     order=args.order)
     print(f"results: {len(rows)} rows in {Path(args.out) / 'results.csv'} and results.json")
     return 0
 
@@ -291,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--retries", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="run at most this many trials now")
+    p.add_argument("--order", choices=("grid", "reverse", "random"), default="grid",
+                   help="order in which pending trials start (results do not depend on it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep)
 

@@ -43,6 +43,7 @@ COLUMNS = (
     "prune_seconds", "train_seconds", "device",
 )
 ENGINES = ("local", "dask")
+ORDERS = ("grid", "reverse", "random")
 
 
 class SweepConfigMismatch(TopoPaiError, ValueError):
@@ -413,8 +414,20 @@ class ResultsStore:
 
 
 # ---------------------------------------------------------------------- engines
-def _init_worker(threads: int) -> None:
+def _exit_with_parent(parent: int) -> None:
+    # A worker outlives a killed sweep (SIGTERM/SIGKILL skip the pool's shutdown) and would
+    # keep training a trial whose result nobody can save: leave as soon as the parent is gone.
+    while True:
+        time.sleep(2.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    import threading
+
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     import torch
     torch.set_num_threads(threads)
 
@@ -445,7 +458,7 @@ def _run_local(cfg, pending, store, workers, data_root, device, retries, progres
         again = []
         # spawn: a forked child would inherit torch's OpenMP and numba state mid-flight
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(threads,)) as pool:
+                                 initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
             futures = {pool.submit(run_trial_dict, cfg.to_dict(), asdict(t), data_root,
                                    device): t for t in todo}
             for fut in as_completed(futures):
@@ -485,7 +498,8 @@ def _bar(total, enabled):
 
 def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "local",
               data_root=None, device="auto", retries: int = 1, progress: bool = True,
-              scheduler_address: str | None = None, limit: int | None = None) -> list[dict]:
+              scheduler_address: str | None = None, limit: int | None = None,
+              order: str = "grid") -> list[dict]:
     """Run every trial of ``cfg`` not yet in ``out_dir``'s table; return all rows.
 
     Parameters
@@ -507,6 +521,11 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
         Address of a running Dask scheduler (``engine="dask"``).
     limit : int, optional
         Run at most this many pending trials (the rest wait for a later run).
+    order : {"grid", "reverse", "random"}
+        The order pending trials are started in: the grid's (models, then
+        sparsities, methods, seeds), reversed (e.g. the most extreme
+        sparsities first), or a fixed random permutation, so that an
+        interrupted sweep has covered the grid evenly. Results do not depend on it.
 
     Raises
     ------
@@ -521,10 +540,17 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     if not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     cfg.validate_names()
     store = ResultsStore(out_dir, cfg)
     done = store.done()
     pending = [t for t in cfg.trials() if t.trial_id not in done]
+    if order == "reverse":
+        pending.reverse()
+    elif order == "random":
+        import random
+        random.Random(cfg.fingerprint()).shuffle(pending)
     if limit is not None:
         pending = pending[:limit]
     if pending:
