@@ -193,6 +193,8 @@ def cmd_sweep(args) -> int:
 def cmd_plot(args) -> int:
     import matplotlib
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from topo_pai import plotting
 
     src = Path(args.results)
@@ -202,17 +204,20 @@ def cmd_plot(args) -> int:
     out = Path(args.out) if args.out else src.parent / "figures"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    fig = plotting.plot_node_path_plane(records)
-    written.append(out / "node_path_plane.png")
-    fig.savefig(written[-1], dpi=args.dpi, bbox_inches="tight")
-    if any(r.get("accuracy") is not None for r in records):
-        fig = plotting.plot_accuracy_vs_sparsity(records)
-        written.append(out / "accuracy_vs_sparsity.png")
-        fig.savefig(written[-1], dpi=args.dpi, bbox_inches="tight")
-    if any(r.get("shuffled") for r in records):
-        fig = plotting.plot_shuffle_comparison(records)
-        written.append(out / "shuffled_vs_original.png")
-        fig.savefig(written[-1], dpi=args.dpi, bbox_inches="tight")
+    models = list(dict.fromkeys(r["model"] for r in records))
+    for model in models:
+        prefix = f"{model}_" if len(models) > 1 else ""
+        rows = [r for r in records if r["model"] == model]
+        figures = [("node_path_plane", plotting.plot_node_path_plane)]
+        if any(r.get("accuracy") is not None for r in rows):
+            figures.append(("accuracy_vs_sparsity", plotting.plot_accuracy_vs_sparsity))
+        if any(r.get("shuffled") for r in rows):
+            figures.append(("shuffled_vs_original", plotting.plot_shuffle_comparison))
+        for name, draw in figures:
+            fig = draw(rows)
+            written.append(out / f"{prefix}{name}.png")
+            fig.savefig(written[-1], dpi=args.dpi, bbox_inches="tight")
+            plt.close(fig)
     for p in written:
         print(p)
     return 0
