@@ -256,6 +256,7 @@ def run_trial(cfg: SweepConfig, trial: Trial, *, data_root=None, device="auto") 
     import torch
 
     import topo_pai
+    from topo_pai.experiments.curves import topology_record
     from topo_pai.experiments.training import TrainConfig, resolve_device, seed_everything, train
     from topo_pai.models import get_model
     from topo_pai.pruners import get_method
@@ -279,14 +280,11 @@ def run_trial(cfg: SweepConfig, trial: Trial, *, data_root=None, device="auto") 
                                seed=trial.seed, masks=masks)
     prune_seconds = time.perf_counter() - t0
     topo = topo_pai.from_torch(model, masks, input_shape=(C, H, W))
-    dense = topo.with_masks({})
     row = dict(
         trial_id=trial.trial_id, model=trial.model, dataset=cfg.dataset, method=trial.method,
         shuffled=trial.shuffled, sparsity=trial.sparsity, seed=trial.seed,
-        effective_nodes=topo.effective_nodes(), n_nodes=topo.n_nodes(),
-        log10_paths=float(topo.count_paths().log10), effective_params=topo.effective_params(),
-        unpruned_params=topo.n_unpruned, total_params=topo.n_params,
-        flops=topo.effective_flops(), dense_flops=dense.effective_flops(),
+        **topology_record(model, masks, (C, H, W), topology=topo),
+        dense_flops=topo.with_masks({}).effective_flops(),
         accuracy=None, test_loss=None, epochs=0, prune_seconds=round(prune_seconds, 3),
         train_seconds=0.0, device=str(resolve_device(device)),
     )
