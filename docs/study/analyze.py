@@ -48,8 +48,8 @@ def compare(a, b):
         return diff, (math.nan, math.nan), math.nan
     va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
     se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, (diff, diff), (0.0 if diff != 0 else 1.0)
+    if se < 1e-12:  # every seed identical on both sides (e.g. all at chance): no test to run
+        return diff, (diff, diff), math.nan
     dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
     half = stats.t.ppf(0.975, dof) * se
     p = stats.ttest_ind(a, b, equal_var=False).pvalue
@@ -84,8 +84,12 @@ def npb_table(records, model, sparsities, baselines) -> list[str]:
                 continue
             d, (lo, hi), p = compare(npb, other)
             lines.append(f"| {100 * s:.2f}% | {b} | {100 * d:+.2f} | [{100 * lo:+.2f}, "
-                         f"{100 * hi:+.2f}] | {p:.3g} |")
+                         f"{100 * hi:+.2f}] | {_p(p)} |")
     return lines
+
+
+def _p(p) -> str:
+    return "– (no variance)" if math.isnan(p) else f"{p:.3g}"
 
 
 def shuffle_table(records, model, sparsities, methods) -> list[str]:
@@ -101,7 +105,7 @@ def shuffle_table(records, model, sparsities, methods) -> list[str]:
             no, ns = (mean_std([r["effective_nodes"] for r in x])[0] for x in (o, sh))
             po, ps = (mean_std([r["log10_paths"] for r in x])[0] for x in (o, sh))
             lines.append(f"| {m} | {100 * s:.2f}% | {100 * d:+.2f} | [{100 * lo:+.2f}, "
-                         f"{100 * hi:+.2f}] | {p:.3g} | {no:.0f} → {ns:.0f} | {po:.1f} → {ps:.1f} |")
+                         f"{100 * hi:+.2f}] | {_p(p)} | {no:.0f} → {ns:.0f} | {po:.1f} → {ps:.1f} |")
     return lines
 
 
