@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def mean_std(values):
     v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
     if v.size == 0:
         return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
+    with np.errstate(invalid="ignore"):  # -inf log10 paths (no path left) give a nan spread
+        return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0, int(v.size)
 
 
 def compare(a, b):
@@ -52,7 +54,9 @@ def compare(a, b):
         return diff, (diff, diff), math.nan
     dof = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
     half = stats.t.ppf(0.975, dof) * se
-    p = stats.ttest_ind(a, b, equal_var=False).pvalue
+    with warnings.catch_warnings():  # near-identical seeds (all near chance) warn of cancellation
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = stats.ttest_ind(a, b, equal_var=False).pvalue
     return diff, (diff - half, diff + half), float(p)
 
 
