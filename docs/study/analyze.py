@@ -66,7 +66,7 @@ def pct(x):
 
 def accuracy_table(records, model, sparsities, variants) -> list[str]:
     g = group([r for r in records if r["model"] == model], "variant", "sparsity")
-    lines = [f"| method | " + " | ".join(f"{100 * s:.2f}%" for s in sparsities) + " |",
+    lines = ["| method | " + " | ".join(f"{100 * s:.2f}%" for s in sparsities) + " |",
              "|---|" + "---|" * len(sparsities)]
     for v in variants:
         cells = []
