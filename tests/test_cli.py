@@ -86,6 +86,12 @@ def test_tiny_sweep_with_training_then_plot(tmp_path, capsys):
     rows = json.loads((out / "results.json").read_text())
     assert len(rows) == 6 and all(r["accuracy"] is not None for r in rows)
     assert {r["sparsity"] for r in rows} == {0.5, 0.99}
+    epochs = [json.loads(x) for x in (out / "epochs.jsonl").read_text().splitlines()]
+    assert sorted(e["trial_id"] for e in epochs) == sorted(r["trial_id"] for r in rows)
+    for e in epochs:
+        row = next(r for r in rows if r["trial_id"] == e["trial_id"])
+        assert [h["epoch"] for h in e["history"]] == [1]
+        assert e["history"][-1]["test_acc"] == row["accuracy"]
     code, text, _ = run(capsys, *argv)  # resumed: nothing left to do
     assert "6 already in" in text and "0 to run" in text
     bigger = [a if a != "0" else "0,1" for a in argv]

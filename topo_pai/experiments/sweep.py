@@ -11,6 +11,9 @@ A sweep directory holds
   in the table (a trial id appears at most once).
 * ``results.csv`` and ``results.json``: the same rows, sorted, rewritten
   atomically after every trial.
+* ``epochs.jsonl``: the per-epoch training metrics of every trained trial
+  (``{"trial_id": ..., "history": [{epoch, lr, train_loss, train_acc, test_loss,
+  test_acc, seconds}, ...]}``).
 * ``failures.jsonl``: the error of every failed attempt (such trials are retried
   by the next run).
 
@@ -294,6 +297,8 @@ def run_trial(cfg: SweepConfig, trial: Trial, *, data_root=None, device="auto") 
         row.update(accuracy=res.final_accuracy, test_loss=res.final_loss,
                    epochs=len(res.history), train_seconds=round(res.seconds, 3))
     assert set(row) == set(COLUMNS), sorted(set(row) ^ set(COLUMNS))
+    if cfg.train is not None:
+        row["history"] = res.history  # per-epoch metrics: the store writes them to epochs.jsonl
     for k, v in row.items():  # plain JSON types only
         if isinstance(v, np.generic):
             row[k] = v.item()
@@ -380,16 +385,27 @@ class ResultsStore:
             raise ValueError(f"result row lacks columns {missing}")
         if row["trial_id"] in self._rows:
             return False
-        text = self.jsonl.read_bytes() if self.jsonl.exists() else b""
-        with open(self.jsonl, "a", encoding="utf-8") as f:
-            if text and not text.endswith(b"\n"):
-                f.write("\n")  # end a line cut short by a kill before appending
-            f.write(json.dumps({k: _json_safe(row[k]) for k in COLUMNS}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._append(self.jsonl, {k: _json_safe(row[k]) for k in COLUMNS})
         self._rows[row["trial_id"]] = {k: row[k] for k in COLUMNS}
+        if row.get("history"):
+            self._append(self.dir / "epochs.jsonl",
+                         {"trial_id": row["trial_id"], "history": row["history"]})
         self._export()
         return True
+
+    @staticmethod
+    def _append(path: Path, record: dict) -> None:
+        torn = False
+        if path.exists() and path.stat().st_size:
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        with open(path, "a", encoding="utf-8") as f:
+            if torn:
+                f.write("\n")  # end a line cut short by a kill before appending
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def record_failure(self, trial: Trial, error: str) -> None:
         with open(self.dir / "failures.jsonl", "a", encoding="utf-8") as f:
