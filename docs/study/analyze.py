@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"no results in {results}")
     figures = HERE / "figures"
     figures.mkdir(exist_ok=True)
-    models = sorted({r["model"] for r in records}, key=lambda m: [r["model"] for r in records].index(m))
+    models = list(dict.fromkeys(r["model"] for r in records))
     sparsities = sorted({r["sparsity"] for r in records})
     order = ["random", "snip", "iter_snip", "synflow", "phew", "npb"]
     methods = [m for m in order if any(r["method"] == m for r in records)] + sorted(

@@ -282,12 +282,13 @@ def run_trial(cfg: SweepConfig, trial: Trial, *, data_root=None, device="auto") 
         masks = topo_pai.prune(model, "shuffle", trial.sparsity, input_shape=(C, H, W),
                                seed=trial.seed, masks=masks)
     prune_seconds = time.perf_counter() - t0
-    topo = topo_pai.from_torch(model, masks, input_shape=(C, H, W))
+    # one trace serves both: the dense topology, and (via with_masks) the pruned one
+    dense = topo_pai.from_torch(model, {}, input_shape=(C, H, W))
     row = dict(
         trial_id=trial.trial_id, model=trial.model, dataset=cfg.dataset, method=trial.method,
         shuffled=trial.shuffled, sparsity=trial.sparsity, seed=trial.seed,
-        **topology_record(model, masks, (C, H, W), topology=topo),
-        dense_flops=topo.with_masks({}).effective_flops(),
+        **topology_record(model, masks, (C, H, W), topology=dense),
+        dense_flops=dense.effective_flops(),
         accuracy=None, test_loss=None, epochs=0, prune_seconds=round(prune_seconds, 3),
         train_seconds=0.0, device=str(resolve_device(device)),
     )
