@@ -114,13 +114,55 @@ def plane_elements(c, el):
 
 
 def run_conv_forward(c, el, x, out):
+    """``out += conv(x)``; checks on the way that the kernel's two modes agree: writing
+    (``init``, over NaN: every value that is read must be written) and accumulating."""
     plan, ce = plane_elements(c, el)
-    conv_forward(plan, ce, x.reshape(-1), el["val"], out)
+    y = conv_forward(plan, ce, x.reshape(-1), el["val"])
+    if plan.n:
+        xq = plan.to_planes(x.reshape(-1))
+        yq = np.full(plan.O * plan.ostride, np.nan)
+        K.plane_forward(xq, yq, plan.ostride, plan.n, ce.ptr_o, ce.src, el["val"], True)
+        np.testing.assert_array_equal(plan.out_from_rows(yq), y)
+        acc = plan.out_to_rows(out.copy())
+        K.plane_forward(xq, acc, plan.ostride, plan.n, ce.ptr_o, ce.src, el["val"], False)
+        np.testing.assert_array_equal(plan.out_from_rows(acc), out + y)
+    out += y
+
+
+def planes_to_image(plan, xq):
+    """Numpy twin of the engine's plane -> image copy: the image positions of ``xq``."""
+    (sh, sw), (ph, pw) = plan.stride, plan.pad
+    planes = xq.reshape(plan.C, sh, sw, plan.Hq, plan.Wq)
+    img = np.zeros((plan.C, plan.H, plan.W))
+    for h in range(plan.H):
+        for w in range(plan.W):
+            R, a = divmod(h + ph, sh)
+            Q, b = divmod(w + pw, sw)
+            if R < plan.Hq and Q < plan.Wq:
+                img[:, h, w] = planes[:, a, b, R, Q]
+    return img.reshape(-1)
 
 
 def run_conv_backward(c, el, g, gin):
+    """``gin += conv^T(g)``, checking the write and accumulate modes as above."""
     plan, ce = plane_elements(c, el)
-    conv_backward(plan, ce, g.reshape(-1), el["by_i_val"], gin)
+    y = conv_backward(plan, ce, g.reshape(-1), el["by_i_val"])
+    # a sum with another branch fused into the pass: bit-identical to adding after
+    other = np.arange(y.shape[0], dtype=np.float64) % 5
+    y_plus = conv_backward(plan, ce, g.reshape(-1), el["by_i_val"], base=other)
+    np.testing.assert_array_equal(y_plus, y + other)
+    if plan.n:
+        no_base = np.zeros(0)
+        gq = plan.out_to_rows(g.reshape(-1))
+        args = (plan.ostride, plan.n, ce.ptr_i, ce.by_i_o, ce.by_i_src, el["by_i_val"],
+                plan.plane)
+        acc = np.full(plan.C * plan.plane, np.nan)
+        K.plane_backward(gq, acc, *args, True, no_base)
+        np.testing.assert_array_equal(planes_to_image(plan, acc), y)
+        acc2 = np.ones(plan.C * plan.plane)
+        K.plane_backward(gq, acc2, *args, False, no_base)
+        np.testing.assert_array_equal(acc2, acc + 1)
+    gin += y
 
 
 def torch_conv(x, weights, c):
@@ -230,10 +272,10 @@ def test_conv_kernels_fixed_geometries(geometry, unit, dtype):
 @st.composite
 def mask_element_cases(draw):
     groups = draw(st.integers(1, 3))
-    per_group_in = draw(st.integers(1, 3))
+    per_group_in = draw(st.integers(1, 20))  # rows of 8+ kernels exercise the word skips
     out_per_group = draw(st.integers(1, 3))
     KH, KW = draw(st.integers(1, 3)), draw(st.integers(1, 4))
-    density = draw(st.sampled_from([0.0, 0.3, 0.8, 1.0]))
+    density = draw(st.sampled_from([0.0, 0.02, 0.3, 0.8, 1.0]))
     seed = draw(st.integers(0, 2 ** 31 - 1))
     return groups, per_group_in, out_per_group, KH, KW, density, seed
 
@@ -245,7 +287,13 @@ def test_mask_elements(case):
     O = groups * opg
     rng = np.random.default_rng(seed)
     mask = (rng.random((O, I, KH, KW)) < density).astype(np.uint8)
-    flat, ptr_o, nz_i, nz_kh, nz_kw = K.mask_elements(mask.reshape(-1), O, I, KH, KW, opg)
+    counts = mask.reshape(O * I, KH * KW).sum(axis=1).astype(np.uint8)
+    got = K.mask_elements(mask.reshape(-1), counts, K.count_words(counts, KH * KW), O, I, KH, KW, opg)
+    # the word-skipping scan must agree with the byte-by-byte one
+    plain = K.mask_elements(mask.reshape(-1), counts, np.zeros(0, np.uint64), O, I, KH, KW, opg)
+    for a, b in zip(got, plain):
+        np.testing.assert_array_equal(a, b)
+    flat, ptr_o, nz_i, nz_kh, nz_kw = got
     o, i, kh, kw = np.nonzero(mask)  # output-major, as documented
     np.testing.assert_array_equal(flat, np.flatnonzero(mask))
     np.testing.assert_array_equal(ptr_o, np.concatenate([[0], np.cumsum(np.bincount(

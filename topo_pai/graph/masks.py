@@ -24,16 +24,18 @@ DENSE_FRACTION = 0.05
 class LayerMask:
     """A validated mask and its channel-level multiplicity matrix ``M``.
 
-    ``M`` (shape ``(out units, in units)``) is held either as CSR arrays
-    (``indptr``, ``indices``, ``data``) or, when most kernels are non-empty, as
-    dense per-kernel ``counts`` (``(O * per_group_in,)``, row ``o`` at columns
-    ``(o // out_per_group) * per_group_in + i``). The CSR arrays are then built on
-    first access; :meth:`matvec`, :meth:`rmatvec` and :meth:`bilinear` use
-    whichever form is held and give bit-identical results either way.
+    ``M`` (shape ``(out units, in units)``) is held as dense per-kernel ``counts``
+    (``(O * per_group_in,)``, row ``o`` at columns ``(o // out_per_group) *
+    per_group_in + i``), as CSR arrays (``indptr``, ``indices``, ``data``), or
+    both. Sparse layers (under :data:`DENSE_FRACTION` of their kernels non-empty)
+    multiply through the CSR arrays, which are built from the counts on first
+    use, so that neuron-resolution queries, which never multiply by ``M`` at a
+    conv, never pay for them. :meth:`matvec`, :meth:`rmatvec` and
+    :meth:`bilinear` give bit-identical results through either form.
     """
 
     __slots__ = ("_csr", "_index_dtype", "_nnz", "counts", "mask", "out_per_group",
-                 "per_group_in", "shape", "unpruned")
+                 "per_group_in", "shape", "sparse", "unpruned")
 
     def __init__(self, mask: np.ndarray, unpruned: int, indptr=None, indices=None, data=None,
                  shape: tuple[int, int] = (0, 0), *, counts=None, per_group_in: int = 1,
@@ -49,6 +51,8 @@ class LayerMask:
         self._nnz = nnz
         if self._csr is None and counts is None:
             raise ValueError("LayerMask needs CSR arrays or dense counts")
+        n_kernels = 0 if counts is None else counts.shape[0]
+        self.sparse = counts is None or self.nnz < DENSE_FRACTION * n_kernels
 
     def _arrays(self):
         if self._csr is None:
@@ -78,28 +82,29 @@ class LayerMask:
 
     @property
     def dense(self) -> bool:
-        return self.counts is not None
+        """Whether products with ``M`` go through the dense counts."""
+        return not self.sparse
 
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
         """``out += M @ x``."""
-        if self.counts is not None:
-            K.dense_matvec(self.counts, self.per_group_in, self.out_per_group, x, out)
+        if self.sparse:
+            K.csr_matvec(*self._arrays(), x, out)
         else:
-            K.csr_matvec(*self._csr, x, out)
+            K.dense_matvec(self.counts, self.per_group_in, self.out_per_group, x, out)
 
     def rmatvec(self, y: np.ndarray, out: np.ndarray) -> None:
         """``out += M.T @ y``."""
-        if self.counts is not None:
-            K.dense_rmatvec(self.counts, self.per_group_in, self.out_per_group, y, out)
+        if self.sparse:
+            K.csr_rmatvec(*self._arrays(), y, out)
         else:
-            K.csr_rmatvec(*self._csr, y, out)
+            K.dense_rmatvec(self.counts, self.per_group_in, self.out_per_group, y, out)
 
     def bilinear(self, left: np.ndarray, right: np.ndarray) -> float:
         """Sum of ``M[r, c]`` over rows with ``left > 0`` and columns with ``right > 0``."""
-        if self.counts is not None:
-            return K.dense_bilinear(self.counts, self.per_group_in, self.out_per_group, left,
-                                    right)
-        return K.csr_bilinear(*self._csr, left, right)
+        if self.sparse:
+            return K.csr_bilinear(*self._arrays(), left, right)
+        return K.dense_bilinear(self.counts, self.per_group_in, self.out_per_group, left,
+                                right)
 
 
 def attached_masks(model) -> dict:
@@ -230,10 +235,6 @@ def layer_mask(layer: Layer, in_units: int, m, index_dtype) -> LayerMask:
             bad, nonempty, ones = K.validate_kernel_counts(flat, group_size, mask, counts)
         if bad:
             raise _bad_value(layer.param, flat, shape)
-    lm = LayerMask(mask.reshape(shape), int(ones), shape=(out_units, in_units), counts=counts,
-                   per_group_in=per_group_in, out_per_group=out_per_group,
-                   index_dtype=index_dtype, nnz=int(nonempty))
-    if nonempty < DENSE_FRACTION * n_kernels:
-        lm._arrays()  # sparse: CSR is the cheaper form to hold and to multiply with
-        lm.counts = None
-    return lm
+    return LayerMask(mask.reshape(shape), int(ones), shape=(out_units, in_units), counts=counts,
+                     per_group_in=per_group_in, out_per_group=out_per_group,
+                     index_dtype=index_dtype, nnz=int(nonempty))

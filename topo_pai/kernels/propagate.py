@@ -7,7 +7,9 @@ Conventions shared by every kernel:
 * spatial tensors are flat ``float64`` arrays in (C, H, W) order; 1-d
   convolutions and pools use ``H = 1``;
 * kernels *accumulate* into their output (``out += ...``) so that several
-  incoming blocks or branches can be summed without temporaries.
+  incoming blocks or branches can be summed without temporaries, except where
+  an ``init`` flag or the docstring says they write it: writing a fresh output
+  saves a separate zeroing pass.
 
 Each kernel has a pure-numpy twin in :mod:`topo_pai.kernels.reference` that the
 tests compare against.
@@ -88,39 +90,96 @@ def kernel_weight_sums(mask, weights, group_size, indptr, indices, per_group_in)
     return data
 
 
+_BYTE_SUM = np.uint64(0x0101010101010101)
+
+
 @numba.njit(**_JIT)
-def mask_elements(mask, n_out, per_group_in, kh_size, kw_size, out_per_group):
+def _row_sum(counts, words, start, end):
+    """``counts[start:end].sum()``, 8 kernels per load where ``words`` (``counts`` as
+    uint64; empty: not available) covers them. The bytes of a word are summed with
+    one multiply, which is exact while their total stays below 256."""
+    c = np.uint64(0)
+    k = start
+    if words.shape[0] > 0:
+        while k < end and (k & 7) != 0:
+            c += np.uint64(counts[k])
+            k += 1
+        while k + 8 <= end:
+            c += (words[k >> 3] * _BYTE_SUM) >> np.uint64(56)
+            k += 8
+    while k < end:
+        c += np.uint64(counts[k])
+        k += 1
+    return np.int64(c)
+
+
+@numba.njit(**_JIT)
+def _emit_kernel(mask, k, kk, in_channel, t, flat, nz_i, nz_kh, nz_kw, kh_of, kw_of):
+    """Append the unpruned elements of kernel ``k`` at position ``t``; return the next."""
+    base = k * kk
+    for r in range(kk):
+        if mask[base + r] != 0:
+            flat[t] = base + r
+            nz_i[t] = in_channel
+            nz_kh[t] = kh_of[r]
+            nz_kw[t] = kw_of[r]
+            t += 1
+    return t
+
+
+@numba.njit(parallel=True, **_JIT)
+def mask_elements(mask, counts, words, n_out, per_group_in, kh_size, kw_size, out_per_group):
     """Unpruned elements of a 0/1 uint8 conv mask (O, I/groups, KH, KW), output-major.
 
-    Returns ``(flat, ptr_o, nz_i, nz_kh, nz_kw)``: flat weight index, CSR row
-    pointer over output channels, global input channel and kernel offsets.
+    ``counts`` holds the number of unpruned elements of every kernel (as the mask
+    intake computes them) and ``words`` the same bytes as uint64 (see
+    :func:`count_words`; empty: not available): the scan reads 8 kernel counts
+    per load, visits only non-empty kernels and fills the output channels in
+    parallel. Returns ``(flat, ptr_o, nz_i, nz_kh, nz_kw)``: flat weight index,
+    CSR row pointer over output channels, global input channel and kernel offsets.
     """
-    n = mask.shape[0]
-    flat = np.empty(n + 1, dtype=np.int32)  # one layer never holds 2**31 weights
-    nnz = 0
-    for t in range(n):  # branch-free compaction, as in kernel_csr
-        flat[nnz] = t
-        nnz += mask[t]
-    flat = flat[:nnz].copy()
     kk = kh_size * kw_size
+    P = per_group_in
+    kh_of = np.empty(kk, dtype=np.int16)  # offsets by table: no division per element
+    kw_of = np.empty(kk, dtype=np.int16)
+    for r in range(kk):
+        kh_of[r] = r // kw_size
+        kw_of[r] = r % kw_size
     ptr_o = np.zeros(n_out + 1, dtype=np.int64)
+    for o in numba.prange(n_out):
+        ptr_o[o + 1] = _row_sum(counts, words, o * P, (o + 1) * P)
+    for o in range(n_out):
+        ptr_o[o + 1] += ptr_o[o]
+    nnz = ptr_o[n_out]
     # Compact dtypes: a dense ResNet-50 has 25M elements, so bytes per element matter.
+    flat = np.empty(nnz, dtype=np.int32)  # one layer never holds 2**31 weights
     nz_i = np.empty(nnz, dtype=np.int32)
     nz_kh = np.empty(nnz, dtype=np.int16)
     nz_kw = np.empty(nnz, dtype=np.int16)
-    for k in range(nnz):
-        t = flat[k]
-        o = t // (per_group_in * kk)
-        rest = t - o * per_group_in * kk
-        i = rest // kk
-        rest -= i * kk
-        nz_i[k] = (o // out_per_group) * per_group_in + i
-        nz_kh[k] = rest // kw_size
-        nz_kw[k] = rest - (rest // kw_size) * kw_size
-        ptr_o[o + 1] += 1
-    for o in range(n_out):
-        ptr_o[o + 1] += ptr_o[o]
+    for o in numba.prange(n_out):
+        t = ptr_o[o]
+        shift = (o // out_per_group) * P - o * P  # kernel k reads input channel k + shift
+        k = o * P
+        end = k + P
+        while k < end:
+            if words.shape[0] > 0 and (k & 7) == 0 and k + 8 <= end and words[k >> 3] == 0:
+                k += 8
+                continue
+            if counts[k] != 0:
+                t = _emit_kernel(mask, k, kk, k + shift, t, flat, nz_i, nz_kh, nz_kw, kh_of,
+                                 kw_of)
+            k += 1
     return flat, ptr_o, nz_i, nz_kh, nz_kw
+
+
+def count_words(counts: np.ndarray, kernel_volume: int) -> np.ndarray:
+    """``counts`` read as uint64 words for :func:`mask_elements`, or an empty array
+    where that does not apply: counts wider than a byte, kernels of more than 31
+    elements (8 counts could then sum past a byte), or unaligned memory."""
+    if (counts.dtype != np.uint8 or kernel_volume > 31 or not counts.flags.c_contiguous
+            or counts.ctypes.data % 8):
+        return np.zeros(0, dtype=np.uint64)
+    return counts[:counts.shape[0] // 8 * 8].view(np.uint64)
 
 
 @numba.njit(**_JIT)
@@ -474,23 +533,56 @@ def to_planes(x, C, H, W, sh, sw, ph, pw, Hq, Wq, xq):
 
 
 @numba.njit(parallel=True, **_JIT)
-def from_planes(xq, C, H, W, sh, sw, ph, pw, Hq, Wq, x):
-    """``x[c, h, w] += xq[c, phase, R, Q]`` (the image positions of the planes)."""
-    P = sh * sw
-    for c in numba.prange(C):
-        for h in range(H):
-            hp = h + ph
-            R = hp // sh
-            a = hp - R * sh
-            if R >= Hq:
+def image_to_rows(y, O, OH, OW, Wq, yq):
+    """``yq`` (O, OH, Wq) = ``y`` (O, OH, OW) with zero scratch columns ``OW <= z < Wq``."""
+    for o in numba.prange(O):
+        for r in range(OH):
+            src = (o * OH + r) * OW
+            dst = (o * OH + r) * Wq
+            yq[dst:dst + OW] = y[src:src + OW]
+            yq[dst + OW:dst + Wq] = 0.0
+
+
+@numba.njit(parallel=True, **_JIT)
+def add_into(a, b, out):
+    """``out = a + b`` elementwise (``out`` may be ``a``), over both threads."""
+    for t in numba.prange(out.shape[0]):
+        out[t] = a[t] + b[t]
+
+
+@numba.njit(**_JIT)
+def _planes_to_channel(xq, c, H, W, sh, sw, ph, pw, Hq, Wq, x, base):
+    """``x[c] = base[c] + `` the image positions of the planes ``xq`` of channel ``c``
+    (positions no plane holds count 0; empty ``base``: none).
+
+    Walks the planes (as :func:`to_planes` does) rather than the image, so that
+    no position needs a division by the stride.
+    """
+    add = base.shape[0] > 0
+    h_end = max(0, min(H, Hq * sh - ph))  # image rows h < h_end lie on some plane row
+    w_end = max(0, min(W, Wq * sw - pw))
+    first = c * H * W
+    for p in range(sh * sw):
+        a = p // sw
+        b = p - a * sw
+        q_lo = (pw - b + sw - 1) // sw if pw > b else 0  # first Q with w >= 0
+        q_hi = min(Wq, (w_end + pw - b + sw - 1) // sw)  # Q with w < w_end
+        for R in range(Hq):
+            h = R * sh + a - ph
+            if h < 0 or h >= h_end:
                 continue
-            dst = (c * H + h) * W
-            for w in range(W):
-                wp = w + pw
-                Q = wp // sw
-                b = wp - Q * sw
-                if Q < Wq:
-                    x[dst + w] += xq[((c * P + a * sw + b) * Hq + R) * Wq + Q]
+            src = (p * Hq + R) * Wq
+            dst = first + h * W + b - pw
+            if add:
+                for Q in range(q_lo, q_hi):
+                    x[dst + Q * sw] = xq[src + Q] + base[dst + Q * sw]
+            else:
+                for Q in range(q_lo, q_hi):
+                    x[dst + Q * sw] = xq[src + Q]
+    for h in range(H):  # positions on no plane
+        row = first + h * W
+        for w in range(w_end if h < h_end else 0, W):
+            x[row + w] = base[row + w] if add else 0.0
 
 
 @numba.njit(**_JIT)
@@ -507,42 +599,109 @@ def plane_offsets(nz_i, nz_kh, nz_kw, plane, Hq, Wq, sh, sw, dh, dw, index_sampl
     return src
 
 
+@numba.njit(**_JIT)
+def _conv_span(xq, a, n, t0, t1, src, val, init):
+    """``a[:n] += val[t] * xq[src[t]:src[t] + n]`` for ``t0 <= t < t1`` (empty ``val``:
+    all 1); with ``init`` the first element assigns (no elements: zeros)."""
+    unit = val.shape[0] == 0
+    if init:
+        if t0 == t1:
+            a[:n] = 0.0
+            return
+        b = xq[src[t0]:src[t0] + n]
+        if unit:
+            a[:n] = b
+        else:
+            v = val[t0]
+            for j in range(n):
+                a[j] = v * b[j]
+        t0 += 1
+    for t in range(t0, t1):
+        b = xq[src[t]:src[t] + n]
+        if unit:
+            for j in range(n):
+                a[j] += b[j]
+        else:
+            v = val[t]
+            for j in range(n):
+                a[j] += v * b[j]
+
+
 @numba.njit(parallel=True, **_JIT)
-def plane_forward(xq, out, ostride, n, ptr_o, src, val):
+def plane_forward(xq, out, ostride, n, ptr_o, src, val, init):
     """``out[o * ostride + j] += val[t] * xq[src[t] + j]`` for ``j < n`` and every
-    element ``t`` of output channel ``o`` (in element order); empty ``val``: all 1."""
-    unit = val.shape[0] == 0
+    element ``t`` of output channel ``o`` (in element order); empty ``val``: all 1.
+
+    With ``init`` the spans are overwritten rather than accumulated into (the
+    first element assigns, an empty channel writes zeros), which saves zeroing
+    ``out`` in a separate pass; ``out[o * ostride + n:(o + 1) * ostride]`` is then
+    left unwritten.
+    """
     for o in numba.prange(ptr_o.shape[0] - 1):
-        a = out[o * ostride:o * ostride + n]
-        for t in range(ptr_o[o], ptr_o[o + 1]):
-            b = xq[src[t]:src[t] + n]
-            if unit:
-                for j in range(n):
-                    a[j] += b[j]
-            else:
-                v = val[t]
-                for j in range(n):
-                    a[j] += v * b[j]
+        _conv_span(xq, out[o * ostride:o * ostride + n], n, ptr_o[o], ptr_o[o + 1], src, val,
+                   init)
 
 
 @numba.njit(parallel=True, **_JIT)
-def plane_backward(gout, gq, ostride, n, ptr_i, by_i_o, by_i_src, val):
-    """Transpose of :func:`plane_forward`, parallel over input channels (each owns
-    its planes): ``gq[src[t] + j] += val[t] * gout[o[t] * ostride + j]``. The scratch
-    columns of ``gout`` must be zero."""
+def plane_forward_image(xq, n, ptr_o, src, val, OH, OW, Wq, out):
+    """:func:`plane_forward` (``init``) for outputs whose rows have scratch columns
+    (``Wq > OW``): each channel is computed into a private row-stride-``Wq`` buffer
+    and its ``(OH, OW)`` image written to ``out`` while in cache."""
+    for o in numba.prange(ptr_o.shape[0] - 1):
+        a = np.empty(n)
+        _conv_span(xq, a, n, ptr_o[o], ptr_o[o + 1], src, val, True)
+        for y in range(OH):
+            dst = (o * OH + y) * OW
+            out[dst:dst + OW] = a[y * Wq:y * Wq + OW]
+
+
+@numba.njit(**_JIT)
+def _conv_span_t(gout, acc, shift, ostride, n, t0, t1, by_i_o, by_i_src, val):
+    """``acc[src[t] - shift + j] += val[t] * gout[o[t] * ostride + j]`` for ``t0 <= t < t1``."""
     unit = val.shape[0] == 0
+    for t in range(t0, t1):
+        s0 = by_i_src[t] - shift
+        a = acc[s0:s0 + n]
+        o0 = by_i_o[t] * ostride
+        b = gout[o0:o0 + n]
+        if unit:
+            for j in range(n):
+                a[j] += b[j]
+        else:
+            v = val[t]
+            for j in range(n):
+                a[j] += v * b[j]
+
+
+@numba.njit(parallel=True, **_JIT)
+def plane_backward(gout, gq, ostride, n, ptr_i, by_i_o, by_i_src, val, plane, init, base):
+    """Transpose of :func:`plane_forward`, parallel over input channels (each owns
+    its ``plane`` values of ``gq``): ``gq[src[t] + j] += val[t] * gout[o[t] * ostride + j]``.
+    The scratch columns of ``gout`` must be zero. With ``init`` each channel's
+    values are zeroed first (by the thread that then accumulates into them). A
+    non-empty ``base`` (``gq``'s layout) is then added to each finished channel,
+    which fuses a following sum with another branch into this pass."""
     for i in numba.prange(ptr_i.shape[0] - 1):
-        for t in range(ptr_i[i], ptr_i[i + 1]):
-            a = gq[by_i_src[t]:by_i_src[t] + n]
-            o0 = by_i_o[t] * ostride
-            b = gout[o0:o0 + n]
-            if unit:
-                for j in range(n):
-                    a[j] += b[j]
-            else:
-                v = val[t]
-                for j in range(n):
-                    a[j] += v * b[j]
+        if init:
+            gq[i * plane:(i + 1) * plane] = 0.0
+        _conv_span_t(gout, gq, 0, ostride, n, ptr_i[i], ptr_i[i + 1], by_i_o, by_i_src, val)
+        if base.shape[0] > 0:
+            for j in range(i * plane, (i + 1) * plane):
+                gq[j] += base[j]
+
+
+@numba.njit(parallel=True, **_JIT)
+def plane_backward_image(gout, ostride, n, ptr_i, by_i_o, by_i_src, val, plane, H, W, sh, sw,
+                         ph, pw, Hq, Wq, gin, base):
+    """:func:`plane_backward` for inputs that needed a plane copy (padding or stride):
+    each channel accumulates into a private plane buffer whose image positions
+    (plus ``base``, if not empty) are then written to ``gin`` (C, H, W) while in
+    cache."""
+    for i in numba.prange(ptr_i.shape[0] - 1):
+        acc = np.zeros(plane)
+        _conv_span_t(gout, acc, i * plane, ostride, n, ptr_i[i], ptr_i[i + 1], by_i_o,
+                     by_i_src, val)
+        _planes_to_channel(acc, i, H, W, sh, sw, ph, pw, Hq, Wq, gin, base)
 
 
 @numba.njit(parallel=True, **_JIT)

@@ -7,6 +7,7 @@ map. Values are flat float64 arrays in (C, H, W) order.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,25 +72,19 @@ class ConvPlan:
         K.to_planes(x, self.C, self.H, self.W, *self.stride, *self.pad, self.Hq, self.Wq, xq)
         return xq
 
-    def from_planes(self, xq: np.ndarray, out: np.ndarray) -> None:
-        """``out += `` the image positions of ``xq``."""
-        if self.same_input:
-            out += xq
-            return
-        K.from_planes(xq, self.C, self.H, self.W, *self.stride, *self.pad, self.Hq, self.Wq, out)
-
     def out_to_rows(self, y: np.ndarray) -> np.ndarray:
         """(O, OH, OW) values laid out with row stride Wq, scratch columns zero."""
         if self.same_output:
             return y
-        yq = np.zeros((self.O, self.OH, self.Wq))
-        yq[:, :, :self.OW] = y.reshape(self.O, self.OH, self.OW)
-        return yq.reshape(-1)
+        yq = np.empty(self.O * self.OH * self.Wq)
+        K.image_to_rows(y, self.O, self.OH, self.OW, self.Wq, yq)
+        return yq
 
     def out_from_rows(self, yq: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`out_to_rows` (a view when no copy is needed)."""
         if self.same_output:
             return yq
-        return np.ascontiguousarray(yq.reshape(self.O, self.OH, self.Wq)[:, :, :self.OW]).reshape(-1)
+        return yq.reshape(self.O, self.OH, self.Wq)[:, :, :self.OW].reshape(-1)
 
 
 def conv_plan(layer: Layer, in_shape, out_shape) -> ConvPlan:
@@ -114,48 +109,74 @@ class ConvElements:
     by_i_src: np.ndarray
     order: np.ndarray  # permutation from output-major to input-major order
     unit: np.ndarray  # empty: the kernels read it as "every weight is 1"
+    # Most elements of any output (input) channel: with unit weights an output
+    # count is at most max_fan_in times the largest input count, since one
+    # element reads one input position per output position; max_fan_out bounds
+    # the transpose the same way.
+    max_fan_in: int = 0
+    max_fan_out: int = 0
 
 
 def conv_elements(layer: Layer, lm: LayerMask, plan: ConvPlan) -> ConvElements:
     O, per_group = layer.weight_shape[:2]
     KH, KW = layer.kernel_hw
-    flat, ptr_o, nz_i, kh, kw = K.mask_elements(lm.mask.reshape(-1), O, per_group, KH, KW,
-                                                O // layer.groups)
+    mask = lm.mask.reshape(-1)
+    counts = lm.counts
+    if counts is None:  # a LayerMask built from CSR arrays only
+        counts = mask.reshape(O * per_group, KH * KW).sum(axis=1, dtype=np.int32)
+    flat, ptr_o, nz_i, kh, kw = K.mask_elements(mask, counts, K.count_words(counts, KH * KW), O,
+                                                per_group, KH, KW, O // layer.groups)
     index = np.int32 if plan.C * plan.plane < 2 ** 31 else np.int64
     src = K.plane_offsets(nz_i, kh, kw, plan.plane, plan.Hq, plan.Wq, *plan.stride,
                           *plan.dilation, np.zeros(1, dtype=index))
     del kh, kw
     o = np.repeat(np.arange(O, dtype=np.int32), np.diff(ptr_o))
     ptr_i, order = K.group_by(nz_i, plan.C)
-    return ConvElements(flat, ptr_o, src, ptr_i, o[order], src[order], order, np.zeros(0))
+    return ConvElements(flat, ptr_o, src, ptr_i, o[order], src[order], order, np.zeros(0),
+                        int(np.diff(ptr_o).max(initial=0)), int(np.diff(ptr_i).max(initial=0)))
+
+
+_NO_BASE = np.zeros(0)
 
 
 def conv_forward(plan: ConvPlan, el: ConvElements, x: np.ndarray, val: np.ndarray,
-                 out: np.ndarray) -> None:
-    """``out += conv(x)`` for flat (C, H, W) ``x`` and (O, OH, OW) ``out``."""
+                 xq: np.ndarray | None = None) -> np.ndarray:
+    """``conv(x)`` for flat (C, H, W) ``x``, as a new flat (O, OH, OW) array.
+
+    ``xq`` is ``plan.to_planes(x)`` when the caller already has it.
+    """
     if plan.n == 0:
-        return
-    xq = plan.to_planes(x)
+        return np.zeros(plan.O * plan.OH * plan.OW)
+    if xq is None:
+        xq = plan.to_planes(x)
     if plan.same_output:
-        K.plane_forward(xq, out, plan.ostride, plan.n, el.ptr_o, el.src, val)
-        return
-    yq = np.zeros(plan.O * plan.ostride)
-    K.plane_forward(xq, yq, plan.ostride, plan.n, el.ptr_o, el.src, val)
-    out += plan.out_from_rows(yq)
+        out = np.empty(plan.O * plan.ostride)  # every value is written: init=True
+        K.plane_forward(xq, out, plan.ostride, plan.n, el.ptr_o, el.src, val, True)
+    else:
+        out = np.empty(plan.O * plan.OH * plan.OW)
+        K.plane_forward_image(xq, plan.n, el.ptr_o, el.src, val, plan.OH, plan.OW, plan.Wq, out)
+    return out
 
 
 def conv_backward(plan: ConvPlan, el: ConvElements, g: np.ndarray, val: np.ndarray,
-                  gin: np.ndarray) -> None:
-    """``gin += conv(.)^T g`` (the transpose of :func:`conv_forward`)."""
+                  gq: np.ndarray | None = None, base: np.ndarray | None = None) -> np.ndarray:
+    """``conv(.)^T g (+ base)`` (the transpose of :func:`conv_forward`), as a new flat
+    (C, H, W) array; ``gq`` is ``plan.out_to_rows(g)`` when the caller already has it."""
     if plan.n == 0:
-        return
-    gq = plan.out_to_rows(g)
+        return np.zeros(plan.C * plan.H * plan.W) if base is None else base.copy()
+    if gq is None:
+        gq = plan.out_to_rows(g)
+    base = _NO_BASE if base is None else base
     if plan.same_input:
-        K.plane_backward(gq, gin, plan.ostride, plan.n, el.ptr_i, el.by_i_o, el.by_i_src, val)
-        return
-    acc = np.zeros(plan.C * plan.plane)
-    K.plane_backward(gq, acc, plan.ostride, plan.n, el.ptr_i, el.by_i_o, el.by_i_src, val)
-    plan.from_planes(acc, gin)
+        gin = np.empty(plan.C * plan.plane)
+        K.plane_backward(gq, gin, plan.ostride, plan.n, el.ptr_i, el.by_i_o, el.by_i_src, val,
+                         plan.plane, True, base)
+    else:
+        gin = np.empty(plan.C * plan.H * plan.W)
+        K.plane_backward_image(gq, plan.ostride, plan.n, el.ptr_i, el.by_i_o, el.by_i_src, val,
+                               plan.plane, plan.H, plan.W, *plan.stride, *plan.pad, plan.Hq,
+                               plan.Wq, gin, base)
+    return gin
 
 
 class NeuronGraph:
@@ -168,8 +189,14 @@ class NeuronGraph:
         self.layer_masks = layer_masks
         self.weights = weights
         self._elements: dict[int, ConvElements] = {} if elements is None else elements
+        self.integer = weights is None  # plain path counts: see scaled.normalize
         self._values: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._plans: dict[int, ConvPlan] = {}
+        # Re-laid-out conv inputs (forward) and outputs (backward), kept for the
+        # effectiveness and flow queries, which read the same arrays again:
+        # layer -> (array, its planes or rows). Only layouts that needed a copy.
+        self._in_planes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._out_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def plan(self, layer: int) -> ConvPlan:
         if layer not in self._plans:
@@ -196,13 +223,7 @@ class NeuronGraph:
         return self._elements[layer]
 
     def size(self, vid: int) -> int:
-        return int(np.prod(self.p.values[vid]))
-
-    def _conv_geometry(self, op):
-        L = self.p.layers[op.attrs["layer"]]
-        _, H, W = spatial3(self.p.values[op.inputs[0]])
-        _, OH, OW = spatial3(self.p.values[op.output])
-        return L, H, W, OH, OW
+        return math.prod(self.p.values[vid])
 
     # -- forward -------------------------------------------------------------------
     def forward(self, saturate: bool = False) -> dict[int, Scaled]:
@@ -216,43 +237,74 @@ class NeuronGraph:
                 val[op.output] = val[op.inputs[0]]
                 continue
             if op.kind == "add":
-                out = combine([val[v] for v in op.inputs], n)
+                out = combine([val[v] for v in op.inputs], n, integer=self.integer)
             elif op.kind == "cat":
                 parts = [val[v] for v in op.inputs]
                 e = max(p.e for p in parts)
                 arrays = [(p.m if p.e == e else np.ldexp(p.m, p.e - e)).reshape(self.p.values[v])
                           for p, v in zip(parts, op.inputs)]
                 cat = np.concatenate(arrays, axis=op.attrs["axis"]).reshape(-1)
-                out = normalize(cat, e, any(p.risky for p in parts))
+                out = normalize(cat, e, any(p.risky for p in parts), integer=self.integer)
             else:
                 x = val[op.inputs[0]]
-                out = normalize(self._forward_op(op, x.m, n), x.e, x.risky)
+                out = normalize(self._forward_op(op, x.m, n), x.e, x.risky,
+                                integer=self.integer, bound=self._bound(op, x.hi, "forward"))
             if saturate:
                 out = Scaled(np.minimum(np.ldexp(out.m, out.e), 1.0))
             val[op.output] = out
         return val
 
-    def _forward_op(self, op, x: np.ndarray, n: int) -> np.ndarray:
-        out = np.zeros(n)
+    def _bound(self, op, hi: float | None, direction: str) -> float | None:
+        """An upper bound on the op's output mantissas from its input's bound ``hi``
+        (None: unknown, or not worth a bound), so that most ops need no scan
+        for their maximum (see :func:`~topo_pai.metrics.scaled.normalize`)."""
+        if hi is None or not self.integer:
+            return None
+        if op.kind == "layer" and self.p.layers[op.attrs["layer"]].kind != "Linear":
+            el = self.elements(op.attrs["layer"])
+            return hi * (el.max_fan_in if direction == "forward" else el.max_fan_out)
+        return None
+
+    def _forward_op(self, op, x: np.ndarray, n: int):
         if op.kind == "layer":
-            L, H, W, OH, OW = self._conv_geometry(op)
-            lm = self.layer_masks[op.attrs["layer"]]
-            if L.kind == "Linear":
-                lm.matvec(x, out)
-            else:
-                layer = op.attrs["layer"]
-                vals, _ = self.element_values(layer)
-                conv_forward(self.plan(layer), self.elements(layer), x, vals, out)
-        elif op.kind == "pool":
+            layer = op.attrs["layer"]
+            if self.p.layers[layer].kind == "Linear":
+                out = np.zeros(n)
+                self.layer_masks[layer].matvec(x, out)
+                return out
+            vals, _ = self.element_values(layer)
+            return conv_forward(self.plan(layer), self.elements(layer), x, vals,
+                                self.in_planes(layer, x))
+        if op.kind == "pool":
+            out = np.zeros(n)
             C, H, W = spatial3(self.p.values[op.inputs[0]])
             _, OH, OW = spatial3(self.p.values[op.output])
             (hp, hi), (wp, wi) = op.attrs["windows"]
             K.pool_forward(x, C, H, W, out, OH, OW, hp, hi, wp, wi)
-        elif op.kind == "reduce":
-            out[:] = x.reshape(self.p.values[op.inputs[0]]).sum(axis=op.attrs["axes"]).reshape(-1)
-        else:  # pragma: no cover
-            raise AssertionError(op.kind)
-        return out
+            return out
+        if op.kind == "reduce":
+            return x.reshape(self.p.values[op.inputs[0]]).sum(axis=op.attrs["axes"]).reshape(-1)
+        raise AssertionError(op.kind)  # pragma: no cover
+
+    def in_planes(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """``plan(layer).to_planes(x)``, computed once per input array."""
+        plan = self.plan(layer)
+        if plan.same_input:
+            return x
+        hit = self._in_planes.get(layer)
+        if hit is None or hit[0] is not x:
+            hit = self._in_planes[layer] = (x, plan.to_planes(x))
+        return hit[1]
+
+    def out_rows(self, layer: int, g: np.ndarray) -> np.ndarray:
+        """``plan(layer).out_to_rows(g)``, computed once per output array."""
+        plan = self.plan(layer)
+        if plan.same_output:
+            return g
+        hit = self._out_rows.get(layer)
+        if hit is None or hit[0] is not g:
+            hit = self._out_rows[layer] = (g, plan.out_to_rows(g))
+        return hit[1]
 
     # -- backward ------------------------------------------------------------------
     def backward(self, saturate: bool = False) -> dict[int, Scaled]:
@@ -261,7 +313,7 @@ class NeuronGraph:
             parts.setdefault(v, []).append(Scaled(np.ones(self.size(v))))
         grad: dict[int, Scaled] = {}
         for op in reversed(self.p.ops):
-            g = combine(parts.pop(op.output, []), self.size(op.output))
+            g = combine(parts.pop(op.output, []), self.size(op.output), integer=self.integer)
             if saturate:
                 g = Scaled(np.minimum(np.ldexp(g.m, g.e), 1.0))
             grad[op.output] = g
@@ -278,41 +330,54 @@ class NeuronGraph:
                 pieces = np.split(g.m.reshape(shape), splits, axis=axis)
                 for v, piece in zip(op.inputs, pieces):
                     parts.setdefault(v, []).append(normalize(piece.reshape(-1).copy(), g.e,
-                                                             g.risky))
+                                                             g.risky, integer=self.integer))
                 continue
             v = op.inputs[0]
-            parts.setdefault(v, []).append(normalize(self._backward_op(op, g.m, self.size(v)),
-                                                     g.e, g.risky))
+            pending = parts.setdefault(v, [])
+            if (op.kind == "layer" and len(pending) == 1 and pending[0].e == g.e
+                    and self.p.layers[op.attrs["layer"]].kind != "Linear"):
+                # Another branch already sent its part (a residual block's input):
+                # the conv kernel adds it in the same pass instead of a separate sum.
+                other = pending.pop()
+                arr = self._backward_op(op, g.m, self.size(v), base=other.m)
+                bound = self._bound(op, g.hi, "backward")
+                bound = None if bound is None or other.hi is None else bound + other.hi
+                pending.append(normalize(arr, g.e, g.risky or other.risky, integer=self.integer,
+                                         bound=bound))
+                continue
+            pending.append(normalize(self._backward_op(op, g.m, self.size(v)), g.e, g.risky,
+                                     integer=self.integer, bound=self._bound(op, g.hi, "backward")))
         return grad
 
-    def _backward_op(self, op, g: np.ndarray, n: int) -> np.ndarray:
-        gin = np.zeros(n)
+    def _backward_op(self, op, g: np.ndarray, n: int, base: np.ndarray | None = None):
+        """The op's transpose applied to ``g`` (plus ``base``, for convs)."""
         if op.kind == "layer":
-            L, H, W, OH, OW = self._conv_geometry(op)
-            lm = self.layer_masks[op.attrs["layer"]]
-            if L.kind == "Linear":
-                lm.rmatvec(g, gin)
-            else:
-                layer = op.attrs["layer"]
-                _, vals = self.element_values(layer)
-                conv_backward(self.plan(layer), self.elements(layer), g, vals, gin)
-        elif op.kind == "pool":
+            layer = op.attrs["layer"]
+            if self.p.layers[layer].kind == "Linear":
+                gin = np.zeros(n)
+                self.layer_masks[layer].rmatvec(g, gin)
+                return gin
+            _, vals = self.element_values(layer)
+            return conv_backward(self.plan(layer), self.elements(layer), g, vals,
+                                 self.out_rows(layer, g), base)
+        if op.kind == "pool":
+            gin = np.zeros(n)
             C, H, W = spatial3(self.p.values[op.inputs[0]])
             _, OH, OW = spatial3(self.p.values[op.output])
             (hp, hi), (wp, wi) = op.attrs["windows"]
             K.pool_backward(g, C, H, W, gin, OH, OW, hp, hi, wp, wi)
-        elif op.kind == "reduce":
+            return gin
+        if op.kind == "reduce":
             in_shape = self.p.values[op.inputs[0]]
             kept = tuple(1 if a in op.attrs["axes"] else s for a, s in enumerate(in_shape))
-            gin[:] = np.broadcast_to(g.reshape(kept), in_shape).reshape(-1)
-        else:  # pragma: no cover
-            raise AssertionError(op.kind)
-        return gin
+            gin = np.empty(n)
+            gin.reshape(in_shape)[...] = g.reshape(kept)
+            return gin
+        raise AssertionError(op.kind)  # pragma: no cover
 
     # -- effectiveness ---------------------------------------------------------------
     def _planes(self, layer: int, fin: np.ndarray, bout: np.ndarray):
-        plan = self.plan(layer)
-        return plan, plan.to_planes(fin), plan.out_to_rows(bout)
+        return self.plan(layer), self.in_planes(layer, fin), self.out_rows(layer, bout)
 
     def effective_flags(self, layer: int, fin: np.ndarray, bout: np.ndarray):
         """Per-layer effectiveness: flags per unpruned element (conv) or count (linear)."""

@@ -1,9 +1,11 @@
 """Overflow-free non-negative counts: ``value = mantissa * 2**exponent``.
 
-Each vector carries one exponent and mantissas with maximum in [0.5, 1), so a
-count of 10**5000 is as cheap as a count of 5. Scaling is by exact powers of
-two, hence the only precision loss is float64 rounding in the sums (relative
-1e-16 per op), not in the scaling.
+Each vector carries one exponent and float64 mantissas, so a count of 10**5000
+is as cheap as a count of 5. A vector is rescaled (to a maximum in [0.5, 1))
+only when its maximum leaves [2**-SLACK_BITS, 2**SLACK_BITS]: rescaling costs a
+pass over the vector, and most ops change the magnitude by far less than that.
+Scaling is by exact powers of two, hence the only precision loss is float64
+rounding in the sums (relative 1e-16 per op), not in the scaling.
 
 An entry smaller than ``2**-1074`` times its vector's maximum would underflow
 to zero and look unreachable. Vectors whose dynamic range comes near that are
@@ -21,6 +23,13 @@ import numpy as np
 from topo_pai.kernels import propagate as K
 
 RISKY_BITS = 900  # dynamic range (in bits) past which reachability is re-checked in 0/1
+# Mantissa maxima stay within 2**+-SLACK_BITS: products of two mantissas (forward x
+# backward) stay far from overflow, and an entry RISKY_BITS below the maximum stays
+# a normal float (2**-964 > 2**-1022).
+SLACK_BITS = 64
+# Sums of vectors at least this long run on both threads (a neuron-level
+# activation map); shorter ones are not worth waking the threads for.
+PARALLEL_ADD_MIN = 1 << 16
 LOG10_2 = math.log10(2.0)
 
 
@@ -30,6 +39,7 @@ class Scaled:
     e: int = 0
     risky: bool = False
     zero: bool = False  # known to be all zeros (lets sums skip it)
+    hi: float | None = None  # an upper bound on max(m) in the slack window (None: unknown)
 
     def log10_total(self) -> float:
         total = 0.0 if self.zero else float(self.m.sum())
@@ -44,23 +54,53 @@ def _scale(arr: np.ndarray, shift: int) -> None:
         shift -= step
 
 
-def normalize(arr: np.ndarray, e: int = 0, risky: bool = False) -> Scaled:
-    """Rescale ``arr`` in place so that its maximum lies in [0.5, 1)."""
-    hi, lo = K.scale_stats(arr)
+def normalize(arr: np.ndarray, e: int = 0, risky: bool = False, *, copy: bool = False,
+              integer: bool = False, bound: float | None = None) -> Scaled:
+    """Wrap ``arr`` as the counts ``arr * 2**e``, rescaling it if its maximum left the
+    slack window (in place, or on a copy with ``copy=True``).
+
+    ``integer=True`` promises that every non-zero count ``arr * 2**e`` is at least
+    1 (path counts are integers; edge-weighted flows are not). The smallest
+    mantissa is then at least ``2**-e``, so the dynamic range is at most
+    ``log2(max) + e`` bits and needs no scan for the minimum unless that bound
+    passes :data:`RISKY_BITS`: one SIMD ``max`` replaces the full
+    :func:`~topo_pai.kernels.propagate.scale_stats` scan. With ``integer``, a
+    ``bound`` (a proven upper bound on ``max(arr)``, e.g. the input's bound times
+    the largest fan-in) that keeps both tests within limits saves even that scan:
+    small counts never need rescaling, so most ops touch their output only once.
+    """
+    if integer and bound is not None:
+        if bound == 0.0:
+            return Scaled(arr, 0, risky, zero=True)
+        if (2.0 ** -SLACK_BITS < bound <= 2.0 ** SLACK_BITS
+                and math.log2(bound) + e <= RISKY_BITS):
+            return Scaled(arr, e, risky, hi=bound)
+    if integer:
+        hi = float(arr.max()) if arr.shape[0] else 0.0
+        lo = math.ldexp(1.0, -e)
+        if hi > 0.0 and math.log2(hi) + e > RISKY_BITS:
+            hi, lo = K.scale_stats(arr)
+    else:
+        hi, lo = K.scale_stats(arr)
     if hi == 0.0:
         return Scaled(arr, 0, risky, zero=True)
     if not math.isfinite(hi):
         raise FloatingPointError("a count became infinite; please report this as a bug")
-    shift = math.frexp(hi)[1]
-    _scale(arr, shift)
     risky = risky or (math.log2(hi) - math.log2(lo) > RISKY_BITS)
-    return Scaled(arr, e + shift, risky)
+    shift = math.frexp(hi)[1]  # hi in [2**(shift-1), 2**shift)
+    if -SLACK_BITS < shift <= SLACK_BITS:
+        return Scaled(arr, e, risky, hi=hi)
+    if copy:
+        arr = arr.copy()
+    _scale(arr, shift)
+    return Scaled(arr, e + shift, risky, hi=math.ldexp(hi, -shift))
 
 
-def combine(parts: list[Scaled], n: int) -> Scaled:
+def combine(parts: list[Scaled], n: int, *, integer: bool = False) -> Scaled:
     """Sum of scaled vectors of length ``n`` (a zero vector if there are none).
 
-    The parts are not modified; a lone part is returned as is.
+    The parts are not modified; a lone part is returned as is (or rescaled on a
+    copy if it left the slack window). ``integer`` as in :func:`normalize`.
     """
     live = [p for p in parts if not p.zero]
     risky = any(p.risky for p in parts)
@@ -68,23 +108,34 @@ def combine(parts: list[Scaled], n: int) -> Scaled:
         return Scaled(np.zeros(n), 0, risky, zero=True)
     if len(live) == 1:
         p = live[0]
-        hi, _ = K.scale_stats(p.m)
-        if 0.5 <= hi < 1.0:
-            return Scaled(p.m, p.e, risky)
-        return normalize(p.m.copy(), p.e, risky)
+        if p.hi is not None:
+            return p if p.risky == risky else Scaled(p.m, p.e, risky, hi=p.hi)
+        return normalize(p.m, p.e, risky, copy=True, integer=integer)
     e_max = max(p.e for p in live)
-    acc = np.zeros(n)
+    acc, owned = None, False  # never write into a part's array
+    bound = 0.0 if integer else None
     for p in live:
+        if bound is not None:
+            bound = None if p.hi is None else bound + math.ldexp(p.hi, p.e - e_max)
         gap = e_max - p.e
         if gap > RISKY_BITS:
             risky = True
         if gap == 0:
-            acc += p.m
+            term, fresh = p.m, False
         else:
-            tmp = p.m.copy()
-            _scale(tmp, gap)
-            acc += tmp
-    return normalize(acc, e_max, risky)
+            term, fresh = p.m * 2.0 ** -min(gap, 1000), True
+            _scale(term, gap - min(gap, 1000))
+        if acc is None:
+            acc, owned = term, fresh
+        elif n >= PARALLEL_ADD_MIN:
+            out = acc if owned else np.empty(n)
+            K.add_into(acc, term, out)
+            acc, owned = out, True
+        elif owned:
+            acc += term
+        else:
+            acc, owned = acc + term, True
+    return normalize(acc, e_max, risky, integer=integer, bound=bound)
 
 
 def log10_sum(parts: list[Scaled]) -> float:
