@@ -29,7 +29,13 @@ from hypothesis import strategies as st  # noqa: E402
 
 from topo_pai.kernels import propagate as K  # noqa: E402
 from topo_pai.kernels import reference as R  # noqa: E402
-from topo_pai.metrics.neuron import ConvElements, ConvPlan, conv_backward, conv_forward  # noqa: E402
+from topo_pai.metrics.neuron import (  # noqa: E402
+    ConvElements,
+    ConvPlan,
+    conv_backward,
+    conv_forward,
+    tap_offsets,
+)
 
 INDEX_DTYPES = (np.int32, np.int64)
 EXAMPLES = settings(max_examples=60, deadline=None)
@@ -103,12 +109,11 @@ def plane_elements(c, el):
     plan = ConvPlan(c["C"], c["H"], c["W"], c["O"], c["OH"], c["OW"], tuple(c["stride"]),
                     tuple(c["pad"]), tuple(c["dil"]), c["OH"] + ((KH - 1) * dh) // sh,
                     c["OW"] + ((KW - 1) * dw) // sw)
-    sample = np.zeros(1, dtype=c["dtype"])
-    src = K.plane_offsets(el["nz_i"], el["nz_kh"], el["nz_kw"], plan.plane, plan.Hq, plan.Wq,
-                          sh, sw, dh, dw, sample)
+    taps = tap_offsets(plan, (KH, KW))
+    src = (el["nz_i"].astype(np.int64) * plan.plane
+           + taps[el["nz_kh"] * KW + el["nz_kw"]]).astype(c["dtype"])
     by_i_i = np.repeat(np.arange(c["C"]), np.diff(el["ptr_i"]))
-    by_i_src = K.plane_offsets(by_i_i, el["by_i_kh"], el["by_i_kw"], plan.plane, plan.Hq,
-                               plan.Wq, sh, sw, dh, dw, sample)
+    by_i_src = (by_i_i * plan.plane + taps[el["by_i_kh"] * KW + el["by_i_kw"]]).astype(c["dtype"])
     return plan, ConvElements(None, el["ptr_o"], src, el["ptr_i"], el["by_i_o"], by_i_src, None,
                               np.zeros(0))
 
@@ -288,21 +293,31 @@ def test_mask_elements(case):
     rng = np.random.default_rng(seed)
     mask = (rng.random((O, I, KH, KW)) < density).astype(np.uint8)
     counts = mask.reshape(O * I, KH * KW).sum(axis=1).astype(np.uint8)
-    got = K.mask_elements(mask.reshape(-1), counts, K.count_words(counts, KH * KW), O, I, KH, KW, opg)
+    plane = 1000
+    taps = rng.permutation(KH * KW).astype(np.int64)  # any table: spans are looked up
+    args = (O, I, KH * KW, opg, plane, taps, np.zeros(1, np.int64))
+    got = K.mask_elements(mask.reshape(-1), counts, K.count_words(counts, KH * KW), *args)
     # the word-skipping scan must agree with the byte-by-byte one
-    plain = K.mask_elements(mask.reshape(-1), counts, np.zeros(0, np.uint64), O, I, KH, KW, opg)
+    plain = K.mask_elements(mask.reshape(-1), counts, np.zeros(0, np.uint64), *args)
     for a, b in zip(got, plain):
         np.testing.assert_array_equal(a, b)
-    flat, ptr_o, nz_i, nz_kh, nz_kw = got
+    flat, ptr_o, nz_i, src = got
     o, i, kh, kw = np.nonzero(mask)  # output-major, as documented
     np.testing.assert_array_equal(flat, np.flatnonzero(mask))
     np.testing.assert_array_equal(ptr_o, np.concatenate([[0], np.cumsum(np.bincount(
         o, minlength=O))]))
     np.testing.assert_array_equal(nz_i, (o // opg) * I + i)
-    np.testing.assert_array_equal(nz_kh, kh)
-    np.testing.assert_array_equal(nz_kw, kw)
-    for arr in (flat, ptr_o, nz_i, nz_kh, nz_kw):
+    np.testing.assert_array_equal(src, nz_i * plane + taps[kh * KW + kw])
+    for arr in (flat, ptr_o, nz_i, src):
         assert arr.dtype.kind == "i"
+    # regrouped by input channel: a stable sort by input channel
+    ptr_i, by_i_o, by_i_src, order = K.by_input(ptr_o, nz_i, src, groups * I, 2)
+    want = np.argsort(nz_i, kind="stable")
+    np.testing.assert_array_equal(order, want)
+    np.testing.assert_array_equal(ptr_i, np.concatenate([[0], np.cumsum(np.bincount(
+        nz_i, minlength=groups * I))]))
+    np.testing.assert_array_equal(by_i_o, o[want])
+    np.testing.assert_array_equal(by_i_src, src[want])
 
 
 def test_conv_kernels_big_case_both_dtypes():
@@ -687,3 +702,72 @@ def test_layer_mask_dense_and_sparse_forms_agree():
         for g, w in zip((lm.indptr, lm.indices, lm.data), want):
             np.testing.assert_array_equal(g, w)
         assert lm.unpruned == int(m.sum()) and lm.nnz == int(want[0][-1])
+
+
+@EXAMPLES
+@given(st.integers(0, 5000), st.integers(0, 2 ** 31 - 1))
+def test_add_into(n, seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.random(n), rng.random(n)
+    out = np.full(n, np.nan)
+    K.add_into(a, b, out)
+    np.testing.assert_array_equal(out, a + b)
+    want = a + b
+    K.add_into(a, b, a)  # in place
+    np.testing.assert_array_equal(a, want)
+
+
+@EXAMPLES
+@given(st.integers(0, 4), st.integers(0, 5), st.integers(0, 5), st.integers(0, 3))
+def test_image_to_rows(O, OH, OW, extra):
+    y = np.arange(O * OH * OW, dtype=np.float64) + 1.0
+    yq = np.full(O * OH * (OW + extra), np.nan)
+    K.image_to_rows(y, O, OH, OW, OW + extra, yq)
+    want = np.pad(y.reshape(O, OH, OW), ((0, 0), (0, 0), (0, extra)))
+    np.testing.assert_array_equal(yq.reshape(O, OH, OW + extra), want)
+
+
+# ---------------------------------------------------------------------------
+# Scaled counts: lazy normalisation
+# ---------------------------------------------------------------------------
+
+@EXAMPLES
+@given(st.lists(st.integers(0, 2 ** 40), min_size=1, max_size=40), st.integers(-60, 300),
+       st.integers(0, 2))
+def test_normalize_integer_counts_match_exact_scan(values, e, slack):
+    """With integer counts, the bound-based and scan-based paths give the same
+    counts, exponent window and risky flag as the exact two-sided scan."""
+    from topo_pai.metrics.scaled import RISKY_BITS, SLACK_BITS, normalize
+
+    m = np.array(values, dtype=np.float64) * 2.0 ** -max(e, 0)  # counts >= 1 when e >= 0
+    e = max(e, 0)
+    exact = normalize(m.copy(), e)
+    fast = normalize(m.copy(), e, integer=True)
+    true_hi = float(m.max())
+    bound = true_hi * (1 + slack)  # any proven upper bound
+    bounded = normalize(m.copy(), e, integer=True, bound=bound)
+    for s in (exact, fast, bounded):
+        assert s.zero == (true_hi == 0.0)
+        if not s.zero:
+            assert 2.0 ** -SLACK_BITS <= s.m.max() <= 2.0 ** SLACK_BITS
+            assert s.hi >= s.m.max()
+            np.testing.assert_array_equal(np.ldexp(s.m, s.e), np.ldexp(exact.m, exact.e))
+    # the fast paths may only be more cautious than the exact range test
+    assert fast.risky >= exact.risky and bounded.risky >= exact.risky
+    if not exact.zero and math.log2(true_hi) + e <= RISKY_BITS:
+        assert not fast.risky
+
+
+def test_combine_large_parts_sums_exactly_and_keeps_parts():
+    from topo_pai.metrics.scaled import PARALLEL_ADD_MIN, Scaled, combine
+
+    n = PARALLEL_ADD_MIN + 3
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 100, n).astype(np.float64)
+    b = rng.integers(0, 100, n).astype(np.float64)
+    c = rng.integers(0, 100, n).astype(np.float64)
+    parts = [Scaled(a.copy(), 0, hi=100.0), Scaled(b.copy(), 3, hi=100.0), Scaled(c.copy(), 0)]
+    s = combine(parts, n, integer=True)
+    np.testing.assert_array_equal(np.ldexp(s.m, s.e), a + 8 * b + c)
+    np.testing.assert_array_equal(parts[0].m, a)  # parts are not modified
+    np.testing.assert_array_equal(parts[1].m, b)

@@ -114,37 +114,33 @@ def _row_sum(counts, words, start, end):
 
 
 @numba.njit(**_JIT)
-def _emit_kernel(mask, k, kk, in_channel, t, flat, nz_i, nz_kh, nz_kw, kh_of, kw_of):
+def _emit_kernel(mask, k, kk, in_channel, t, flat, nz_i, src, start, taps):
     """Append the unpruned elements of kernel ``k`` at position ``t``; return the next."""
     base = k * kk
     for r in range(kk):
         if mask[base + r] != 0:
             flat[t] = base + r
             nz_i[t] = in_channel
-            nz_kh[t] = kh_of[r]
-            nz_kw[t] = kw_of[r]
+            src[t] = start + taps[r]
             t += 1
     return t
 
 
 @numba.njit(parallel=True, **_JIT)
-def mask_elements(mask, counts, words, n_out, per_group_in, kh_size, kw_size, out_per_group):
-    """Unpruned elements of a 0/1 uint8 conv mask (O, I/groups, KH, KW), output-major.
+def mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, plane, taps,
+                  index_sample):
+    """Unpruned elements of a 0/1 uint8 conv mask (O, I/groups, *kernel), output-major.
 
     ``counts`` holds the number of unpruned elements of every kernel (as the mask
     intake computes them) and ``words`` the same bytes as uint64 (see
     :func:`count_words`; empty: not available): the scan reads 8 kernel counts
     per load, visits only non-empty kernels and fills the output channels in
-    parallel. Returns ``(flat, ptr_o, nz_i, nz_kh, nz_kw)``: flat weight index,
-    CSR row pointer over output channels, global input channel and kernel offsets.
+    parallel. Element ``r`` of a kernel reading input channel ``i`` starts its
+    span at ``i * plane + taps[r]`` (see :func:`tap_offsets`). Returns ``(flat,
+    ptr_o, nz_i, src)``: flat weight index, CSR row pointer over output channels,
+    global input channel and span start (of ``index_sample``'s dtype).
     """
-    kk = kh_size * kw_size
     P = per_group_in
-    kh_of = np.empty(kk, dtype=np.int16)  # offsets by table: no division per element
-    kw_of = np.empty(kk, dtype=np.int16)
-    for r in range(kk):
-        kh_of[r] = r // kw_size
-        kw_of[r] = r % kw_size
     ptr_o = np.zeros(n_out + 1, dtype=np.int64)
     for o in numba.prange(n_out):
         ptr_o[o + 1] = _row_sum(counts, words, o * P, (o + 1) * P)
@@ -154,8 +150,7 @@ def mask_elements(mask, counts, words, n_out, per_group_in, kh_size, kw_size, ou
     # Compact dtypes: a dense ResNet-50 has 25M elements, so bytes per element matter.
     flat = np.empty(nnz, dtype=np.int32)  # one layer never holds 2**31 weights
     nz_i = np.empty(nnz, dtype=np.int32)
-    nz_kh = np.empty(nnz, dtype=np.int16)
-    nz_kw = np.empty(nnz, dtype=np.int16)
+    src = np.empty(nnz, dtype=index_sample.dtype)
     for o in numba.prange(n_out):
         t = ptr_o[o]
         shift = (o // out_per_group) * P - o * P  # kernel k reads input channel k + shift
@@ -166,10 +161,54 @@ def mask_elements(mask, counts, words, n_out, per_group_in, kh_size, kw_size, ou
                 k += 8
                 continue
             if counts[k] != 0:
-                t = _emit_kernel(mask, k, kk, k + shift, t, flat, nz_i, nz_kh, nz_kw, kh_of,
-                                 kw_of)
+                i = k + shift
+                t = _emit_kernel(mask, k, kk, i, t, flat, nz_i, src,
+                                 index_sample.dtype.type(i) * plane, taps)
             k += 1
-    return flat, ptr_o, nz_i, nz_kh, nz_kw
+    return flat, ptr_o, nz_i, src
+
+
+@numba.njit(parallel=True, **_JIT)
+def by_input(ptr_o, nz_i, src, n_in, n_parts):
+    """Regroup output-major elements by input channel (stable within a channel).
+
+    Returns ``(ptr_i, by_i_o, by_i_src, order)``: CSR pointer over input channels,
+    each element's output channel and span start, and its output-major position.
+    A parallel counting sort: each of ``n_parts`` tasks takes a range of output
+    channels, counts its elements per input channel, and after a prefix sum over
+    (channel, task) scatters them into its own slots, which keeps the order stable.
+    """
+    n_out = ptr_o.shape[0] - 1
+    nnz = nz_i.shape[0]
+    n_parts = max(1, min(n_out, n_parts))
+    hist = np.zeros((n_parts, n_in + 1), dtype=np.int64)
+    for part in numba.prange(n_parts):
+        lo = ptr_o[part * n_out // n_parts]
+        hi = ptr_o[(part + 1) * n_out // n_parts]
+        for t in range(lo, hi):
+            hist[part, nz_i[t]] += 1
+    ptr_i = np.zeros(n_in + 1, dtype=np.int64)
+    start = np.empty((n_parts, n_in), dtype=np.int64)
+    pos = 0
+    for i in range(n_in):
+        for part in range(n_parts):
+            start[part, i] = pos
+            pos += hist[part, i]
+        ptr_i[i + 1] = pos
+    by_i_o = np.empty(nnz, dtype=np.int32)
+    by_i_src = np.empty(nnz, dtype=src.dtype)
+    order = np.empty(nnz, dtype=np.int64)
+    for part in numba.prange(n_parts):
+        fill = start[part]
+        for o in range(part * n_out // n_parts, (part + 1) * n_out // n_parts):
+            for t in range(ptr_o[o], ptr_o[o + 1]):
+                i = nz_i[t]
+                p = fill[i]
+                by_i_o[p] = o
+                by_i_src[p] = src[t]
+                order[p] = t
+                fill[i] = p + 1
+    return ptr_i, by_i_o, by_i_src, order
 
 
 def count_words(counts: np.ndarray, kernel_volume: int) -> np.ndarray:
@@ -583,20 +622,6 @@ def _planes_to_channel(xq, c, H, W, sh, sw, ph, pw, Hq, Wq, x, base):
         row = first + h * W
         for w in range(w_end if h < h_end else 0, W):
             x[row + w] = base[row + w] if add else 0.0
-
-
-@numba.njit(**_JIT)
-def plane_offsets(nz_i, nz_kh, nz_kw, plane, Hq, Wq, sh, sw, dh, dw, index_sample):
-    """Start of every element's span in the phase-plane input: channel ``nz_i``'s
-    planes begin at ``nz_i * plane``."""
-    n = nz_i.shape[0]
-    src = np.empty(n, dtype=index_sample.dtype)
-    for t in range(n):
-        qh = nz_kh[t] * dh
-        qw = nz_kw[t] * dw
-        p = (qh % sh) * sw + qw % sw
-        src[t] = nz_i[t] * plane + (p * Hq + qh // sh) * Wq + qw // sw
-    return src
 
 
 @numba.njit(**_JIT)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from topo_pai.graph.ir import Layer, Program, spatial3
@@ -117,6 +118,18 @@ class ConvElements:
     max_fan_out: int = 0
 
 
+def tap_offsets(plan: ConvPlan, kernel_hw: tuple[int, int]) -> np.ndarray:
+    """Span start of every kernel tap ``(kh, kw)`` (row-major) within an input
+    channel's phase planes: tap ``(kh, kw)`` reads plane ``((kh*dh) % sh, (kw*dw) % sw)``
+    shifted by ``((kh*dh) // sh, (kw*dw) // sw)``."""
+    KH, KW = kernel_hw
+    (sh, sw), (dh, dw) = plan.stride, plan.dilation
+    qh = np.repeat(np.arange(KH) * dh, KW)
+    qw = np.tile(np.arange(KW) * dw, KH)
+    phase = (qh % sh) * sw + qw % sw
+    return ((phase * plan.Hq + qh // sh) * plan.Wq + qw // sw).astype(np.int64)
+
+
 def conv_elements(layer: Layer, lm: LayerMask, plan: ConvPlan) -> ConvElements:
     O, per_group = layer.weight_shape[:2]
     KH, KW = layer.kernel_hw
@@ -124,15 +137,13 @@ def conv_elements(layer: Layer, lm: LayerMask, plan: ConvPlan) -> ConvElements:
     counts = lm.counts
     if counts is None:  # a LayerMask built from CSR arrays only
         counts = mask.reshape(O * per_group, KH * KW).sum(axis=1, dtype=np.int32)
-    flat, ptr_o, nz_i, kh, kw = K.mask_elements(mask, counts, K.count_words(counts, KH * KW), O,
-                                                per_group, KH, KW, O // layer.groups)
     index = np.int32 if plan.C * plan.plane < 2 ** 31 else np.int64
-    src = K.plane_offsets(nz_i, kh, kw, plan.plane, plan.Hq, plan.Wq, *plan.stride,
-                          *plan.dilation, np.zeros(1, dtype=index))
-    del kh, kw
-    o = np.repeat(np.arange(O, dtype=np.int32), np.diff(ptr_o))
-    ptr_i, order = K.group_by(nz_i, plan.C)
-    return ConvElements(flat, ptr_o, src, ptr_i, o[order], src[order], order, np.zeros(0),
+    flat, ptr_o, nz_i, src = K.mask_elements(
+        mask, counts, K.count_words(counts, KH * KW), O, per_group, KH * KW, O // layer.groups,
+        plan.plane, tap_offsets(plan, (KH, KW)), np.zeros(1, dtype=index))
+    ptr_i, by_i_o, by_i_src, order = K.by_input(ptr_o, nz_i, src, plan.C,
+                                                      numba.get_num_threads())
+    return ConvElements(flat, ptr_o, src, ptr_i, by_i_o, by_i_src, order, np.zeros(0),
                         int(np.diff(ptr_o).max(initial=0)), int(np.diff(ptr_i).max(initial=0)))
 
 
