@@ -142,7 +142,7 @@ def conv_elements(layer: Layer, lm: LayerMask, plan: ConvPlan) -> ConvElements:
         mask, counts, K.count_words(counts, KH * KW), O, per_group, KH * KW, O // layer.groups,
         plan.plane, tap_offsets(plan, (KH, KW)), np.zeros(1, dtype=index))
     ptr_i, by_i_o, by_i_src, order = K.by_input(ptr_o, nz_i, src, plan.C,
-                                                      numba.get_num_threads())
+                                                numba.get_num_threads())
     return ConvElements(flat, ptr_o, src, ptr_i, by_i_o, by_i_src, order, np.zeros(0),
                         int(np.diff(ptr_o).max(initial=0)), int(np.diff(ptr_i).max(initial=0)))
 
