@@ -91,6 +91,7 @@ def kernel_weight_sums(mask, weights, group_size, indptr, indices, per_group_in)
 
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
+_DE_BRUIJN = np.uint64(0x03F79D71B4CB0A89)
 
 
 @numba.njit(**_JIT)
@@ -151,19 +152,30 @@ def mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, p
     flat = np.empty(nnz, dtype=np.int32)  # one layer never holds 2**31 weights
     nz_i = np.empty(nnz, dtype=np.int32)
     src = np.empty(nnz, dtype=index_sample.dtype)
+    # Lowest set bit -> its index, by de Bruijn multiplication: a non-zero word's
+    # non-empty kernels are found one per step, without a branch per kernel.
+    bit_index = np.empty(64, dtype=np.int64)
+    for b in range(64):
+        bit_index[((np.uint64(1) << np.uint64(b)) * _DE_BRUIJN) >> np.uint64(58)] = b
     for o in numba.prange(n_out):
         t = ptr_o[o]
         shift = (o // out_per_group) * P - o * P  # kernel k reads input channel k + shift
         k = o * P
         end = k + P
         while k < end:
-            if words.shape[0] > 0 and (k & 7) == 0 and k + 8 <= end and words[k >> 3] == 0:
+            if words.shape[0] > 0 and (k & 7) == 0 and k + 8 <= end:
+                w = words[k >> 3]
+                while w != 0:
+                    low = w & (~w + np.uint64(1))
+                    j = k + (bit_index[(low * _DE_BRUIJN) >> np.uint64(58)] >> 3)
+                    w &= ~(np.uint64(0xFF) << np.uint64(8 * (j - k)))
+                    t = _emit_kernel(mask, j, kk, j + shift, t, flat, nz_i, src,
+                                     index_sample.dtype.type(j + shift) * plane, taps)
                 k += 8
                 continue
             if counts[k] != 0:
-                i = k + shift
-                t = _emit_kernel(mask, k, kk, i, t, flat, nz_i, src,
-                                 index_sample.dtype.type(i) * plane, taps)
+                t = _emit_kernel(mask, k, kk, k + shift, t, flat, nz_i, src,
+                                 index_sample.dtype.type(k + shift) * plane, taps)
             k += 1
     return flat, ptr_o, nz_i, src
 
