@@ -300,21 +300,19 @@ class NeuronGraph:
     def in_planes(self, layer: int, x: np.ndarray) -> np.ndarray:
         """``plan(layer).to_planes(x)``, computed once per input array."""
         plan = self.plan(layer)
-        if plan.same_input:
-            return x
-        hit = self._in_planes.get(layer)
-        if hit is None or hit[0] is not x:
-            hit = self._in_planes[layer] = (x, plan.to_planes(x))
-        return hit[1]
+        return x if plan.same_input else self._relaid(self._in_planes, layer, x, plan.to_planes)
 
     def out_rows(self, layer: int, g: np.ndarray) -> np.ndarray:
         """``plan(layer).out_to_rows(g)``, computed once per output array."""
         plan = self.plan(layer)
-        if plan.same_output:
-            return g
-        hit = self._out_rows.get(layer)
-        if hit is None or hit[0] is not g:
-            hit = self._out_rows[layer] = (g, plan.out_to_rows(g))
+        return g if plan.same_output else self._relaid(self._out_rows, layer, g,
+                                                       plan.out_to_rows)
+
+    @staticmethod
+    def _relaid(cache: dict, layer: int, arr: np.ndarray, relay) -> np.ndarray:
+        hit = cache.get(layer)
+        if hit is None or hit[0] is not arr:
+            hit = cache[layer] = (arr, relay(arr))
         return hit[1]
 
     # -- backward ------------------------------------------------------------------
