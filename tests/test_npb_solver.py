@@ -253,7 +253,8 @@ def test_zero_budget_and_zero_mass():
 
 def test_full_budget():
     s = solve_layer([3.0, 0.0, 1.0], 4, 3 * 4 * 5, 5, 0.2, 0.7, node="paths")
-    assert np.all(s.M == 5) and s.path_term == 1.0
+    # the path term is a float dot product: its rounding depends on the BLAS kernel's order
+    assert np.all(s.M == 5) and abs(s.path_term - 1.0) <= 1e-12
 
 
 def test_paths_variant_dead_inputs_do_not_count():
