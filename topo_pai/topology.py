@@ -559,9 +559,16 @@ def _unit_effective(lm: LayerMask, layer, fin: np.ndarray, bout: np.ndarray) -> 
     step = max(1, _EFFECTIVE_CHUNK // max(1, mask.shape[1]))
     for start in range(0, rows.size, step):
         r = rows[start:start + step]
-        keep = np.repeat(fin_g[r // out_per_group], kv, axis=1) if kv > 1 else \
-            fin_g[r // out_per_group]
-        eff[r] = mask[r] & keep
+        if r[-1] - r[0] + 1 == r.size:  # consecutive rows (dense layers): views, not copies
+            r = slice(int(r[0]), int(r[-1]) + 1)
+            groups = np.arange(r.start, r.stop) // out_per_group
+        else:
+            groups = r // out_per_group
+        keep = np.repeat(fin_g[groups], kv, axis=1) if kv > 1 else fin_g[groups]
+        if isinstance(r, slice):
+            np.logical_and(mask[r], keep, out=eff[r])
+        else:
+            eff[r] = mask[r] & keep
     return eff.reshape(shape)
 
 
