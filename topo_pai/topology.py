@@ -20,6 +20,11 @@ Semantics (tested in ``tests/``):
 * **Paths** run from an input unit to an output unit. A node is *effective*
   when a path passes through it; so is an unpruned weight element (at neuron
   resolution: at some output position).
+* **What ``model(x)`` computes is counted**: extra forward arguments take their
+  defaults. A product by a constant keeps a unit where the constant is non-zero
+  and removes it where it is zero (at channel resolution: zero at every position
+  of the channel); in weighted flows it scales by ``|c|``. Offsets keep units;
+  ``a - b`` merges like ``a + b``. Tied weights are refused.
 """
 
 from __future__ import annotations
@@ -683,14 +688,18 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
     ----------
     model : torch.nn.Module
         Any fx-traceable model built from Linear, Conv1d/2d, activations, norms,
-        dropout, pools, flatten/view/reshape, ``+``, ``cat`` and spatial means.
-        It is not executed and not modified.
+        dropout, pools, flatten/view/reshape, ``+``/``-``, products and divisions
+        by constants, ``cat`` and spatial means; a bare Linear/Conv is a one-layer
+        model. It is traced as ``model(x)`` runs it (every other forward argument
+        at its default), never executed and not modified. Two layers sharing one
+        weight tensor are refused.
     masks : mapping, optional
         Parameter name (as in ``model.named_parameters()``, e.g.
         ``"layer1.0.conv1.weight"``) to a 0/1 tensor or array of that shape. If
         ``None``, the masks attached by ``torch.nn.utils.prune`` (or by
         :func:`topo_pai.apply_masks`, either method) are used. A
-        prunable weight without a mask is dense. Masks are copied, not kept.
+        prunable weight without a mask is dense; a mask given as ``None``, sparse
+        or on the meta device is an error. Masks are copied, not kept.
     input_shape : tuple of int
         Shape of one input sample, without the batch dimension, e.g. ``(3, 32, 32)``.
     index_dtype : {None, numpy.int32, numpy.int64}
