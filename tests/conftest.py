@@ -20,3 +20,9 @@ settings.register_profile(
     derandomize=False,
 )
 settings.load_profile("topo_pai")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "bigmem: needs about 2.5 GiB of RAM in a child process (deselect with "
+                   "-m 'not bigmem')")

@@ -21,6 +21,15 @@ Contents
   tensors with per-kernel tap counts as channel-to-channel multiplicities.
 * hypothesis strategies :func:`specs` and :func:`masks_for`.
 
+Constants and optional arguments (the contract of README's semantics section):
+a product by a constant keeps a unit where the constant is non-zero and removes
+it where it is zero (at channel resolution: a channel is removed when the
+constant is zero at every one of its positions); a division by a non-zero
+constant keeps every unit; ``h + c``, ``h - c`` and ``-h`` keep units; ``a - b``
+of two input-dependent tensors merges like ``a + b``. In weighted flows a
+constant factor scales by ``|c|`` (``1/|c|`` for a division). A model is counted
+as ``model(x)`` computes it: every other forward argument at its default.
+
 Semantics reminder (the contract the oracles implement)
 -------------------------------------------------------
 Nodes are the units of the network input and of every Linear/Conv output.
@@ -34,6 +43,7 @@ flatten keeps channel c as one node whose H*W features all point back to it.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import operator
 from collections.abc import Sequence
@@ -45,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import strategies as st
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 IntOrTuple = int | tuple
 
@@ -137,7 +148,8 @@ class SpatialMean:
 class Residual:
     """``body(x) + shortcut(x)``; shortcut ``None`` is the identity.
 
-    ``add`` picks the spelling: "op" (``a + b``) or "torch" (``torch.add``).
+    ``add`` picks the spelling: "op" (``a + b``), "torch" (``torch.add``) or "sub"
+    (``a - b``, which merges like ``a + b``).
     """
 
     body: tuple
@@ -151,6 +163,60 @@ class Concat:
 
     a: tuple
     b: tuple
+
+
+@dataclass(frozen=True)
+class Scale:
+    """An elementwise op with a constant ``c`` (never input-dependent).
+
+    ``kind``: "mul" (``x * c``), "rmul" (``c * x``), "div" (``x / c``), "method"
+    (``x.mul(c)``), "add" (``x + c``), "sub" (``x - c``), "neg" (``-x``).
+    ``source``: "scalar" (a Python float, ``values[0]``), "buffer", "param" (an
+    ``nn.Parameter`` no mask covers) or "literal" (``torch.tensor`` built in forward).
+    ``values``: one per unit (channel or feature), or with ``spatial`` one per
+    element of the per-sample tensor (C-order); ``batch_dim`` gives the tensor a
+    leading dimension of size 1.
+    """
+
+    kind: str
+    source: str
+    values: tuple
+    spatial: bool = False
+    batch_dim: bool = False
+
+    def const_shape(self, shape: tuple) -> tuple:
+        per = tuple(shape) if self.spatial else (shape[0],) + (1,) * (len(shape) - 1)
+        return ((1,) if self.batch_dim else ()) + per
+
+    def factors(self, shape: tuple) -> np.ndarray:
+        """The factor of every element of a per-sample tensor of ``shape``."""
+        if self.kind in ("add", "sub", "neg"):
+            return np.ones(shape)
+        c = np.asarray(self.values, dtype=np.float64)
+        if self.source != "scalar":
+            c = c.reshape(self.const_shape(shape))
+            if self.batch_dim:
+                c = c[0]
+        else:
+            c = c[0]
+        f = 1.0 / c if self.kind == "div" else c
+        return np.broadcast_to(f, shape)
+
+
+OPTIONAL_ARGS = {"none": None, "false": False, "true": True, "zero": 0}
+
+
+@dataclass(frozen=True)
+class OptionalBlock:
+    """``if <cond on a forward argument>: x = body(x)`` at the top level of a model
+    whose forward has the arguments ``opt_none=None, opt_false=False,
+    opt_true=True, opt_zero=0``. ``arg`` picks one; ``by_default`` says whether the
+    body runs when the argument has its default (``model(x)``) or only when a
+    caller passes another value."""
+
+    body: tuple
+    arg: str
+    by_default: bool = True
 
 
 PARAMETRIC = (Linear, Conv)
@@ -221,6 +287,10 @@ def out_shape(layer, shape: tuple) -> tuple:
         return (shape[0],) + ((1,) * (len(shape) - 1) if layer.form == "keepdim" else ())
     if isinstance(layer, Residual):
         return chain_out_shape(layer.body, shape)
+    if isinstance(layer, Scale):
+        return shape
+    if isinstance(layer, OptionalBlock):
+        return chain_out_shape(layer.body, shape) if layer.by_default else shape
     if isinstance(layer, Concat):
         a, b = chain_out_shape(layer.a, shape), chain_out_shape(layer.b, shape)
         assert a[1:] == b[1:], (a, b)
@@ -240,7 +310,7 @@ def chain_out_shape(layers: Sequence, shape: tuple) -> tuple:
 
 def _is_module_form(layer) -> bool:
     """Layers that nn.Sequential can hold as-is (no functional flavour)."""
-    if isinstance(layer, (Linear, Conv, BatchNorm)):
+    if isinstance(layer, (Linear, Conv, BatchNorm, Scale)):
         return True
     if isinstance(layer, (Pool, Adaptive, ReLU)):
         return not layer.functional
@@ -277,6 +347,10 @@ def _make_module(layer, shape: tuple) -> nn.Module | None:
         return _Residual(layer, shape)
     if isinstance(layer, Concat):
         return _Concat(layer, shape)
+    if isinstance(layer, Scale):
+        return _Scale(layer, shape)
+    if isinstance(layer, OptionalBlock):
+        return _Chain(layer.body, shape)
     if isinstance(layer, Unary):
         if layer.kind not in _UNARY_MODULE_KINDS:
             return None
@@ -330,6 +404,7 @@ class _Chain(nn.Module):
     def __init__(self, layers: Sequence, shape: tuple):
         super().__init__()
         self._steps: list = []  # ("mod", attr) or ("fn", layer, nd); static for fx
+        self._layers = tuple(layers)
         for i, layer in enumerate(layers):
             mod = _make_module(layer, shape)
             if mod is None:
@@ -349,6 +424,7 @@ class _Residual(nn.Module):
     def __init__(self, layer: Residual, shape: tuple):
         super().__init__()
         self.torch_add = layer.add == "torch"
+        self.sub = layer.add == "sub"
         self.body = _Chain(layer.body, shape)
         self.has_shortcut = layer.shortcut is not None
         if self.has_shortcut:
@@ -356,7 +432,68 @@ class _Residual(nn.Module):
 
     def forward(self, x):
         sc = self.shortcut(x) if self.has_shortcut else x
+        if self.sub:
+            return self.body(x) - sc
         return torch.add(self.body(x), sc) if self.torch_add else self.body(x) + sc
+
+
+class _Scale(nn.Module):
+    def __init__(self, layer: Scale, shape: tuple):
+        super().__init__()
+        self.kind = layer.kind
+        self.source = layer.source
+        self.scalar = float(layer.values[0])
+        self.values = [float(v) for v in layer.values]
+        self.cshape = layer.const_shape(shape)
+        if layer.source == "scalar":
+            return
+        c = torch.tensor(self.values).reshape(self.cshape)
+        if layer.source == "buffer":
+            self.register_buffer("c", c)
+        elif layer.source == "param":
+            self.c = nn.Parameter(c)
+
+    def const(self):
+        if self.source == "scalar":
+            return self.scalar
+        if self.source == "literal":
+            return torch.tensor(self.values).reshape(self.cshape)
+        return self.c
+
+    def forward(self, x):
+        if self.kind == "neg":
+            return -x
+        c = self.const()
+        if self.kind == "mul":
+            return x * c
+        if self.kind == "rmul":
+            return c * x
+        if self.kind == "div":
+            return x / c
+        if self.kind == "method":
+            return x.mul(c)
+        return x + c if self.kind == "add" else x - c
+
+
+def _runs(arg: str, value, by_default: bool) -> bool:
+    """The condition of an :class:`OptionalBlock` body on its argument's value."""
+    at_default = {"none": value is None, "false": not value, "true": bool(value),
+                  "zero": value == 0}[arg]
+    return at_default if by_default else not at_default
+
+
+class _OptionalChain(_Chain):
+    """A top-level chain whose forward has optional arguments (see :class:`OptionalBlock`)."""
+
+    def forward(self, x, opt_none=None, opt_false=False, opt_true=True, opt_zero=0):
+        values = {"none": opt_none, "false": opt_false, "true": opt_true, "zero": opt_zero}
+        for (kind, what, nd), layer in zip(self._steps, self._layers):
+            if isinstance(layer, OptionalBlock):
+                if _runs(layer.arg, values[layer.arg], layer.by_default):
+                    x = getattr(self, what)(x)
+            else:
+                x = getattr(self, what)(x) if kind == "mod" else _apply_functional(what, nd, x)
+        return x
 
 
 class _Concat(nn.Module):
@@ -373,7 +510,9 @@ def build_torch(spec: Sequence, input_shape: tuple, seed: int = 0) -> nn.Module:
     """fx-traceable eval-mode torch model for ``spec`` (random weights from ``seed``)."""
     torch.manual_seed(seed)
     shape = tuple(input_shape)
-    if _is_sequential(spec):
+    if any(isinstance(layer, OptionalBlock) for layer in spec):
+        model = _OptionalChain(spec, shape)
+    elif _is_sequential(spec):
         mods = []
         for layer in spec:
             mods.append(_make_module(layer, shape))
@@ -516,7 +655,37 @@ class _Builder:
             a = self.chain(layer.a, t, f"{prefix}.a", False)
             b = self.chain(layer.b, t, f"{prefix}.b", False)
             return _T(new_shape, a.units + b.units)
+        if isinstance(layer, Scale):
+            return self.scale(layer, t)
+        if isinstance(layer, OptionalBlock):
+            if layer.by_default:
+                return self.chain(layer.body, t, prefix, False)
+            self.unused(layer.body, t.shape, prefix)
+            return t
         raise TypeError(layer)
+
+    def scale(self, layer: Scale, t: _T) -> _T:
+        """Unit u goes on through an edge iff its factor is non-zero (channel: at some
+        position); a removed unit becomes a node without incoming edges."""
+        keep = layer.factors(t.shape) != 0
+        if self.res == "channel":
+            if len(t.shape) > 1:
+                keep = keep.reshape(t.shape[0], -1).any(axis=1)
+            keep = keep.reshape(-1)
+        else:
+            keep = keep.reshape(-1)
+        out = self.group("scale", len(t.units), real=False)
+        for u, (src, dst) in enumerate(zip(t.units, out)):
+            if keep[u]:
+                self.edge(src, dst)
+        return _T(t.shape, out)
+
+    def unused(self, layers, shape: tuple, prefix: str) -> None:
+        """Register the weights of layers that are never called (no edges)."""
+        ghost = _Builder(self.res, {})
+        n = math.prod(shape) if self.res == "neuron" else shape[0]
+        ghost.chain(layers, _T(shape, [("~ghost", u) for u in range(n)]), prefix, False)
+        self.g.params.update(ghost.g.params)
 
     def linear(self, layer: Linear, t: _T, prefix: str) -> _T:
         (F_in,) = t.shape
@@ -710,6 +879,8 @@ def brute_force_paths(g: UnrolledGraph, limit: int = 200_000) -> PathStats:
 class ProbeResult:
     total: float             # y.sum() = path count (exact below 2**53)
     effective_weights: dict  # param name -> bool np.ndarray (unpruned & non-zero grad)
+    effective_nodes: int = 0  # input units and Linear/Conv output units with fwd > 0, grad > 0
+    flows: dict | None = None  # with weights: param name -> w * dR/dw (float64 np.ndarray)
 
 
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -785,6 +956,104 @@ def _replace(graph: fx.Graph, node: fx.Node, fn, args):
     with graph.inserting_before(node):
         new = graph.call_function(fn, args)
     node.replace_all_uses_with(new)
+    return new
+
+
+_TAPPED: dict = {}  # node-group key -> tensor, filled by _tap during one probe run
+
+
+def _tap(t, key):
+    """Record a node group's values (forward) and keep its gradient (backward)."""
+    if t.requires_grad:
+        t.retain_grad()
+    _TAPPED[key] = t
+    return t
+
+
+def probe_gate(h, c, divide: bool, weighted: bool, channel: bool, full_shape):
+    """``h`` times a constant under the semantics: 0/1 (c == 0 / c != 0) for counts,
+    ``|c|`` (``1/|c|`` for a division) for flows; at channel resolution a channel's
+    factor is 1 if ``c`` is non-zero at any of its positions (flows: the common ``|c|``
+    of its non-zero positions). ``full_shape`` is the batched shape ``h`` has in the
+    real model."""
+    c = torch.as_tensor(c, dtype=torch.float64)
+    if channel:
+        c = torch.broadcast_to(c, full_shape).reshape(full_shape[0], full_shape[1], -1)
+        a = c.abs()
+        if weighted:
+            hi = a.amax(-1)
+            lo = torch.where(a > 0, a, torch.full_like(a, math.inf)).amin(-1)
+            if bool(((hi > 0) & (lo != hi)).any()):
+                raise ValueError("probe: |c| varies within a channel (no channel-level flow)")
+            f = hi
+        else:
+            f = (a > 0).any(-1).double()
+    else:
+        f = c.abs() if weighted else (c != 0).double()
+    if weighted and divide:
+        f = 1.0 / f
+    return h * f
+
+
+_MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
+_DIV_FUNCTIONS = {operator.truediv, operator.itruediv, torch.div}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_SUB_FUNCTIONS = {operator.sub, operator.isub, torch.sub}
+
+
+class _ShapesOnly(ShapeProp):
+    """Shape propagation that passes shape-preserving unary ops through (a norm on a
+    1x1 map, legal in the graph, cannot run on one sample)."""
+
+    def call_module(self, target, args, kwargs):
+        if isinstance(self.fetch_attr(target), _UNARY_MODULES):
+            return args[0]
+        return super().call_module(target, args, kwargs)
+
+    def call_function(self, target, args, kwargs):
+        if target in _UNARY_FUNCTIONS:
+            return args[0]
+        return super().call_function(target, args, kwargs)
+
+
+def _forward_defaults(model: nn.Module) -> dict:
+    """Every forward argument after the input at its default: what ``model(x)`` runs."""
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {p.name: p.default for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty}
+
+
+def _rewrite_constant_op(graph, node, dep, channel, weighted) -> bool:
+    """Products, divisions, offsets and negations with constants; ``a - b`` of two
+    input-dependent tensors becomes ``a + b``. Returns whether ``node`` was handled."""
+    fn, args = node.target, list(node.args)
+    if node.op == "call_method":
+        kind = {"mul": "mul", "div": "div", "add": "add", "sub": "sub", "neg": "neg"}.get(fn)
+    elif node.op == "call_function":
+        kind = ("mul" if fn in _MUL_FUNCTIONS else "div" if fn in _DIV_FUNCTIONS else
+                "add" if fn in _ADD_FUNCTIONS else "sub" if fn in _SUB_FUNCTIONS else
+                "neg" if fn is operator.neg else None)
+    else:
+        kind = None
+    if kind is None:
+        return False
+    if kind == "neg":
+        _identity(node)
+        return True
+    a, b = args[0], args[1]
+    a_dep, b_dep = dep(a), dep(b)
+    if a_dep and b_dep:
+        assert kind in ("add", "sub"), f"probe: product of two input-dependent tensors {node}"
+        if kind == "sub":
+            _replace(graph, node, operator.add, (a, b))
+        return True
+    h, c = (a, b) if a_dep else (b, a)
+    if kind in ("add", "sub"):  # an offset: biases are zero in the probe, so are offsets
+        node.replace_all_uses_with(h)
+        return True
+    shape = tuple(node.meta["tensor_meta"].shape)  # = h's shape: c may not expand it
+    _replace(graph, node, probe_gate, (h, c, kind == "div", weighted, channel, shape))
+    return True
 
 
 def _pool_call(kind: str, args, kwargs) -> tuple:
@@ -796,12 +1065,15 @@ def _pool_call(kind: str, args, kwargs) -> tuple:
             named.get("padding", 0), bool(named.get("ceil_mode", False)))
 
 
-def _to_probe(model: nn.Module, masks: dict, resolution: str) -> fx.GraphModule:
-    """float64 fx copy: weights := masks, biases := 0, unary ops := id.
+def _to_probe(model: nn.Module, masks: dict, resolution: str, input_shape: tuple,
+              weights: dict | None = None) -> fx.GraphModule:
+    """float64 fx copy: weights := masks (or masks * ``weights``), biases := 0,
+    unary ops := id, constants := their 0/1 pattern (``|c|`` with ``weights``).
 
     neuron: pools/means become sums over their windows.
     channel: tensors are (N, C); convs/linears become channel multiplicity
     matrices, pools/means the identity, flatten is already the identity.
+    Every Linear/Conv output and the input are tapped (:func:`_tap`).
     """
     assert resolution in ("neuron", "channel")
     channel = resolution == "channel"
@@ -814,25 +1086,51 @@ def _to_probe(model: nn.Module, masks: dict, resolution: str) -> fx.GraphModule:
                 w = torch.ones_like(mod.weight) if m is None else \
                     torch.as_tensor(_as_numpy_mask(m), dtype=torch.float64)
                 assert w.shape == mod.weight.shape, key
+                if weights is not None:
+                    w = w * torch.as_tensor(np.asarray(weights[key]), dtype=torch.float64)
                 mod.weight = nn.Parameter(w.clone())
                 if mod.bias is not None:
                     mod.bias = nn.Parameter(torch.zeros_like(mod.bias), requires_grad=False)
-    gm = fx.symbolic_trace(model)
+    gm = fx.symbolic_trace(model, concrete_args=_forward_defaults(model) or None)
+    _ShapesOnly(gm).propagate(torch.ones((1,) + tuple(input_shape), dtype=torch.float64))
     graph = gm.graph
     modules = dict(gm.named_modules())
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    depends = {placeholders[0]}  # nodes whose value depends on the input
+    for node in graph.nodes:
+        if node.op != "placeholder" and any(a in depends for a in node.all_input_nodes):
+            depends.add(node)
+    original = set(graph.nodes)
+
+    def dep(n) -> bool:  # nodes made by the rewrite replace input-dependent ones
+        return isinstance(n, fx.Node) and (n in depends or n not in original)
+
+    with graph.inserting_after(placeholders[-1]):
+        tapped_input = graph.call_function(_tap, (placeholders[0], "input"))
+    placeholders[0].replace_all_uses_with(tapped_input)
+    tapped_input.args = (placeholders[0], "input")
     for node in list(graph.nodes):
+        if node not in depends or node.op == "placeholder":
+            continue  # constants (and asserts on defaults) run as they are
+        if _rewrite_constant_op(graph, node, dep, channel, weights is not None):
+            continue
         if node.op == "call_module":
             mod = modules[node.target]
             if isinstance(mod, nn.Flatten):
                 continue
             if isinstance(mod, _PRUNABLE):
+                out = node
                 if channel:
                     with graph.inserting_before(node):
                         w = graph.get_attr(f"{node.target}.weight")
                     if isinstance(mod, nn.Linear):
-                        _replace(graph, node, channel_linear, (node.args[0], w))
+                        out = _replace(graph, node, channel_linear, (node.args[0], w))
                     else:
-                        _replace(graph, node, channel_conv, (node.args[0], w, mod.groups))
+                        out = _replace(graph, node, channel_conv, (node.args[0], w, mod.groups))
+                with graph.inserting_after(out):
+                    tap = graph.call_function(_tap, (out, node.target))
+                out.replace_all_uses_with(tap)
+                tap.args = (out, node.target)
             elif isinstance(mod, _UNARY_MODULES):
                 _identity(node)
             elif type(mod) in _POOL_MODULES:
@@ -897,31 +1195,55 @@ def _to_probe(model: nn.Module, masks: dict, resolution: str) -> fx.GraphModule:
 
 
 def float64_probe(model: nn.Module, masks: dict, input_shape: tuple,
-                  resolution: str = "neuron") -> ProbeResult:
-    """Path count and effective weights via one float64 forward/backward pass.
+                  resolution: str = "neuron", weights: dict | None = None) -> ProbeResult:
+    """Path count, effective weights and nodes via one float64 forward/backward pass.
 
     With weights = masks and sum-pools, every output element equals the number
     of input->output-unit paths ending there, so y.sum() is the path count.
     d y.sum() / d W[e] = sum over positions of fwd(src) * bwd(dst) >= 0 without
     cancellation, so a non-zero gradient marks a weight on some path (pruned
     weights are removed afterwards since their gradient can be non-zero too).
+    A node (an input unit or a Linear/Conv output unit) is effective when both
+    its value and the gradient of y.sum() at it are non-zero.
     ``resolution="channel"`` runs the same idea on (N, C) tensors (see
     :func:`_to_probe`); it assumes every mean/pool/flatten is over spatial dims.
+    With ``weights`` (``{name: |w|}``) the masked weights are ``mask * |w|`` and
+    constants ``|c|``: ``total`` is SynFlow's ``R`` and ``flows`` is ``w * dR/dw``.
+    A model that is itself a Linear/Conv is probed as a one-layer Sequential.
     """
-    gm = _to_probe(model, masks, resolution)
+    if isinstance(model, _PRUNABLE):
+        wrapped = float64_probe(nn.Sequential(model), {f"0.{k}": v for k, v in masks.items()},
+                                input_shape, resolution,
+                                None if weights is None else {"0.weight": weights["weight"]})
+        strip = lambda d: None if d is None else {k[2:]: v for k, v in d.items()}  # noqa: E731
+        return ProbeResult(wrapped.total, strip(wrapped.effective_weights),
+                           wrapped.effective_nodes, strip(wrapped.flows))
+    gm = _to_probe(model, masks, resolution, input_shape, weights)
     shape = tuple(input_shape) if resolution == "neuron" else (input_shape[0],)
-    x = torch.ones((1,) + shape, dtype=torch.float64)
+    x = torch.ones((1,) + shape, dtype=torch.float64, requires_grad=True)
+    _TAPPED.clear()
     y = gm(x)
-    if y.requires_grad:  # False only for a network without any Linear/Conv
-        y.sum().backward()
-    eff = {}
+    tapped = dict(_TAPPED)
+    _TAPPED.clear()
+    y.sum().backward()
+    eff, flows = {}, {}
     for name, mod in gm.named_modules():
         if isinstance(mod, _PRUNABLE):
             key = f"{name}.weight" if name else "weight"
             grad = mod.weight.grad
             grad = torch.zeros_like(mod.weight) if grad is None else grad
             eff[key] = ((grad != 0) & (mod.weight != 0)).numpy()
-    return ProbeResult(float(y.sum().item()), eff)
+            flows[key] = (mod.weight.detach() * grad).numpy()
+    for name, mod in model.named_modules():  # layers that forward never calls
+        key = f"{name}.weight" if name else "weight"
+        if isinstance(mod, _PRUNABLE) and key not in eff:
+            eff[key] = np.zeros(tuple(mod.weight.shape), dtype=bool)
+            flows[key] = np.zeros(tuple(mod.weight.shape))
+    nodes = 0
+    for t in tapped.values():
+        g = torch.zeros_like(t) if t.grad is None else t.grad
+        nodes += int(((t.detach() != 0) & (g != 0)).sum())
+    return ProbeResult(float(y.sum().item()), eff, nodes, flows if weights is not None else None)
 
 
 # ---------------------------------------------------------------------------
@@ -1007,8 +1329,39 @@ def _same_size_branch(draw, shape: tuple, stride: int, max_ch: int, conv_only: b
     return tuple(layers)
 
 
+_SCALE_KINDS = ("mul", "rmul", "div", "method", "add", "sub", "neg")
+_SCALE_SOURCES = ("scalar", "buffer", "param", "literal")
+_GATE_VALUES = (0.0, 0.0, 1.0, -1.0, 0.5, -2.0, 3.0)  # zeros remove units
+_DIVISORS = (1.0, -1.0, 0.5, -2.0, 4.0)  # a division by zero is refused, never drawn
+
+
 @st.composite
-def _residual(draw, shape: tuple, max_ch: int) -> Residual:
+def scales(draw, shape: tuple, uniform: bool = False) -> Scale:
+    """A product, division, offset or negation by a constant that fits ``shape``.
+
+    ``uniform``: a per-position (spatial) constant has one magnitude per channel
+    where it is non-zero (its channel-resolution flow exists)."""
+    kind = draw(st.sampled_from(_SCALE_KINDS))
+    source = draw(st.sampled_from(_SCALE_SOURCES))
+    spatial = len(shape) > 1 and source != "scalar" and draw(st.booleans())
+    pool = _DIVISORS if kind == "div" else _GATE_VALUES
+    if source == "scalar":
+        values = (draw(st.sampled_from(pool)),)
+    elif spatial and uniform:
+        per = math.prod(shape[1:])
+        values = ()
+        for _ in range(shape[0]):
+            mag = draw(st.sampled_from([v for v in pool if v > 0]))
+            values += tuple(draw(st.sampled_from([mag, -mag] + ([0.0] if kind != "div" else [])))
+                            for _ in range(per))
+    else:
+        n = math.prod(shape) if spatial else shape[0]
+        values = tuple(draw(st.sampled_from(pool)) for _ in range(n))
+    return Scale(kind, source, values, spatial, source != "scalar" and draw(st.booleans()))
+
+
+@st.composite
+def _residual(draw, shape: tuple, max_ch: int, extras: bool = False) -> Residual:
     """Basic-block-like residual: identity shortcut, or a strided 1x1 projection."""
     cin = shape[0]
     identity = draw(st.booleans())
@@ -1025,7 +1378,10 @@ def _residual(draw, shape: tuple, max_ch: int) -> Residual:
     shortcut = None if identity else Conv(out[0], 1, stride, 0)
     sc_shape = shape if shortcut is None else out_shape(shortcut, shape)
     assert sc_shape == out, (sc_shape, out)  # add needs equal shapes
-    return Residual(tuple(body), shortcut, draw(st.sampled_from(["op", "torch"])))
+    if extras and draw(st.booleans()):
+        body.append(draw(scales(out)))
+    return Residual(tuple(body), shortcut,
+                    draw(st.sampled_from(["op", "torch"] + (["sub"] if extras else []))))
 
 
 @st.composite
@@ -1039,25 +1395,34 @@ def _concat(draw, shape: tuple, max_ch: int) -> Concat:
 @st.composite
 def specs(draw, max_channels: int = 4, max_spatial: int = 7, max_blocks: int = 4,
           kinds: Sequence = ("mlp", "conv1d", "conv2d", "conv2d"),
-          min_spatial: int = 1, min_blocks: int = 1):
+          min_spatial: int = 1, min_blocks: int = 1, extras: bool = False,
+          uniform: bool = False):
     """Random small architectures as ``(spec, input_shape)``.
 
     Channels stay <= ``max_channels`` per layer (a concat may double them),
     input spatial sizes lie in [``min_spatial``, ``max_spatial``]; the last
     layer is never a flatten so the output units are unambiguous at channel
     resolution.  Raise the minimums to get larger graphs (hypothesis favours
-    small draws).
+    small draws). ``extras`` adds products/divisions/offsets by constants
+    (:class:`Scale`), ``a - b`` residuals and blocks that depend on optional
+    forward arguments (:class:`OptionalBlock`); ``uniform`` as in :func:`scales`.
     """
     kind = draw(st.sampled_from(list(kinds)))
     mc = max_channels
     if kind == "mlp":
         shape = (draw(st.integers(1, 5)),)
+        input_shape = shape
         layers = []
         for i in range(draw(st.integers(1, 3))):
             if i:
                 layers.append(draw(st.sampled_from(_UNARY_CHOICES)))
+            if extras and draw(st.booleans()):
+                layers.append(draw(scales(shape, uniform)))
             layers.append(Linear(draw(st.integers(1, mc)), bias=draw(st.booleans())))
-        return tuple(layers), shape
+            shape = out_shape(layers[-1], shape)
+        if extras:
+            layers = draw(_with_optional(layers, input_shape, shape, mc))
+        return tuple(layers), input_shape
 
     nd = 1 if kind == "conv1d" else 2
     spatial = tuple(draw(st.integers(min_spatial, max_spatial)) for _ in range(nd))
@@ -1069,6 +1434,8 @@ def specs(draw, max_channels: int = 4, max_spatial: int = 7, max_blocks: int = 4
         opts = ["conv", "conv", "unary"]
         if nd == 2:
             opts += ["pool", "adaptive", "residual", "concat"]
+        if extras:
+            opts += ["scale"]
         choice = draw(st.sampled_from(opts))
         if shape[0] > mc and choice in ("residual", "concat"):
             choice = "conv"  # keep widths small after a concat
@@ -1082,13 +1449,15 @@ def specs(draw, max_channels: int = 4, max_spatial: int = 7, max_blocks: int = 4
             layer = Adaptive(tuple(draw(st.integers(1, min(L + 1, 4))) for L in shape[1:]),
                              draw(st.sampled_from(["avg", "avg", "max"])), draw(st.booleans()))
         elif choice == "residual":
-            layer = draw(_residual(shape, mc))
+            layer = draw(_residual(shape, mc, extras))
+        elif choice == "scale":
+            layer = draw(scales(shape, uniform))
         else:
             layer = draw(_concat(shape, mc))
         n_param += isinstance(layer, (Conv, Residual, Concat))
         layers.append(layer)
         shape = out_shape(layer, shape)
-    structural = (ReLU, BatchNorm, Unary, Pool, Adaptive)
+    structural = (ReLU, BatchNorm, Unary, Pool, Adaptive, Scale)
     last_block = next((layer for layer in reversed(layers) if not isinstance(layer, structural)), None)
     if n_param == 0 or isinstance(last_block, Concat):
         # A trailing concat may pass input units straight to the output,
@@ -1110,7 +1479,30 @@ def specs(draw, max_channels: int = 4, max_spatial: int = 7, max_blocks: int = 4
     elif head == "adaptive_linear":
         layers += [Adaptive(1, functional=draw(st.booleans())), Flatten(draw(flatten_forms)),
                    Linear(draw(st.integers(1, mc)))]
+    if extras:
+        if draw(st.booleans()):
+            shape = chain_out_shape(layers, input_shape)
+            layers.append(draw(scales(shape, uniform)))
+        layers = draw(_with_optional(layers, input_shape, chain_out_shape(layers, input_shape),
+                                     mc))
     return tuple(layers), input_shape
+
+
+@st.composite
+def _with_optional(draw, layers: list, input_shape: tuple, shape: tuple, mc: int) -> list:
+    """Put the last layer in a block that runs when its forward argument has its
+    default (as a classifier head that ``features_only=None`` keeps), and/or append
+    a parametric block that runs only when the argument is given."""
+    layers = list(layers)
+    if len(layers) > 1 and draw(st.booleans()):
+        head = layers.pop()
+        layers.append(OptionalBlock((head,), draw(st.sampled_from(list(OPTIONAL_ARGS)))))
+    if draw(st.booleans()):
+        body = (Linear(draw(st.integers(1, mc))),) if len(shape) == 1 else \
+            (draw(_conv(shape, mc)),)
+        layers.append(OptionalBlock(body, draw(st.sampled_from(list(OPTIONAL_ARGS))),
+                                    by_default=False))
+    return layers
 
 
 def masks_for(model: nn.Module, rng_or_draw, density: float | None = None) -> dict:

@@ -83,6 +83,9 @@ def check_against_probe(topo, model, masks, shape, spec=None, resolutions=RESOLU
         assert topo.effective_params(res) == want_params, _where(
             spec, shape, res, f"effective params vs probe: expected {want_params}, "
             f"got {topo.effective_params(res)}")
+        assert topo.effective_nodes(res) == probe.effective_nodes, _where(
+            spec, shape, res, f"effective nodes vs probe: expected {probe.effective_nodes}, "
+            f"got {topo.effective_nodes(res)}")
 
 
 def _check_masks(got: dict, want: dict, spec, shape, res, oracle):
@@ -137,6 +140,73 @@ def test_larger_random_specs_match_oracles(data):
     topo = topo_pai.from_torch(model, masks, input_shape=shape)
     check_against_dp(topo, spec, shape, masks)
     check_against_probe(topo, model, masks, shape, spec)
+
+
+# ---------------------------------------------------------------------------
+# fuzzing: every supported op, constants and optional forward arguments
+# ---------------------------------------------------------------------------
+
+#: Examples per fuzz test: a fixed number in CI; ``TOPO_PAI_FUZZ_EXAMPLES=5000`` for a
+#: long run (see the README's "Tests" paragraph).
+FUZZ_EXAMPLES = int(os.environ.get("TOPO_PAI_FUZZ_EXAMPLES", "100"))
+FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_every_op_matches_probe_and_dp(data):
+    """Random fx-traceable models from every supported op, products/divisions/offsets
+    by constants (scalars, buffers, parameters, literals; per unit or per position),
+    ``a - b`` merges and blocks that depend on optional forward arguments, with random
+    masks: both resolutions against the float64 all-ones probe (counts, effective
+    params, nodes and masks) and the explicit-graph DP."""
+    spec, shape = data.draw(O.specs(extras=True), label="spec")
+    model = O.build_torch(spec, shape)
+    masks = O.masks_for(model, data.draw)
+    topo = topo_pai.from_torch(model, masks, input_shape=shape)
+    check_against_probe(topo, model, masks, shape, spec)
+    check_against_dp(topo, spec, shape, masks)
+
+
+def _log10(a):
+    with np.errstate(divide="ignore"):
+        return np.log10(a)
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_flows_with_constants_match_weighted_probe(data):
+    """Weighted flows (SynFlow's R and its per-weight scores) with constant factors:
+    a factor ``c`` scales the flow through its units by ``|c|`` (``1/|c|`` for a
+    division), against a float64 forward/backward with ``|w|`` and ``|c|``. At channel
+    resolution a factor whose non-zero magnitudes vary within a channel is refused."""
+    spec, shape = data.draw(O.specs(extras=True, uniform=data.draw(st.booleans())),
+                            label="spec")
+    model = O.build_torch(spec, shape)
+    masks = O.masks_for(model, data.draw)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
+    absw = {n: np.abs(rng.standard_normal(tuple(m.shape))) + 0.1 for n, m in masks.items()}
+    topo = topo_pai.from_torch(model, masks, input_shape=shape)
+    for res in RESOLUTIONS:
+        try:
+            probe = O.float64_probe(model, masks, shape, res, weights=absw)
+        except ValueError as exc:
+            assert res == "channel" and "varies within a channel" in str(exc)
+            with pytest.raises(topo_pai.UnsupportedOpError, match="resolution='neuron'"):
+                topo.flows(absw, res)
+            continue
+        flows = topo.flows(absw, res)
+        want = math.log10(probe.total) if probe.total > 0 else -math.inf
+        assert flows.log10_total == pytest.approx(want, rel=1e-9, abs=1e-9), \
+            _where(spec, shape, res, f"log10 R: expected {want}, got {flows.log10_total}")
+        scores = flows.log10_through_weights()
+        for name, got in scores.items():
+            expect = _log10(probe.flows[name])
+            finite = np.isfinite(expect)
+            assert np.array_equal(np.isfinite(got), finite), _where(
+                spec, shape, res, f"scores of {name}: flow-carrying weights differ")
+            np.testing.assert_allclose(got[finite], expect[finite], rtol=1e-9, atol=1e-9)
 
 
 # ---------------------------------------------------------------------------

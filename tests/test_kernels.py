@@ -295,7 +295,8 @@ def test_mask_elements(case):
     counts = mask.reshape(O * I, KH * KW).sum(axis=1).astype(np.uint8)
     plane = 1000
     taps = rng.permutation(KH * KW).astype(np.int64)  # any table: spans are looked up
-    args = (O, I, KH * KW, opg, plane, taps, np.zeros(1, np.int64))
+    flat_dtype = np.int32 if seed % 2 else np.int64  # int64 for layers of 2**31+ elements
+    args = (O, I, KH * KW, opg, plane, taps, np.zeros(1, np.int64), np.zeros(1, flat_dtype))
     got = K.mask_elements(mask.reshape(-1), counts, K.count_words(counts, KH * KW), *args)
     # the word-skipping scan must agree with the byte-by-byte one
     plain = K.mask_elements(mask.reshape(-1), counts, np.zeros(0, np.uint64), *args)
@@ -304,6 +305,7 @@ def test_mask_elements(case):
     flat, ptr_o, nz_i, src = got
     o, i, kh, kw = np.nonzero(mask)  # output-major, as documented
     np.testing.assert_array_equal(flat, np.flatnonzero(mask))
+    assert flat.dtype == flat_dtype
     np.testing.assert_array_equal(ptr_o, np.concatenate([[0], np.cumsum(np.bincount(
         o, minlength=O))]))
     np.testing.assert_array_equal(nz_i, (o // opg) * I + i)

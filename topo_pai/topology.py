@@ -20,6 +20,11 @@ Semantics (tested in ``tests/``):
 * **Paths** run from an input unit to an output unit. A node is *effective*
   when a path passes through it; so is an unpruned weight element (at neuron
   resolution: at some output position).
+* **What ``model(x)`` computes is counted**: extra forward arguments take their
+  defaults. A product by a constant keeps a unit where the constant is non-zero
+  and removes it where it is zero (at channel resolution: zero at every position
+  of the channel); in weighted flows it scales by ``|c|``. Offsets keep units;
+  ``a - b`` merges like ``a + b``. Tied weights are refused.
 """
 
 from __future__ import annotations
@@ -33,8 +38,15 @@ import numpy as np
 
 from topo_pai.errors import MaskError, PathCountTooLarge
 from topo_pai.graph.ir import Program
-from topo_pai.graph.masks import LayerMask, attached_masks, layer_mask, scan, validate_keys
-from topo_pai.graph.structure import build_structure
+from topo_pai.graph.masks import (
+    LayerMask,
+    attached_masks,
+    check_mask_value,
+    layer_mask,
+    scan,
+    validate_keys,
+)
+from topo_pai.graph.structure import build_structure, has_factors
 from topo_pai.graph.trace import trace
 from topo_pai.kernels import propagate as K
 from topo_pai.metrics import exact as X
@@ -57,34 +69,49 @@ class PathCount:
 
     ``log10`` is always available and finite for any non-empty network (``-inf``
     when there are no paths). ``exact`` is the exact Python int, computed on
-    first access with arbitrary precision; it raises :class:`PathCountTooLarge`
-    when the work (edges times 64-bit words of the count) would exceed
-    ``topo_pai.metrics.exact.EXACT_MAX_WORK`` (3e8). Use :meth:`exact_value`
-    with a larger ``max_work`` to insist.
+    first access with arbitrary precision. It is refused up front, with
+    :class:`PathCountTooLarge`, when its estimated work (every entry the integer
+    arithmetic touches, times the 64-bit words of the count) exceeds
+    ``topo_pai.metrics.exact.EXACT_MAX_WORK`` (3e8) or its estimated memory (the
+    Python-int arrays alive at once) exceeds ``EXACT_MAX_MEMORY`` (2 GiB). Use
+    :meth:`exact_value` with larger ``max_work`` / ``max_memory`` to insist.
     """
 
-    def __init__(self, log10: float, resolution: str, exact_fn, work: float):
+    def __init__(self, log10: float, resolution: str, exact_fn, cost):
         self.log10 = float(log10)
         self.resolution = resolution
         self._exact_fn = exact_fn
-        self._work = work
+        self._cost = cost  # (work, memory bytes), or a callable giving them
         self._exact: int | None = None
 
     @property
     def exact(self) -> int:
         return self.exact_value()
 
-    def exact_value(self, max_work: float | None = None) -> int:
-        """The exact count; refuses when the estimated work exceeds ``max_work``."""
+    @property
+    def cost(self) -> tuple[float, float]:
+        """Estimated ``(work, memory in bytes)`` of :attr:`exact`."""
+        if callable(self._cost):
+            self._cost = tuple(float(c) for c in self._cost())
+        return self._cost
+
+    def exact_value(self, max_work: float | None = None, max_memory: float | None = None) -> int:
+        """The exact count; refuses when the estimated work exceeds ``max_work`` or the
+        estimated memory exceeds ``max_memory`` bytes (defaults: the module limits)."""
         if self._exact is None:
-            limit = X.EXACT_MAX_WORK if max_work is None else max_work
-            if callable(self._work):
-                self._work = float(self._work())
-            if self._work > limit:
+            work_limit = X.EXACT_MAX_WORK if max_work is None else max_work
+            memory_limit = X.EXACT_MAX_MEMORY if max_memory is None else max_memory
+            work, memory = self.cost
+            if work > work_limit:
                 raise PathCountTooLarge(
-                    f"an exact {self.resolution}-resolution count needs ~{self._work:.2g} units of "
-                    f"work (edges x 64-bit words), above max_work={limit:.2g}; use .log10, or call "
-                    "exact_value(max_work=...) to insist")
+                    f"an exact {self.resolution}-resolution count needs ~{work:.2g} units of "
+                    f"work (entries x 64-bit words), above max_work={work_limit:.2g}; use "
+                    ".log10, or call exact_value(max_work=...) to insist")
+            if memory > memory_limit:
+                raise PathCountTooLarge(
+                    f"an exact {self.resolution}-resolution count needs ~{memory / 2**30:.3g} GiB "
+                    f"of Python ints, above max_memory={memory_limit / 2**30:.3g} GiB; use "
+                    ".log10, or call exact_value(max_memory=...) to insist")
             self._exact = int(self._exact_fn())
         return self._exact
 
@@ -113,9 +140,11 @@ class Topology:
     """
 
     def __init__(self, program: Program, structure, layer_masks: list[LayerMask],
-                 unused_masks: dict[str, np.ndarray], param_names: set[str], index_dtype):
+                 unused_masks: dict[str, np.ndarray], param_names: set[str], index_dtype,
+                 shared: dict | None = None):
         self.program = program
         self._structure = structure
+        self._shared = {} if shared is None else shared  # per-trace caches
         self._layer_masks = layer_masks
         self._unused = unused_masks
         self._param_names = param_names
@@ -127,13 +156,16 @@ class Topology:
 
     # -- construction ---------------------------------------------------------------
     @classmethod
-    def _build(cls, program, structure, masks, param_names, index_dtype) -> "Topology":
+    def _build(cls, program, structure, masks, param_names, index_dtype,
+               shared: dict | None = None) -> "Topology":
         if masks is None:
             masks = {}
         if not isinstance(masks, Mapping):
             raise MaskError(f"masks must be a mapping from parameter name to a 0/1 tensor, got "
                             f"{type(masks).__name__}")
         validate_keys(masks, program, param_names)
+        for name, m in masks.items():
+            check_mask_value(name, m)
         if index_dtype is None:
             index_dtype = np.int32
         index_dtype = np.dtype(index_dtype)
@@ -150,7 +182,7 @@ class Topology:
                 unused[name] = scan(name, masks[name], shape, 1, 1, 1)[0]
             else:
                 unused[name] = np.ones(shape, dtype=np.uint8)
-        return cls(program, structure, layer_masks, unused, param_names, index_dtype)
+        return cls(program, structure, layer_masks, unused, param_names, index_dtype, shared)
 
     def with_masks(self, masks: Mapping[str, Any] | None) -> "Topology":
         """A new Topology for other masks on the same model, without tracing again.
@@ -158,7 +190,7 @@ class Topology:
         A prunable weight missing from ``masks`` is dense.
         """
         return Topology._build(self.program, self._structure, masks, self._param_names,
-                               self._index_dtype)
+                               self._index_dtype, self._shared)
 
     # -- structure ----------------------------------------------------------------------
     @property
@@ -168,8 +200,9 @@ class Topology:
 
     @property
     def group_names(self) -> list[str]:
-        """Node-group names: ``"input"``, then each layer's module path."""
-        return ["input"] + [layer.name for layer in self.program.layers]
+        """Node-group names: ``"input"``, then each layer's module path (``"(model)"``
+        when the model itself is the layer, e.g. a bare ``nn.Linear``)."""
+        return ["input"] + [layer.name or "(model)" for layer in self.program.layers]
 
     @property
     def blocks(self) -> list[Block]:
@@ -243,16 +276,16 @@ class Topology:
         st = self._state(resolution)
         if resolution == "channel":
             log10 = self._channel.log10_paths([st.fwd[g] for g in range(len(st.fwd))])
-            # The work estimate needs the block sizes; it is only asked for by .exact.
-            work = lambda: X.estimate_work(
+            # The estimate needs the block sizes; it is only asked for by .exact.
+            cost = lambda: X.estimate(
                 self.program, self._layer_masks, resolution, log10,
-                self._channel.n_block_entries())
-            return PathCount(log10, resolution, lambda: X.channel_exact(self._channel), work)
+                self._channel.n_block_entries(), self._channel.sizes)
+            return PathCount(log10, resolution, lambda: X.channel_exact(self._channel), cost)
         parts = [st.fwd[v] for v in self.program.outputs]
         log10 = log10_sum(parts)
-        work = X.estimate_work(self.program, self._layer_masks, resolution, log10, 0)
+        cost = lambda: X.estimate(self.program, self._layer_masks, resolution, log10, 0)
         return PathCount(log10, resolution,
-                         lambda: X.neuron_exact(self.program, self._layer_masks), work)
+                         lambda: X.neuron_exact(self.program, self._layer_masks), cost)
 
     def _effective_nodes_per_group(self, resolution: str) -> list[int]:
         st = self._state(resolution)
@@ -314,25 +347,18 @@ class Topology:
         out: dict[str, np.ndarray] = {}
         for i, (layer, lm) in enumerate(zip(self.program.layers, self._layer_masks)):
             vin, vout = self._layer_io(i)
-            mask = lm.mask.astype(bool)
             if resolution == "channel":
                 fin = self._channel.layer_input_reach(i, st.rf) > 0
                 bout = st.rb[layer.group] > 0
             else:
                 fin, bout = st.rf[vin] > 0, st.rb[vout] > 0
-            if layer.kind == "Linear":
-                eff = mask & bout[:, None] & fin[None, :]
-            elif resolution == "channel":
-                O, per_group = layer.weight_shape[:2]
-                o = np.arange(O)
-                cols = (o // (O // layer.groups))[:, None] * per_group + np.arange(per_group)
-                pair = bout[:, None] & fin[cols]
-                eff = mask & pair.reshape(pair.shape + (1,) * (mask.ndim - 2))
+            if layer.kind == "Linear" or resolution == "channel":
+                eff = _unit_effective(lm, layer, fin, bout)
             else:
                 flat, flags = self._neuron.effective_flags(i, st.rf[vin], st.rb[vout])
-                eff = np.zeros(mask.size, dtype=bool)
+                eff = np.zeros(lm.mask.size, dtype=bool)
                 eff[flat] = flags.astype(bool)
-                eff = eff.reshape(mask.shape)
+                eff = eff.reshape(lm.mask.shape)
             out[layer.param] = eff
         for name, m in self._unused.items():
             out[name] = np.zeros(m.shape, dtype=bool)
@@ -370,6 +396,8 @@ class Topology:
         if unknown:
             raise MaskError(f"weights given for {sorted(unknown)}, which are not prunable weights")
         flat = {}
+        for name, w in weights.items():
+            check_mask_value(name, w, "weights")
         for layer in self.program.layers:
             w = weights.get(layer.param)
             flat[layer.param] = (np.ones(int(np.prod(layer.weight_shape))) if w is None
@@ -382,10 +410,17 @@ class Topology:
 
         With ``weights`` ``{name: tensor}`` (typically ``|w|``; they must be finite and
         non-negative), or the :class:`EdgeWeights` that :meth:`edge_weights` validated
-        once for reuse across :meth:`with_masks` calls, this is SynFlow's flow ``R = 1ᵀ(∏|W|)1`` on this graph, computed
-        overflow-free. A prunable weight missing from ``weights`` has weight 1, so
-        ``flows()`` with no weights gives plain path counts. At channel resolution a
-        kernel's edge weight is the sum of its unpruned elements' weights.
+        once for reuse across :meth:`with_masks` calls, this is SynFlow's flow
+        ``R = 1ᵀ(∏|W|)1`` on this graph, computed overflow-free. A prunable weight
+        missing from ``weights`` has weight 1, so ``flows()`` with no weights gives
+        plain path counts (weighted by the model's constant factors, if it has any).
+        At channel resolution a kernel's edge weight is the sum of its unpruned
+        elements' weights.
+
+        A product by constants (``h * c``, ``h / c``) scales the flow through each
+        unit by ``|c|`` there, as in SynFlow's linearised network (every tensor
+        replaced by its absolute value); at channel resolution ``|c|`` must be the
+        same at every position of a channel where it is non-zero.
         """
         _check_resolution(resolution)
         prepared = weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights)
@@ -396,14 +431,23 @@ class Topology:
             data = K.kernel_weight_sums(lm.mask.reshape(-1), w, layer.kernel_volume, lm.indptr,
                                         lm.indices, layer.weight_shape[1])
             lms.append(LayerMask(lm.mask, lm.unpruned, lm.indptr, lm.indices, data, lm.shape))
-        layer_inputs, outputs, sizes = self._structure
         if resolution == "channel":
+            layer_inputs, outputs, sizes = self._flow_structure()
             graph = ChannelGraph(sizes, None, layer_inputs, outputs, lms)
             fwd, bwd = dict(enumerate(graph.forward())), dict(enumerate(graph.backward()))
         else:
             graph = NeuronGraph(self.program, lms, flat_w, elements=self._neuron._elements)
             fwd, bwd = graph.forward(), graph.backward()
         return Flows(self, resolution, graph, fwd, bwd, flat_w)
+
+    def _flow_structure(self):
+        """Structure maps whose products by constants carry ``|factor|`` (built once per
+        trace and shared with :meth:`with_masks` siblings; the counting maps when the
+        model has no constant factors)."""
+        if "weighted" not in self._shared:
+            self._shared["weighted"] = (build_structure(self.program, weighted=True)
+                                        if has_factors(self.program) else self._structure)
+        return self._shared["weighted"]
 
     def layer_input_counts(self, layer: int, resolution: str = "channel") -> NodeCounts:
         """Paths from the network input into each input unit of ``layer`` (an index
@@ -494,6 +538,43 @@ class Topology:
     def __repr__(self) -> str:
         return (f"Topology({len(self.program.layers)} layers, {self.n_params} params, "
                 f"{self.n_unpruned} unpruned)")
+
+
+#: Elements per block when effective masks are assembled output unit by output unit.
+_EFFECTIVE_CHUNK = 1 << 22
+
+
+def _unit_effective(lm: LayerMask, layer, fin: np.ndarray, bout: np.ndarray) -> np.ndarray:
+    """Unpruned weights whose output unit reaches the outputs (``bout``) and whose input
+    unit is reached from the inputs (``fin``), where units are channels or features.
+
+    Built in blocks of output units, and only for output units that keep an unpruned
+    weight and reach the outputs: the result is allocated zeroed (untouched pages of a
+    huge, mostly pruned layer cost no memory) and no temporary is larger than a block.
+    """
+    shape = layer.weight_shape
+    O, per_group = shape[:2]
+    out_per_group = O // layer.groups
+    mask = lm.mask.reshape(O, -1).view(bool)  # 0/1 uint8: a view, not a copy
+    eff = np.zeros(mask.shape, dtype=bool)
+    rows = bout if lm.dense else bout & (np.diff(lm.indptr) > 0)
+    rows = np.flatnonzero(rows)
+    fin_g = fin.reshape(layer.groups, per_group)
+    kv = mask.shape[1] // per_group
+    step = max(1, _EFFECTIVE_CHUNK // max(1, mask.shape[1]))
+    for start in range(0, rows.size, step):
+        r = rows[start:start + step]
+        if r[-1] - r[0] + 1 == r.size:  # consecutive rows (dense layers): views, not copies
+            r = slice(int(r[0]), int(r[-1]) + 1)
+            groups = np.arange(r.start, r.stop) // out_per_group
+        else:
+            groups = r // out_per_group
+        keep = np.repeat(fin_g[groups], kv, axis=1) if kv > 1 else fin_g[groups]
+        if isinstance(r, slice):
+            np.logical_and(mask[r], keep, out=eff[r])
+        else:
+            eff[r] = mask[r] & keep
+    return eff.reshape(shape)
 
 
 def _weights_array(name: str, w, shape) -> np.ndarray:
@@ -607,14 +688,18 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
     ----------
     model : torch.nn.Module
         Any fx-traceable model built from Linear, Conv1d/2d, activations, norms,
-        dropout, pools, flatten/view/reshape, ``+``, ``cat`` and spatial means.
-        It is not executed and not modified.
+        dropout, pools, flatten/view/reshape, ``+``/``-``, products and divisions
+        by constants, ``cat`` and spatial means; a bare Linear/Conv is a one-layer
+        model. It is traced as ``model(x)`` runs it (every other forward argument
+        at its default), never executed and not modified. Two layers sharing one
+        weight tensor are refused.
     masks : mapping, optional
         Parameter name (as in ``model.named_parameters()``, e.g.
         ``"layer1.0.conv1.weight"``) to a 0/1 tensor or array of that shape. If
         ``None``, the masks attached by ``torch.nn.utils.prune`` (or by
         :func:`topo_pai.apply_masks`, either method) are used. A
-        prunable weight without a mask is dense. Masks are copied, not kept.
+        prunable weight without a mask is dense; a mask given as ``None``, sparse
+        or on the meta device is an error. Masks are copied, not kept.
     input_shape : tuple of int
         Shape of one input sample, without the batch dimension, e.g. ``(3, 32, 32)``.
     index_dtype : {None, numpy.int32, numpy.int64}

@@ -54,13 +54,16 @@ class Layer:
 @dataclass(frozen=True)
 class Op:
     """One structural op. ``kind`` is one of ``input``, ``layer``, ``pool``,
-    ``reduce``, ``add``, ``cat``, ``reshape``; ``attrs`` holds what it needs:
+    ``reduce``, ``add``, ``cat``, ``reshape``, ``scale``; ``attrs`` holds what it needs:
 
     * ``layer``: ``layer`` (index into ``Program.layers``);
     * ``pool``: ``windows`` (per spatial axis, a CSR pair ``(ptr, idx)`` listing
       the input positions of each output position);
     * ``reduce``: ``axes`` (per-sample axes summed over);
-    * ``cat``: ``axis`` (per-sample axis).
+    * ``cat``: ``axis`` (per-sample axis);
+    * ``scale``: ``factor`` (float64 array that broadcasts against the per-sample
+      shape: a product by constants; a unit whose factor is zero is removed, and
+      weighted flows through a unit are multiplied by ``|factor|``).
     """
 
     kind: str
@@ -88,6 +91,32 @@ class Program:
         """Value id of every node group: the input, then each layer's output."""
         return [self.ops[0].output] + [self.layer_ops[i].output
                                        for i in range(len(self.layers))]
+
+
+def unit_factors(factor: np.ndarray, shape: tuple[int, ...], weighted: bool,
+                 fx_node: str = "") -> np.ndarray:
+    """Per-unit factors of a ``scale`` op at channel resolution (units: ``shape[0]``).
+
+    A channel is kept when its factor is non-zero at some position (counts: 1.0,
+    removed: 0.0). With ``weighted``, the factor is ``|factor|``, which must then
+    be the same at every position where it is non-zero; otherwise the op has no
+    channel-resolution flow and a ``ValueError`` naming ``fx_node`` is raised.
+    """
+    f = np.abs(np.asarray(factor, dtype=np.float64))
+    f = f.reshape((1,) * (len(shape) - f.ndim) + f.shape)
+    rest = tuple(range(1, f.ndim))
+    hi = f.max(axis=rest) if rest else f
+    if not weighted:
+        out = (hi > 0).astype(np.float64)
+    else:
+        lo = np.where(f > 0, f, np.inf).min(axis=rest) if rest else f
+        if np.any((hi > 0) & (lo != hi)):
+            raise ValueError(
+                f"the constant factor at fx node '{fx_node}' has different non-zero magnitudes "
+                "within one channel, so it has no channel-resolution flow; use "
+                "resolution='neuron'")
+        out = hi
+    return np.ascontiguousarray(np.broadcast_to(out, (shape[0],)))
 
 
 def spatial3(shape: tuple[int, ...]) -> tuple[int, int, int]:

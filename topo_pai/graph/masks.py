@@ -137,6 +137,26 @@ def attached_masks(model) -> dict:
     return found
 
 
+def check_mask_value(name: str, m, what: str = "mask") -> None:
+    """Refuse a mask (or edge weights: ``what``) that holds no dense values: ``None``, a
+    sparse tensor, a tensor on the meta device. A weight left out of the masks is
+    dense; a weight given ``None`` is a mistake, not a request for a dense mask."""
+    if m is None:
+        raise MaskError(f"{what} for '{name}' is None; give a 0/1 tensor or array of the "
+                        f"weight's shape, or leave '{name}' out to keep it dense")
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    if isinstance(m, torch.Tensor):
+        if m.layout != torch.strided:
+            raise MaskError(f"{what} for '{name}' is a sparse tensor (layout {m.layout}); pass "
+                            "a dense one, e.g. mask.to_dense()")
+        if m.device.type == "meta":
+            raise MaskError(f"{what} for '{name}' is on the meta device, so it holds no values; "
+                            "pass a tensor with real values (on the CPU or an accelerator)")
+
+
 def _flat_numpy(name: str, m) -> np.ndarray:
     try:
         import torch
@@ -217,6 +237,8 @@ def layer_mask(layer: Layer, in_units: int, m, index_dtype) -> LayerMask:
     out_per_group = out_units // layer.groups
     group_size = layer.kernel_volume
     n_kernels = out_units * per_group_in
+    if n_kernels >= 2 ** 31 - 1:  # its CSR row pointers could pass int32
+        index_dtype = np.int64
     if m is None:
         mask = np.ones(int(np.prod(shape)), dtype=np.uint8)
         counts = mask if group_size == 1 else np.full(

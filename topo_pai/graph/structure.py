@@ -3,8 +3,10 @@
 At channel resolution a value's units are its channels (or features, for a
 per-sample 1-d tensor), i.e. ``shape[0]``. Non-parametric ops are fixed linear
 maps on units: pools and spatial reductions keep channel ``c`` (multiplicity
-1), adds sum, cats stack, and a reshape into features maps channel ``c`` to its
-``H*W`` features. Composing them gives, for every value, a dict
+1), adds sum, cats stack, a reshape into features maps channel ``c`` to its
+``H*W`` features, and a product by constants is diagonal (a channel whose factor
+is zero everywhere is removed; ``weighted`` maps carry ``|factor|`` instead of
+0/1, for flows). Composing them gives, for every value, a dict
 ``{group: S}`` with ``value_units = sum_g S_g @ group_units``; ``S`` is a
 scipy CSR array or ``None`` for the identity.
 
@@ -17,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from topo_pai.graph.ir import Program
+from topo_pai.errors import UnsupportedOpError
+from topo_pai.graph.ir import Program, unit_factors
 
 StructureMap = dict  # group index -> scipy.sparse.csr_array | None
 
@@ -52,6 +55,12 @@ def _stack(parts: list[StructureMap], unit_counts: list[int], sizes: dict[int, i
     return out
 
 
+def _scaled(D, S, n: int):
+    out = sp.csr_array(D @ _dense(S, n))
+    out.eliminate_zeros()
+    return out
+
+
 def reshape_units(old_shape, new_shape) -> sp.csr_array | None:
     """Unit map of an order-preserving reshape (split or merge of whole units);
     ``None`` when units map one to one."""
@@ -71,11 +80,18 @@ def reshape_units(old_shape, new_shape) -> sp.csr_array | None:
     return sp.csr_array((np.ones(len(rows)), (rows, cols)), shape=(n_new, n_old))
 
 
-def build_structure(program: Program):
-    """Return ``(layer_inputs, outputs)``.
+def has_factors(program: Program) -> bool:
+    """Whether weighted structure maps differ from the counting ones."""
+    return any(op.kind == "scale" for op in program.ops)
+
+
+def build_structure(program: Program, weighted: bool = False):
+    """Return ``(layer_inputs, outputs, sizes)``.
 
     ``layer_inputs[l]`` is the structure map of layer ``l``'s input value;
-    ``outputs`` that of the network output units (all outputs stacked).
+    ``outputs`` that of the network output units (all outputs stacked). With
+    ``weighted``, products by constants carry ``|factor|`` (flows), else 0/1
+    (counts and reachability).
     """
     sizes = {0: program.values[program.ops[0].output][0]}
     for layer in program.layers:
@@ -100,6 +116,15 @@ def build_structure(program: Program):
             R = reshape_units(program.values[op.inputs[0]], program.values[op.output])
             maps[op.output] = maps[op.inputs[0]] if R is None else {
                 g: sp.csr_array(R @ _dense(S, sizes[g])) for g, S in maps[op.inputs[0]].items()}
+        elif op.kind == "scale":
+            try:
+                d = unit_factors(op.attrs["factor"], program.values[op.output], weighted,
+                                 op.fx_node)
+            except ValueError as exc:
+                raise UnsupportedOpError(str(exc)) from None
+            D = sp.csr_array(sp.diags_array(d, format="csr"))
+            D.eliminate_zeros()  # a removed unit has no entries, as if it had no edges
+            maps[op.output] = {g: _scaled(D, S, sizes[g]) for g, S in maps[op.inputs[0]].items()}
         else:  # pragma: no cover - trace emits no other kinds
             raise AssertionError(op.kind)
     outputs = _stack([maps[v] for v in program.outputs],

@@ -7,10 +7,22 @@ the fx node where it stops fitting.
 
 Unknown ops are errors, never identities: a silently skipped op would give a
 silently wrong path count.
+
+What is traced is what ``model(x)`` computes: the model is traced as the one
+submodule of a wrapper whose forward is ``model(x)``, so every extra argument
+of ``model.forward`` takes its default, ``*args``/``**kwargs`` are empty, and
+the model's own hooks run as they would in a call. Values that do not depend on
+the input (buffers, literals, sizes) are evaluated on the real tensors, so a
+product by such a constant knows its values: a constant factor becomes a
+``scale`` op (see :mod:`topo_pai.graph.ir`).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
+import numbers
 import operator
 from typing import Any
 
@@ -29,13 +41,21 @@ class _Tensor:
         self.vid = vid
 
 
-class _Const:
-    """A tensor that is not on the input-to-output graph (a buffer or parameter)."""
+class _Weight:
+    """A prunable weight read outside its layer (``self.fc.weight``): its shape may
+    be read, but any arithmetic with it would ignore its mask."""
 
-    __slots__ = ("tensor",)
+    __slots__ = ("name", "tensor")
 
-    def __init__(self, tensor):
+    def __init__(self, name: str, tensor):
+        self.name = name
         self.tensor = tensor
+
+
+#: Attribute under which the wrapper that is traced holds the model.
+_ROOT = "model"
+#: Reads of a prunable weight that do not depend on its values.
+_METADATA = frozenset({"shape", "ndim", "dtype", "device", "size", "dim", "numel"})
 
 
 def _torch():
@@ -119,10 +139,13 @@ def _pair(v, n):
 
 
 class _Tracer:
-    def __init__(self, model, input_shape, prunable: dict[str, Any]):
+    def __init__(self, model, root, input_shape, prunable: dict[str, Any]):
         self.model = model
+        self.root = root  # the traced wrapper: holds the model and fx's tensor constants
         self.input_shape = input_shape
         self.prunable = prunable  # module name -> module, for Linear/Conv
+        self.weights = {id(w): param_name(name) for name, m in prunable.items()
+                        for w in _weight_tensors(m)}
         self.values: list[tuple[int, ...]] = []
         self.ops: list[Op] = []
         self.layers: list[Layer] = []
@@ -158,22 +181,11 @@ class _Tracer:
     # -- dispatch ---------------------------------------------------------------
     def run(self, graph) -> Program:
         env: dict[Any, Any] = {}
-        n_inputs = 0
         for node in graph.nodes:
-            if node.op == "placeholder":
-                if n_inputs == 0:
-                    vid = self.new_value(self.input_shape)
-                    self.ops.append(Op("input", node.name, (), vid))
-                    env[node] = _Tensor(vid)
-                elif node.args:
-                    env[node] = node.args[0]  # an optional argument left at its default
-                else:
-                    raise TraceError(
-                        f"the model's forward takes more than one tensor input (fx placeholder "
-                        f"'{node.name}'); topo_pai analyses single-input models. Wrap the model so "
-                        "that forward takes one tensor."
-                    )
-                n_inputs += 1
+            if node.op == "placeholder":  # the wrapper's one argument: the input
+                vid = self.new_value(self.input_shape)
+                self.ops.append(Op("input", node.name, (), vid))
+                env[node] = _Tensor(vid)
                 continue
             if node.op == "output":
                 self.collect_outputs(node, node.args[0], env)
@@ -181,7 +193,7 @@ class _Tracer:
             args = _map(node.args, env)
             kwargs = _map(node.kwargs, env)
             if node.op == "get_attr":
-                env[node] = _Const(_fetch_attr(self.model, node.target))
+                env[node] = self.get_attr(node)
             elif node.op == "call_module":
                 env[node] = self.call_module(node, args, kwargs)
             elif node.op == "call_function":
@@ -195,9 +207,47 @@ class _Tracer:
                 "the model has no Linear or Conv1d/Conv2d layer between its input and output; "
                 "there is nothing to count paths through"
             )
-        unused = {f"{name}.weight": tuple(_weight_shape(m)) for name, m in self.prunable.items()
+        unused = {param_name(name): tuple(_weight_shape(m)) for name, m in self.prunable.items()
                   if name not in self.used_modules}
         return Program(self.values, self.ops, self.layers, self.outputs, unused)
+
+    def get_attr(self, node):
+        value = _fetch_attr(self.root, node.target)
+        torch = _torch()
+        if isinstance(value, torch.Tensor):
+            path = node.target.removeprefix(_ROOT + ".")
+            owner, _, attr = path.partition(".parametrizations.")
+            if not attr:
+                owner, _, attr = path.rpartition(".")
+            if owner in self.prunable and attr.split(".")[0] in ("weight", "weight_orig"):
+                return _Weight(param_name(owner), value)
+            if id(value) in self.weights:
+                return _Weight(self.weights[id(value)], value)
+            # A private copy: evaluating the forward's constant part (even an in-place
+            # op on a buffer) must not change the caller's model.
+            return value.detach().clone()
+        return value
+
+    def evaluate(self, node, fn, args, kwargs):
+        """Run an op whose arguments do not depend on the input, on the real values."""
+        weights = _find(args, kwargs, _Weight)
+        if weights:
+            attr = args[1] if fn is getattr and len(args) > 1 else getattr(fn, "_topo_pai_name",
+                                                                           None)
+            if attr not in _METADATA:
+                raise UnsupportedOpError(
+                    f"fx node '{node.name}' ({node.op} {_callable_name(fn)}) computes with the "
+                    f"prunable weight '{weights[0].name}' outside its layer; its mask would not "
+                    "apply there (tied or reused weights are not supported). Use the weight "
+                    "only through its Linear/Conv module.")
+            args, kwargs = _unwrap_weights(args), _unwrap_weights(kwargs)
+        torch = _torch()
+        try:
+            with torch.no_grad():
+                return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the node named
+            raise TraceError(f"could not evaluate fx node '{node.name}' ({node.target}) on "
+                             f"constant arguments: {type(exc).__name__}: {exc}") from exc
 
     def collect_outputs(self, node, arg, env):
         if isinstance(arg, (tuple, list)):
@@ -221,6 +271,10 @@ class _Tracer:
         if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) and type(mod).__name__ not in (
                 "LazyLinear", "LazyConv1d", "LazyConv2d"):
             return self.layer(node, mod, x)
+        if not _find(args, kwargs, _Tensor):
+            # A module applied to constants (e.g. an activation of a buffer): run a private
+            # copy, so that state it updates (running statistics) stays out of the model.
+            return self.evaluate(node, copy.deepcopy(mod), args, kwargs)
         if isinstance(mod, unary_modules):
             return self.unary(node, x)
         if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d)):
@@ -253,11 +307,13 @@ class _Tracer:
     def layer(self, node, mod, x):
         torch = _torch()
         nn = torch.nn
+        where = f"'{node.target}'" if node.target else "(the model itself)"
         if not isinstance(x, _Tensor):
-            self.unsupported(node, f"module '{node.target}' applied to a non-graph value")
+            self.unsupported(node, f"module {where} applied to a value that does not depend on "
+                                   "the input")
         if node.target in self.used_modules:
             raise UnsupportedOpError(
-                f"module '{node.target}' is called more than once (fx node '{node.name}'); shared "
+                f"module {where} is called more than once (fx node '{node.name}'); shared "
                 "weights would make one mask stand for several layers. Use separate modules."
             )
         self.used_modules.add(node.target)
@@ -267,26 +323,26 @@ class _Tracer:
         group = len(self.layers) + 1
         if isinstance(mod, nn.Linear):
             if len(shape) != 1:
-                self.shape_error(node, f"Linear '{node.target}' receives per-sample shape {shape}; "
+                self.shape_error(node, f"Linear {where} receives per-sample shape {shape}; "
                                        "topo_pai supports Linear on (batch, features) tensors only")
             if shape[0] != mod.in_features:
-                self.shape_error(node, f"Linear '{node.target}' expects {mod.in_features} input "
+                self.shape_error(node, f"Linear {where} expects {mod.in_features} input "
                                        f"features but receives {shape[0]}")
-            layer = Layer(group, node.target, f"{node.target}.weight", "Linear", node.name, wshape)
+            layer = Layer(group, node.target, param_name(node.target), "Linear", node.name, wshape)
             self.layers.append(layer)
             return self.emit("layer", node, [x], (mod.out_features,), layer=group - 1)
         is1d = isinstance(mod, nn.Conv1d)
         kind = "Conv1d" if is1d else "Conv2d"
         if mod.padding_mode != "zeros":
-            self.unsupported(node, f"{kind} '{node.target}' with padding_mode="
+            self.unsupported(node, f"{kind} {where} with padding_mode="
                                    f"'{mod.padding_mode}'",
                              "Only zero padding adds no edges; use padding_mode='zeros'.")
         want = 2 if is1d else 3
         if len(shape) != want:
-            self.shape_error(node, f"{kind} '{node.target}' needs a per-sample tensor of "
+            self.shape_error(node, f"{kind} {where} needs a per-sample tensor of "
                                    f"{want} dims, got shape {shape}")
         if shape[0] != mod.in_channels:
-            self.shape_error(node, f"{kind} '{node.target}' expects {mod.in_channels} input "
+            self.shape_error(node, f"{kind} {where} expects {mod.in_channels} input "
                                    f"channels but receives {shape[0]} (per-sample shape {shape})")
         spatial = shape[1:]
         ks = tuple(mod.kernel_size)
@@ -305,11 +361,11 @@ class _Tracer:
         out_sp = tuple(_conv_out(n, k, s, pt, d) for n, k, s, pt, d in
                        zip(spatial, ks, stride, ptot, dil))
         if any(o <= 0 for o in out_sp):
-            self.shape_error(node, f"{kind} '{node.target}' input of spatial size {spatial} is "
+            self.shape_error(node, f"{kind} {where} input of spatial size {spatial} is "
                                    f"smaller than its kernel {ks} (dilation {dil})")
         if is1d:
             stride, pl, dil = (1,) + stride, (0,) + pl, (1,) + dil
-        layer = Layer(group, node.target, f"{node.target}.weight", kind, node.name, wshape,
+        layer = Layer(group, node.target, param_name(node.target), kind, node.name, wshape,
                       groups=mod.groups, stride=tuple(stride), pad=tuple(pl), dilation=tuple(dil))
         self.layers.append(layer)
         return self.emit("layer", node, [x], (mod.out_channels,) + out_sp, layer=group - 1)
@@ -318,7 +374,8 @@ class _Tracer:
     def unary(self, node, x):
         if isinstance(x, _Tensor):
             return x
-        return x if isinstance(x, _Const) else self.unsupported(node, "unary op on a non-tensor")
+        self.unsupported(node, "elementwise op whose first argument does not depend on the "
+                               "input")
 
     def batched(self, x) -> tuple[int, ...]:
         return (1,) + self.shape(x)
@@ -411,34 +468,99 @@ class _Tracer:
                              "Reshape into features, e.g. x.flatten(1).")
         return self.emit("reshape", node, [x], new_ps)
 
-    def add(self, node, a, b):
+    def add(self, node, a, b, alpha=1):
+        """``a + alpha * b`` or ``a - alpha * b``: a merge of two input-dependent tensors
+        (counts add, as the sign is not a topology), or an offset by a constant, which
+        keeps the units and adds no edges."""
         ta, tb = isinstance(a, _Tensor), isinstance(b, _Tensor)
         if ta and tb:
             if self.shape(a) != self.shape(b):
                 self.unsupported(node, f"add of shapes {self.shape(a)} and {self.shape(b)}",
                                  "Broadcasting adds between graph tensors are not supported.")
+            if alpha != 1:  # torch.add(a, b, alpha=...) scales b before the merge
+                b = self.scale(node, b, self.factor(node, b, alpha))
             return self.emit("add", node, [a, b], self.shape(a))
-        if ta:
-            return self.offset(node, a, b)
-        if tb:
-            return self.offset(node, b, a)
-        return _concrete(node, operator.add, (a, b), {})
+        t, c = (a, b) if ta else (b, a)
+        self.constant_operand(node, t, c, "added to")
+        return t
 
-    def offset(self, node, t, other):
-        """``t + c`` or ``t * c`` with a constant ``c``: no edges, units unchanged."""
-        if isinstance(other, (int, float, bool)) or other is None:
-            return t
-        if isinstance(other, _Const):
-            torch = _torch()
-            c = other.tensor
-            if isinstance(c, torch.Tensor) and c.dim() <= len(self.shape(t)) + 1:
-                try:
-                    torch.broadcast_shapes(tuple(c.shape), self.batched(t))
-                    if torch.broadcast_shapes(tuple(c.shape), self.batched(t)) == self.batched(t):
-                        return t
-                except RuntimeError:
-                    pass
-        self.unsupported(node, f"{node.target} with a non-scalar operand")
+    def constant_operand(self, node, t, c, verb: str) -> np.ndarray | None:
+        """Check that the constant ``c`` combines elementwise with the input-dependent
+        ``t`` without changing its shape; return its values (``None`` for ``None``)."""
+        torch = _torch()
+        if isinstance(c, _Weight):
+            raise UnsupportedOpError(
+                f"fx node '{node.name}' ({node.op} {_callable_name(node.target)}) computes with "
+                f"the prunable weight '{c.name}' outside its layer; its mask would not apply there "
+                "(tied or reused weights are not supported). Use the weight only through its "
+                "Linear/Conv module.")
+        if c is None:
+            return None
+        if isinstance(c, numbers.Real):
+            return np.asarray(float(c))
+        if isinstance(c, torch.Tensor):
+            what = f"a constant tensor of shape {tuple(c.shape)}"
+            if c.layout != torch.strided or c.is_complex():
+                self.unsupported(node, f"{node.target} {verb} {what} that is sparse or complex")
+            try:
+                out = torch.broadcast_shapes(tuple(c.shape), self.batched(t))
+            except RuntimeError:
+                out = None
+            if out != self.batched(t):
+                self.unsupported(
+                    node, f"tensor of per-sample shape {self.shape(t)} {verb} {what}",
+                    "The constant would broadcast the tensor to a new shape, which mixes its "
+                    "units (or samples); a constant must broadcast per unit, e.g. shape (C, 1, 1) "
+                    "for a (C, H, W) tensor.")
+            if c.device.type == "meta":
+                self.unsupported(node, f"{node.target} {verb} {what} on the meta device",
+                                 "Its values decide which units it removes; give it real values.")
+            arr = c.detach().to("cpu", torch.float64).numpy()
+            # Drop the batch dimension (size 1 after the check above) and left-pad to the
+            # per-sample rank, so the values broadcast against the per-sample shape.
+            rank = len(self.shape(t))
+            arr = arr.reshape((1,) * (rank + 1 - arr.ndim) + arr.shape)[0]
+            return np.ascontiguousarray(arr)
+        self.unsupported(node, f"{node.target} {verb} a {type(c).__name__}")
+
+    def factor(self, node, t, c) -> np.ndarray:
+        """Values of a constant factor of ``t`` (finite), broadcastable to its shape."""
+        f = self.constant_operand(node, t, c, "multiplied by")
+        if f is None:
+            self.unsupported(node, f"{node.target} with None")
+        if not np.all(np.isfinite(f)):
+            self.unsupported(node, f"{node.target} by a constant holding inf or NaN",
+                             "Units scaled by a non-finite value have no path semantics.")
+        return f
+
+    def scale(self, node, t, f: np.ndarray):
+        """``t * f`` for constant factors ``f``: a unit stays where its factor is non-zero
+        and is removed where it is zero; weighted flows scale by ``|f|``."""
+        if np.all(np.abs(f) == 1.0):
+            return t  # +-1: the identity for counts and flows alike
+        return self.emit("scale", node, [t], self.shape(t), factor=f)
+
+    def multiply(self, node, a, b):
+        if isinstance(a, _Tensor) and isinstance(b, _Tensor):
+            self.unsupported(node, f"{_callable_name(node.target)} of two tensors that both "
+                                   "depend on the input",
+                             "A product of input-dependent tensors (gating, attention) has no "
+                             "path semantics here.")
+        t, c = (a, b) if isinstance(a, _Tensor) else (b, a)
+        return self.scale(node, t, self.factor(node, t, c))
+
+    def divide(self, node, a, b, rounding_mode=None):
+        if isinstance(b, _Tensor):
+            self.unsupported(node, f"{_callable_name(node.target)} by a tensor that depends on "
+                                   "the input", "Only division by constants keeps units.")
+        if rounding_mode is not None:
+            self.unsupported(node, f"division with rounding_mode={rounding_mode!r}")
+        f = self.factor(node, a, b)
+        if np.any(f == 0):
+            self.unsupported(node, f"{_callable_name(node.target)} by a constant that holds zero",
+                             "Dividing by zero makes inf or NaN units, which have no path "
+                             "semantics; divide by non-zero constants only.")
+        return self.scale(node, a, 1.0 / f)
 
     def cat(self, node, tensors, dim):
         if not all(isinstance(t, _Tensor) for t in tensors):
@@ -462,23 +584,24 @@ class _Tracer:
         torch = _torch()
         fn = node.target
         _, unary_functions, _, pool_functions = self.tables
-        if not _has_tensor(args, kwargs):
-            return _concrete(node, fn, args, kwargs)
-        if fn in unary_functions:
+        if not _find(args, kwargs, _Tensor):
+            return self.evaluate(node, fn, args, kwargs)
+        if fn in unary_functions or fn in (operator.neg, operator.pos, torch.neg):
+            # -x is a factor of -1: the identity for counts and for |.|-weighted flows
             return self.unary(node, args[0] if args else kwargs.get("input"))
-        if fn in (operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub):
+        if fn in (operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub,
+                  torch.subtract):
             a = args[0] if args else kwargs["input"]
             b = args[1] if len(args) > 1 else kwargs.get("other")
-            return self.add(node, a, b)
-        if fn in (operator.mul, operator.imul, torch.mul, operator.truediv, torch.div,
-                  operator.neg):
-            a = args[0]
-            b = args[1] if len(args) > 1 else None
-            if isinstance(a, _Tensor) and isinstance(b, _Tensor):
-                self.unsupported(node, f"{getattr(fn, '__name__', fn)} of two graph tensors",
-                                 "Multiplicative gating has no path semantics here.")
-            t, c = (a, b) if isinstance(a, _Tensor) else (b, a)
-            return self.offset(node, t, c)
+            return self.add(node, a, b, kwargs.get("alpha", 1))
+        if fn in (operator.mul, operator.imul, torch.mul, torch.multiply):
+            a = args[0] if args else kwargs["input"]
+            return self.multiply(node, a, args[1] if len(args) > 1 else kwargs.get("other"))
+        if fn in (operator.truediv, operator.itruediv, torch.div, torch.divide,
+                  torch.true_divide):
+            a = args[0] if args else kwargs["input"]
+            return self.divide(node, a, args[1] if len(args) > 1 else kwargs.get("other"),
+                               kwargs.get("rounding_mode"))
         if fn in pool_functions:
             return self.pool_function(node, fn, pool_functions[fn], args, kwargs)
         if fn is torch.flatten:
@@ -530,16 +653,21 @@ class _Tracer:
             if name == "ndim":
                 return len(self.batched(x))
             self.unsupported(node, f"tensor attribute '{name}'")
-        return _concrete(node, getattr, (x, name), {})
+        return self.evaluate(node, getattr, (x, name), {})
 
     def call_method(self, node, args, kwargs, name=None):
         name = name or node.target
         x = args[0]
-        if not isinstance(x, _Tensor):
-            if _has_tensor(args, kwargs):
-                self.unsupported(node, f"method '{name}' on a non-graph value")
-            return _concrete(node, lambda obj, *a, **k: getattr(obj, name)(*a, **k), args, kwargs)
         rest = args[1:]
+        if not isinstance(x, _Tensor):
+            if not _find(args, kwargs, _Tensor):
+                return self.evaluate(node, _method(name), args, kwargs)
+            other = rest[0] if rest else kwargs.get("other")
+            if name in ("mul", "multiply", "add") and isinstance(other, _Tensor):
+                return self.multiply(node, other, x) if name != "add" else \
+                    self.add(node, other, x)  # c.mul(t) = t * c, c.add(t) = t + c
+            self.unsupported(node, f"method '{name}' of a value that does not depend on the "
+                                   "input, with an argument that does")
         unary_methods = self.tables[2]
         if name in unary_methods:
             return x
@@ -556,7 +684,8 @@ class _Tracer:
             return self.reshape(node, x, tuple(shape))
         if name == "view_as" or name == "reshape_as":
             other = rest[0]
-            return self.reshape(node, x, self.batched(other))
+            return self.reshape(node, x, self.batched(other) if isinstance(other, _Tensor)
+                                else tuple(other.shape))
         if name == "flatten":
             start = rest[0] if rest else kwargs.get("start_dim", 0)
             end = rest[1] if len(rest) > 1 else kwargs.get("end_dim", -1)
@@ -577,24 +706,30 @@ class _Tracer:
             dim = rest[0] if rest else kwargs.get("dim")
             keep = rest[1] if len(rest) > 1 else kwargs.get("keepdim", False)
             return self.reduce(node, x, dim, keep)
-        if name in ("add", "add_", "sub", "sub_"):
-            return self.add(node, x, rest[0] if rest else kwargs.get("other"))
-        if name in ("mul", "mul_", "div", "div_"):
-            other = rest[0] if rest else kwargs.get("other")
-            if isinstance(other, _Tensor):
-                self.unsupported(node, f"method '{name}' of two graph tensors",
-                                 "Multiplicative gating has no path semantics here.")
-            return self.offset(node, x, other)
+        other = rest[0] if rest else kwargs.get("other")
+        if name in ("add", "add_", "sub", "sub_", "subtract"):
+            return self.add(node, x, other, kwargs.get("alpha", 1))
+        if name in ("neg", "neg_", "negative"):
+            return x
+        if name in ("mul", "mul_", "multiply"):
+            return self.multiply(node, x, other)
+        if name in ("div", "div_", "divide", "true_divide"):
+            return self.divide(node, x, other, kwargs.get("rounding_mode"))
         self.unsupported(node, f"method '{name}'")
 
 
-def _concrete(node, fn, args, kwargs):
-    """Evaluate an op on plain Python values (sizes, ints) as the model would."""
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the node named
-        raise TraceError(f"could not evaluate fx node '{node.name}' ({node.target}) on constant "
-                         f"arguments: {exc}") from exc
+def _method(name: str):
+    """``obj.name(*args, **kwargs)`` as a function (for evaluating constants)."""
+    def call(obj, *args, **kwargs):
+        return getattr(obj, name)(*args, **kwargs)
+
+    call._topo_pai_name = name
+    call.__name__ = name
+    return call
+
+
+def _callable_name(fn) -> str:
+    return fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
 
 
 def _is_fx_node(x) -> bool:
@@ -607,11 +742,12 @@ def _map(obj, env):
     return torch.fx.node.map_arg(obj, lambda n: env[n])
 
 
-def _has_tensor(args, kwargs) -> bool:
+def _find(args, kwargs, cls) -> list:
+    """Every ``cls`` instance in the (nested) arguments."""
     found = []
 
     def visit(v):
-        if isinstance(v, (_Tensor, _Const)):
+        if isinstance(v, cls):
             found.append(v)
         elif isinstance(v, (tuple, list)):
             for x in v:
@@ -622,7 +758,17 @@ def _has_tensor(args, kwargs) -> bool:
 
     visit(args)
     visit(kwargs)
-    return any(isinstance(v, _Tensor) for v in found) or any(isinstance(v, _Const) for v in found)
+    return found
+
+
+def _unwrap_weights(obj):
+    if isinstance(obj, _Weight):
+        return obj.tensor
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_unwrap_weights(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _unwrap_weights(v) for k, v in obj.items()}
+    return obj
 
 
 def _fetch_attr(gm, target: str):
@@ -632,14 +778,35 @@ def _fetch_attr(gm, target: str):
     return obj
 
 
-def _weight_shape(mod):
+def _stored_weight(mod):
+    """The weight tensor a prunable module stores (under pruning or parametrisation,
+    the original it masks)."""
     orig = getattr(mod, "weight_orig", None)
     if orig is not None:
-        return orig.shape
+        return orig
     parametrizations = getattr(mod, "parametrizations", None)
     if parametrizations is not None and "weight" in parametrizations:
-        return parametrizations["weight"].original.shape
-    return mod.weight.shape
+        return parametrizations["weight"].original
+    return mod.weight
+
+
+def _weight_shape(mod):
+    return _stored_weight(mod).shape
+
+
+def _weight_tensors(mod) -> list:
+    """Every tensor that holds (a view of) the module's weight values."""
+    torch = _torch()
+    out = [_stored_weight(mod)]
+    w = mod.__dict__.get("weight", mod._parameters.get("weight"))
+    if isinstance(w, torch.Tensor):
+        out.append(w)
+    return out
+
+
+def param_name(module_name: str) -> str:
+    """The name of a prunable module's weight (``"weight"`` for the model itself)."""
+    return f"{module_name}.weight" if module_name else "weight"
 
 
 def prunable_modules(model) -> dict[str, Any]:
@@ -648,6 +815,75 @@ def prunable_modules(model) -> dict[str, Any]:
     nn = torch.nn
     return {name: m for name, m in model.named_modules()
             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
+
+
+def check_untied(modules: dict[str, Any]) -> None:
+    """Refuse prunable modules that share their weight tensor (weight tying): one mask
+    would have to stand for several layers, as for a module called twice."""
+    seen: dict[Any, str] = {}
+    for name, mod in modules.items():
+        w = _stored_weight(mod)
+        keys = [("id", id(w))]
+        if w.device.type != "meta" and w.numel() and w.data_ptr():
+            keys.append(("memory", w.device, w.data_ptr(), tuple(w.shape), tuple(w.stride())))
+        for key in keys:
+            if key in seen and seen[key] != name:
+                first = seen[key]
+                raise UnsupportedOpError(
+                    f"the prunable weights '{param_name(first)}' and '{param_name(name)}' are one "
+                    "tensor (tied weights); one mask would stand for two layers, which topo_pai "
+                    "does not count or prune. Untie them: give each layer its own Parameter.")
+            seen[key] = name
+
+
+@functools.cache
+def _root_class():
+    """The wrapper traced in place of the model: its forward is ``model(x)`` (a class
+    made on first use, as torch is imported lazily)."""
+    torch = _torch()
+
+    class Root(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            setattr(self, _ROOT, model)
+
+        def forward(self, x):
+            return getattr(self, _ROOT)(x)
+
+    return Root
+
+
+def _check_signature(model) -> None:
+    """Refuse a forward that ``model(x)`` cannot call: an argument besides the input
+    that has no default, named in the error."""
+    try:
+        sig = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # a builtin or C forward: let fx decide
+        return
+    try:
+        sig.bind(None)
+    except TypeError as exc:
+        params = list(sig.parameters.values())
+        required = [p.name for p in params[1:] if p.default is p.empty
+                    and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        what = (f"argument(s) {', '.join(map(repr, required))} without a default besides the "
+                "input" if required else f"a signature that model(x) cannot call ({exc})")
+        raise TraceError(
+            f"{type(model).__name__}.forward takes {what}; topo_pai counts what model(x) "
+            "computes, with every other argument at its default. Give them defaults, or wrap "
+            "the model so that forward takes one tensor.") from None
+
+
+def _strip_root(graph) -> None:
+    """Name the nodes as if the model itself had been traced: targets and names lose
+    the wrapper's prefix (the model itself is the target ``""``)."""
+    prefix = _ROOT + "."
+    for node in graph.nodes:
+        if node.op == "call_module":
+            node.target = "" if node.target == _ROOT else node.target.removeprefix(prefix)
+        if node.op in ("call_module", "get_attr") and node.name.startswith(_ROOT + "_"):
+            rest = node.name[len(_ROOT) + 1:]
+            node.name = f"_{rest}" if rest[:1].isdigit() else rest  # as fx names "0": "_0"
 
 
 def trace(model, input_shape) -> Program:
@@ -665,16 +901,24 @@ def trace(model, input_shape) -> Program:
         raise InputShapeError(
             f"input_shape must be a non-empty tuple of positive ints without the batch dimension, "
             f"e.g. (3, 32, 32); got {input_shape!r}")
+    prunable = prunable_modules(model)
+    check_untied(prunable)
+    _check_signature(model)
+    # The model is traced as what model(x) calls: defaults of extra arguments, empty
+    # *args/**kwargs, its own hooks. fx stores the tensor constants it meets on the
+    # wrapper, never on the caller's model.
+    root = _root_class()(model)
     try:
         # Tracer.trace gives the Graph without compiling a GraphModule, which we never run.
-        graph = torch.fx.Tracer().trace(model)
+        graph = torch.fx.Tracer().trace(root)
     except Exception as exc:  # noqa: BLE001 - fx raises many types; all become TraceError
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}. "
             "Data-dependent control flow (if/for on tensor values) cannot be traced; make it "
             "static or move it out of forward."
         ) from exc
-    return _Tracer(model, shape, prunable_modules(model)).run(graph)
+    _strip_root(graph)
+    return _Tracer(model, root, shape, prunable).run(graph)
 
 
-__all__ = ["trace", "prunable_modules"]
+__all__ = ["trace", "prunable_modules", "check_untied", "param_name"]

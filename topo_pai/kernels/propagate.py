@@ -129,7 +129,7 @@ def _emit_kernel(mask, k, kk, in_channel, t, flat, nz_i, src, start, taps):
 
 @numba.njit(parallel=True, **_JIT)
 def mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, plane, taps,
-                  index_sample):
+                  index_sample, flat_sample):
     """Unpruned elements of a 0/1 uint8 conv mask (O, I/groups, *kernel), output-major.
 
     ``counts`` holds the number of unpruned elements of every kernel (as the mask
@@ -138,8 +138,9 @@ def mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, p
     per load, visits only non-empty kernels and fills the output channels in
     parallel. Element ``r`` of a kernel reading input channel ``i`` starts its
     span at ``i * plane + taps[r]`` (see :func:`tap_offsets`). Returns ``(flat,
-    ptr_o, nz_i, src)``: flat weight index, CSR row pointer over output channels,
-    global input channel and span start (of ``index_sample``'s dtype).
+    ptr_o, nz_i, src)``: flat weight index (of ``flat_sample``'s dtype: int64 for a
+    weight of 2**31 elements or more), CSR row pointer over output channels, global
+    input channel and span start (of ``index_sample``'s dtype).
     """
     P = per_group_in
     ptr_o = np.zeros(n_out + 1, dtype=np.int64)
@@ -149,7 +150,7 @@ def mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, p
         ptr_o[o + 1] += ptr_o[o]
     nnz = ptr_o[n_out]
     # Compact dtypes: a dense ResNet-50 has 25M elements, so bytes per element matter.
-    flat = np.empty(nnz, dtype=np.int32)  # one layer never holds 2**31 weights
+    flat = np.empty(nnz, dtype=flat_sample.dtype)
     nz_i = np.empty(nnz, dtype=np.int32)
     src = np.empty(nnz, dtype=index_sample.dtype)
     # Lowest set bit -> its index, by de Bruijn multiplication: a non-zero word's

@@ -37,7 +37,7 @@ def conv_forward(x, weights, groups, stride, pad, dil, out_hw):
     if x.dtype == object:
         out[...] = 0
     out_per_group = O // groups
-    for o, i, kh, kw in zip(*np.nonzero(weights)):
+    for o, i, kh, kw in _unpruned(weights):
         ci = (o // out_per_group) * per_group + i
         h_lo, h_hi = _valid_range(pad[0], kh, dil[0], stride[0], H, OH)
         w_lo, w_hi = _valid_range(pad[1], kw, dil[1], stride[1], W, OW)
@@ -45,8 +45,31 @@ def conv_forward(x, weights, groups, stride, pad, dil, out_hw):
             continue
         window = x[ci, _shifted(h_lo, h_hi, pad[0], kh, dil[0], stride[0]),
                    _shifted(w_lo, w_hi, pad[1], kw, dil[1], stride[1])]
-        out[o, h_lo:h_hi, w_lo:w_hi] += weights[o, i, kh, kw] * window
+        out[o, h_lo:h_hi, w_lo:w_hi] += _times(weights[o, i, kh, kw], window)
     return out
+
+
+_SCAN_BLOCK = 1 << 24
+
+
+def _unpruned(weights):
+    """Indices of the non-zero weight elements, output-major. A flat scan in blocks:
+    ``count_nonzero`` skips empty blocks at memory speed, so a huge, mostly pruned
+    weight costs one fast pass (a multi-dimensional ``nonzero`` is many times slower)."""
+    flat = weights.reshape(-1)
+    hits = [np.flatnonzero(flat[start:start + _SCAN_BLOCK]) + start
+            for start in range(0, flat.size, _SCAN_BLOCK)
+            if np.count_nonzero(flat[start:start + _SCAN_BLOCK])]
+    index = np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
+    return zip(*np.unravel_index(index, weights.shape))
+
+
+def _times(w, arr):
+    """``w * arr`` with ``w`` as a Python number, so that object arrays of Python ints
+    stay exact (a numpy uint8 scalar would make numpy arithmetic of them), and a 0/1
+    mask can serve as the weights without a copy."""
+    w = w.item() if isinstance(w, np.generic) else w
+    return arr if w == 1 else w * arr
 
 
 def conv_backward(gout, weights, groups, stride, pad, dil, in_chw):
@@ -58,7 +81,7 @@ def conv_backward(gout, weights, groups, stride, pad, dil, in_chw):
     if gout.dtype == object:
         gin[...] = 0
     out_per_group = O // groups
-    for o, i, kh, kw in zip(*np.nonzero(weights)):
+    for o, i, kh, kw in _unpruned(weights):
         ci = (o // out_per_group) * per_group + i
         h_lo, h_hi = _valid_range(pad[0], kh, dil[0], stride[0], H, OH)
         w_lo, w_hi = _valid_range(pad[1], kw, dil[1], stride[1], W, OW)
@@ -66,7 +89,7 @@ def conv_backward(gout, weights, groups, stride, pad, dil, in_chw):
             continue
         gin[ci, _shifted(h_lo, h_hi, pad[0], kh, dil[0], stride[0]),
             _shifted(w_lo, w_hi, pad[1], kw, dil[1], stride[1])] += (
-                weights[o, i, kh, kw] * gout[o, h_lo:h_hi, w_lo:w_hi])
+                _times(weights[o, i, kh, kw], gout[o, h_lo:h_hi, w_lo:w_hi]))
     return gin
 
 

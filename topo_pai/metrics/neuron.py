@@ -138,9 +138,11 @@ def conv_elements(layer: Layer, lm: LayerMask, plan: ConvPlan) -> ConvElements:
     if counts is None:  # a LayerMask built from CSR arrays only
         counts = mask.reshape(O * per_group, KH * KW).sum(axis=1, dtype=np.int32)
     index = np.int32 if plan.C * plan.plane < 2 ** 31 else np.int64
+    flat_index = np.int32 if mask.shape[0] < 2 ** 31 else np.int64  # a layer may be that large
     flat, ptr_o, nz_i, src = K.mask_elements(
         mask, counts, K.count_words(counts, KH * KW), O, per_group, KH * KW, O // layer.groups,
-        plan.plane, tap_offsets(plan, (KH, KW)), np.zeros(1, dtype=index))
+        plan.plane, tap_offsets(plan, (KH, KW)), np.zeros(1, dtype=index),
+        np.zeros(1, dtype=flat_index))
     ptr_i, by_i_o, by_i_src, order = K.by_input(ptr_o, nz_i, src, plan.C,
                                                 numba.get_num_threads())
     return ConvElements(flat, ptr_o, src, ptr_i, by_i_o, by_i_src, order, np.zeros(0),
@@ -192,7 +194,11 @@ def conv_backward(plan: ConvPlan, el: ConvElements, g: np.ndarray, val: np.ndarr
 
 class NeuronGraph:
     """Op-by-op propagation; ``weights`` (per layer, flat float64 over the weight's
-    elements) turns path counts into path mass, as SynFlow's flows."""
+    elements) turns path counts into path mass, as SynFlow's flows.
+
+    A ``scale`` op (a product by constants) multiplies each unit by 1 or 0 (its
+    factor is non-zero or zero) for counts, and by ``|factor|`` for flows.
+    """
 
     def __init__(self, program: Program, layer_masks: list[LayerMask],
                  weights: list[np.ndarray] | None = None, elements=None):
@@ -208,6 +214,16 @@ class NeuronGraph:
         # layer -> (array, its planes or rows). Only layouts that needed a copy.
         self._in_planes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._out_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._factors: dict[int, np.ndarray] = {}  # scale op output -> flat factors
+
+    def factors(self, op) -> np.ndarray:
+        """Flat per-unit factors of a ``scale`` op: 0/1 for counts, ``|factor|`` for flows."""
+        if op.output not in self._factors:
+            f = np.abs(op.attrs["factor"]) if self.weights is not None else \
+                (op.attrs["factor"] != 0).astype(np.float64)
+            self._factors[op.output] = np.ascontiguousarray(
+                np.broadcast_to(f, self.p.values[op.output]), dtype=np.float64).reshape(-1)
+        return self._factors[op.output]
 
     def plan(self, layer: int) -> ConvPlan:
         if layer not in self._plans:
@@ -271,6 +287,8 @@ class NeuronGraph:
         for their maximum (see :func:`~topo_pai.metrics.scaled.normalize`)."""
         if hi is None or not self.integer:
             return None
+        if op.kind == "scale":  # 0/1 factors never raise a count
+            return hi
         if op.kind == "layer" and self.p.layers[op.attrs["layer"]].kind != "Linear":
             el = self.elements(op.attrs["layer"])
             return hi * (el.max_fan_in if direction == "forward" else el.max_fan_out)
@@ -295,6 +313,8 @@ class NeuronGraph:
             return out
         if op.kind == "reduce":
             return x.reshape(self.p.values[op.inputs[0]]).sum(axis=op.attrs["axes"]).reshape(-1)
+        if op.kind == "scale":
+            return x * self.factors(op)
         raise AssertionError(op.kind)  # pragma: no cover
 
     def in_planes(self, layer: int, x: np.ndarray) -> np.ndarray:
@@ -382,6 +402,8 @@ class NeuronGraph:
             gin = np.empty(n)
             gin.reshape(in_shape)[...] = g.reshape(kept)
             return gin
+        if op.kind == "scale":  # diagonal: its own transpose
+            return g * self.factors(op)
         raise AssertionError(op.kind)  # pragma: no cover
 
     # -- effectiveness ---------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from topo_pai.graph.masks import check_mask_value
 from topo_pai.pruners import allocation as A
 from topo_pai.pruners.context import PruneContext, prunable_targets, resolve_exclude
 from topo_pai.pruners.registry import Method, get_method
@@ -308,10 +309,12 @@ def _budgets_from_masks(m: Method, ctx: PruneContext, masks, sparsity: float) ->
     unknown = [k for k in masks if k not in known]
     if unknown:
         raise ValueError(f"option {opt!r} names {unknown[:5]}, which are not prunable weights")
+    for name, arr in masks.items():
+        check_mask_value(name, arr)  # None, sparse or meta: an error, never "dense"
     budgets = {}
     for t in ctx.active:
         arr = masks.get(t.param)
-        if arr is None:
+        if arr is None:  # left out: dense
             budgets[t.param] = t.numel
             continue
         arr = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)

@@ -36,15 +36,16 @@ def _torch():
 
 def prunable_targets(model) -> list[Target]:
     """Prunable weights of ``model`` in ``named_modules`` order."""
-    from topo_pai.graph.trace import _weight_shape, prunable_modules
+    from topo_pai.graph.trace import _weight_shape, check_untied, param_name, prunable_modules
 
     torch = _torch()
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    modules = prunable_modules(model)
+    check_untied(modules)  # tied weights would get one mask per layer: refused, as in from_torch
     out = []
-    for name, mod in prunable_modules(model).items():
-        param = f"{name}.weight" if name else "weight"
-        out.append(Target(param, name, tuple(int(s) for s in _weight_shape(mod))))
+    for name, mod in modules.items():
+        out.append(Target(param_name(name), name, tuple(int(s) for s in _weight_shape(mod))))
     if not out:
         raise NoPrunableLayerError(
             f"{type(model).__name__} has no Linear or Conv1d/Conv2d layer, so there is no weight "

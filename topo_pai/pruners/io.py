@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from topo_pai.errors import MaskError
+from topo_pai.graph.masks import check_mask_value
 
 SUFFIXES = (".pt", ".pth", ".npz")
 
@@ -28,6 +29,7 @@ def _suffix(path) -> str:
 
 
 def _as_bool_numpy(name, m) -> np.ndarray:
+    check_mask_value(name, m)
     if isinstance(m, torch.Tensor):
         if m.is_complex():
             raise MaskError(f"mask '{name}' is complex; masks hold 0 and 1")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from topo_pai.errors import MaskError
+from topo_pai.graph.masks import check_mask_value
 
 METHODS = ("prune", "parametrize")
 
@@ -105,6 +106,7 @@ def _modules_by_param(model) -> dict:
 
 
 def _mask_tensor(name: str, m, shape, device):
+    check_mask_value(name, m)
     if isinstance(m, np.ndarray):
         m = torch.from_numpy(np.ascontiguousarray(m))
     if not isinstance(m, torch.Tensor):
