@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from topo_pai.checks import check_bool, check_int
 from topo_pai.pruners import allocation as A
 from topo_pai.pruners.context import PruneContext, prunable_targets, resolve_exclude
 from topo_pai.pruners.registry import Method, get_method
@@ -86,9 +87,22 @@ def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool):
                              f"but the allocation is {allocation_spec!r}")
     method_opts = {k: options.get(k, v) for k, v in m.options.items()}
     method_opts.update({k: v for k, v in options.items() if k in unknown})
-    alloc_opts = {k: options.get(k, v) for k, v in A.ALLOCATION_OPTIONS.items()}
-    data_opts = {k: options.get(k, v) for k, v in DATA_OPTIONS.items()}
+    alloc_opts = A.check_allocation_options(
+        {k: options.get(k, v) for k, v in A.ALLOCATION_OPTIONS.items()})
+    data_opts = _check_data_options({k: options.get(k, v) for k, v in DATA_OPTIONS.items()})
     return method_opts, alloc_opts, data_opts
+
+
+def _check_data_options(opts: dict) -> dict:
+    out = dict(opts)
+    if out["max_batches"] is not None:
+        out["max_batches"] = check_int("max_batches", out["max_batches"], minimum=1,
+                                       hint="None reads every batch of data")
+    out["train_mode"] = check_bool("train_mode", out["train_mode"])
+    if out["loss"] is not None and not callable(out["loss"]):
+        raise ValueError(f"loss must be a callable (logits, y) -> scalar loss, or None for "
+                         f"cross-entropy; got {out['loss']!r}")
+    return out
 
 
 def _needs_data_message(m: Method, via: str = "") -> str:
@@ -128,7 +142,8 @@ def _resolve_allocation(spec, ctx: PruneContext, sparsity: float, aopts: dict) -
                 where = "an excluded layer" if name in {t.param for t in ctx.targets} else \
                     "not a prunable weight"
                 raise ValueError(f"allocation names {key!r}, which is {where}")
-            if not isinstance(d, numbers.Real) or not 0.0 <= float(d) <= 1.0:
+            if (not isinstance(d, numbers.Real) or isinstance(d, bool)
+                    or not 0.0 <= float(d) <= 1.0):  # NaN fails the comparison
                 raise ValueError(f"allocation density for {key!r} must lie in [0, 1], got {d!r}")
             dens[name] = float(d)
         missing = [n for n in sizes if n not in dens]
@@ -210,9 +225,7 @@ def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] 
         masks = _select(scores, None, budgets, keep, ctx.seed, "once")
     elif m.kind == "iterative":
         opts = dict(method_opts)
-        rounds = opts.pop("rounds")
-        if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
-            raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+        rounds = check_int("rounds", opts.pop("rounds"), minimum=1)
         masks = None  # everything alive before the first round
         workspace: dict = {}
         density = keep / total
@@ -287,6 +300,8 @@ def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=
         raise ValueError(f"exclude={exclude!r} leaves no prunable weight to prune")
     ctx = PruneContext(model, targets, active, seed, input_shape, data,
                        {**data_opts, **alloc_opts})
+    if needs_data:
+        ctx.batches()  # read and check the data before any scoring work
     if m.budgets_from_option is not None:
         budgets = _budgets_from_masks(m, ctx, method_opts.get(m.budgets_from_option), sparsity)
     elif spec is None:
