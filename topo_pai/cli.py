@@ -103,10 +103,10 @@ def parse_sparsity(text: str) -> float:
 
     >>> parse_sparsity("0.99"), parse_sparsity("99.5%"), parse_sparsity("0%")
     (0.99, 0.995, 0.0)
-    >>> parse_sparsity("99")
+    >>> parse_sparsity("99")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    argparse.ArgumentTypeError: sparsity '99' is not a fraction in [0, 1); for 99 percent write 99% (or 0.99)
+    argparse.ArgumentTypeError: sparsity '99' is not a fraction in [0, 1); for 99 percent ...
     """
     raw = text.strip()
     percent = raw.endswith("%")
