@@ -207,19 +207,19 @@ def test_missing_resource_fails_fast_with_the_worker_command(cluster, tmp_path):
 
 def test_failing_trial_is_retried_then_reported_and_others_saved(cluster, tmp_path):
     cfg = SweepConfig(methods=("random", "magnitude"), **FAST,
-                      method_options={"magnitude": {"no_such_option": 1}})
+                      method_options={"magnitude": {"allocation": {"no_such_layer": 0.5}}})
     out, since = tmp_path / "fail", time.time()
     with pytest.raises(SweepError, match="1 of 2 trials failed") as err:
         run_sweep(cfg, out, engine="dask", scheduler_address=cluster.scheduler_address,
                   retries=2, device="cpu", progress=False)
     bad = "lenet_300_100/magnitude/s0.9/seed0"
-    assert bad in str(err.value) and "no_such_option" in str(err.value)
+    assert bad in str(err.value) and "no_such_layer" in str(err.value)
     assert _handed_out(cluster.client, bad, since) == 1 + 2  # first try and two retries
     jsonl, _ = _table(out)
     assert jsonl == {"lenet_300_100/random/s0.9/seed0": 1}
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert [f["trial_id"] for f in failures] == [bad]
-    assert "ValueError" in failures[0]["error"] and "no_such_option" in failures[0]["error"]
+    assert "ValueError" in failures[0]["error"] and "no_such_layer" in failures[0]["error"]
 
 
 def test_interrupt_cancels_the_remaining_trials(cluster, tmp_path):

@@ -146,6 +146,21 @@ def test_unknown_names(kind, change, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("options, match", [
+    ({"synflow": {"round": 3}}, "method_options for 'synflow': unknown option"),
+    ({"random": {"allocation": "erk", "erk_power": float("nan")}}, "erk_power"),
+    ({"random": {"allocation": "erdos"}}, "unknown allocation"),
+    ({"random": 3}, "must be a dict"),
+])
+def test_method_options_are_checked_before_any_trial(options, match, tmp_path, monkeypatch):
+    """They failed every trial of the method, one at a time, after the sweep had started."""
+    monkeypatch.setattr(S, "run_trial", lambda *a, **k: pytest.fail("a trial ran"))
+    with pytest.raises(ValueError, match=match):
+        run_sweep(SweepConfig(**{**TINY, "method_options": options}), tmp_path / "s",
+                  progress=False)
+    assert not (tmp_path / "s").exists()
+
+
 def test_config_files_round_trip(tmp_path):
     cfg = SweepConfig(**{**TINY, "train": {"epochs": 3}})
     (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))

@@ -241,16 +241,27 @@ class SweepConfig:
                                  "so one would be skipped as done; rename a model or method")
 
     def validate_names(self) -> None:
-        """Check model, method and dataset names against the registries (imports torch)."""
+        """Check model, method and dataset names against the registries, and what can be
+        checked of each method's options without a model (imports torch)."""
         from topo_pai.experiments.data import available_datasets
         from topo_pai.models import available_models
         from topo_pai.pruners import available_methods
+        from topo_pai.pruners.api import check_options
         for kind, names, known in (("model", self.models, available_models()),
                                    ("method", self.methods, available_methods()),
                                    ("dataset", (self.dataset,), available_datasets())):
             for n in names:
                 if n not in known:
                     raise ValueError(f"unknown {kind} {n!r}; available: {', '.join(known)}")
+        for method in self.methods:
+            options = self.method_options.get(method, {})
+            if not isinstance(options, dict):
+                raise ValueError(f"sweep method_options[{method!r}] must be a dict of options, "
+                                 f"got {options!r}")
+            try:
+                check_options(method, **options)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"sweep method_options for {method!r}: {exc}") from None
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

@@ -155,9 +155,6 @@ def _resolve_allocation(spec, ctx: PruneContext, sparsity: float, aopts: dict) -
             raise ValueError(f"the allocation densities keep {implied:.0f} weights, but "
                              f"sparsity={sparsity:g} keeps {keep} of {total}")
         return A.counts_from_densities(sizes, dens, keep)
-    if not isinstance(spec, str):
-        raise ValueError(f"allocation must be one of {', '.join(A.NAMED_ALLOCATIONS)}, "
-                         f"'ratios:<method>' or a dict name -> density; got {spec!r}")
     ratio = _ratio_method(spec)
     if ratio is not None:
         result = _run(ratio, ctx, sparsity, None, {k: v for k, v in ratio.options.items()})
@@ -176,9 +173,8 @@ def _resolve_allocation(spec, ctx: PruneContext, sparsity: float, aopts: dict) -
             dense = () if last is None else (last,)
         dens = A.erk_densities(shapes, density, power=float(aopts["erk_power"]),
                                include_kernel=bool(aopts["erk_include_kernel"]), dense=dense)
-    else:
-        raise ValueError(f"unknown allocation {spec!r}; valid: {', '.join(A.NAMED_ALLOCATIONS)}, "
-                         "'ratios:<method>' (e.g. 'ratios:snip') or a dict name -> density")
+    else:  # _check_allocation_spec let only the names above through
+        raise AssertionError(f"allocation {spec!r} passed the checks but is not handled")
     return A.counts_from_densities(sizes, dens, keep)
 
 
@@ -268,13 +264,20 @@ def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] 
     return PruneResult(out, scores, budgets, m.name, sparsity, ctx.cache.get("report"))
 
 
-def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=None,
-                      seed: int = 0, scope: str = "global", allocation=None, exclude=(),
-                      **options) -> PruneResult:
-    """Like :func:`prune`, but return a :class:`PruneResult` with the scores too."""
+def _check_allocation_spec(spec) -> None:
+    if spec is None or isinstance(spec, Mapping) or _ratio_method(spec) is not None:
+        return
+    if not isinstance(spec, str):
+        raise ValueError(f"allocation must be one of {', '.join(A.NAMED_ALLOCATIONS)}, "
+                         f"'ratios:<method>' or a dict name -> density; got {spec!r}")
+    if spec not in A.NAMED_ALLOCATIONS:
+        raise ValueError(f"unknown allocation {spec!r}; valid: {', '.join(A.NAMED_ALLOCATIONS)}, "
+                         "'ratios:<method>' (e.g. 'ratios:snip') or a dict name -> density")
+
+
+def _plan(method, scope, allocation, options: dict):
+    """What can be checked without the model: the method, scope, allocation and options."""
     m = get_method(method)
-    sparsity = _check_sparsity(sparsity)
-    seed = _check_seed(seed)
     if scope not in SCOPES:
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     if m.budgets_from_option is not None:
@@ -285,9 +288,35 @@ def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=
     else:
         spec = allocation if allocation is not None else (
             "uniform" if scope == "layer" else m.default_allocation)
+    _check_allocation_spec(spec)
     ratio = _ratio_method(spec)
     needs_data = m.needs_data or (ratio is not None and ratio.needs_data)
     method_opts, alloc_opts, data_opts = _split_options(m, options, spec, needs_data)
+    return m, spec, ratio, needs_data, method_opts, alloc_opts, data_opts
+
+
+def check_options(method: str, *, scope: str = "global", allocation=None, **options) -> None:
+    """Check what :func:`prune` can check before it sees a model: the method name, ``scope``,
+    ``allocation`` and the options' names, and the values of the allocation and data
+    options. Raises the errors :func:`prune` would raise.
+
+    >>> check_options("random", allocation="erk", erk_power=0.5)
+    >>> check_options("snip", max_batches=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_batches must be an int >= 1, got 0; None reads every batch of data
+    """
+    _plan(method, scope, allocation, options)
+
+
+def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=None,
+                      seed: int = 0, scope: str = "global", allocation=None, exclude=(),
+                      **options) -> PruneResult:
+    """Like :func:`prune`, but return a :class:`PruneResult` with the scores too."""
+    sparsity = _check_sparsity(sparsity)
+    seed = _check_seed(seed)
+    m, spec, ratio, needs_data, method_opts, alloc_opts, data_opts = _plan(
+        method, scope, allocation, options)
     if data is None:
         if m.needs_data:
             raise ValueError(_needs_data_message(m))
