@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -125,6 +126,31 @@ def test_erk_through_prune_on_the_reference_shapes(sparsity, include_kernel, pow
 def test_erk_power_zero_is_uniform():
     d = erk_densities({"a": (10, 10), "b": (20, 5, 3, 3)}, 0.3, power=0.0)
     assert d == pytest.approx({"a": 0.3, "b": 0.3})
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(power=float("nan")), "erk_power"),  # used to give every layer density 0
+    (dict(power=float("inf")), "erk_power"),  # used to raise ZeroDivisionError
+    (dict(power=-0.5), "erk_power"),
+    (dict(power=1200.0), "erk_power=1200 makes the ERK ratio of layer 'a'"),  # 2**1200
+    (dict(power=500.0), "erk_power=500 makes the ERK ratio of layer 'b'"),  # 0.2**500
+    (dict(include_kernel="no"), "erk_include_kernel"),
+])
+def test_erk_options_are_validated(kwargs, name):
+    with pytest.raises(ValueError, match=re.escape(name)):
+        erk_densities({"a": (1, 1), "b": (10, 10)}, 0.5, **kwargs)
+    with pytest.raises(ValueError, match="density"):
+        erk_densities({"a": (1, 1)}, float("nan"))
+    # a large power that float64 represents is fine: the budget is still met exactly
+    d = erk_densities({"a": (1, 1), "b": (10, 10), "c": (30, 30)}, 0.5, power=20.0)
+    assert 1 * d["a"] + 100 * d["b"] + 900 * d["c"] == pytest.approx(0.5 * 1001)
+
+
+def test_uniform_plus_options_are_validated():
+    for bad in (float("nan"), 1.5, "0.2", None):
+        with pytest.raises(ValueError, match="last_layer_min_density"):
+            uniform_plus_densities({"a": 10, "b": 10}, 0.5, first="a", last="b",
+                                   last_min_density=bad)
 
 
 def test_erk_dense_layers_are_resolved(model):

@@ -207,19 +207,19 @@ def test_missing_resource_fails_fast_with_the_worker_command(cluster, tmp_path):
 
 def test_failing_trial_is_retried_then_reported_and_others_saved(cluster, tmp_path):
     cfg = SweepConfig(methods=("random", "magnitude"), **FAST,
-                      method_options={"magnitude": {"no_such_option": 1}})
+                      method_options={"magnitude": {"allocation": {"no_such_layer": 0.5}}})
     out, since = tmp_path / "fail", time.time()
     with pytest.raises(SweepError, match="1 of 2 trials failed") as err:
         run_sweep(cfg, out, engine="dask", scheduler_address=cluster.scheduler_address,
                   retries=2, device="cpu", progress=False)
     bad = "lenet_300_100/magnitude/s0.9/seed0"
-    assert bad in str(err.value) and "no_such_option" in str(err.value)
+    assert bad in str(err.value) and "no_such_layer" in str(err.value)
     assert _handed_out(cluster.client, bad, since) == 1 + 2  # first try and two retries
     jsonl, _ = _table(out)
     assert jsonl == {"lenet_300_100/random/s0.9/seed0": 1}
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert [f["trial_id"] for f in failures] == [bad]
-    assert "ValueError" in failures[0]["error"] and "no_such_option" in failures[0]["error"]
+    assert "ValueError" in failures[0]["error"] and "no_such_layer" in failures[0]["error"]
 
 
 def test_interrupt_cancels_the_remaining_trials(cluster, tmp_path):
@@ -257,3 +257,43 @@ def test_missing_dask_names_the_extra(monkeypatch, tmp_path):
     cfg = SweepConfig(methods=("random",), **FAST)
     with pytest.raises(ImportError, match=r"pip install 'topo_pai\[distributed\]'"):
         run_sweep(cfg, tmp_path / "nodask", engine="dask", progress=False)
+
+
+def test_dask_engine_follows_the_rules_of_the_results_table(cluster, tmp_path):
+    """Issue 12: the lock, one source of truth, first row wins, and a trial's result is the
+    same on the cluster as in this process with another thread count."""
+    import torch
+
+    from topo_pai.experiments.sweep import ResultsStore, SweepLocked, run_trial
+
+    cfg = SweepConfig(methods=("random",), **{**FAST, "train": {"epochs": 1, "batch_size": 64},
+                                              "train_limit": 512, "test_limit": 256})
+    out = tmp_path / "rules"
+    with ResultsStore(out, cfg):
+        with pytest.raises(SweepLocked, match="another sweep is running"):
+            run_sweep(cfg, out, engine="dask", scheduler_address=cluster.scheduler_address,
+                      device="cpu", progress=False)
+    (row,) = run_sweep(cfg, out, engine="dask", scheduler_address=cluster.scheduler_address,
+                       device="cpu", progress=False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        local = run_trial(cfg, cfg.trials()[0], device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    assert row["threads"] == local["threads"] == 1
+    assert (row["accuracy"], row["test_loss"]) == (local["accuracy"], local["test_loss"])
+    (record,) = [json.loads(x) for x in (out / "epochs.jsonl").read_text().splitlines()]
+    assert [h["train_loss"] for h in record["history"]] == \
+        [h["train_loss"] for h in local["history"]]
+
+    twin = dict(json.loads((out / "results.jsonl").read_text()), accuracy=-1.0)
+    with open(out / "results.jsonl", "a") as f:
+        f.write(json.dumps(twin) + "\n")
+    (out / "results.csv").unlink()
+    with pytest.warns(UserWarning, match="first row of each is kept"):
+        again = run_sweep(cfg, out, engine="dask", scheduler_address=cluster.scheduler_address,
+                          device="cpu", progress=False)
+    assert again == [row]
+    jsonl, csv_ids = _table(out)
+    assert csv_ids == {row["trial_id"]: 1}

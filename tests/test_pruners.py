@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import re
 import sys
 import types
 
@@ -300,6 +301,68 @@ def test_data_dependent_method_without_data(small, method):
         topo_pai.prune(small, method, 0.5, input_shape=SHAPE)
 
 
+@pytest.mark.parametrize("method", ["snip", "iter_snip", "grasp"])
+def test_data_dependent_methods_refuse_data_they_cannot_score_on(small, method):
+    """Empty data used to give a seeded random mask labelled as the method; samples of
+    another shape a torch error, or none at all when the model happened to accept them."""
+    x, y = make_data(4)
+    bad = [
+        ((x[:0], y[:0]), ValueError, "holds no sample"),
+        (loader(x[:0], y[:0]), ValueError, "holds no batch"),
+        ([(x, y), (x[:0], y[:0])], ValueError, "batch 1 of data holds no sample"),
+        ((x, y[:3]), ValueError, "one target per input"),
+        ((x.to(torch.uint8), y), ValueError, "floating"),
+        ((x.clone().fill_(float("nan")), y), ValueError, "NaN"),
+    ]
+    for data, kind, match in bad:
+        with pytest.raises(kind, match=match):
+            run(method, small, 0.9, data=data)
+    # resnet20 pools adaptively, so 28x28 samples would run: the shape check must catch it
+    x28 = torch.randn(4, 3, 28, 28)
+    with pytest.raises(topo_pai.InputShapeError) as err:
+        run(method, small, 0.9, data=(x28, y))
+    assert "(3, 28, 28)" in str(err.value) and "(3, 32, 32)" in str(err.value)
+    with pytest.raises(ValueError, match="holds no sample"):  # data read for an allocation
+        topo_pai.prune(small, "random", 0.9, input_shape=SHAPE, data=(x[:0], y[:0]),
+                       allocation=f"ratios:{method}")
+
+
+@pytest.mark.parametrize("method, options, name", [
+    ("random", dict(allocation="erk", erk_power=float("nan")), "erk_power"),
+    ("random", dict(allocation="erk", erk_power=float("inf")), "erk_power"),
+    ("random", dict(allocation="erk", erk_power=-1.0), "erk_power"),
+    ("random", dict(allocation="erk", erk_power="2"), "erk_power"),
+    ("random", dict(allocation="erk", erk_power=2000.0), "erk_power"),  # ratios underflow
+    ("random", dict(allocation="erk", erk_include_kernel=1), "erk_include_kernel"),
+    ("random", dict(allocation="uniform+", last_layer_min_density=float("nan")),
+     "last_layer_min_density"),
+    ("random", dict(allocation="uniform+", last_layer_min_density="0.5"),
+     "last_layer_min_density"),
+    ("random", dict(allocation={"conv1": True}), "density for 'conv1'"),
+    ("synflow", dict(rounds=2.5), "rounds"),
+    ("synflow", dict(rounds=True), "rounds"),
+    ("iter_snip", dict(rounds=0), "rounds"),
+    ("grasp", dict(temperature=float("inf")), "temperature"),
+    ("grasp", dict(temperature=float("nan")), "temperature"),
+    ("grasp", dict(temperature="200"), "temperature"),
+    ("snip", dict(max_batches=0), "max_batches"),
+    ("snip", dict(max_batches=-1), "max_batches"),
+    ("snip", dict(max_batches=1.5), "max_batches"),
+    ("snip", dict(train_mode=1), "train_mode"),
+    ("snip", dict(loss="cross_entropy"), "loss"),
+    ("phew", dict(stall_window=0), "stall_window"),
+    ("phew", dict(stall_window=1.5), "stall_window"),
+    ("phew", dict(min_yield=float("nan")), "min_yield"),
+    ("phew", dict(max_walks=-1), "max_walks"),
+    ("phew", dict(max_walks=2.5), "max_walks"),
+])
+def test_numeric_options_are_validated_and_named(small, method, options, name):
+    _require(method)
+    data = make_data(2) if get_method(method).needs_data else None
+    with pytest.raises(ValueError, match=re.escape(name)):
+        topo_pai.prune(small, method, 0.5, input_shape=SHAPE, data=data, **options)
+
+
 def test_no_prunable_layer():
     with pytest.raises(topo_pai.NoPrunableLayerError):
         topo_pai.prune(nn.Sequential(nn.ReLU(), nn.BatchNorm1d(3)), "magnitude", 0.5,
@@ -324,7 +387,7 @@ def test_option_and_argument_validation(small):
         topo_pai.prune(small, "synflow", 0.5, input_shape=SHAPE, round=3)
     with pytest.raises(ValueError, match="unknown option.*max_batches"):
         topo_pai.prune(small, "magnitude", 0.5, input_shape=SHAPE, max_batches=2)
-    with pytest.raises(ValueError, match="rounds must be a positive int"):
+    with pytest.raises(ValueError, match="rounds must be an int >= 1"):
         topo_pai.prune(small, "synflow", 0.5, input_shape=SHAPE, rounds=0)
     with pytest.raises(ValueError, match="resolution"):
         topo_pai.prune(small, "synflow", 0.5, input_shape=SHAPE, rounds=1, resolution="pixel")

@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import os
 import sys
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import topo_pai
 from topo_pai.experiments import sweep as S
 from topo_pai.experiments.sweep import (COLUMNS, ResultsStore, SweepConfig, SweepConfigMismatch,
-                                        SweepError, run_sweep)
+                                        SweepError, SweepLocked, read_results, run_sweep)
 
 TINY = dict(models=("lenet_300_100",), dataset="synthetic", methods=("random", "synflow"),
             sparsities=(0.5, 0.99), seeds=(0, 1), shuffled=("synflow",),
@@ -61,7 +62,7 @@ def test_resume_skips_finished_trials(tmp_path, monkeypatch):
     cfg = SweepConfig(**TINY)
     out = tmp_path / "s"
     run_sweep(cfg, out, progress=False, limit=5)
-    assert len(ResultsStore(out, cfg).rows) == 5
+    assert len(read_results(out / "results.jsonl")) == 5
     calls = []
     real = S.run_trial
     monkeypatch.setattr(S, "run_trial", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
@@ -83,7 +84,7 @@ def test_a_line_cut_short_by_a_kill_reruns_that_trial(tmp_path):
     run_sweep(cfg, out, progress=False, limit=3)
     text = (out / "results.jsonl").read_text()
     (out / "results.jsonl").write_text(text[: len(text) - 40])  # last row torn mid-write
-    assert len(ResultsStore(out, cfg).rows) == 2
+    assert len(read_results(out / "results.jsonl")) == 2
     rows = run_sweep(cfg, out, progress=False)
     assert len(rows) == 12
     assert len({r["trial_id"] for r in rows}) == 12
@@ -108,7 +109,7 @@ def test_failed_trials_are_reported_and_the_rest_saved(tmp_path):
     cfg = SweepConfig(**{**TINY, "method_options": {"synflow": {"rounds": -3}}})
     with pytest.raises(SweepError, match="failed"):
         run_sweep(cfg, tmp_path / "s", progress=False, retries=0)
-    rows = ResultsStore(tmp_path / "s", cfg).rows
+    rows = list(read_results(tmp_path / "s" / "results.jsonl").values())
     assert {r["method"] for r in rows} == {"random"} and len(rows) == 4
     assert (tmp_path / "s" / "failures.jsonl").exists()
 
@@ -142,6 +143,21 @@ def test_bad_configurations(change, match):
 def test_unknown_names(kind, change, tmp_path):
     with pytest.raises(ValueError, match=f"unknown {kind}"):
         run_sweep(SweepConfig(**{**TINY, **change}), tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"synflow": {"round": 3}}, "method_options for 'synflow': unknown option"),
+    ({"random": {"allocation": "erk", "erk_power": float("nan")}}, "erk_power"),
+    ({"random": {"allocation": "erdos"}}, "unknown allocation"),
+    ({"random": 3}, "must be a dict"),
+])
+def test_method_options_are_checked_before_any_trial(options, match, tmp_path, monkeypatch):
+    """They failed every trial of the method, one at a time, after the sweep had started."""
+    monkeypatch.setattr(S, "run_trial", lambda *a, **k: pytest.fail("a trial ran"))
+    with pytest.raises(ValueError, match=match):
+        run_sweep(SweepConfig(**{**TINY, "method_options": options}), tmp_path / "s",
+                  progress=False)
     assert not (tmp_path / "s").exists()
 
 
@@ -205,3 +221,192 @@ def _alive(pid: int) -> bool:
         return False
     except OSError:
         return os.path.exists(f"/proc/{pid}")
+
+
+# ------------------------------------------------------------------ issue 12: ids and configs
+def test_trial_ids_are_exact_so_close_sparsities_do_not_collide(tmp_path):
+    """'%.6g' wrote both as s0.999999, and the second trial was skipped as done."""
+    cfg = SweepConfig(**{**TINY, "methods": ("random",), "shuffled": (), "seeds": (0,),
+                         "sparsities": (0.9999991, 0.9999992)})
+    ids = [t.trial_id for t in cfg.trials()]
+    assert ids == ["lenet_300_100/random/s0.9999991/seed0", "lenet_300_100/random/s0.9999992/seed0"]
+    rows = run_sweep(cfg, tmp_path / "s", progress=False)
+    assert sorted(r["sparsity"] for r in rows) == [0.9999991, 0.9999992]
+    # the ids of the usual grids are unchanged, so existing result tables still resume
+    assert S.Trial("m", "snip", True, 0.9968, 2).trial_id == "m/snip+shuffle/s0.9968/seed2"
+    assert S.Trial("m", "snip", False, 0.0, 0).trial_id == "m/snip/s0/seed0"
+
+
+def test_a_grid_with_colliding_ids_is_refused():
+    with pytest.raises(ValueError, match="share the id 'lenet_300_100/random\\+shuffle/s0.5"):
+        SweepConfig(**{**TINY, "methods": ("random", "random+shuffle"), "shuffled": ("random",)})
+
+
+def test_reordering_the_grid_is_the_same_configuration(tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    cfg = SweepConfig(**{**TINY, "shuffled": ()})
+    rows = run_sweep(cfg, out, progress=False)
+    calls = []
+    monkeypatch.setattr(S, "run_trial", lambda *a, **k: calls.append(a))
+    again = SweepConfig(**{**TINY, "shuffled": (), "sparsities": (0.99, 0.5), "seeds": (1, 0),
+                           "methods": ("synflow", "random")})
+    assert again.same_as(cfg) and again.fingerprint() == cfg.fingerprint()
+    assert S.pending_trials(again, out) == []
+    assert run_sweep(again, out, progress=False) == rows and calls == []
+    other = SweepConfig(**{**TINY, "shuffled": (), "sparsities": (0.99,)})
+    with pytest.raises(SweepConfigMismatch, match="sparsities"):
+        run_sweep(other, out, progress=False)
+
+
+def test_a_corrupt_config_json_is_named(tmp_path):
+    cfg = SweepConfig(**TINY)
+    out = tmp_path / "s"
+    run_sweep(cfg, out, progress=False, limit=1)
+    (out / "config.json").write_text('{"fingerprint": "abc", "config": {"models": [')
+    for call in (lambda: run_sweep(cfg, out, progress=False), lambda: S.pending_trials(cfg, out)):
+        with pytest.raises(SweepConfigMismatch, match="config.json.*corrupt"):
+            call()
+    (tmp_path / "bad.toml").write_text("models = [\n")
+    with pytest.raises(ValueError, match="bad.toml"):
+        SweepConfig.from_file(tmp_path / "bad.toml")
+
+
+# ------------------------------------------------------------------ issue 12: one source of truth
+def _ids(out):
+    jsonl = [json.loads(x)["trial_id"] for x in (out / "results.jsonl").read_text().splitlines()
+             if x.strip()]
+    with open(out / "results.csv") as f:
+        csv_ids = [r["trial_id"] for r in csv.DictReader(f)]
+    json_ids = [r["trial_id"] for r in json.loads((out / "results.json").read_text())]
+    return jsonl, csv_ids, json_ids
+
+
+def test_a_second_sweep_on_the_directory_is_refused(tmp_path):
+    cfg = SweepConfig(**TINY)
+    out = tmp_path / "s"
+    with ResultsStore(out, cfg):
+        with pytest.raises(SweepLocked, match=f"another sweep is running.*pid {os.getpid()}"):
+            run_sweep(cfg, out, progress=False, limit=1)
+    assert not (out / "results.jsonl").exists()
+    assert len(run_sweep(cfg, out, progress=False, limit=1)) == 1  # the lock was released
+
+
+def test_the_tables_are_exported_even_when_nothing_is_pending(tmp_path):
+    cfg = SweepConfig(**{**TINY, "shuffled": ()})
+    out = tmp_path / "s"
+    run_sweep(cfg, out, progress=False)
+    want = sorted(t.trial_id for t in cfg.trials())
+    (out / "results.csv").unlink()  # e.g. a kill between the row's append and the export
+    (out / "results.json").write_text("[]\n")
+    run_sweep(cfg, out, progress=False)
+    jsonl, csv_ids, json_ids = _ids(out)
+    assert sorted(jsonl) == csv_ids == json_ids == want
+
+
+def test_duplicate_rows_are_ignored_first_wins_with_a_warning(tmp_path):
+    cfg = SweepConfig(**{**TINY, "shuffled": ()})
+    out = tmp_path / "s"
+    rows = run_sweep(cfg, out, progress=False)
+    lines = (out / "results.jsonl").read_text().splitlines(keepends=True)
+    twin = json.loads(lines[0])
+    twin["effective_nodes"] = -1  # a later row of the same trial, e.g. from a racing sweep
+    with open(out / "results.jsonl", "a") as f:
+        f.write(json.dumps(twin) + "\n")
+    with pytest.warns(UserWarning, match=f"{twin['trial_id']}.*first row of each is kept"):
+        again = run_sweep(cfg, out, progress=False)
+    assert again == rows
+    _, csv_ids, json_ids = _ids(out)
+    assert csv_ids == json_ids == sorted(r["trial_id"] for r in rows)
+    exported = json.loads((out / "results.json").read_text())
+    assert all(r["effective_nodes"] >= 0 for r in exported)
+
+
+TRAINED = dict(models=("lenet_300_100",), dataset="synthetic", methods=("random",),
+               sparsities=(0.5, 0.8, 0.9), seeds=(0,), train=dict(epochs=1, batch_size=32),
+               train_limit=64, test_limit=32, model_kwargs={"lenet_300_100": {"width": 0.1}})
+
+
+def _epochs_match_rows(out):
+    rows = {r["trial_id"]: r for r in json.loads((out / "results.json").read_text())}
+    records = [json.loads(x) for x in (out / "epochs.jsonl").read_text().splitlines()]
+    assert sorted(e["trial_id"] for e in records) == sorted(rows)  # one record per row
+    for e in records:
+        assert e["history"][-1]["test_acc"] == rows[e["trial_id"]]["accuracy"]
+
+
+def test_a_torn_last_row_does_not_duplicate_epochs(tmp_path):
+    cfg = SweepConfig(**TRAINED)
+    out = tmp_path / "s"
+    run_sweep(cfg, out, progress=False)
+    text = (out / "results.jsonl").read_text()
+    (out / "results.jsonl").write_text(text[: len(text) - 40])  # last row torn mid-write
+    rows = run_sweep(cfg, out, progress=False)
+    assert len(rows) == 3
+    _epochs_match_rows(out)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="needs SIGKILL")
+@pytest.mark.parametrize("point, rows_left, records_left", [
+    ("after-row", 2, 2),  # the second row is in results.jsonl, not yet in results.csv
+    ("before-row", 1, 2),  # the second trial's epochs are written, its row is not
+])
+def test_kill_9_between_the_writes_leaves_a_consistent_table(tmp_path, point, rows_left,
+                                                              records_left):
+    import signal
+    import subprocess
+
+    out = tmp_path / "s"
+    argv = ["sweep", "--models", "lenet_300_100", "--dataset", "synthetic", "--methods",
+            "random", "--sparsities", "0.5,0.8,0.9", "--epochs", "1", "--batch-size", "32",
+            "--train-limit", "64", "--test-limit", "32", "--out", str(out), "--quiet"]
+    cfg = SweepConfig(**{**TRAINED, "model_kwargs": {},
+                         "train": dict(TRAINED["train"], lr=0.1, momentum=0.9,
+                                       weight_decay=5e-4, schedule="cosine")})
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", **{S.CRASH_ENV: f"{point}:2"})
+    proc = subprocess.run([sys.executable, "-m", "topo_pai.cli", *argv], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert len(read_results(out / "results.jsonl")) == rows_left
+    assert len((out / "epochs.jsonl").read_text().splitlines()) == records_left
+    jsonl, csv_ids, _ = _ids(out)
+    assert len(csv_ids) == 1  # exported after the first trial only: stale until the next run
+    # the next run, even one that runs nothing, makes every file agree with results.jsonl
+    run_sweep(cfg, out, progress=False, limit=0)
+    jsonl, csv_ids, json_ids = _ids(out)
+    assert sorted(jsonl) == csv_ids == json_ids and len(jsonl) == rows_left
+    _epochs_match_rows(out)
+    rows = run_sweep(cfg, out, progress=False)
+    assert [r["trial_id"] for r in rows] == sorted(t.trial_id for t in cfg.trials())
+    jsonl, csv_ids, json_ids = _ids(out)
+    assert sorted(jsonl) == csv_ids == json_ids and len(jsonl) == 3
+    _epochs_match_rows(out)
+
+
+# ------------------------------------------------------------------ issue 12: reproducible trials
+def test_a_trial_gives_the_same_metrics_with_one_or_two_workers(tmp_path):
+    """In-process (1 worker) trials used torch's default thread count, worker processes
+    cpu_count // workers: float reductions then added in another order."""
+    import torch
+
+    cfg = SweepConfig(models=("lenet_300_100",), dataset="synthetic", methods=("random",),
+                      sparsities=(0.5,), seeds=(0, 1), train=dict(epochs=1, batch_size=64),
+                      train_limit=512, test_limit=256,
+                      model_kwargs={"lenet_300_100": {"width": 0.25}})
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # this process's default on a machine with 2 or more cores
+    try:
+        one = run_sweep(cfg, tmp_path / "one", workers=1, device="cpu", progress=False)
+        assert torch.get_num_threads() == 2  # the trial's setting was undone
+    finally:
+        torch.set_num_threads(before)
+    two = run_sweep(cfg, tmp_path / "two", workers=2, device="cpu", progress=False)
+    timing = {"prune_seconds", "train_seconds"}
+    strip = [{k: v for k, v in r.items() if k not in timing} for r in one]
+    assert strip == [{k: v for k, v in r.items() if k not in timing} for r in two]
+    assert {r["threads"] for r in one + two} == {1}
+
+    def histories(out):
+        return {e["trial_id"]: [{k: v for k, v in h.items() if k != "seconds"}
+                                for h in e["history"]]
+                for e in map(json.loads, (out / "epochs.jsonl").read_text().splitlines())}
+    assert histories(tmp_path / "one") == histories(tmp_path / "two")

@@ -101,6 +101,12 @@ def test_device_auto_is_cuda_when_available_else_cpu():
 @pytest.mark.parametrize("kw, match", [
     (dict(epochs=0), "epochs"), (dict(lr=-1.0), "lr"), (dict(schedule="linear"), "schedule"),
     (dict(batch_size=2.5), "batch_size"), (dict(milestones=(3, 2)), "milestones"),
+    # accepted before: a bool as a rate, rates that diverge or stop training, a bare milestone
+    (dict(lr=True), "lr"), (dict(lr=float("inf")), "lr"), (dict(momentum=1.5), "momentum"),
+    (dict(momentum=float("nan")), "momentum"), (dict(gamma=0.0), "gamma"),
+    (dict(weight_decay=float("inf")), "weight_decay"), (dict(nesterov="yes"), "nesterov"),
+    (dict(nesterov=True, momentum=0.0), "nesterov"), (dict(milestones=5), "milestones"),
+    (dict(milestones=(2, True)), "milestones"), (dict(epochs=True), "epochs"),
 ])
 def test_bad_hyperparameters(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -2,20 +2,76 @@
 
 Examples (see the README)::
 
-    topo-pai prune resnet20 synflow 0.99 --out masks.pt
+    topo-pai prune resnet20 synflow 99% --out masks.pt
     topo-pai analyze resnet20 --masks masks.pt
     topo-pai sweep --models lenet_300_100 --dataset fashion-mnist --methods random,snip,npb \\
         --sparsities 0.9,0.99 --seeds 0,1 --shuffled snip --epochs 2 --out runs/tiny
     topo-pai plot runs/tiny --out runs/tiny/figures
+
+A user mistake (bad option, unknown name, unusable path, a directory in use)
+prints one line ``topo-pai: error: ...`` and exits with status 2, before any
+work where it can be checked up front; an internal error exits with status 1.
+``TOPO_PAI_DEBUG=1`` shows the Python traceback of either.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
+
+#: Exit statuses.
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+DEBUG_ENV = "TOPO_PAI_DEBUG"
+
+EPILOG = f"""\
+exit status: 0 success; 2 a user error (bad argument, unknown name, unusable path, a sweep
+directory in use or of another configuration), reported in one line before any work where it
+can be checked up front; 1 an internal error, or trials of a sweep that failed (see its
+failures.jsonl); 130 interrupted (Ctrl-C).
+
+environment: {DEBUG_ENV}=1 prints the Python traceback of an error instead of one line.
+"""
+
+SWEEP_EPILOG = """\
+results: <out>/results.jsonl is the source of truth (one row per finished trial, appended as it
+finishes); results.csv and results.json are exported from it during and at the end of every
+run, also when nothing was left to run. Rerun the same command to continue an interrupted
+sweep: finished trials are skipped. A directory holding another configuration is refused (the
+order of the --models/--methods/--sparsities/--seeds lists does not matter).
+
+one sweep per directory: a sweep locks <out>/sweep.lock; a second sweep on the same --out is
+refused at once with a message naming the process that holds it (wait for it, or use another
+--out). The operating system releases the lock when a sweep ends, even when it is killed.
+
+reproducible: each trial runs with --threads intra-op threads and torch's deterministic
+algorithms, so its result does not depend on --workers, --order or --engine; the results
+record the thread count.
+"""
+
+
+class UsageError(ValueError):
+    """A mistake in the command line, reported without the exception's name."""
+
+
+# ------------------------------------------------------------------ argument types
+def _int_at_least(minimum: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+    return parse
+
+
+_positive = _int_at_least(1, "a positive integer")
+_non_negative = _int_at_least(0, "an integer >= 0")
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -26,29 +82,53 @@ def _ints(text: str) -> tuple[int, ...]:
             from None
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def _number(text: str) -> float:
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") \
-            from None
+        v = math.nan
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
 
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def _sparsity(text: str) -> float:
+def parse_sparsity(text: str) -> float:
+    """A sparsity given as a fraction (``0.9``) or a percentage with ``%`` (``90%``).
+
+    A bare number >= 1 is refused: ``1`` could mean 100 % or 1 %.
+
+    >>> parse_sparsity("0.99"), parse_sparsity("99.5%"), parse_sparsity("0%")
+    (0.99, 0.995, 0.0)
+    >>> parse_sparsity("99")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: sparsity '99' is not a fraction in [0, 1); for 99 percent ...
+    """
+    raw = text.strip()
+    percent = raw.endswith("%")
     try:
-        v = float(text)
+        v = float(raw[:-1] if percent else raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"sparsity must be a number, got {text!r}") from None
-    if v >= 1.0 and v < 100.0:
-        v = v / 100.0  # "99" and "99.68" read as percentages
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"sparsity must be a fraction in [0, 1) or a "
-                                         f"percentage in [1, 100), got {text!r}")
-    return v
+        raise argparse.ArgumentTypeError(f"sparsity must be a fraction such as 0.9 or a "
+                                         f"percentage such as 90%, got {text!r}") from None
+    if percent:
+        if not 0.0 <= v < 100.0:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"a sparsity percentage must lie in [0%, 100%), "
+                                             f"got {text!r}")
+        return v / 100.0
+    if 0.0 <= v < 1.0:
+        return v
+    hint = (f"; for {v:g} percent write {v:g}% (or {v / 100:g})" if 1.0 <= v < 100.0
+            else "; e.g. 0.9 or 90%")
+    raise argparse.ArgumentTypeError(f"sparsity {text!r} is not a fraction in [0, 1){hint}")
+
+
+def _sparsities(text: str) -> tuple[float, ...]:
+    return tuple(parse_sparsity(v) for v in text.split(",") if v.strip())
 
 
 def _value(text: str):
@@ -63,7 +143,7 @@ def _key_values(pairs, flag: str) -> dict:
     for p in pairs or ():
         key, sep, val = p.partition("=")
         if not sep or not key:
-            raise SystemExit(f"topo-pai: error: {flag} expects KEY=VALUE, got {p!r}")
+            raise UsageError(f"{flag} expects KEY=VALUE, got {p!r}")
         out[key] = _value(val)
     return out
 
@@ -75,6 +155,58 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+# ------------------------------------------------------------------ output paths
+def _writable_dir(directory: Path, flag: str) -> None:
+    """Raise unless ``directory`` exists, is a directory and can be written to."""
+    if not directory.exists():
+        raise UsageError(f"{flag}: directory {str(directory)!r} does not exist; create it first")
+    if not directory.is_dir():
+        raise UsageError(f"{flag}: {str(directory)!r} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: directory {str(directory)!r} is not writable")
+
+
+def check_output_file(path, flag: str, *, force: bool, suffixes=()) -> Path:
+    """Check before any work that ``path`` can be written: its directory exists and is
+    writable, it is not a directory, it has one of ``suffixes``, and it is only
+    overwritten with ``force``."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{flag}: {str(path)!r} is a directory; give a file name")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise UsageError(f"{flag}: {str(path)!r} must end in {', '.join(suffixes)}")
+    if path.exists() and not force:
+        raise UsageError(f"{flag}: {str(path)!r} exists; refusing to overwrite it (pass "
+                         "--force, or choose another file)")
+    _writable_dir(path.parent if str(path.parent) else Path("."), flag)
+    return path
+
+
+def check_output_dir(path, flag: str) -> Path:
+    """Check before any work that directory ``path`` exists or can be created."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"{flag}: {str(path)!r} is a file; give a directory")
+        _writable_dir(path, flag)
+        return path
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag}: cannot create {str(path)!r}: {str(parent)!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}: cannot create {str(path)!r}: {str(parent)!r} is not "
+                         "writable")
+    return path
+
+
+def _check_input_file(path, flag: str) -> None:
+    if not Path(path).is_file():
+        raise UsageError(f"{flag}: file {str(path)!r} does not exist")
+
+
+# ------------------------------------------------------------------ commands
 def _model_and_shape(args):
     """Build the model for the dataset's shape (if --dataset) or --input-shape/--num-classes."""
     from topo_pai.models import get_model
@@ -92,6 +224,27 @@ def _model_and_shape(args):
     return model, shape, ds
 
 
+def strict_json(value):
+    """``value`` with tuples as lists, numpy scalars as Python numbers and non-finite floats
+    as the strings ``"-inf"``, ``"inf"`` and ``"nan"`` (as in a sweep's results.json), so
+    that ``json.dumps(..., allow_nan=False)`` writes strict JSON.
+
+    >>> strict_json({"log10_paths": float("-inf"), "shape": (3, 4)})
+    {'log10_paths': '-inf', 'shape': [3, 4]}
+    """
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()  # a numpy or torch scalar
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
 def _print_topology(topo, resolutions, as_json):
     out = {}
     for res in resolutions:
@@ -103,14 +256,15 @@ def _print_topology(topo, resolutions, as_json):
             print(summ)
             print(f"effective FLOPs (MACs) = {totals['effective_flops']:,}\n")
     if as_json:
-        json.dump(out, sys.stdout, indent=1, default=lambda v: list(v) if isinstance(v, tuple)
-                  else str(v))
+        json.dump(strict_json(out), sys.stdout, indent=1, allow_nan=False)
         print()
 
 
 def cmd_analyze(args) -> int:
     import topo_pai
 
+    if args.masks:
+        _check_input_file(args.masks, "--masks")
     model, shape, _ = _model_and_shape(args)
     masks = topo_pai.load_masks(args.masks) if args.masks else {}
     topo = topo_pai.from_torch(model, masks, input_shape=shape)
@@ -118,90 +272,108 @@ def cmd_analyze(args) -> int:
     if not args.json:
         print(f"{args.model} {shape}, masks: {args.masks or 'none (dense)'}\n")
     _print_topology(topo, res, args.json)
-    return 0
+    return EXIT_OK
 
 
 def cmd_prune(args) -> int:
+    from topo_pai.pruners.io import SUFFIXES
+
+    out = check_output_file(args.out, "--out", force=args.force, suffixes=SUFFIXES)
     import torch
 
     import topo_pai
     from topo_pai.pruners import get_method
 
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise SystemExit(f"topo-pai: error: {str(out)!r} exists; refusing to overwrite it "
-                         "(pass --force, or choose another --out)")
     method = get_method(args.method)
+    if method.needs_data and args.dataset is None:
+        raise UsageError(f"method {args.method!r} scores weights on data; pass --dataset (e.g. "
+                         "fashion-mnist, digits or synthetic)")
+    options = _key_values(args.option, "--option")
     model, shape, ds = _model_and_shape(args)
     data = None
     if method.needs_data:
-        if ds is None:
-            raise SystemExit(f"topo-pai: error: method {args.method!r} scores weights on data; "
-                             "pass --dataset (e.g. fashion-mnist, digits or synthetic)")
         gen = torch.Generator().manual_seed(args.seed)
         idx = torch.randperm(len(ds), generator=gen)[:args.prune_samples]
         data = (ds.x[idx], ds.y[idx])
-    options = _key_values(args.option, "--option")
     masks = topo_pai.prune(model, args.method, args.sparsity, input_shape=shape, data=data,
                            seed=args.seed, **options)
     path = topo_pai.save_masks(masks, out)
     topo = topo_pai.from_torch(model, masks, input_shape=shape)
     print(f"{args.method} at sparsity {args.sparsity:g} on {args.model} {shape}: masks -> {path}\n")
     _print_topology(topo, ("channel",), False)
-    return 0
+    return EXIT_OK
+
+
+#: Sweep flags that set the configuration (what decides a trial's result), with their
+#: defaults; --config sets all of them.
+RECIPE_DEFAULTS = {
+    "models": None, "methods": None, "sparsities": None, "dataset": "fashion-mnist",
+    "seeds": (0,), "shuffled": (), "epochs": 0, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
+    "weight_decay": 5e-4, "schedule": "cosine", "train_limit": None, "test_limit": None,
+    "prune_samples": 1000, "threads": 1,
+}
 
 
 def _sweep_config(args):
     from topo_pai.experiments.sweep import SweepConfig
 
+    given = [k for k in RECIPE_DEFAULTS if getattr(args, k) is not None]
     if args.config:
-        given = [f for f in ("models", "methods", "sparsities") if getattr(args, f)]
         if given:
-            raise SystemExit(f"topo-pai: error: --config already sets the grid; drop "
-                             f"{', '.join('--' + g for g in given)}")
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise UsageError(f"--config already sets the configuration; drop {flags} (or edit "
+                             f"{args.config})")
         return SweepConfig.from_file(args.config)
-    if not (args.models and args.methods and args.sparsities):
-        raise SystemExit("topo-pai: error: sweep needs --config FILE, or --models, --methods "
-                         "and --sparsities")
+    a = {k: (getattr(args, k) if getattr(args, k) is not None else v)
+         for k, v in RECIPE_DEFAULTS.items()}
+    if not (a["models"] and a["methods"] and a["sparsities"]):
+        raise UsageError("sweep needs --config FILE, or --models, --methods and --sparsities")
     train = None
-    if args.epochs > 0:
-        train = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     momentum=args.momentum, weight_decay=args.weight_decay,
-                     schedule=args.schedule)
-    return SweepConfig(models=args.models, dataset=args.dataset, methods=args.methods,
-                       sparsities=args.sparsities, seeds=args.seeds, shuffled=args.shuffled,
-                       train=train, train_limit=args.train_limit, test_limit=args.test_limit,
-                       prune_samples=args.prune_samples)
+    if a["epochs"] > 0:
+        train = dict(epochs=a["epochs"], batch_size=a["batch_size"], lr=a["lr"],
+                     momentum=a["momentum"], weight_decay=a["weight_decay"],
+                     schedule=a["schedule"])
+    return SweepConfig(models=a["models"], dataset=a["dataset"], methods=a["methods"],
+                       sparsities=a["sparsities"], seeds=a["seeds"], shuffled=a["shuffled"],
+                       train=train, train_limit=a["train_limit"], test_limit=a["test_limit"],
+                       prune_samples=a["prune_samples"], threads=a["threads"])
 
 
 def cmd_sweep(args) -> int:
     from topo_pai.experiments.sweep import pending_trials, run_sweep
 
+    if args.config:
+        _check_input_file(args.config, "--config")
+    check_output_dir(args.out, "--out")
     cfg = _sweep_config(args)
     total = len(cfg.trials())
-    todo = len(pending_trials(cfg, args.out))
-    print(f"sweep: {total} trials, {total - todo} already in {args.out}, {todo} to run "
+    pending = len(pending_trials(cfg, args.out))
+    todo = pending if args.limit is None else min(pending, args.limit)
+    print(f"sweep: {total} trials, {total - pending} already in {args.out}, {todo} to run "
           f"({args.engine}, {args.workers} worker(s))", flush=True)
     rows = run_sweep(cfg, args.out, workers=args.workers, engine=args.engine,
                      data_root=args.data_root, device=args.device, retries=args.retries,
                      progress=not args.quiet, scheduler_address=args.scheduler, limit=args.limit,
                      order=args.order)
     print(f"results: {len(rows)} rows in {Path(args.out) / 'results.csv'} and results.json")
-    return 0
+    return EXIT_OK
 
 
 def cmd_plot(args) -> int:
+    from topo_pai import plotting
+
+    src = Path(args.results)
+    if not src.exists():
+        raise UsageError(f"results: {str(src)!r} does not exist; pass a sweep directory or its "
+                         "results.json / results.csv")
+    if src.is_dir():
+        src = src / "results.json"
+    out = check_output_dir(args.out if args.out else src.parent / "figures", "--out")
+    records = plotting.load_results(src)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from topo_pai import plotting
-
-    src = Path(args.results)
-    if src.is_dir():
-        src = src / "results.json"
-    records = plotting.load_results(src)
-    out = Path(args.out) if args.out else src.parent / "figures"
     out.mkdir(parents=True, exist_ok=True)
     written = []
     models = list(dict.fromkeys(r["model"] for r in records))
@@ -220,19 +392,19 @@ def cmd_plot(args) -> int:
             plt.close(fig)
     for p in written:
         print(p)
-    return 0
+    return EXIT_OK
 
 
 def cmd_models(args) -> int:
     from topo_pai.models import available_models
     print("\n".join(available_models()))
-    return 0
+    return EXIT_OK
 
 
 def cmd_methods(args) -> int:
     from topo_pai.pruners import available_methods
     print("\n".join(available_methods()))
-    return 0
+    return EXIT_OK
 
 
 def _common_model_args(p):
@@ -241,93 +413,139 @@ def _common_model_args(p):
                    help="take the input shape and class count from this dataset")
     p.add_argument("--data-root", default=None, help="where the dataset's files are")
     p.add_argument("--input-shape", type=_shape, default=(3, 32, 32), metavar="C,H,W")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=_positive, default=10)
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="model constructor argument, e.g. width=8 (repeatable)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_non_negative, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="topo-pai", description="Topology of sparse networks: analyze, prune, sweep, plot.")
+        prog="topo-pai", description="Topology of sparse networks: analyze, prune, sweep, plot.",
+        epilog=EPILOG, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("analyze", help="per-layer table and totals of a model and masks file")
+    def add(name, help, epilog=EPILOG):
+        return sub.add_parser(name, help=help, description=help, epilog=epilog,
+                              formatter_class=fmt)
+
+    p = add("analyze", "per-layer table and totals of a model and masks file")
     _common_model_args(p)
     p.add_argument("--masks", default=None, help="masks file (.pt or .npz); default: dense")
     p.add_argument("--resolution", choices=("channel", "neuron", "both"), default="channel")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--json", action="store_true",
+                   help="print strict JSON instead of tables; non-finite numbers are the "
+                        "strings \"-inf\", \"inf\", \"nan\" (as in a sweep's results.json): "
+                        "log10 paths \"-inf\" means no path")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("prune", help="prune a model at initialization; write a masks file")
+    p = add("prune", "prune a model at initialization; write a masks file")
     _common_model_args(p)
     p.add_argument("method", help="pruning method (see `topo-pai methods`)")
-    p.add_argument("sparsity", type=_sparsity, help="fraction (0.99) or percentage (99)")
-    p.add_argument("--out", required=True, help="masks file to write (.pt or .npz)")
+    p.add_argument("sparsity", type=parse_sparsity,
+                   help="fraction (0.99) or percentage with %% (99%%); a bare 99 is refused")
+    p.add_argument("--out", required=True,
+                   help="masks file to write (.pt or .npz); its directory must exist")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. rounds=100 or alpha=0.01 (repeatable)")
-    p.add_argument("--prune-samples", type=int, default=1000,
+    p.add_argument("--prune-samples", type=_positive, default=1000,
                    help="training samples for data-dependent methods")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("sweep", help="methods x sparsities x seeds, resumable results table")
-    p.add_argument("--config", default=None, help="a .json or .toml SweepConfig")
+    p = add("sweep", "methods x sparsities x seeds, resumable results table",
+            epilog=SWEEP_EPILOG + "\n" + EPILOG)
+    p.add_argument("--config", default=None,
+                   help="a .json or .toml SweepConfig (then the grid and recipe flags below "
+                        "must not be given)")
     p.add_argument("--models", type=_names)
-    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--dataset", default=None, help="default: fashion-mnist")
     p.add_argument("--data-root", default=None)
     p.add_argument("--methods", type=_names)
-    p.add_argument("--sparsities", type=lambda t: tuple(_sparsity(v) for v in t.split(",")))
-    p.add_argument("--seeds", type=_ints, default=(0,))
-    p.add_argument("--shuffled", type=_names, default=(),
+    p.add_argument("--sparsities", type=_sparsities,
+                   help="comma-separated fractions (0.9) or percentages (90%%)")
+    p.add_argument("--seeds", type=_ints, help="default: 0")
+    p.add_argument("--shuffled", type=_names,
                    help="methods whose masks also run shuffled within layers")
-    p.add_argument("--epochs", type=int, default=0, help="0: measure topology only")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", choices=("cosine", "step", "constant"), default="cosine")
-    p.add_argument("--train-limit", type=int, default=None)
-    p.add_argument("--test-limit", type=int, default=None)
-    p.add_argument("--prune-samples", type=int, default=1000)
-    p.add_argument("--out", required=True, help="sweep directory (resumed if it exists)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--epochs", type=_non_negative, help="default 0: measure topology only")
+    p.add_argument("--batch-size", type=_positive, help="default: 128")
+    p.add_argument("--lr", type=_number, help="default: 0.1")
+    p.add_argument("--momentum", type=_number, help="default: 0.9")
+    p.add_argument("--weight-decay", type=_number, help="default: 5e-4")
+    p.add_argument("--schedule", choices=("cosine", "step", "constant"),
+                   help="default: cosine")
+    p.add_argument("--train-limit", type=_positive)
+    p.add_argument("--test-limit", type=_positive)
+    p.add_argument("--prune-samples", type=_positive, help="default: 1000")
+    p.add_argument("--threads", type=_positive,
+                   help="intra-op threads of every trial (default 1; part of the configuration)")
+    p.add_argument("--out", required=True,
+                   help="sweep directory (created if missing; resumed if it exists)")
+    p.add_argument("--workers", type=_positive, default=1)
     p.add_argument("--engine", choices=("local", "dask"), default="local")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (engine dask)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--retries", type=int, default=1)
-    p.add_argument("--limit", type=int, default=None, help="run at most this many trials now")
+    p.add_argument("--retries", type=_non_negative, default=1)
+    p.add_argument("--limit", type=_non_negative, default=None,
+                   help="run at most this many trials now (0: only re-export the tables)")
     p.add_argument("--order", choices=("grid", "reverse", "random"), default="grid",
                    help="order in which pending trials start (results do not depend on it)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("plot", help="node-path plane and accuracy-vs-sparsity figures")
+    p = add("plot", "node-path plane and accuracy-vs-sparsity figures")
     p.add_argument("results", help="a sweep directory or its results.json / results.csv")
     p.add_argument("--out", default=None, help="figure directory (default: <results>/figures)")
-    p.add_argument("--dpi", type=int, default=130)
+    p.add_argument("--dpi", type=_positive, default=130)
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("models", help="list the built-in models")
+    p = add("models", "list the built-in models")
     p.set_defaults(func=cmd_models)
-    p = sub.add_parser("methods", help="list the pruning methods")
+    p = add("methods", "list the pruning methods")
     p.set_defaults(func=cmd_methods)
     return parser
 
 
-def main(argv=None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
-    args = build_parser().parse_args(argv)
+def _exit_status(exc: BaseException) -> int:
+    """2 for a user error, 1 for an internal one (or failed trials of a sweep)."""
     from topo_pai.errors import TopoPaiError
+    from topo_pai.experiments.sweep import SweepError
+
+    if isinstance(exc, SweepError):  # trials failed while running: not a mistake in the call
+        return EXIT_INTERNAL
+    user = (TopoPaiError, ValueError, TypeError, LookupError, OSError, ImportError)
+    return EXIT_USER if isinstance(exc, user) else EXIT_INTERNAL
+
+
+def main(argv=None) -> int:
+    """Run the command; return its exit status (see the module docs)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
+    args = build_parser().parse_args(argv)  # argparse reports its own errors (status 2)
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         return args.func(args)
-    except (TopoPaiError, ValueError, FileNotFoundError, ImportError, KeyError, TypeError) as exc:
-        # user errors: one clear line, not a traceback (set TOPO_PAI_DEBUG=1 for one)
-        if os.environ.get("TOPO_PAI_DEBUG"):
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("topo-pai: interrupted (a sweep keeps every finished trial; rerun to continue)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every error becomes one line and a status
+        if debug:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"topo-pai: error: {type(exc).__name__}: {msg}", file=sys.stderr)
-        return 2
+        if isinstance(exc, UsageError):
+            print(f"topo-pai: error: {msg}", file=sys.stderr)
+            return EXIT_USER
+        status = _exit_status(exc)
+        if status == EXIT_USER or type(exc).__name__ == "SweepError":
+            print(f"topo-pai: error: {type(exc).__name__}: {msg}", file=sys.stderr)
+        else:
+            print(f"topo-pai: internal error: {type(exc).__name__}: {msg}\n(set {DEBUG_ENV}=1 "
+                  "for the traceback; if this is a bug in topo_pai, please report it with it)",
+                  file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

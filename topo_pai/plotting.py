@@ -64,7 +64,7 @@ PATH_AXIS = "log10(effective paths)"
 
 _BOOL_COLUMNS = {"shuffled"}
 _INT_COLUMNS = {"seed", "effective_nodes", "n_nodes", "effective_params", "unpruned_params",
-                "total_params", "flops", "dense_flops", "epochs"}
+                "total_params", "flops", "dense_flops", "epochs", "threads"}
 _FLOAT_COLUMNS = {"sparsity", "log10_paths", "accuracy", "test_loss", "prune_seconds",
                   "train_seconds"}
 
@@ -149,7 +149,7 @@ def load_results(path) -> list[dict]:
     -------
     list of dict
         Known columns typed: ``shuffled`` bool; ``seed``, ``effective_nodes``,
-        ``n_nodes``, ``*_params``, ``flops``, ``dense_flops``, ``epochs`` int;
+        ``n_nodes``, ``*_params``, ``flops``, ``dense_flops``, ``epochs``, ``threads`` int;
         ``sparsity``, ``log10_paths``, ``accuracy``, ``test_loss``,
         ``*_seconds`` float. Non-finite floats round-trip (``"-inf"``,
         ``"nan"``, ``-Infinity``), and an empty or null accuracy reads as NaN.

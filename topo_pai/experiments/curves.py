@@ -43,6 +43,28 @@ RESULT_COLUMNS = (
 PROXY_BATCH = 64
 
 
+def format_sparsity(sparsity: float) -> str:
+    """The shortest text that reads back as exactly ``sparsity`` (``repr``), with
+    whole numbers and ``-0.0`` written as ints: distinct sparsities never share a text.
+
+    >>> format_sparsity(0.99), format_sparsity(0.0), format_sparsity(0.1234567)
+    ('0.99', '0', '0.1234567')
+    """
+    x = float(sparsity)
+    return str(int(x)) if x.is_integer() else repr(x)
+
+
+def trial_id(model: str, method: str, shuffled: bool, sparsity: float, seed: int) -> str:
+    """The id of one trial, shared by sweeps and curves:
+    ``model/method[+shuffle]/s<sparsity>/seed<seed>``.
+
+    >>> trial_id("lenet5", "snip", True, 0.99, 1)
+    'lenet5/snip+shuffle/s0.99/seed1'
+    """
+    tag = f"{method}{SHUFFLE_SUFFIX}" if shuffled else method
+    return f"{model}/{tag}/s{format_sparsity(sparsity)}/seed{seed}"
+
+
 def parse_method(name: str) -> tuple[str, bool]:
     """Split ``"snip+shuffle"`` into ``("snip", True)``; check the method exists.
 
@@ -330,7 +352,7 @@ def node_path_curves(model_fn: Callable, methods: Sequence[str], sparsities: Ite
                                           topology=topo)
                     rows.append({
                         # the sweep's trial-id format, so curves and sweep rows never collide
-                        "trial_id": f"{name}/{label}/s{s:.6g}/seed{seed}",
+                        "trial_id": trial_id(name, base, shuffled, s, seed),
                         "model": name, "dataset": ds, "method": base, "shuffled": shuffled,
                         "sparsity": s, "seed": seed, **rec, "accuracy": None,
                     })

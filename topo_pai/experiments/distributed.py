@@ -26,9 +26,12 @@ How it works
   The workers of a local cluster are each given the declared resources once.
 * Results stream back with :func:`distributed.as_completed`; this process is
   the only writer of the results table and appends each row (fsync'ed) the
-  moment its trial finishes. Killing a worker, or this process, loses only
-  the trials still running. On Ctrl-C the trials not yet finished are
-  cancelled on the cluster (running ones end on their workers, unsaved).
+  moment its trial finishes, under the same rules as the local engine
+  (:mod:`topo_pai.experiments.sweep`): it holds the directory's lock,
+  ``results.jsonl`` is the source of truth and the csv/json tables are
+  exported from it. Killing a worker, or this process, loses only the trials
+  still running. On Ctrl-C the trials not yet finished are cancelled on the
+  cluster (running ones end on their workers, unsaved).
 * A trial that raises is retried ``retries`` times by Dask, then recorded in
   ``failures.jsonl`` and returned as failed (``run_sweep`` raises
   :class:`~topo_pai.experiments.sweep.SweepError`; a later run retries it).
@@ -40,9 +43,10 @@ How it works
 
 Workers need the same ``topo_pai`` version installed and the dataset at the
 same ``data_root`` path. Local workers run with ``OMP_WAIT_POLICY=PASSIVE``
-and ``OMP_NUM_THREADS=1`` (one torch thread each). On your own workers torch
-follows ``OMP_NUM_THREADS``, which Dask's nanny sets to 1 unless its
-``distributed.nanny.pre-spawn-environ`` configuration says otherwise.
+and ``OMP_NUM_THREADS=1``. On any worker, each trial sets torch's and numba's
+intra-op thread count to ``SweepConfig.threads`` (and torch's deterministic
+algorithms) while it runs, so a trial gives the same result on the cluster as
+in a local sweep; give a worker at least that many cores per trial slot.
 """
 
 from __future__ import annotations

@@ -2,32 +2,49 @@
 
 A sweep directory holds
 
-* ``config.json``: the :class:`SweepConfig` and its fingerprint. A directory
-  written by a different configuration is refused (:class:`SweepConfigMismatch`),
-  never overwritten.
-* ``results.jsonl``: one JSON line per finished trial, appended and fsync'ed by
-  the one process that owns the table, as each trial finishes. A killed sweep
-  loses only the trials still running; the next run skips every trial already
-  in the table (a trial id appears at most once).
-* ``results.csv`` and ``results.json``: the same rows, sorted, rewritten
-  atomically after every trial.
+* ``config.json``: the :class:`SweepConfig` that created it. A later run must
+  ask for the same set of trials with the same recipe (the order of the grid's
+  lists does not matter); another configuration is refused
+  (:class:`SweepConfigMismatch`), never mixed in or overwritten.
+* ``results.jsonl``: the single source of truth, one JSON line per finished
+  trial, appended and fsync'ed as each trial finishes. A killed sweep loses
+  only the trials still running; the next run skips every trial in the table.
+  Should a trial id appear twice, the first row counts (with a warning); a line
+  cut short by a kill is ignored and its trial runs again.
+* ``results.csv`` and ``results.json``: the same rows sorted by trial id,
+  exported from ``results.jsonl`` (atomically) when a run starts, after every
+  trial and when a run ends -- also when nothing was left to run -- so a kill
+  between a row's append and its export is repaired by the next run.
+  Non-finite numbers are written as the strings ``"-inf"``, ``"inf"`` and
+  ``"nan"`` in the JSON files (``float()`` reads them back).
 * ``epochs.jsonl``: the per-epoch training metrics of every trained trial
   (``{"trial_id": ..., "history": [{epoch, lr, train_loss, train_acc, test_loss,
-  test_acc, seconds}, ...]}``).
+  test_acc, seconds}, ...]}``), exactly one record per row of ``results.jsonl``:
+  a trial's record is written before its row, and records without a row (their
+  trial was killed and runs again) are dropped when the next run starts.
 * ``failures.jsonl``: the error of every failed attempt (such trials are retried
   by the next run).
+* ``sweep.lock``: one sweep at a time. A run holds an exclusive lock on it
+  (``flock``, released by the operating system even after ``kill -9``); a second
+  run on the same directory is refused at once with :class:`SweepLocked`,
+  naming the process that holds it. The file itself stays and means nothing.
 
 Trials run in this process (``workers=1``), in parallel local worker processes
 (``workers>1``), or on a Dask cluster (``engine="dask"``, see
-:mod:`topo_pai.experiments.distributed`).
+:mod:`topo_pai.experiments.distributed`). A trial's result does not depend on
+which: each trial runs with ``SweepConfig.threads`` intra-op threads (torch and
+numba) and torch's deterministic algorithms, and its row records ``threads``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import signal
+import socket
 import time
 import traceback
 import warnings
@@ -37,20 +54,31 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
+from topo_pai.checks import check_int
 from topo_pai.errors import TopoPaiError
+from topo_pai.experiments.curves import format_sparsity, trial_id
 
 COLUMNS = (
     "trial_id", "model", "dataset", "method", "shuffled", "sparsity", "seed",
     "effective_nodes", "n_nodes", "log10_paths", "effective_params", "unpruned_params",
     "total_params", "flops", "dense_flops", "accuracy", "test_loss", "epochs",
-    "prune_seconds", "train_seconds", "device",
+    "prune_seconds", "train_seconds", "device", "threads",
 )
 ENGINES = ("local", "dask")
 ORDERS = ("grid", "reverse", "random")
+#: The lists of a SweepConfig that span the grid: their order does not change the trials.
+GRID_FIELDS = ("models", "methods", "sparsities", "seeds", "shuffled")
+#: Test hook, inert unless set: ``"<point>:<n>"`` makes this process SIGKILL itself the
+#: n-th time it reaches ``point`` of :meth:`ResultsStore.add` (see ``_crash_point``).
+CRASH_ENV = "TOPO_PAI_TEST_CRASH_AT"
 
 
 class SweepConfigMismatch(TopoPaiError, ValueError):
     """The sweep directory holds results of a different configuration."""
+
+
+class SweepLocked(TopoPaiError, RuntimeError):
+    """Another sweep is running on the same directory."""
 
 
 class SweepError(TopoPaiError, RuntimeError):
@@ -69,8 +97,9 @@ class Trial:
 
     @property
     def trial_id(self) -> str:
-        tag = f"{self.method}+shuffle" if self.shuffled else self.method
-        return f"{self.model}/{tag}/s{self.sparsity:.6g}/seed{self.seed}"
+        """``model/method[+shuffle]/s<sparsity>/seed<seed>``; the sparsity is written
+        exactly (``repr``), so distinct trials never share an id."""
+        return trial_id(self.model, self.method, self.shuffled, self.sparsity, self.seed)
 
 
 def _tuple(name, value, kind) -> tuple:
@@ -82,7 +111,8 @@ def _tuple(name, value, kind) -> tuple:
         raise ValueError(f"sweep {name} must be a list, got {value!r}") from None
     for v in out:
         if not isinstance(v, kind) or isinstance(v, bool):
-            raise ValueError(f"sweep {name} must hold {kind.__name__} values, got {v!r}")
+            what = "number" if isinstance(kind, tuple) else kind.__name__
+            raise ValueError(f"sweep {name} must hold {what} values, got {v!r}")
     return out
 
 
@@ -119,6 +149,15 @@ class SweepConfig:
         Training samples given to the data-dependent pruners (one batch).
     resources : dict
         What one trial needs on a distributed engine, e.g. ``{"GPU": 1}``.
+    threads : int
+        Intra-op threads (torch and numba) of every trial, whatever the engine
+        and number of workers, so that a trial's result does not depend on them
+        (float reductions split over more threads add in another order). Default
+        1: on CPUs, run trials side by side (``workers``) rather than threaded.
+
+    Two configurations are the same when they ask for the same set of trials
+    with the same recipe: the order of ``models``, ``methods``, ``sparsities``,
+    ``seeds`` and ``shuffled`` does not matter (:meth:`same_as`).
     """
 
     models: tuple[str, ...]
@@ -134,6 +173,7 @@ class SweepConfig:
     test_limit: int | None = None
     prune_samples: int = 1000
     resources: dict = field(default_factory=dict)
+    threads: int = 1
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -141,8 +181,10 @@ class SweepConfig:
         set_(self, "methods", _tuple("methods", self.methods, str))
         set_(self, "shuffled", _tuple("shuffled", self.shuffled, str))
         set_(self, "seeds", _tuple("seeds", self.seeds, int))
-        set_(self, "sparsities", tuple(float(s) for s in _tuple("sparsities", self.sparsities,
-                                                                  (int, float))))
+        # + 0.0 turns -0.0 into 0.0: one sparsity, one trial id
+        set_(self, "sparsities", tuple(float(s) + 0.0 for s in _tuple("sparsities",
+                                                                        self.sparsities,
+                                                                        (int, float))))
         for name in ("models", "methods", "sparsities", "seeds"):
             if not getattr(self, name):
                 raise ValueError(f"sweep {name} is empty; give at least one value")
@@ -163,7 +205,7 @@ class SweepConfig:
                 raise ValueError(f"sweep {name} must be a dict, got {getattr(self, name)!r}")
         bad = {k: v for k, v in self.resources.items()
                if not isinstance(k, str) or isinstance(v, bool)
-               or not isinstance(v, (int, float)) or not v > 0}
+               or not isinstance(v, (int, float)) or not 0 < v < math.inf}
         if bad:
             raise ValueError(f"sweep resources must map names to positive numbers (e.g. "
                              f"{{'GPU': 1}}), got {bad}")
@@ -185,30 +227,50 @@ class SweepConfig:
                                  f"{sorted(known)}")
             TrainConfig(**self.train)  # validates values
         for name in ("train_limit", "test_limit"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise ValueError(f"sweep {name} must be a positive int or None, got {v!r}")
-        if not isinstance(self.prune_samples, int) or self.prune_samples < 1:
-            raise ValueError(f"sweep prune_samples must be a positive int, got "
-                             f"{self.prune_samples!r}")
+            if getattr(self, name) is not None:
+                check_int(f"sweep {name}", getattr(self, name), minimum=1,
+                          hint="or None for the whole split")
+        check_int("sweep prune_samples", self.prune_samples, minimum=1)
+        check_int("sweep threads", self.threads, minimum=1,
+                  hint="intra-op threads of each trial (1 is fastest side by side)")
+        ids: dict[str, Trial] = {}
+        for t in self.trials():
+            other = ids.setdefault(t.trial_id, t)
+            if other != t:  # e.g. a method registered under the name "snip+shuffle"
+                raise ValueError(f"sweep trials {other} and {t} share the id {t.trial_id!r}, "
+                                 "so one would be skipped as done; rename a model or method")
 
     def validate_names(self) -> None:
-        """Check model, method and dataset names against the registries (imports torch)."""
+        """Check model, method and dataset names against the registries, and what can be
+        checked of each method's options without a model (imports torch)."""
         from topo_pai.experiments.data import available_datasets
         from topo_pai.models import available_models
         from topo_pai.pruners import available_methods
+        from topo_pai.pruners.api import check_options
         for kind, names, known in (("model", self.models, available_models()),
                                    ("method", self.methods, available_methods()),
                                    ("dataset", (self.dataset,), available_datasets())):
             for n in names:
                 if n not in known:
                     raise ValueError(f"unknown {kind} {n!r}; available: {', '.join(known)}")
+        for method in self.methods:
+            options = self.method_options.get(method, {})
+            if not isinstance(options, dict):
+                raise ValueError(f"sweep method_options[{method!r}] must be a dict of options, "
+                                 f"got {options!r}")
+            try:
+                check_options(method, **options)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"sweep method_options for {method!r}: {exc}") from None
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
     def from_dict(cls, d: dict) -> "SweepConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a sweep configuration must be a table of keys (models, methods, "
+                             f"sparsities, ...), got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -222,15 +284,52 @@ class SweepConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"sweep configuration file {str(path)!r} does not exist")
-        if path.suffix == ".toml":
-            import tomllib
-            return cls.from_dict(tomllib.loads(path.read_text()))
-        if path.suffix == ".json":
-            return cls.from_dict(json.loads(path.read_text()))
-        raise ValueError(f"sweep configuration {str(path)!r} must be .json or .toml")
+        if path.suffix not in (".toml", ".json"):
+            raise ValueError(f"sweep configuration {str(path)!r} must be .json or .toml")
+        try:
+            text = path.read_text(encoding="utf-8")
+            if path.suffix == ".toml":
+                import tomllib
+                data = tomllib.loads(text)
+            else:
+                data = json.loads(text)
+            return cls.from_dict(data)
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"sweep configuration file {str(path)!r}: {exc}") from None
+
+    def _recipe(self) -> dict:
+        """Everything but the grid's lists: how each trial is run."""
+        return {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
+
+    def same_as(self, other: "SweepConfig") -> bool:
+        """Whether ``other`` asks for the same set of trials with the same recipe.
+
+        >>> a = SweepConfig(models=("lenet5",), sparsities=(0.9, 0.99))
+        >>> a.same_as(SweepConfig(models=("lenet5",), sparsities=(0.99, 0.9)))
+        True
+        >>> a.same_as(SweepConfig(models=("lenet5",), sparsities=(0.9,)))
+        False
+        """
+        return (self._recipe() == other._recipe()
+                and {t.trial_id for t in self.trials()} == {t.trial_id for t in other.trials()})
+
+    def differences(self, other: "SweepConfig") -> list[str]:
+        """Names of the fields in which ``other`` is another configuration."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        out = []
+        for k in mine:
+            a, b = mine[k], theirs.get(k)
+            if k in GRID_FIELDS:
+                a, b = sorted(map(str, a)), sorted(map(str, b or ()))
+            if a != b:
+                out.append(k)
+        return out
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        """A hash of the configuration, equal for configurations that are :meth:`same_as`."""
+        blob = json.dumps({"recipe": self._recipe(),
+                           "trials": sorted(t.trial_id for t in self.trials())},
+                          sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def trials(self) -> list[Trial]:
@@ -253,8 +352,43 @@ def _datasets(cfg: SweepConfig, data_root):
     return train, test
 
 
+@contextlib.contextmanager
+def trial_threads(threads: int):
+    """Run the body with ``threads`` intra-op threads in torch and numba and torch's
+    deterministic algorithms (where an op has one; others warn); restore the settings after.
+
+    Float reductions split over another number of threads add in another order, so
+    without this a trial's metrics would depend on how many workers share the machine.
+    """
+    import numba
+    import torch
+
+    threads = check_int("threads", threads, minimum=1)
+    # cuBLAS is deterministic only with a fixed workspace; read when CUDA starts
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    saved = (torch.get_num_threads(), numba.get_num_threads(),
+             torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        torch.set_num_threads(threads)
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        torch.set_num_threads(saved[0])
+        numba.set_num_threads(saved[1])
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
 def run_trial(cfg: SweepConfig, trial: Trial, *, data_root=None, device="auto") -> dict:
-    """Build, prune, measure and (if ``cfg.train``) train one trial; return its row."""
+    """Build, prune, measure and (if ``cfg.train``) train one trial; return its row.
+
+    The trial runs under :func:`trial_threads` with ``cfg.threads``."""
+    with trial_threads(cfg.threads):
+        return _run_trial(cfg, trial, data_root=data_root, device=device)
+
+
+def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
     import numpy as np
     import torch
 
@@ -290,7 +424,7 @@ def run_trial(cfg: SweepConfig, trial: Trial, *, data_root=None, device="auto") 
         **topology_record(model, masks, (C, H, W), topology=dense),
         dense_flops=dense.effective_flops(),
         accuracy=None, test_loss=None, epochs=0, prune_seconds=round(prune_seconds, 3),
-        train_seconds=0.0, device=str(resolve_device(device)),
+        train_seconds=0.0, device=str(resolve_device(device)), threads=cfg.threads,
     )
     if cfg.train is not None:
         res = train(model, train_set, test_set, masks=masks, config=TrainConfig(**cfg.train),
@@ -325,52 +459,211 @@ def _from_json(k, v):
     return v
 
 
+def _crash_point(point: str) -> None:
+    """Test hook: SIGKILL this process the n-th time it passes ``point`` if
+    ``$TOPO_PAI_TEST_CRASH_AT`` is ``"<point>:<n>"``; does nothing otherwise."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    where, _, count = spec.partition(":")
+    if where != point:
+        return
+    left = int(count or 1) - 1
+    os.environ[CRASH_ENV] = f"{where}:{left}"
+    if left <= 0:
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step: readers and a kill see old or new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _append(path: Path, record: dict) -> None:
+    """Append one JSON line and fsync it; end a line cut short by a kill first."""
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    with open(path, "a", encoding="utf-8") as f:
+        if torn:
+            f.write("\n")
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_lines(path: Path):
+    """``(line number, object)`` for each line of ``path`` that parses; lines cut short by a
+    kill (or otherwise not JSON) are skipped."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def read_results(path, *, warn: bool = True) -> dict[str, dict]:
+    """The rows of a ``results.jsonl`` by trial id: the first row of each id wins.
+
+    Lines cut short by a kill are skipped (their trials run again). With ``warn``,
+    rows that repeat an id or lack one are reported in one :class:`UserWarning`.
+    Columns added in later versions are ``None`` in older rows.
+    """
+    path = Path(path)
+    rows: dict[str, dict] = {}
+    repeated: dict[str, list[int]] = {}
+    malformed: list[int] = []
+    for number, obj in _json_lines(path):
+        if not isinstance(obj, dict) or not isinstance(obj.get("trial_id"), str):
+            malformed.append(number)
+            continue
+        tid = obj["trial_id"]
+        if tid in rows:
+            repeated.setdefault(tid, []).append(number)
+            continue
+        rows[tid] = {k: _from_json(k, obj.get(k)) for k in COLUMNS}
+    if warn and (repeated or malformed):
+        parts = []
+        if repeated:
+            shown = ", ".join(f"{t!r} (again on line(s) {', '.join(map(str, n))})"
+                              for t, n in list(repeated.items())[:3])
+            parts.append(f"{len(repeated)} trial id(s) appear more than once, e.g. {shown}; "
+                         "the first row of each is kept and the others ignored")
+        if malformed:
+            parts.append(f"line(s) {', '.join(map(str, malformed[:5]))} are not result rows "
+                         "and are ignored")
+        warnings.warn(f"{path}: " + "; ".join(parts), UserWarning, stacklevel=2)
+    return rows
+
+
+def _read_stored_config(path: Path) -> SweepConfig:
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+            raise ValueError("it holds no 'config' object")
+        return SweepConfig.from_dict(stored["config"])
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise SweepConfigMismatch(
+            f"the sweep's configuration file {str(path)!r} is corrupt ({exc}); restore it, or "
+            "start a new --out directory") from None
+
+
+def _check_same_config(directory: Path, cfg: SweepConfig) -> bool:
+    """Raise unless ``directory`` is empty of results or holds ``cfg``'s; True if it has
+    a config.json."""
+    config_path = directory / "config.json"
+    if config_path.exists():
+        have = _read_stored_config(config_path)
+        if not have.same_as(cfg):
+            raise SweepConfigMismatch(
+                f"sweep directory {str(directory)!r} holds results from a different "
+                f"configuration (differs in {have.differences(cfg)}); refusing to mix or "
+                "overwrite them. Use a new --out directory, or delete this one to start over")
+        return True
+    if (directory / "results.jsonl").exists() or any(directory.glob("results.*")):
+        raise SweepConfigMismatch(
+            f"sweep directory {str(directory)!r} holds results but no config.json; refusing "
+            "to overwrite them. Use a new --out directory")
+    return False
+
+
+class _DirectoryLock:
+    """An exclusive, non-blocking lock on ``path`` that the OS drops when the process dies."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's note
+        try:
+            self._lock(fd)
+        except OSError:
+            os.close(fd)
+            try:
+                holder = path.read_text(encoding="utf-8").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            self._fd = None
+            raise SweepLocked(
+                f"another sweep is running on {str(path.parent)!r} ({holder}); two sweeps on "
+                "one directory would run trials twice. Wait for it to finish, or use another "
+                "--out directory") from None
+        self._fd = fd
+        note = (f"pid {os.getpid()} on {socket.gethostname()}, since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        os.ftruncate(fd, 0)
+        os.write(fd, note.encode())
+
+    @staticmethod
+    def _lock(fd: int) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    __del__ = release
+
+
 class ResultsStore:
-    """The results table of one sweep directory (see the module docs)."""
+    """The results table of one sweep directory (see the module docs).
+
+    Opening it takes the directory's lock (:class:`SweepLocked` if another sweep
+    holds it), checks or writes ``config.json``, drops epoch records without a
+    result row and exports ``results.csv``/``results.json``. Use it as a context
+    manager, or call :meth:`close`, to release the lock.
+    """
 
     def __init__(self, out_dir, cfg: SweepConfig):
         self.dir = Path(out_dir)
         self.cfg = cfg
         if self.dir.exists() and not self.dir.is_dir():
-            raise SweepConfigMismatch(f"sweep directory {str(self.dir)!r} is a file")
+            raise SweepConfigMismatch(f"sweep directory {str(self.dir)!r} is a file; pass a "
+                                      "directory (it is created if missing)")
+        if self.dir.exists():
+            _check_same_config(self.dir, cfg)  # before the lock file is made; again under it
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.config_path = self.dir / "config.json"
-        self.jsonl = self.dir / "results.jsonl"
-        want = {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}
-        if self.config_path.exists():
-            have = json.loads(self.config_path.read_text())
-            if have.get("fingerprint") != want["fingerprint"]:
-                old, new = have.get("config", {}), want["config"]
-                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise SweepConfigMismatch(
-                    f"sweep directory {str(self.dir)!r} holds results from a different "
-                    f"configuration (differs in {diff}); refusing to mix or overwrite them. "
-                    "Use a new --out directory, or delete this one to start over")
-        else:
-            if self.jsonl.exists() or any(self.dir.glob("results.*")):
-                raise SweepConfigMismatch(
-                    f"sweep directory {str(self.dir)!r} holds results but no config.json; "
-                    "refusing to overwrite them. Use a new --out directory")
-            self._atomic_write(self.config_path, json.dumps(want, indent=2) + "\n")
-        self._rows = self._read()
+        self._lock = _DirectoryLock(self.dir / "sweep.lock")
+        try:
+            self.config_path = self.dir / "config.json"
+            self.jsonl = self.dir / "results.jsonl"
+            self.epochs = self.dir / "epochs.jsonl"
+            if not _check_same_config(self.dir, cfg):
+                _atomic_write(self.config_path, json.dumps(
+                    {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}, indent=2) + "\n")
+            self._rows = read_results(self.jsonl)
+            self._drop_orphan_epochs()
+            self.export()
+        except BaseException:
+            self.close()
+            raise
 
-    @staticmethod
-    def _atomic_write(path: Path, text: str) -> None:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+    def close(self) -> None:
+        """Release the directory's lock (the rows stay readable)."""
+        self._lock.release()
 
-    def _read(self) -> dict[str, dict]:
-        rows: dict[str, dict] = {}
-        if not self.jsonl.exists():
-            return rows
-        for line in self.jsonl.read_text(encoding="utf-8").splitlines():
-            try:
-                row = {k: _from_json(k, v) for k, v in json.loads(line).items()}
-            except json.JSONDecodeError:  # a line cut short by a kill: that trial reruns
-                continue
-            rows.setdefault(row["trial_id"], row)
-        return rows
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def rows(self) -> list[dict]:
@@ -379,41 +672,48 @@ class ResultsStore:
     def done(self) -> set[str]:
         return set(self._rows)
 
+    def _drop_orphan_epochs(self) -> None:
+        """Keep one epochs record per result row: drop those of trials that have no row (a
+        kill came between the two appends, or cut the row short) and repeats."""
+        if not self.epochs.exists():
+            return
+        kept, seen, changed = [], set(), False
+        for _, rec in _json_lines(self.epochs):
+            tid = rec.get("trial_id") if isinstance(rec, dict) else None
+            if tid in self._rows and tid not in seen:
+                seen.add(tid)
+                kept.append(json.dumps(rec) + "\n")
+            else:
+                changed = True
+        text = "".join(kept)
+        if changed or text != self.epochs.read_text(encoding="utf-8", errors="replace"):
+            _atomic_write(self.epochs, text)
+
     def add(self, row: dict) -> bool:
-        """Append one finished trial; False (and nothing written) if it is already there."""
+        """Record one finished trial; False (and nothing written) if it is already there.
+
+        Its epochs record is appended first and its row second: the row commits
+        the trial, so a kill between the two leaves a record the next run drops."""
         missing = [c for c in COLUMNS if c not in row]
         if missing:
             raise ValueError(f"result row lacks columns {missing}")
         if row["trial_id"] in self._rows:
             return False
-        self._append(self.jsonl, {k: _json_safe(row[k]) for k in COLUMNS})
-        self._rows[row["trial_id"]] = {k: row[k] for k in COLUMNS}
         if row.get("history"):
-            self._append(self.dir / "epochs.jsonl",
-                         {"trial_id": row["trial_id"], "history": row["history"]})
-        self._export()
+            _append(self.epochs, {"trial_id": row["trial_id"], "history": row["history"]})
+        _crash_point("before-row")
+        _append(self.jsonl, {k: _json_safe(row[k]) for k in COLUMNS})
+        self._rows[row["trial_id"]] = {k: row[k] for k in COLUMNS}
+        _crash_point("after-row")
+        self.export()
         return True
 
-    @staticmethod
-    def _append(path: Path, record: dict) -> None:
-        torn = False
-        if path.exists() and path.stat().st_size:
-            with open(path, "rb") as f:
-                f.seek(-1, os.SEEK_END)
-                torn = f.read(1) != b"\n"
-        with open(path, "a", encoding="utf-8") as f:
-            if torn:
-                f.write("\n")  # end a line cut short by a kill before appending
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
     def record_failure(self, trial: Trial, error: str) -> None:
-        with open(self.dir / "failures.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"trial_id": trial.trial_id, "time": time.time(),
-                                "error": error}) + "\n")
+        _append(self.dir / "failures.jsonl",
+                {"trial_id": trial.trial_id, "time": time.time(), "error": error})
 
-    def _export(self) -> None:
+    def export(self) -> None:
+        """Rewrite ``results.csv`` and ``results.json`` from the table (sorted by trial id)."""
         import csv
         import io
 
@@ -423,8 +723,9 @@ class ResultsStore:
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
-        self._atomic_write(self.dir / "results.csv", buf.getvalue())
-        self._atomic_write(self.dir / "results.json", json.dumps(
+        _atomic_write(self.dir / "results.csv", buf.getvalue())
+        _crash_point("between-exports")
+        _atomic_write(self.dir / "results.json", json.dumps(
             [{k: _json_safe(r[k]) for k in COLUMNS} for r in rows], indent=1) + "\n")
 
 
@@ -444,7 +745,7 @@ def _init_worker(threads: int, parent: int) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     import torch
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # each trial sets it again (trial_threads)
 
 
 def _run_local(cfg, pending, store, workers, data_root, device, retries, progress):
@@ -465,7 +766,7 @@ def _run_local(cfg, pending, store, workers, data_root, device, retries, progres
         return failed
     import multiprocessing as mp
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = cfg.threads
     todo = list(pending)
     for attempt in range(retries + 1):
         if not todo:
@@ -546,19 +847,45 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
     ------
     SweepConfigMismatch
         ``out_dir`` holds results of a different configuration.
+    SweepLocked
+        Another sweep is running on ``out_dir``.
     SweepError
         Some trials failed after their retries; all others are saved.
+
+    Notes
+    -----
+    The run holds ``out_dir``'s lock throughout and exports ``results.csv`` and
+    ``results.json`` from ``results.jsonl`` when it ends, whether trials ran,
+    failed or none was pending.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise ValueError(f"workers must be a positive int, got {workers!r}")
-    if not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be a non-negative int, got {retries!r}")
+    check_int("workers", workers, minimum=1)
+    check_int("retries", retries, minimum=0)
+    if limit is not None:
+        check_int("limit", limit, minimum=0, hint="or None for every pending trial")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     cfg.validate_names()
-    store = ResultsStore(out_dir, cfg)
+    with ResultsStore(out_dir, cfg) as store:
+        try:
+            failed, n_run = _run_pending(cfg, store, workers=workers, engine=engine,
+                                         data_root=data_root, device=device, retries=retries,
+                                         progress=progress, scheduler_address=scheduler_address,
+                                         limit=limit, order=order)
+        finally:
+            store.export()
+        if failed:
+            tid, error = next(iter(failed.items()))
+            lines = error.strip().splitlines() or ["(no message)"]
+            raise SweepError(f"{len(failed)} of {n_run} trials failed; the finished ones are "
+                             f"saved, rerun to retry the others. First: {tid}: {lines[-1]} "
+                             f"(full errors in {str(store.dir / 'failures.jsonl')!r})")
+        return store.rows
+
+
+def _run_pending(cfg, store, *, workers, engine, data_root, device, retries, progress,
+                 scheduler_address, limit, order) -> tuple[dict[str, str], int]:
     done = store.done()
     pending = [t for t in cfg.trials() if t.trial_id not in done]
     if order == "reverse":
@@ -568,30 +895,39 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
         random.Random(cfg.fingerprint()).shuffle(pending)
     if limit is not None:
         pending = pending[:limit]
-    if pending:
-        _datasets(cfg, data_root)  # fail fast (missing dataset) before starting workers
     if not pending:
-        failed = {}
-    elif engine == "local":
+        return {}, 0
+    _datasets(cfg, data_root)  # fail fast (missing dataset) before starting workers
+    if engine == "local":
         if cfg.resources:
             warnings.warn(f"resources {cfg.resources} are declared for distributed engines; "
-                          "local workers ignore them", stacklevel=2)
+                          "local workers ignore them", stacklevel=3)
         failed = _run_local(cfg, pending, store, workers, data_root, device, retries, progress)
     else:
         from topo_pai.experiments.distributed import run_dask
         failed = run_dask(cfg, pending, store, workers=workers, data_root=data_root,
                           device=device, retries=retries, progress=progress,
                           scheduler_address=scheduler_address)
-    if failed:
-        first = next(iter(failed.items()))
-        raise SweepError(f"{len(failed)} of {len(pending)} trials failed (saved results are "
-                         f"kept; rerun to retry them). First: {first[0]}:\n{first[1]}")
-    return store.rows
+    return failed, len(pending)
 
 
 def pending_trials(cfg: SweepConfig, out_dir) -> list[Trial]:
-    """The trials of ``cfg`` that ``out_dir`` does not hold yet."""
-    done = ResultsStore(out_dir, cfg).done() if Path(out_dir).exists() else set()
+    """The trials of ``cfg`` that ``out_dir`` does not hold yet (reads only: no lock, and
+    nothing is created or written).
+
+    Raises
+    ------
+    SweepConfigMismatch
+        ``out_dir`` is a file, or holds results of a different configuration.
+    """
+    directory = Path(out_dir)
+    done: set[str] = set()
+    if directory.exists():
+        if not directory.is_dir():
+            raise SweepConfigMismatch(f"sweep directory {str(directory)!r} is a file; pass a "
+                                      "directory (it is created if missing)")
+        _check_same_config(directory, cfg)
+        done = set(read_results(directory / "results.jsonl", warn=False))
     return [t for t in cfg.trials() if t.trial_id not in done]
 
 

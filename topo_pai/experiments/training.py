@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import random
 import time
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from topo_pai.checks import check_bool, check_int, check_number
 from topo_pai.pruners.torch_masks import apply_masks, read_masks
 
 logger = logging.getLogger("topo_pai.training")
@@ -92,25 +94,30 @@ class TrainConfig:
     gamma: float = 0.1
 
     def __post_init__(self):
-        def bad(name, why):
-            raise ValueError(f"training {name} {why}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                bad(name, "must be a positive int")
-        for name in ("lr", "momentum", "weight_decay", "gamma"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                bad(name, "must be a finite non-negative number")
-        if self.lr == 0:
-            bad("lr", "must be positive")
+            check_int(f"training {name}", getattr(self, name), minimum=1)
+        check_number("training lr", self.lr, minimum=0.0, min_open=True)
+        check_number("training momentum", self.momentum, minimum=0.0, maximum=1.0,
+                     max_open=True)
+        check_number("training weight_decay", self.weight_decay, minimum=0.0)
+        check_number("training gamma", self.gamma, minimum=0.0, min_open=True,
+                     hint="the factor of the rate at each milestone")
+        check_bool("training nesterov", self.nesterov)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("training nesterov=True needs a momentum > 0 (torch's SGD refuses "
+                             "Nesterov without momentum)")
         if self.schedule not in SCHEDULES:
-            bad("schedule", f"must be one of {SCHEDULES}")
+            raise ValueError(f"training schedule must be one of {SCHEDULES}, got "
+                             f"{self.schedule!r}")
         if self.milestones is not None:
-            ms = tuple(self.milestones)
-            if any(not isinstance(m, int) or m < 1 for m in ms) or list(ms) != sorted(set(ms)):
-                bad("milestones", "must be increasing positive epoch numbers")
-            object.__setattr__(self, "milestones", ms)
+            ms = self.milestones
+            ok = isinstance(ms, (list, tuple)) and all(
+                isinstance(m, numbers.Integral) and not isinstance(m, bool) and m >= 1
+                for m in ms)
+            if not ok or list(ms) != sorted(set(ms)):
+                raise ValueError(f"training milestones must be increasing positive epoch "
+                                 f"numbers (e.g. [5, 8]), got {ms!r}")
+            object.__setattr__(self, "milestones", tuple(int(m) for m in ms))
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate used during ``epoch`` (0-based)."""

@@ -42,8 +42,36 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from topo_pai.checks import check_bool, check_number
+
 NAMED_ALLOCATIONS = ("uniform", "uniform+", "erk", "erk+")
 ALLOCATION_OPTIONS = {"erk_power": 1.0, "erk_include_kernel": True, "last_layer_min_density": 0.2}
+
+
+def check_allocation_options(options: Mapping) -> dict:
+    """The allocation options (:data:`ALLOCATION_OPTIONS`) validated, as plain Python values.
+
+    ``erk_power`` is a finite number ``>= 0`` (1 is ERK, 0 is uniform),
+    ``erk_include_kernel`` a bool and ``last_layer_min_density`` a number in ``[0, 1]``.
+
+    >>> check_allocation_options({"erk_power": 2, "erk_include_kernel": False,
+    ...                           "last_layer_min_density": 0.5})
+    {'erk_power': 2.0, 'erk_include_kernel': False, 'last_layer_min_density': 0.5}
+    >>> check_allocation_options({"erk_power": float("inf")})
+    Traceback (most recent call last):
+    ...
+    ValueError: erk_power must be a finite number >= 0, got inf; 1 is ERK, 0 is uniform
+    """
+    out = dict(options)
+    if "erk_power" in out:
+        out["erk_power"] = check_number("erk_power", out["erk_power"], minimum=0.0,
+                                        hint="1 is ERK, 0 is uniform")
+    if "erk_include_kernel" in out:
+        out["erk_include_kernel"] = check_bool("erk_include_kernel", out["erk_include_kernel"])
+    if "last_layer_min_density" in out:
+        out["last_layer_min_density"] = check_number(
+            "last_layer_min_density", out["last_layer_min_density"], minimum=0.0, maximum=1.0)
+    return out
 
 
 def n_keep(total: int, sparsity: float) -> int:
@@ -117,15 +145,29 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float, *, power:
     >>> {k: round(1 - v, 3) for k, v in d.items()}
     {'a': 0.0, 'b': 0.31, 'c': 0.655}
     """
+    density = check_number("density", density, minimum=0.0, maximum=1.0)
+    power = check_number("erk_power", power, minimum=0.0, hint="1 is ERK, 0 is uniform")
+    include_kernel = check_bool("erk_include_kernel", include_kernel)
     names = list(shapes)
     n = {k: int(np.prod(shapes[k])) for k in names}
     total_keep = density * sum(n.values())
 
-    def ratio(shape):
-        dims = tuple(shape) if include_kernel else tuple(shape)[:2]
-        return (sum(dims) / float(np.prod(dims))) ** power
+    def ratio(k):
+        dims = tuple(shapes[k]) if include_kernel else tuple(shapes[k])[:2]
+        size = float(np.prod(dims))
+        if size == 0:
+            return 0.0  # a layer without weights keeps none, whatever its density
+        try:
+            r = (sum(dims) / size) ** power
+        except OverflowError:
+            r = math.inf
+        if not 0.0 < r < math.inf:  # e.g. erk_power=2000: every ratio 0 would divide by 0
+            raise ValueError(f"erk_power={power:g} makes the ERK ratio of layer {k!r} (shape "
+                             f"{tuple(shapes[k])}) {'overflow' if r else 'underflow'} float64; "
+                             "use a smaller erk_power (1 is ERK, 0 is uniform)")
+        return r
 
-    r = {k: ratio(shapes[k]) for k in names}
+    r = {k: ratio(k) for k in names}
     dense_set = set(dense)
     unknown = dense_set - set(names)
     if unknown:
@@ -146,7 +188,11 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float, *, power:
         if not free:
             eps = 0.0
             break
-        eps = max(budget, 0.0) / sum(r[k] * n[k] for k in free)
+        weight = sum(r[k] * n[k] for k in free)
+        if not math.isfinite(weight):
+            raise ValueError(f"erk_power={power:g} makes the ERK ratios overflow float64; use a "
+                             "smaller erk_power (1 is ERK, 0 is uniform)")
+        eps = max(budget, 0.0) / weight if weight > 0 else 0.0
         over = [k for k in free if eps * r[k] > 1.0]
         if not over:
             break
@@ -171,8 +217,9 @@ def uniform_plus_densities(sizes: Mapping[str, int], density: float, *, first: s
     >>> {k: round(v, 4) for k, v in d.items()}
     {'in': 1.0, 'mid': 0.081, 'out': 0.2}
     """
-    if not 0.0 <= last_min_density <= 1.0:
-        raise ValueError(f"last_layer_min_density must lie in [0, 1], got {last_min_density!r}")
+    density = check_number("density", density, minimum=0.0, maximum=1.0)
+    last_min_density = check_number("last_layer_min_density", last_min_density, minimum=0.0,
+                                    maximum=1.0)
     total_keep = density * sum(sizes.values())
     out = {k: 0.0 for k in sizes}
     rest = dict(sizes)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from topo_pai.checks import check_bool, check_int
 from topo_pai.graph.masks import check_mask_value
 from topo_pai.pruners import allocation as A
 from topo_pai.pruners.context import PruneContext, prunable_targets, resolve_exclude
@@ -87,9 +88,22 @@ def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool):
                              f"but the allocation is {allocation_spec!r}")
     method_opts = {k: options.get(k, v) for k, v in m.options.items()}
     method_opts.update({k: v for k, v in options.items() if k in unknown})
-    alloc_opts = {k: options.get(k, v) for k, v in A.ALLOCATION_OPTIONS.items()}
-    data_opts = {k: options.get(k, v) for k, v in DATA_OPTIONS.items()}
+    alloc_opts = A.check_allocation_options(
+        {k: options.get(k, v) for k, v in A.ALLOCATION_OPTIONS.items()})
+    data_opts = _check_data_options({k: options.get(k, v) for k, v in DATA_OPTIONS.items()})
     return method_opts, alloc_opts, data_opts
+
+
+def _check_data_options(opts: dict) -> dict:
+    out = dict(opts)
+    if out["max_batches"] is not None:
+        out["max_batches"] = check_int("max_batches", out["max_batches"], minimum=1,
+                                       hint="None reads every batch of data")
+    out["train_mode"] = check_bool("train_mode", out["train_mode"])
+    if out["loss"] is not None and not callable(out["loss"]):
+        raise ValueError(f"loss must be a callable (logits, y) -> scalar loss, or None for "
+                         f"cross-entropy; got {out['loss']!r}")
+    return out
 
 
 def _needs_data_message(m: Method, via: str = "") -> str:
@@ -129,7 +143,8 @@ def _resolve_allocation(spec, ctx: PruneContext, sparsity: float, aopts: dict) -
                 where = "an excluded layer" if name in {t.param for t in ctx.targets} else \
                     "not a prunable weight"
                 raise ValueError(f"allocation names {key!r}, which is {where}")
-            if not isinstance(d, numbers.Real) or not 0.0 <= float(d) <= 1.0:
+            if (not isinstance(d, numbers.Real) or isinstance(d, bool)
+                    or not 0.0 <= float(d) <= 1.0):  # NaN fails the comparison
                 raise ValueError(f"allocation density for {key!r} must lie in [0, 1], got {d!r}")
             dens[name] = float(d)
         missing = [n for n in sizes if n not in dens]
@@ -141,9 +156,6 @@ def _resolve_allocation(spec, ctx: PruneContext, sparsity: float, aopts: dict) -
             raise ValueError(f"the allocation densities keep {implied:.0f} weights, but "
                              f"sparsity={sparsity:g} keeps {keep} of {total}")
         return A.counts_from_densities(sizes, dens, keep)
-    if not isinstance(spec, str):
-        raise ValueError(f"allocation must be one of {', '.join(A.NAMED_ALLOCATIONS)}, "
-                         f"'ratios:<method>' or a dict name -> density; got {spec!r}")
     ratio = _ratio_method(spec)
     if ratio is not None:
         result = _run(ratio, ctx, sparsity, None, {k: v for k, v in ratio.options.items()})
@@ -162,9 +174,8 @@ def _resolve_allocation(spec, ctx: PruneContext, sparsity: float, aopts: dict) -
             dense = () if last is None else (last,)
         dens = A.erk_densities(shapes, density, power=float(aopts["erk_power"]),
                                include_kernel=bool(aopts["erk_include_kernel"]), dense=dense)
-    else:
-        raise ValueError(f"unknown allocation {spec!r}; valid: {', '.join(A.NAMED_ALLOCATIONS)}, "
-                         "'ratios:<method>' (e.g. 'ratios:snip') or a dict name -> density")
+    else:  # _check_allocation_spec let only the names above through
+        raise AssertionError(f"allocation {spec!r} passed the checks but is not handled")
     return A.counts_from_densities(sizes, dens, keep)
 
 
@@ -211,9 +222,7 @@ def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] 
         masks = _select(scores, None, budgets, keep, ctx.seed, "once")
     elif m.kind == "iterative":
         opts = dict(method_opts)
-        rounds = opts.pop("rounds")
-        if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 1:
-            raise ValueError(f"rounds must be a positive int, got {rounds!r}")
+        rounds = check_int("rounds", opts.pop("rounds"), minimum=1)
         masks = None  # everything alive before the first round
         workspace: dict = {}
         density = keep / total
@@ -256,13 +265,20 @@ def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] 
     return PruneResult(out, scores, budgets, m.name, sparsity, ctx.cache.get("report"))
 
 
-def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=None,
-                      seed: int = 0, scope: str = "global", allocation=None, exclude=(),
-                      **options) -> PruneResult:
-    """Like :func:`prune`, but return a :class:`PruneResult` with the scores too."""
+def _check_allocation_spec(spec) -> None:
+    if spec is None or isinstance(spec, Mapping) or _ratio_method(spec) is not None:
+        return
+    if not isinstance(spec, str):
+        raise ValueError(f"allocation must be one of {', '.join(A.NAMED_ALLOCATIONS)}, "
+                         f"'ratios:<method>' or a dict name -> density; got {spec!r}")
+    if spec not in A.NAMED_ALLOCATIONS:
+        raise ValueError(f"unknown allocation {spec!r}; valid: {', '.join(A.NAMED_ALLOCATIONS)}, "
+                         "'ratios:<method>' (e.g. 'ratios:snip') or a dict name -> density")
+
+
+def _plan(method, scope, allocation, options: dict):
+    """What can be checked without the model: the method, scope, allocation and options."""
     m = get_method(method)
-    sparsity = _check_sparsity(sparsity)
-    seed = _check_seed(seed)
     if scope not in SCOPES:
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     if m.budgets_from_option is not None:
@@ -273,9 +289,35 @@ def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=
     else:
         spec = allocation if allocation is not None else (
             "uniform" if scope == "layer" else m.default_allocation)
+    _check_allocation_spec(spec)
     ratio = _ratio_method(spec)
     needs_data = m.needs_data or (ratio is not None and ratio.needs_data)
     method_opts, alloc_opts, data_opts = _split_options(m, options, spec, needs_data)
+    return m, spec, ratio, needs_data, method_opts, alloc_opts, data_opts
+
+
+def check_options(method: str, *, scope: str = "global", allocation=None, **options) -> None:
+    """Check what :func:`prune` can check before it sees a model: the method name, ``scope``,
+    ``allocation`` and the options' names, and the values of the allocation and data
+    options. Raises the errors :func:`prune` would raise.
+
+    >>> check_options("random", allocation="erk", erk_power=0.5)
+    >>> check_options("snip", max_batches=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_batches must be an int >= 1, got 0; None reads every batch of data
+    """
+    _plan(method, scope, allocation, options)
+
+
+def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=None,
+                      seed: int = 0, scope: str = "global", allocation=None, exclude=(),
+                      **options) -> PruneResult:
+    """Like :func:`prune`, but return a :class:`PruneResult` with the scores too."""
+    sparsity = _check_sparsity(sparsity)
+    seed = _check_seed(seed)
+    m, spec, ratio, needs_data, method_opts, alloc_opts, data_opts = _plan(
+        method, scope, allocation, options)
     if data is None:
         if m.needs_data:
             raise ValueError(_needs_data_message(m))
@@ -288,6 +330,8 @@ def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=
         raise ValueError(f"exclude={exclude!r} leaves no prunable weight to prune")
     ctx = PruneContext(model, targets, active, seed, input_shape, data,
                        {**data_opts, **alloc_opts})
+    if needs_data:
+        ctx.batches()  # read and check the data before any scoring work
     if m.budgets_from_option is not None:
         budgets = _budgets_from_masks(m, ctx, method_opts.get(m.budgets_from_option), sparsity)
     elif spec is None:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import operator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from topo_pai.errors import NoPrunableLayerError
+from topo_pai.errors import InputShapeError, NoPrunableLayerError
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,41 @@ def iter_batches(data, max_batches: int | None = None) -> list:
     if max_batches is not None:
         batches = batches[:max_batches]
     if not batches:
-        raise ValueError("data holds no batch")
+        raise ValueError("data holds no batch; pass a DataLoader of (x, y) batches or one "
+                         "(x, y) batch with at least one sample")
     return batches
+
+
+def check_batches(batches: list, input_shape) -> None:
+    """Refuse data a score could not be taken on: an empty batch, inputs and targets of
+    different lengths, non-float or non-finite inputs, or samples whose shape is not
+    ``input_shape`` (checked when ``input_shape`` is given)."""
+    torch = _torch()
+    want = None
+    if input_shape is not None:
+        try:  # operator.index refuses 4.5 instead of truncating it to 4
+            want = tuple(operator.index(s) for s in input_shape)
+        except TypeError:
+            raise InputShapeError(f"input_shape must be a tuple of ints without the batch "
+                                  f"dimension, e.g. (3, 32, 32); got {input_shape!r}") from None
+    for i, (x, y) in enumerate(batches):
+        where = "data" if len(batches) == 1 else f"batch {i} of data"
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"{where} holds no sample (inputs of shape {tuple(x.shape)}); the "
+                             "data-dependent methods score weights on samples: pass at least one")
+        if y.ndim == 0 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"{where} has {x.shape[0]} inputs but targets of shape "
+                             f"{tuple(y.shape)}; pass one target per input")
+        if want is not None and tuple(x.shape[1:]) != want:
+            raise InputShapeError(
+                f"{where} holds samples of shape {tuple(x.shape[1:])} (inputs {tuple(x.shape)}), "
+                f"but input_shape is {want}; pass inputs of shape (batch, *input_shape), or the "
+                "input_shape of your data")
+        if not x.is_floating_point():
+            raise ValueError(f"{where} holds inputs of dtype {x.dtype}; the model needs floating "
+                             "point inputs (convert them, e.g. x.float() / 255)")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{where} holds NaN or infinite inputs")
 
 
 class PruneContext:
@@ -196,7 +230,9 @@ class PruneContext:
         if self._batches is None:
             if self.data is None:
                 raise ValueError("this pruning step needs data")
-            self._batches = iter_batches(self.data, self.options.get("max_batches"))
+            batches = iter_batches(self.data, self.options.get("max_batches"))
+            check_batches(batches, self.input_shape)
+            self._batches = batches
         return self._batches
 
     def plain_model(self):

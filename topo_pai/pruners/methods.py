@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from topo_pai.checks import check_number
 from topo_pai.pruners.registry import Method, register_method
 from topo_pai.pruners.select import rng_for, top_k
 
@@ -92,8 +93,8 @@ def _grasp_scores(ctx, masks, temperature=200.0):
     absolute value: scores are signed), exactly what the Synaptic-Flow code keeps.
     """
     del masks
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive, got {temperature!r}")
+    temperature = check_number("temperature", temperature, minimum=0.0, min_open=True,
+                               hint="the logits are divided by it (default 200)")
     net, ws = _leaf_weights(ctx, None)
     dev = _device(net)
     loss_fn = _loss_fn(ctx)

@@ -101,6 +101,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from topo_pai.checks import check_int, check_number
 from topo_pai.kernels.propagate import group_by
 
 _JIT = {"nogil": True, "cache": True}
@@ -1387,12 +1388,13 @@ def phew_run(topo, abs_weights: Mapping[str, Any], budgets: Mapping[str, int], s
     """:func:`phew_masks` that also returns a :class:`PhewStats` on the walks."""
     if element not in ELEMENT_MODES:
         raise ValueError(f"element must be one of {sorted(ELEMENT_MODES)}, got {element!r}")
-    if int(stall_window) < 1:
-        raise ValueError(f"stall_window must be >= 1, got {stall_window}")
-    if not 0.0 <= float(min_yield) <= 1e6:
-        raise ValueError(f"min_yield must be a non-negative number, got {min_yield}")
-    if max_walks is not None and int(max_walks) < 0:
-        raise ValueError(f"max_walks must be >= 0, got {max_walks}")
+    # the bounds keep min_yield * stall_window and the walk counters inside int64
+    stall_window = check_int("stall_window", stall_window, minimum=1, maximum=2**40)
+    min_yield = check_number("min_yield", min_yield, minimum=0.0, maximum=1e6,
+                             hint="new weights per walk that count as progress")
+    if max_walks is not None:
+        max_walks = check_int("max_walks", max_walks, minimum=0, maximum=2**62,
+                              hint="or None for no cap")
     missing = [layer.param for layer in topo.layers if layer.param not in budgets]
     if missing:
         raise KeyError(f"budgets lacks {missing}")

@@ -1,0 +1,92 @@
+"""Checks of numeric and boolean options, shared by the pruners and the experiments.
+
+Each returns the value as a plain Python ``int``/``float``/``bool`` or raises
+``ValueError`` naming the option, the accepted range and the value given.
+``bool`` is refused where a number is expected (``True`` as a count or a rate is
+always a mistake), and so are strings, NaN and infinities.
+
+>>> check_number("erk_power", 0.5, minimum=0.0)
+0.5
+>>> check_number("erk_power", float("nan"), minimum=0.0)
+Traceback (most recent call last):
+...
+ValueError: erk_power must be a finite number >= 0, got nan
+>>> check_int("rounds", 0, minimum=1)
+Traceback (most recent call last):
+...
+ValueError: rounds must be an int >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def _range_text(minimum, maximum, min_open: bool, max_open: bool) -> str:
+    if minimum is not None and maximum is not None:
+        return f" in {'(' if min_open else '['}{minimum:g}, {maximum:g}{')' if max_open else ']'}"
+    if minimum is not None:
+        return f" {'>' if min_open else '>='} {minimum:g}"
+    if maximum is not None:
+        return f" {'<' if max_open else '<='} {maximum:g}"
+    return ""
+
+
+def check_number(name: str, value, *, minimum: float | None = None,
+                 maximum: float | None = None, min_open: bool = False, max_open: bool = False,
+                 hint: str = "") -> float:
+    """``value`` as a finite float within the given bounds (``*_open``: bound excluded).
+
+    >>> check_number("temperature", 200, minimum=0.0, min_open=True)
+    200.0
+    >>> check_number("last_layer_min_density", 1.5, minimum=0.0, maximum=1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: last_layer_min_density must be a finite number in [0, 1], got 1.5
+    """
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    v = float(value) if ok else math.nan
+    ok = ok and math.isfinite(v)
+    if ok and minimum is not None:
+        ok = v > minimum if min_open else v >= minimum
+    if ok and maximum is not None:
+        ok = v < maximum if max_open else v <= maximum
+    if not ok:
+        raise ValueError(f"{name} must be a finite number"
+                         f"{_range_text(minimum, maximum, min_open, max_open)}, got {value!r}"
+                         f"{'; ' + hint if hint else ''}")
+    return v
+
+
+def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None,
+              hint: str = "") -> int:
+    """``value`` as an int within ``[minimum, maximum]``; floats such as ``2.0`` are refused.
+
+    >>> check_int("max_batches", 3, minimum=1)
+    3
+    >>> check_int("stall_window", 1.5, minimum=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: stall_window must be an int >= 1, got 1.5
+    """
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if ok and minimum is not None:
+        ok = value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
+    if not ok:
+        raise ValueError(f"{name} must be an int{_range_text(minimum, maximum, False, False)}, "
+                         f"got {value!r}{'; ' + hint if hint else ''}")
+    return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` if it is a bool (numpy's included); ``1``, ``"yes"`` and the like are refused.
+
+    >>> check_bool("erk_include_kernel", False)
+    False
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy.bool_
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}")
