@@ -389,7 +389,8 @@ def evaluate(prob: LayerProblem, M: Any) -> dict[str, Any]:
         raise ValueError(f"M uses {used} > n = {prob.n} weights")
     nz = M > 0
     r = M.sum(axis=0, dtype=np.int64)
-    c_live = M[:, prob.live].sum(axis=1, dtype=np.int64)
+    c_live = M.sum(axis=1, dtype=np.int64) if prob.live.all() else \
+        M[:, prob.live].sum(axis=1, dtype=np.int64)
     n_kernels = int(nz.sum())
     n_eff_in = int(np.count_nonzero((r > 0) & prob.live))
     n_eff_out = int(np.count_nonzero(c_live))
