@@ -168,14 +168,13 @@ def check_options(*, alpha, beta, K, tau, node, p_in, placement, repair, variant
         raise ValueError(f"NPB option repair must be True or False, got {repair!r}")
     if tau is None:
         tau = settings["tau"]
-    elif isinstance(tau, str):
-        if tau != TAU_FAIR:
-            raise ValueError(f"NPB option tau must be 'fair', a number > 0 or None (the "
-                             f"variant's default), got {tau!r}")
-    else:
-        tau = _real(tau, "tau", 0.0)
-        if tau == 0.0:
-            raise ValueError("NPB option tau must be > 0 (tau=1 counts effective channels)")
+    elif tau != TAU_FAIR:
+        ok = not isinstance(tau, (bool, str)) and isinstance(tau, numbers.Real) \
+            and math.isfinite(float(tau)) and float(tau) > 0
+        if not ok:
+            raise ValueError(f"NPB option tau must be 'fair', None (the variant's default) or a "
+                             f"finite number > 0 (tau=1 counts effective channels), got {tau!r}")
+        tau = float(tau)
     if variant == "official" and tau != 1.0:
         raise ValueError(f"variant='official' fixes tau=1 (the official effective-channel "
                          f"term); got tau={tau!r}. Drop tau, or use variant='balanced'")
