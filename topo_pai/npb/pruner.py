@@ -229,7 +229,7 @@ def group_budgets(n: int, groups: int) -> np.ndarray:
     the larger ones are evenly spaced over the groups (never the first ones).
 
     >>> group_budgets(10, 4).tolist()
-    [3, 2, 3, 2]
+    [2, 3, 2, 3]
     """
     base, extra = divmod(int(n), int(groups))
     out = np.full(groups, base, dtype=np.int64)
