@@ -61,7 +61,10 @@ def main(argv=None):
              "effective nodes are channels on an input-output path (ResNet-20 has 797 nodes "
              "incl. the 3 input channels and the 1x1 shortcut outputs); paths are log10 of the "
              "exact channel-graph path count. SNIP scores one synthetic batch (no CIFAR offline), "
-             "so its point shows the method's mechanics, not its CIFAR behaviour. "
+             "so its point shows the method's mechanics, not its CIFAR behaviour. Every method "
+             "runs with its defaults: SynFlow as published (100 rounds, scored on the spatially "
+             "unrolled network; its masks are measured at channel resolution like the others'), "
+             "NPB with its fair-share node term. "
              "\"dominates NPB\" = at least as many nodes and paths as NPB (same seed), more of one.",
              "", "| sparsity | seed | method | effective nodes | ln(nodes) | log10 paths | "
              "dominates NPB |", "|---|---|---|---|---|---|---|"]

@@ -6,9 +6,16 @@ import math
 from dataclasses import dataclass
 
 COLUMNS = ("name", "kind", "shape", "params", "unpruned", "effective_params", "nodes",
-           "effective_nodes", "log10_in_paths", "log10_out_paths")
-_HEADERS = ("layer", "kind", "shape", "params", "unpruned", "eff. params", "nodes", "eff. nodes",
-            "log10 in-paths", "log10 out-paths")
+           "effective_nodes", "log10_in_paths", "log10_out_paths", "fan_in_median", "fan_in_max",
+           "fan_out_median", "fan_out_max")
+# Printed columns: (header, record keys); a fan pair prints as "median/max".
+_PRINTED = (("layer", ("name",)), ("kind", ("kind",)), ("shape", ("shape",)),
+            ("params", ("params",)), ("unpruned", ("unpruned",)),
+            ("eff. params", ("effective_params",)), ("nodes", ("nodes",)),
+            ("eff. nodes", ("effective_nodes",)), ("log10 in-paths", ("log10_in_paths",)),
+            ("log10 out-paths", ("log10_out_paths",)),
+            ("fan-in med/max", ("fan_in_median", "fan_in_max")),
+            ("fan-out med/max", ("fan_out_median", "fan_out_max")))
 
 
 def _fmt(v) -> str:
@@ -19,9 +26,25 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _cell(row: dict, keys) -> str:
+    if len(keys) == 1:
+        return _fmt(row[keys[0]])
+    if row[keys[0]] is None:  # the input row has no fan statistics
+        return "-"
+    return "/".join(f"{row[k]:g}" for k in keys)  # medians are whole or half units
+
+
 @dataclass
 class Summary:
-    """Rows (one per node group: the input, then each layer) and network totals."""
+    """Rows (one per node group: the input, then each layer) and network totals.
+
+    The fan columns (``fan_in_median``, ``fan_in_max``, ``fan_out_median``,
+    ``fan_out_max``; ``None`` on the input row) are the degree statistics of
+    :func:`topo_pai.metrics.degrees.fan_stats`: median and maximum fan-in of
+    the layer's kept output units and fan-out of its kept input units, at
+    channel resolution in kernel-count multiplicity (every kept weight element
+    is one edge), whatever the table's resolution.
+    """
 
     rows: list[dict]
     totals: dict
@@ -41,9 +64,10 @@ class Summary:
         return self.rows[i]
 
     def __str__(self) -> str:
-        cells = [_HEADERS] + [tuple(_fmt(r[c]) for c in COLUMNS) for r in self.rows]
-        widths = [max(len(row[j]) for row in cells) for j in range(len(COLUMNS))]
-        numeric = [False, False, False] + [True] * 7
+        cells = [tuple(h for h, _ in _PRINTED)] + [
+            tuple(_cell(r, keys) for _, keys in _PRINTED) for r in self.rows]
+        widths = [max(len(row[j]) for row in cells) for j in range(len(_PRINTED))]
+        numeric = [False, False, False] + [True] * (len(_PRINTED) - 3)
         lines = []
         for k, row in enumerate(cells):
             lines.append("  ".join(c.rjust(w) if numeric[j] else c.ljust(w)

@@ -51,6 +51,7 @@ from topo_pai.graph.trace import trace
 from topo_pai.kernels import propagate as K
 from topo_pai.metrics import exact as X
 from topo_pai.metrics.channel import Block, ChannelGraph
+from topo_pai.metrics.degrees import FAN_FIELDS, fan_stats
 from topo_pai.metrics.neuron import NeuronGraph
 from topo_pai.metrics.scaled import LOG10_2, NodeCounts, Scaled, log10_sum
 from topo_pai.summary import Summary
@@ -478,7 +479,8 @@ class Topology:
         return fin, bout
 
     def summary(self, resolution: str = "channel") -> Summary:
-        """Per-layer table: params, unpruned, effective params, nodes, paths in and out."""
+        """Per-layer table: params, unpruned, effective params, nodes, paths in and out,
+        and the fan-in/fan-out statistics of each layer's kept units (see :class:`Summary`)."""
         st = self._state(resolution)
         nodes_eff = self._effective_nodes_per_group(resolution)
         params_eff = [0] + self._effective_params_per_layer(resolution)
@@ -489,17 +491,19 @@ class Topology:
             shape = self.program.values[values[g]]
             if g == 0:
                 kind, wshape, params, unpruned = "input", shape, 0, 0
+                fans = dict.fromkeys(FAN_FIELDS)
             else:
                 layer = self.program.layers[g - 1]
                 lm = self._layer_masks[g - 1]
                 kind, wshape, params, unpruned = layer.kind, layer.weight_shape, lm.mask.size, \
                     lm.unpruned
+                fans = fan_stats(lm.mask.reshape(layer.weight_shape), layer.groups)
             n_nodes = shape[0] if resolution == "channel" else int(np.prod(shape))
             rows.append(dict(
                 name=name, kind=kind, shape=tuple(wshape), params=int(params),
                 unpruned=int(unpruned), effective_params=int(params_eff[g]), nodes=int(n_nodes),
                 effective_nodes=int(nodes_eff[g]), log10_in_paths=st.fwd[key].log10_total(),
-                log10_out_paths=st.bwd[key].log10_total(),
+                log10_out_paths=st.bwd[key].log10_total(), **fans,
             ))
         totals = dict(
             params=self.n_params, unpruned=self.n_unpruned,

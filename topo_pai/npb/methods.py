@@ -11,12 +11,15 @@
 
 from __future__ import annotations
 
+import numbers
+
 from topo_pai.npb.pruner import npb_masks
 from topo_pai.pruners.registry import Method, register_method
 from topo_pai.pruners.select import rng_for, top_k
 
-NPB_OPTIONS = {"alpha": 0.01, "beta": 1.0, "K": None, "node": "degree", "p_in": "channel",
-               "placement": "magnitude", "repair": True}
+NPB_OPTIONS = {"alpha": 0.01, "beta": 1.0, "K": None, "tau": None, "node": "degree",
+               "p_in": "channel", "placement": "magnitude", "repair": True,
+               "variant": "balanced"}
 
 
 def _npb(ctx, budgets, **options):
@@ -39,13 +42,17 @@ def _npb(ctx, budgets, **options):
     return out
 
 
-def _synflow_widen(ctx, masks, delta_t=10, max_t=None, resolution="channel"):
+def _synflow_widen(ctx, masks, delta_t=10, max_t=None, resolution="neuron"):
     """SynFlow scores, except on rounds ``t`` with ``t % delta_t == 0`` (and
     ``t <= max_t`` when given), which use seeded uniform random scores."""
     from topo_pai.pruners.methods import _synflow_scores
 
-    if int(delta_t) < 1:
-        raise ValueError(f"delta_t must be a positive int, got {delta_t!r}")
+    for name, value in (("delta_t", delta_t), ("max_t", max_t)):
+        if value is None and name == "max_t":
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"synflow_widen option {name} must be a positive int"
+                             f"{' or None' if name == 'max_t' else ''}, got {value!r}")
     t = ctx.cache.get("synflow_widen_round", 0) + 1
     ctx.cache["synflow_widen_round"] = t
     if t % int(delta_t) == 0 and (max_t is None or t <= int(max_t)):
@@ -56,9 +63,10 @@ def _synflow_widen(ctx, masks, delta_t=10, max_t=None, resolution="channel"):
 
 register_method(Method(
     "npb", "masks", _npb, default_allocation="erk", options=dict(NPB_OPTIONS),
-    summary="Node-Path Balancing: exact per-layer node/path optimum on ERK budgets"))
+    summary="Node-Path Balancing: exact per-layer node/path optimum on ERK budgets "
+            "(variant='official' for the official objective)"))
 register_method(Method(
     "synflow_widen", "iterative", _synflow_widen, randomized=True,
-    options={"rounds": 100, "delta_t": 10, "max_t": None, "resolution": "channel"},
+    options={"rounds": 100, "delta_t": 10, "max_t": None, "resolution": "neuron"},
     summary="SynFlow with random scores every delta_t-th round (reconstruction of the "
             "ICLR paper's naive method)"))

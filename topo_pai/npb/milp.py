@@ -1,22 +1,25 @@
 """The NPB per-layer problem as a MILP for HiGHS (``scipy.optimize.milp``).
 
 A reference formulation of exactly the problem that
-:func:`topo_pai.npb.solver.solve_layer` solves (same normalisers and
-coefficients, taken from :func:`topo_pai.npb.solver.make_problem`), used to
-cross-check it.  Variables (``i`` input, ``j`` output):
+:func:`topo_pai.npb.solver.solve_layer` solves (same saturation levels,
+normalisers and coefficients, taken from :func:`topo_pai.npb.solver.make_problem`),
+used to cross-check it.  Variables (``i`` input, ``j`` output):
 
 * ``M[j, i]`` integer in ``[0, K]`` - kept elements of kernel ``(j, i)``;
 * ``z[j, i]`` binary, ``z <= M``   - kernel non-empty;
-* ``x[i]`` binary, ``x_i <= sum_j z[j, i]`` - input effective (fixed to 0 for
-  ``node="paths"`` when ``P_i == 0``);
-* ``y[j]`` binary, ``y_j <= sum_{i live} z[j, i]`` - output effective (live:
-  all inputs for ``degree``, ``P_i > 0`` for ``paths``);
+* ``x[i]`` continuous in ``[0, tau_in]``, ``x_i <= sum_j M[j, i]`` - the input's
+  saturated fan-out ``min(r_i, tau_in)`` (fixed to 0 for ``node="paths"`` when
+  ``P_i == 0``);
+* ``y[j]`` continuous in ``[0, tau_out]``, ``y_j <= sum_{i live} M[j, i]`` - the
+  output's saturated fan-in (live: all inputs for ``degree``, ``P_i > 0`` for
+  ``paths``);
 * budget ``sum M <= n``.
 
-Maximise ``a*(sum x + sum y) + b*sum_ij p_i M[j, i] + g*sum z``.  All
-indicator variables appear with non-negative objective weight and only upper
-bounds, so at an optimum each equals its indicator; hence the MILP optimum is
-the problem's optimum.
+Maximise ``a*(sum x + sum y) + b*sum_ij p_i M[j, i] + g*sum z``.  ``x``, ``y``
+and ``z`` appear with non-negative objective weight and only upper bounds, so
+at an optimum each equals ``min(.)`` or its indicator; hence the MILP optimum is
+the problem's optimum.  With ``tau = 1`` and integer ``M``, ``x`` and ``y`` are
+the official 0/1 effective-channel indicators.
 
 HiGHS stops with "optimal" once its relative gap is below ``mip_rel_gap``
 (default 1e-4) or its absolute gap below ``mip_abs_gap`` (default 1e-6); both
@@ -51,8 +54,10 @@ def solve_layer_milp(
     node: str = "degree",
     time_limit: float = 60,
     *,
+    tau: Any = "fair",
     node_norm: str = "achievable",
     reg_norm: str = "budget",
+    path_norm: str = "max",
     mip_rel_gap: float = 1e-10,
     mip_abs_gap: float = 1e-12,
     presolve: bool = False,
@@ -72,7 +77,8 @@ def solve_layer_milp(
     (True, 'optimal')
     """
     t0 = time.perf_counter()
-    prob = make_problem(P, c_out, n, K, alpha, beta, node, node_norm=node_norm, reg_norm=reg_norm)
+    prob = make_problem(P, c_out, n, K, alpha, beta, node, tau=tau, node_norm=node_norm,
+                        reg_norm=reg_norm, path_norm=path_norm)
     ci, co = prob.c_in, prob.c_out
     nk = ci * co  # kernel index k = j*ci + i  (row-major (C_out, C_in))
     nv = 2 * nk + ci + co
@@ -88,9 +94,10 @@ def solve_layer_milp(
     lb = np.zeros(nv)
     ub = np.ones(nv)
     ub[oM:oM + nk] = prob.K
-    ub[ox:ox + ci] = prob.live.astype(float)
-    if not prob.live.any():
-        ub[oy:oy + co] = 0.0
+    ub[ox:ox + ci] = prob.tau_in * prob.live
+    ub[oy:oy + co] = prob.tau_out if prob.live.any() else 0.0
+    integrality = np.ones(nv)
+    integrality[ox:] = 0  # x, y: continuous saturated degrees
 
     rows, cols, vals = [], [], []
     # 0: budget
@@ -99,16 +106,16 @@ def solve_layer_milp(
     r = 1 + np.arange(nk)
     rows += [r, r]; cols += [oz + np.arange(nk), oM + np.arange(nk)]
     vals += [np.ones(nk), -np.ones(nk)]
-    # x_i - sum_j z[j,i] <= 0
+    # x_i - sum_j M[j,i] <= 0
     base = 1 + nk
     rows += [base + np.arange(ci), base + ii]
-    cols += [ox + np.arange(ci), oz + np.arange(nk)]
+    cols += [ox + np.arange(ci), oM + np.arange(nk)]
     vals += [np.ones(ci), -np.ones(nk)]
-    # y_j - sum_{i live} z[j,i] <= 0
+    # y_j - sum_{i live} M[j,i] <= 0
     base = 1 + nk + ci
     lk = np.flatnonzero(prob.live[ii])
     rows += [base + np.arange(co), base + jj[lk]]
-    cols += [oy + np.arange(co), oz + lk]
+    cols += [oy + np.arange(co), oM + lk]
     vals += [np.ones(co), -np.ones(lk.size)]
     nrow = 1 + nk + ci + co
     A = sp.csr_matrix(
@@ -133,7 +140,7 @@ def solve_layer_milp(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Unrecognized options", category=RuntimeWarning)
         res = milp(
-            c, integrality=np.ones(nv), bounds=Bounds(lb, ub),
+            c, integrality=integrality, bounds=Bounds(lb, ub),
             constraints=LinearConstraint(A, b_l, b_u), options=options,
         )
     status = _STATUS.get(int(res.status), "other")

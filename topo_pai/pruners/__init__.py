@@ -23,7 +23,8 @@ magnitude     ``|w|``
 snip          ``|g ⊙ w|`` on data
 iter_snip     SNIP re-scored on the pruned net for ``rounds`` rounds (default 100)
 grasp         keep high ``w ⊙ Hg`` = remove high ``-w ⊙ Hg`` (temperature 200)
-synflow       ``log10 |w ⊙ ∂R/∂w|`` from :meth:`Topology.flows`, ``rounds`` = 100
+synflow       ``log10 |w ⊙ ∂R/∂w|`` from :meth:`Topology.flows`, ``rounds`` = 100, at
+              neuron resolution (published); ``resolution="channel"``: faster variant
 phew          random walks (``topo_pai.pruners.phew``), ERK budgets by default
 shuffle       the kept positions of ``masks=`` permuted within each layer
 ============  =====================================================================

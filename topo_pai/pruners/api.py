@@ -412,7 +412,9 @@ def prune(model, method: str, sparsity: float, *, input_shape, data=None, seed: 
         Module names, parameter names or fnmatch patterns kept dense (and left
         out of ``N``).
     **options
-        Method options (``rounds``, ``resolution``, ``temperature``, ``masks``;
+        Method options (``rounds``, ``resolution`` -- SynFlow scores the spatially
+        unrolled network by default, ``"channel"`` selects the faster channel-graph
+        variant --, ``temperature``, ``masks``;
         ``phew`` passes its options to ``topo_pai.pruners.phew.phew_masks``),
         allocation options (``erk_power``, ``erk_include_kernel``,
         ``last_layer_min_density``) and, for data-dependent methods,

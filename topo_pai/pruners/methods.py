@@ -124,14 +124,20 @@ def _grasp_scores(ctx, masks, temperature=200.0):
 
 # -- topology-based scores ---------------------------------------------------------------
 
-def _synflow_scores(ctx, masks, resolution="channel"):
+def _synflow_scores(ctx, masks, resolution="neuron"):
     """SynFlow (Tanaka et al. 2020): ``|w ⊙ ∂R/∂w|`` with ``R = 1ᵀ(∏|W|)1`` the
     path flow of the masked network under weights ``|w|``, as ``log10`` computed
     overflow-free by :meth:`topo_pai.Topology.flows` (``-inf`` where a weight is
     pruned or on no input-output path). Biases carry no flow and normalisation
-    layers are identities; at ``"neuron"`` resolution every pool is a sum over
-    its window (the original SynFlow's flow with sum-pooling), at ``"channel"``
-    resolution (the default, much faster) a pool links channel ``c`` to ``c``."""
+    layers are identities.
+
+    ``resolution="neuron"`` (the default) is the published method: the flow of
+    the spatially unrolled network, every pool a sum over its window, so a
+    single round equals a float64 torch SynFlow with biases zeroed and norms at
+    identity (tested). ``"channel"`` is a faster *variant* on the channel
+    multigraph (a conv kernel's edge weight is the sum of its kept ``|w|``, a
+    pool links channel ``c`` to ``c``); its masks differ from the published
+    method's."""
     from topo_pai.topology import RESOLUTIONS
 
     if resolution not in RESOLUTIONS:
@@ -277,8 +283,9 @@ register_method(Method("grasp", "score", _grasp_scores, needs_data=True,
                        options={"temperature": 200.0},
                        summary="keep high w * Hg, i.e. remove high -w * Hg (Wang et al. 2020)"))
 register_method(Method("synflow", "iterative", _synflow_scores,
-                       options={"rounds": 100, "resolution": "channel"},
-                       summary="log10 |w * dR/dw| path flow, `rounds` rounds (Tanaka et al. 2020)"))
+                       options={"rounds": 100, "resolution": "neuron"},
+                       summary="log10 |w * dR/dw| path flow, `rounds` rounds (Tanaka et al. 2020); "
+                               "resolution='channel' is a faster variant"))
 register_method(Method("phew", "masks", _phew_masks, randomized=True, default_allocation="erk",
                        forwards_options=True,
                        summary="biased random walks on |w| (Patil & Dovrolis 2021); ERK budgets; "
