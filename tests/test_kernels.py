@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from hypothesis import assume, given, settings  # noqa: E402
+from hypothesis import assume, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from topo_pai.kernels import propagate as K  # noqa: E402
@@ -736,6 +736,8 @@ def test_image_to_rows(O, OH, OW, extra):
 @EXAMPLES
 @given(st.lists(st.integers(0, 2 ** 40), min_size=1, max_size=40), st.integers(-60, 300),
        st.integers(0, 2))
+# a maximum of 2**-65 with a bound inside the window: the bound alone must not skip the rescale
+@example(values=[1], e=65, slack=2)
 def test_normalize_integer_counts_match_exact_scan(values, e, slack):
     """With integer counts, the bound-based and scan-based paths give the same
     counts, exponent window and risky flag as the exact two-sided scan."""

@@ -72,7 +72,9 @@ def normalize(arr: np.ndarray, e: int = 0, risky: bool = False, *, copy: bool = 
     if integer and bound is not None:
         if bound == 0.0:
             return Scaled(arr, 0, risky, zero=True)
-        if (2.0 ** -SLACK_BITS < bound <= 2.0 ** SLACK_BITS
+        # The bound caps the maximum from above; integer counts cap it from below
+        # (a non-zero maximum is at least 2**-e), so e <= SLACK_BITS keeps it in the window.
+        if (2.0 ** -SLACK_BITS < bound <= 2.0 ** SLACK_BITS and e <= SLACK_BITS
                 and math.log2(bound) + e <= RISKY_BITS):
             return Scaled(arr, e, risky, hi=bound)
     if integer:
