@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench install study study-figures
+.PHONY: demo test bench install study study-figures study-resnet20 study-lenet-extra
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ study: $(VENV)/.installed
 	@if [ -n "$(FRESH)" ]; then rm -rf $(STUDY_OUT); fi
 	$(BIN)/topo-pai sweep --config docs/study/study.toml --out $(STUDY_OUT) --workers $(STUDY_WORKERS)
 	$(BIN)/python docs/study/analyze.py $(STUDY_OUT)
+
+# The pre-registered studies of docs/study/PLAN.md, each resumable in sittings: the ResNet-20
+# grid (~10 core-hours) and the LeNet study's missing arms and weight-scale control (~3).
+study-resnet20: $(VENV)/.installed
+	$(BIN)/topo-pai sweep --config docs/study/resnet20/study.toml --out docs/study/resnet20/results --workers $(STUDY_WORKERS)
+
+study-lenet-extra: $(VENV)/.installed
+	$(BIN)/topo-pai sweep --config docs/study/lenet_extra/study.toml --out docs/study/lenet_extra/results --workers $(STUDY_WORKERS)
+	$(BIN)/topo-pai sweep --config docs/study/lenet5_rescale/study.toml --out docs/study/lenet5_rescale/results --workers $(STUDY_WORKERS)
 
 # Redraw the study's figures and tables from the committed results (no training).
 study-figures: $(VENV)/.installed

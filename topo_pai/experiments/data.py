@@ -79,7 +79,8 @@ class Dataset:
     Attributes
     ----------
     name, split : str
-        Dataset name (as in :func:`available_datasets`) and ``"train"``/``"test"``.
+        Dataset name (as in :func:`available_datasets`) and ``"train"``/``"test"``
+        (``"val"`` for a split held out of the training images, :meth:`split_off`).
     x : torch.Tensor
         float32 images, ``N x C x H x W``, normalised to about zero mean and
         unit variance.
@@ -158,6 +159,40 @@ class Dataset:
         idx = torch.from_numpy(np.sort(_stratified_order(self.y.numpy(), seed)[:n]))
         return Dataset(self.name, self.split, self.x[idx], self.y[idx], self.num_classes,
                        self.classes)
+
+    def split_off(self, n: int, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """Hold out a stratified validation split: ``(rest, held_out)``.
+
+        ``held_out`` is :meth:`subset` ``(n, seed)`` (so it is stratified and
+        deterministic in ``seed``) with split name ``"val"``; ``rest`` is every
+        other sample, in the original order. The two are disjoint and together
+        are the whole split.
+
+        Parameters
+        ----------
+        n : int
+            Number of held-out samples, ``1 <= n < len(self)``.
+        seed : int
+            Seed of the random choice within each class.
+
+        Examples
+        --------
+        >>> ds = load_dataset("synthetic", input_shape=(1, 4, 4), num_classes=4, n=100)
+        >>> rest, val = ds.split_off(20, seed=1)
+        >>> len(rest), len(val), val.split, val.y.bincount().tolist()
+        (80, 20, 'val', [5, 5, 5, 5])
+        """
+        n = _check_count("n", n)
+        if n >= len(self):
+            raise ValueError(f"cannot hold out n={n} of {len(self)} samples in {self.name!r} "
+                             f"{self.split}: leave at least one for training")
+        held = torch.from_numpy(np.sort(_stratified_order(self.y.numpy(), seed)[:n]))
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[held] = False
+        return (Dataset(self.name, self.split, self.x[keep], self.y[keep], self.num_classes,
+                        self.classes),
+                Dataset(self.name, "val", self.x[held], self.y[held], self.num_classes,
+                        self.classes))
 
 
 def _check_count(name: str, value) -> int:

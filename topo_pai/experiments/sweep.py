@@ -56,14 +56,18 @@ from typing import Iterable
 
 from topo_pai.checks import check_int
 from topo_pai.errors import TopoPaiError
-from topo_pai.experiments.curves import format_sparsity, trial_id
+from topo_pai.experiments.curves import SHUFFLE_SUFFIX, format_sparsity, trial_id
 
 COLUMNS = (
     "trial_id", "model", "dataset", "method", "shuffled", "sparsity", "seed",
     "effective_nodes", "n_nodes", "log10_paths", "effective_params", "unpruned_params",
-    "total_params", "flops", "dense_flops", "accuracy", "test_loss", "epochs",
-    "prune_seconds", "train_seconds", "device", "threads",
+    "total_params", "flops", "dense_flops", "accuracy", "test_loss", "val_accuracy",
+    "val_loss", "epochs", "prune_seconds", "train_seconds", "device", "threads",
 )
+#: The method name of a sweep's unpruned reference trials (``SweepConfig.dense``).
+DENSE = "dense"
+#: Keys of an arm that are not options of its method.
+ARM_KEYS = ("method", "rescale")
 ENGINES = ("local", "dask")
 ORDERS = ("grid", "reverse", "random")
 #: The lists of a SweepConfig that span the grid: their order does not change the trials.
@@ -128,11 +132,14 @@ class SweepConfig:
     dataset : str
         From :func:`topo_pai.experiments.data.available_datasets`.
     methods : list of str
-        From :func:`topo_pai.available_methods`.
+        From :func:`topo_pai.available_methods`, or names of ``arms``.
     sparsities : list of float
         Fractions in ``[0, 1)``.
     seeds : list of int
         Seeds initialisation, pruning, shuffling and training.
+    seeds_for : dict
+        ``{method or "method+shuffle" or "dense": [seeds]}``: a subset of
+        ``seeds`` for that arm (e.g. fewer seeds for secondary baselines).
     shuffled : list of str
         Methods (a subset of ``methods``) whose masks are also shuffled within
         each layer (``topo_pai.prune(..., "shuffle", masks=...)``).
@@ -140,6 +147,23 @@ class SweepConfig:
         ``{model name: {kwarg: value}}``, e.g. ``{"conv6": {"width": 0.5}}``.
     method_options : dict
         ``{method: {option: value}}`` passed to :func:`topo_pai.prune`.
+    arms : dict
+        Named variants of a method, usable in ``methods``:
+        ``{name: {"method": registered method, option: value, ...}}``, e.g.
+        ``{"random_erk": {"method": "random", "allocation": "erk"}}``. Every key
+        but ``method`` and ``rescale`` is an option of :func:`topo_pai.prune`.
+        ``"rescale": true`` multiplies each unit's kept weights after pruning
+        so that it keeps its dense pre-activation variance
+        (:func:`~topo_pai.experiments.training.rescale_kept_weights`), a control
+        that separates a mask's topology from signal collapse.
+    dense : bool
+        Also train the unpruned model once per model and seed (method
+        ``"dense"``, sparsity 0), the reference every arm is compared with.
+    val_size : int or None
+        Hold out this many training images (stratified, seed 0, after
+        ``train_limit``) as a validation split: each epoch is evaluated on it,
+        the test set only once, after the last epoch (columns ``val_accuracy``,
+        ``val_loss``; ``accuracy`` stays the test accuracy).
     train : dict or None
         :class:`~topo_pai.experiments.training.TrainConfig` fields; None only
         measures the topology (accuracy stays empty).
@@ -158,6 +182,17 @@ class SweepConfig:
     Two configurations are the same when they ask for the same set of trials
     with the same recipe: the order of ``models``, ``methods``, ``sparsities``,
     ``seeds`` and ``shuffled`` does not matter (:meth:`same_as`).
+
+    Examples
+    --------
+    >>> cfg = SweepConfig(models=["lenet5"], methods=["random", "random_erk"],
+    ...                   arms={"random_erk": {"method": "random", "allocation": "erk"}},
+    ...                   seeds=[0, 1], seeds_for={"random": [0]}, dense=True)
+    >>> [t.trial_id for t in cfg.trials()]  # doctest: +NORMALIZE_WHITESPACE
+    ['lenet5/dense/s0/seed0', 'lenet5/dense/s0/seed1', 'lenet5/random/s0.9/seed0',
+     'lenet5/random_erk/s0.9/seed0', 'lenet5/random_erk/s0.9/seed1']
+    >>> cfg.arm("random_erk")
+    ('random', {'allocation': 'erk'}, False)
     """
 
     models: tuple[str, ...]
@@ -174,6 +209,10 @@ class SweepConfig:
     prune_samples: int = 1000
     resources: dict = field(default_factory=dict)
     threads: int = 1
+    arms: dict = field(default_factory=dict)
+    seeds_for: dict = field(default_factory=dict)
+    dense: bool = False
+    val_size: int | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -200,9 +239,10 @@ class SweepConfig:
         if extra:
             raise ValueError(f"sweep shuffled names {extra}, which are not in methods "
                              f"{list(self.methods)}")
-        for name in ("model_kwargs", "method_options", "resources"):
+        for name in ("model_kwargs", "method_options", "resources", "arms", "seeds_for"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"sweep {name} must be a dict, got {getattr(self, name)!r}")
+        self._check_arms()
         bad = {k: v for k, v in self.resources.items()
                if not isinstance(k, str) or isinstance(v, bool)
                or not isinstance(v, (int, float)) or not 0 < v < math.inf}
@@ -226,7 +266,7 @@ class SweepConfig:
                 raise ValueError(f"sweep train has unknown fields {unknown}; known: "
                                  f"{sorted(known)}")
             TrainConfig(**self.train)  # validates values
-        for name in ("train_limit", "test_limit"):
+        for name in ("train_limit", "test_limit", "val_size"):
             if getattr(self, name) is not None:
                 check_int(f"sweep {name}", getattr(self, name), minimum=1,
                           hint="or None for the whole split")
@@ -240,6 +280,57 @@ class SweepConfig:
                 raise ValueError(f"sweep trials {other} and {t} share the id {t.trial_id!r}, "
                                  "so one would be skipped as done; rename a model or method")
 
+    def _check_arms(self) -> None:
+        from topo_pai.checks import check_bool
+        set_ = object.__setattr__
+        set_(self, "dense", check_bool("sweep dense", self.dense))
+        arms = {}
+        for name, spec in self.arms.items():
+            if not isinstance(name, str) or not name or "/" in name or "+" in name:
+                raise ValueError(f"sweep arm name {name!r} must be a non-empty string without "
+                                 "'/' or '+' (they separate the parts of a trial id)")
+            if name == DENSE:
+                raise ValueError(f"sweep arm name {DENSE!r} is reserved for the unpruned "
+                                 "reference; set dense = true instead")
+            if not isinstance(spec, dict) or not isinstance(spec.get("method"), str):
+                raise ValueError(f"sweep arms[{name!r}] must be a table with a 'method' (a "
+                                 f"registered method) and its options, got {spec!r}")
+            if name in self.method_options:
+                raise ValueError(f"sweep method_options[{name!r}]: give an arm's options in "
+                                 f"arms[{name!r}] itself")
+            spec = dict(spec)
+            spec["rescale"] = check_bool(f"sweep arms[{name!r}].rescale",
+                                         spec.get("rescale", False))
+            arms[name] = spec
+        set_(self, "arms", arms)
+        if DENSE in self.methods:
+            raise ValueError(f"sweep methods: {DENSE!r} is not a pruning method; set "
+                             "dense = true to train the unpruned reference")
+        names = set(self.methods) | {m + SHUFFLE_SUFFIX for m in self.shuffled}
+        if self.dense:
+            names.add(DENSE)
+        seeds_for = {}
+        for name, seeds in self.seeds_for.items():
+            if name not in names:
+                raise ValueError(f"sweep seeds_for names {name!r}, which is not an arm of the "
+                                 f"grid (one of {sorted(names)})")
+            seeds = _tuple(f"seeds_for[{name!r}]", seeds, int)
+            extra = [s for s in seeds if s not in self.seeds]
+            if extra or not seeds or len(set(seeds)) != len(seeds):
+                raise ValueError(f"sweep seeds_for[{name!r}] must be distinct values from seeds "
+                                 f"{list(self.seeds)}, got {list(seeds)}")
+            seeds_for[name] = seeds
+        set_(self, "seeds_for", seeds_for)
+
+    def arm(self, name: str) -> tuple[str, dict, bool]:
+        """``(registered method, options for topo_pai.prune, rescale)`` of a name in
+        ``methods``: an arm's definition, or a plain method with its ``method_options``."""
+        if name in self.arms:
+            spec = self.arms[name]
+            options = {k: v for k, v in spec.items() if k not in ARM_KEYS}
+            return spec["method"], options, bool(spec.get("rescale", False))
+        return name, dict(self.method_options.get(name, {})), False
+
     def validate_names(self) -> None:
         """Check model, method and dataset names against the registries, and what can be
         checked of each method's options without a model (imports torch)."""
@@ -247,21 +338,27 @@ class SweepConfig:
         from topo_pai.models import available_models
         from topo_pai.pruners import available_methods
         from topo_pai.pruners.api import check_options
+        known_methods = available_methods()
         for kind, names, known in (("model", self.models, available_models()),
-                                   ("method", self.methods, available_methods()),
+                                   ("method", [m for m in self.methods if m not in self.arms],
+                                    known_methods),
                                    ("dataset", (self.dataset,), available_datasets())):
             for n in names:
                 if n not in known:
                     raise ValueError(f"unknown {kind} {n!r}; available: {', '.join(known)}")
-        for method in self.methods:
-            options = self.method_options.get(method, {})
-            if not isinstance(options, dict):
-                raise ValueError(f"sweep method_options[{method!r}] must be a dict of options, "
-                                 f"got {options!r}")
+        for name in self.methods:
+            if not isinstance(self.method_options.get(name, {}), dict):
+                raise ValueError(f"sweep method_options[{name!r}] must be a dict of options, "
+                                 f"got {self.method_options[name]!r}")
+            method, options, _ = self.arm(name)
+            where = f"arms[{name!r}]" if name in self.arms else f"method_options for {name!r}"
+            if name in self.arms and method not in known_methods:
+                raise ValueError(f"sweep {where}: unknown method {method!r}; available: "
+                                 f"{', '.join(known_methods)}")
             try:
                 check_options(method, **options)
             except (ValueError, TypeError) as exc:
-                raise ValueError(f"sweep method_options for {method!r}: {exc}") from None
+                raise ValueError(f"sweep {where}: {exc}") from None
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -335,10 +432,14 @@ class SweepConfig:
     def trials(self) -> list[Trial]:
         out = []
         for model in self.models:
+            if self.dense:
+                out += [Trial(model, DENSE, False, 0.0, seed)
+                        for seed in self.seeds_for.get(DENSE, self.seeds)]
             for s in self.sparsities:
                 for method in self.methods:
                     for shuffled in ((False, True) if method in self.shuffled else (False,)):
-                        for seed in self.seeds:
+                        name = method + SHUFFLE_SUFFIX if shuffled else method
+                        for seed in self.seeds_for.get(name, self.seeds):
                             out.append(Trial(model, method, shuffled, s, seed))
         return out
 
@@ -349,7 +450,13 @@ def _datasets(cfg: SweepConfig, data_root):
     # limit= selects before converting to float (the same samples as Dataset.subset)
     train = load_dataset(cfg.dataset, "train", root=data_root, limit=cfg.train_limit, seed=0)
     test = load_dataset(cfg.dataset, "test", root=data_root, limit=cfg.test_limit, seed=0)
-    return train, test
+    val = None
+    if cfg.val_size is not None:
+        if cfg.val_size >= len(train):
+            raise ValueError(f"sweep val_size={cfg.val_size} leaves no training images (the "
+                             f"training split has {len(train)}); lower it or raise train_limit")
+        train, val = train.split_off(cfg.val_size, seed=0)
+    return train, val, test
 
 
 @contextlib.contextmanager
@@ -394,27 +501,31 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
 
     import topo_pai
     from topo_pai.experiments.curves import topology_record
-    from topo_pai.experiments.training import TrainConfig, resolve_device, seed_everything, train
+    from topo_pai.experiments.training import (TrainConfig, rescale_kept_weights, resolve_device,
+                                               seed_everything, train)
     from topo_pai.models import get_model
     from topo_pai.pruners import get_method
 
-    train_set, test_set = _datasets(cfg, data_root)
+    train_set, val_set, test_set = _datasets(cfg, data_root)
     C, H, W = train_set.input_shape
     seed_everything(trial.seed)
     model = get_model(trial.model, in_channels=C, num_classes=train_set.num_classes,
                       input_size=(H, W), **cfg.model_kwargs.get(trial.model, {}))
-    options = dict(cfg.method_options.get(trial.method, {}))
-    data = None
-    if get_method(trial.method).needs_data:
-        gen = torch.Generator().manual_seed(trial.seed)
-        idx = torch.randperm(len(train_set), generator=gen)[:cfg.prune_samples]
-        data = (train_set.x[idx], train_set.y[idx])
     t0 = time.perf_counter()
-    masks = topo_pai.prune(model, trial.method, trial.sparsity, input_shape=(C, H, W),
-                           data=data, seed=trial.seed, **options)
-    if trial.shuffled:
-        masks = topo_pai.prune(model, "shuffle", trial.sparsity, input_shape=(C, H, W),
-                               seed=trial.seed, masks=masks)
+    if trial.method == DENSE:
+        masks, rescale = {}, False
+    else:
+        method, options, rescale = cfg.arm(trial.method)
+        data = None
+        if get_method(method).needs_data:
+            gen = torch.Generator().manual_seed(trial.seed)
+            idx = torch.randperm(len(train_set), generator=gen)[:cfg.prune_samples]
+            data = (train_set.x[idx], train_set.y[idx])
+        masks = topo_pai.prune(model, method, trial.sparsity, input_shape=(C, H, W),
+                               data=data, seed=trial.seed, **options)
+        if trial.shuffled:
+            masks = topo_pai.prune(model, "shuffle", trial.sparsity, input_shape=(C, H, W),
+                                   seed=trial.seed, masks=masks)
     prune_seconds = time.perf_counter() - t0
     # one trace serves both: the dense topology, and (via with_masks) the pruned one
     dense = topo_pai.from_torch(model, {}, input_shape=(C, H, W))
@@ -423,13 +534,18 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
         shuffled=trial.shuffled, sparsity=trial.sparsity, seed=trial.seed,
         **topology_record(model, masks, (C, H, W), topology=dense),
         dense_flops=dense.effective_flops(),
-        accuracy=None, test_loss=None, epochs=0, prune_seconds=round(prune_seconds, 3),
+        accuracy=None, test_loss=None, val_accuracy=None, val_loss=None, epochs=0,
+        prune_seconds=round(prune_seconds, 3),
         train_seconds=0.0, device=str(resolve_device(device)), threads=cfg.threads,
     )
+    if rescale:
+        rescale_kept_weights(model, masks)
     if cfg.train is not None:
-        res = train(model, train_set, test_set, masks=masks, config=TrainConfig(**cfg.train),
-                    device=device, seed=trial.seed, progress=False)
+        res = train(model, train_set, test_set, val_set=val_set, masks=masks,
+                    config=TrainConfig(**cfg.train), device=device, seed=trial.seed,
+                    progress=False)
         row.update(accuracy=res.final_accuracy, test_loss=res.final_loss,
+                   val_accuracy=res.final_val_accuracy, val_loss=res.final_val_loss,
                    epochs=len(res.history), train_seconds=round(res.seconds, 3))
     assert set(row) == set(COLUMNS), sorted(set(row) ^ set(COLUMNS))
     if cfg.train is not None:

@@ -137,6 +137,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     final_accuracy: float | None = None
     final_loss: float | None = None
+    final_val_accuracy: float | None = None
+    final_val_loss: float | None = None
     device: str = "cpu"
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
@@ -192,7 +194,63 @@ def _pruned_nonzero(model: nn.Module, masks: dict) -> list[str]:
     return bad
 
 
-def train(model: nn.Module, train_set, test_set=None, *, masks=None,
+@torch.no_grad()
+def rescale_kept_weights(model: nn.Module, masks) -> dict[str, float]:
+    """Scale each unit's kept weights so that it keeps its dense pre-activation variance.
+
+    For a masked weight of shape ``(out, in, *kernel)`` with ``n = in * prod(kernel)``
+    inputs per output unit, of which ``m_o`` are kept, unit ``o``'s kept weights are
+    multiplied by ``sqrt(n / m_o)``: with i.i.d. zero-mean weights and inputs, its
+    pre-activation variance ``m_o * Var(w) * E[x^2]`` returns to the dense
+    ``n * Var(w) * E[x^2]``. Units with nothing kept stay zero. This is a control
+    for signal collapse at initialisation: it changes no mask, only the scale.
+
+    The model's weights are changed **in place** (as :func:`train` does); ``masks``
+    is not modified.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    masks : dict
+        ``{weight name: 0/1 mask}`` as from :func:`topo_pai.prune`; every name must
+        be a parameter of ``model`` with the mask's shape.
+
+    Returns
+    -------
+    dict
+        ``{weight name: mean scale factor over units that keep a weight}``.
+
+    Examples
+    --------
+    >>> net = torch.nn.Linear(4, 2, bias=False)
+    >>> _ = net.weight.data.fill_(1.0)
+    >>> m = {"weight": torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]])}
+    >>> rescale_kept_weights(net, m)
+    {'weight': 1.5}
+    >>> (net.weight * m["weight"]).tolist()
+    [[2.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
+    """
+    params = dict(model.named_parameters())
+    factors = {}
+    for name, mask in masks.items():
+        if name not in params:
+            raise KeyError(f"mask {name!r} names no parameter of the model")
+        w = params[name]
+        keep = torch.as_tensor(mask).to(device=w.device).bool()
+        if keep.shape != w.shape or w.dim() < 2:
+            raise ValueError(f"mask {name!r} has shape {tuple(keep.shape)}; the weight has "
+                             f"{tuple(w.shape)} (a weight of at least 2 dimensions is needed)")
+        dense_fan_in = keep[0].numel()
+        kept = keep.reshape(keep.shape[0], -1).sum(1)
+        scale = torch.where(kept > 0, (dense_fan_in / kept.clamp(min=1).double()).sqrt(),
+                            torch.zeros((), dtype=torch.float64, device=w.device))
+        w.mul_(scale.to(w.dtype).reshape(-1, *([1] * (w.dim() - 1))))
+        used = scale[kept > 0]
+        factors[name] = float(used.mean()) if used.numel() else 0.0
+    return factors
+
+
+def train(model: nn.Module, train_set, test_set=None, *, val_set=None, masks=None,
           config: TrainConfig | None = None, device: str | torch.device | None = "auto",
           seed: int = 0, progress: bool = True, log: str | os.PathLike | Callable | None = None,
           **hyper) -> TrainResult:
@@ -205,7 +263,13 @@ def train(model: nn.Module, train_set, test_set=None, *, masks=None,
     train_set, test_set : Dataset
         In-memory datasets (``.x`` float tensor, ``.y`` int64 labels), e.g.
         from :func:`topo_pai.experiments.data.load_dataset`. ``test_set`` is
-        evaluated after every epoch.
+        evaluated after every epoch, or only once, after the last, when a
+        ``val_set`` is given.
+    val_set : Dataset, optional
+        A validation split (e.g. from
+        :meth:`~topo_pai.experiments.data.Dataset.split_off`), evaluated after
+        every epoch in place of ``test_set``: choices are made on it, and the
+        test set is touched once.
     masks : dict, optional
         ``{param name: 0/1 mask}`` as from :func:`topo_pai.prune`; attached with
         :func:`topo_pai.apply_masks`. None keeps the masks already attached
@@ -226,9 +290,11 @@ def train(model: nn.Module, train_set, test_set=None, *, masks=None,
     Returns
     -------
     TrainResult
-        ``history`` (one dict per epoch: ``epoch, lr, train_loss, train_acc,
-        test_loss, test_acc, seconds``) and ``final_accuracy`` (test accuracy
-        after the last epoch, a fraction; None without ``test_set``).
+        ``history`` (one dict per epoch: ``epoch, lr, train_loss, train_acc``,
+        then ``val_loss, val_acc`` with a ``val_set``, else ``test_loss, test_acc``,
+        and ``seconds``), ``final_accuracy`` and ``final_loss`` (test accuracy,
+        a fraction, and loss after the last epoch; None without ``test_set``) and
+        ``final_val_accuracy``, ``final_val_loss`` (None without ``val_set``).
 
     Raises
     ------
@@ -256,6 +322,8 @@ def train(model: nn.Module, train_set, test_set=None, *, masks=None,
     x, y = _tensors(train_set, "train_set")
     if test_set is not None:
         _tensors(test_set, "test_set")
+    if val_set is not None:
+        _tensors(val_set, "val_set")
     check_omp_policy()
     dev = resolve_device(device)
     seed_everything(seed)
@@ -299,7 +367,9 @@ def train(model: nn.Module, train_set, test_set=None, *, masks=None,
                 correct += int((out.argmax(1) == yb).sum())
             row = dict(epoch=epoch + 1, lr=lr, train_loss=loss_sum / x.shape[0],
                        train_acc=correct / x.shape[0])
-            if test_set is not None:
+            if val_set is not None:
+                row["val_loss"], row["val_acc"] = evaluate(model, val_set, device=dev)
+            elif test_set is not None:
                 row["test_loss"], row["test_acc"] = evaluate(model, test_set, device=dev)
             row["seconds"] = time.perf_counter() - t0
             result.history.append(row)
@@ -313,10 +383,15 @@ def train(model: nn.Module, train_set, test_set=None, *, masks=None,
     finally:
         if sink is not None:
             sink.close()
-    result.seconds = time.perf_counter() - start
-    if result.history and test_set is not None:
+    if result.history and val_set is not None:
+        result.final_val_loss = result.history[-1]["val_loss"]
+        result.final_val_accuracy = result.history[-1]["val_acc"]
+        if test_set is not None:  # the one look at the test set
+            result.final_loss, result.final_accuracy = evaluate(model, test_set, device=dev)
+    elif result.history and test_set is not None:
         result.final_loss = result.history[-1]["test_loss"]
         result.final_accuracy = result.history[-1]["test_acc"]
+    result.seconds = time.perf_counter() - start
     leaked = _pruned_nonzero(model, attached)
     if leaked:
         raise RuntimeError(f"pruned weights became non-zero during training in {leaked[:5]}")
