@@ -51,3 +51,4 @@ study-lenet-extra: $(VENV)/.installed
 # Redraw the study's figures and tables from the committed results (no training).
 study-figures: $(VENV)/.installed
 	$(BIN)/python docs/study/analyze.py $(STUDY_OUT)
+	$(BIN)/python docs/study/analyze_plan.py
