@@ -491,3 +491,30 @@ def test_to_networkx_refuses_large_graph():
     with pytest.raises(ValueError, match="max_edges"):
         topo.to_networkx(max_edges=10_000)
     assert topo.to_networkx(max_edges=20_000).number_of_edges() == 20_000
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp", "iter_snip"])
+@pytest.mark.parametrize("y, match", [
+    (torch.zeros(6, 1, dtype=torch.long), r"shape \(6, 1\).*one class label per input"),
+    (torch.zeros(6), r"float32 of shape \(6,\).*integer class labels"),
+    (torch.full((6,), 3), r"labels in \[3, 3\].*3 classes"),
+    (torch.full((6,), -1), r"labels in \[-1, -1\]"),
+])
+def test_wrong_targets_for_the_default_loss_are_named(method, y, match):
+    """They raised torch's error from inside cross_entropy (a traceback for a user mistake)."""
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    x = torch.randn(6, 1, 4, 4)
+    opts = {"rounds": 2} if method == "iter_snip" else {}
+    with pytest.raises(ValueError, match=match):
+        topo_pai.prune(net, method, 0.5, input_shape=(1, 4, 4), data=(x, y), **opts)
+
+
+def test_class_probabilities_and_custom_losses_are_accepted():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = torch.randn(6, 1, 4, 4)
+    probs = torch.softmax(torch.randn(6, 3), 1)
+    a = topo_pai.prune(net, "snip", 0.5, input_shape=(1, 4, 4), data=(x, probs))
+    # a regression target is fine with the caller's own loss
+    b = topo_pai.prune(net, "snip", 0.5, input_shape=(1, 4, 4), data=(x, torch.zeros(6)),
+                       loss=lambda out, y: ((out.sum(1) - y) ** 2).mean())
+    assert set(a) == set(b) == {"1.weight"}
