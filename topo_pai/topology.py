@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from topo_pai.coverage import Uncovered, warn_uncovered
 from topo_pai.errors import MaskError, PathCountTooLarge
 from topo_pai.graph.ir import Program
 from topo_pai.graph.masks import (
@@ -209,6 +210,12 @@ class Topology:
     def blocks(self) -> list[Block]:
         """Channel-level CSR blocks ``(src group, dst group, matrix)`` in topological order."""
         return list(self._channel.blocks)
+
+    @property
+    def uncovered(self) -> Uncovered | None:
+        """Weight tensors of the model that no mask covers (not Linear or Conv weights) and
+        their share of its parameters; :func:`from_torch` warns when there are any."""
+        return self._shared.get("uncovered")
 
     @property
     def masks(self) -> dict[str, np.ndarray]:
@@ -737,4 +744,6 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
         masks = attached_masks(model)
     param_names = {name for name, _ in model.named_parameters()}
     param_names |= {name.removesuffix("_orig") for name in param_names}
-    return Topology._build(program, structure, masks, param_names, index_dtype)
+    topo = Topology._build(program, structure, masks, param_names, index_dtype)
+    topo._shared["uncovered"] = warn_uncovered(model)
+    return topo

@@ -124,7 +124,9 @@ class SweepConfig:
     ----------
     models : list of str
         Names from :func:`topo_pai.models.available_models`, built for the
-        dataset's input shape and class count.
+        dataset's input shape and class count, or ``package.module:callable`` /
+        ``path/to/file.py:callable`` (a user's model, called with its
+        ``model_kwargs``; see :mod:`topo_pai.models.spec`).
     dataset : str
         From :func:`topo_pai.experiments.data.available_datasets`.
     methods : list of str
@@ -138,6 +140,10 @@ class SweepConfig:
         each layer (``topo_pai.prune(..., "shuffle", masks=...)``).
     model_kwargs : dict
         ``{model name: {kwarg: value}}``, e.g. ``{"conv6": {"width": 0.5}}``.
+    input_shape : list of int or None
+        The input shape the models are meant for, ``[C, H, W]``; a sweep whose
+        dataset gives another shape is refused (models are not rebuilt silently
+        for the dataset). None: the dataset's.
     method_options : dict
         ``{method: {option: value}}`` passed to :func:`topo_pai.prune`.
     train : dict or None
@@ -174,6 +180,7 @@ class SweepConfig:
     prune_samples: int = 1000
     resources: dict = field(default_factory=dict)
     threads: int = 1
+    input_shape: tuple[int, ...] | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -185,6 +192,11 @@ class SweepConfig:
         set_(self, "sparsities", tuple(float(s) + 0.0 for s in _tuple("sparsities",
                                                                         self.sparsities,
                                                                         (int, float))))
+        if self.input_shape is not None:
+            set_(self, "input_shape", _tuple("input_shape", self.input_shape, int))
+            if not 1 <= len(self.input_shape) <= 3 or min(self.input_shape) < 1:
+                raise ValueError(f"sweep input_shape must be 1 to 3 positive ints such as "
+                                 f"[3, 32, 32], got {list(self.input_shape)}")
         for name in ("models", "methods", "sparsities", "seeds"):
             if not getattr(self, name):
                 raise ValueError(f"sweep {name} is empty; give at least one value")
@@ -244,11 +256,12 @@ class SweepConfig:
         """Check model, method and dataset names against the registries, and what can be
         checked of each method's options without a model (imports torch)."""
         from topo_pai.experiments.data import available_datasets
-        from topo_pai.models import available_models
+        from topo_pai.models.spec import check_model_spec
         from topo_pai.pruners import available_methods
         from topo_pai.pruners.api import check_options
-        for kind, names, known in (("model", self.models, available_models()),
-                                   ("method", self.methods, available_methods()),
+        for model in self.models:
+            check_model_spec(model)
+        for kind, names, known in (("method", self.methods, available_methods()),
                                    ("dataset", (self.dataset,), available_datasets())):
             for n in names:
                 if n not in known:
@@ -299,7 +312,8 @@ class SweepConfig:
 
     def _recipe(self) -> dict:
         """Everything but the grid's lists: how each trial is run."""
-        return {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
+        return {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS
+                and not (k == "input_shape" and v is None)}  # configurations from before it
 
     def same_as(self, other: "SweepConfig") -> bool:
         """Whether ``other`` asks for the same set of trials with the same recipe.
@@ -395,14 +409,15 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
     import topo_pai
     from topo_pai.experiments.curves import topology_record
     from topo_pai.experiments.training import TrainConfig, resolve_device, seed_everything, train
-    from topo_pai.models import get_model
+    from topo_pai.models.spec import build_model, check_input_shape, check_model_spec
     from topo_pai.pruners import get_method
 
     train_set, test_set = _datasets(cfg, data_root)
-    C, H, W = train_set.input_shape
+    C, H, W = check_input_shape(check_model_spec(trial.model), cfg.input_shape,
+                                train_set.input_shape)
     seed_everything(trial.seed)
-    model = get_model(trial.model, in_channels=C, num_classes=train_set.num_classes,
-                      input_size=(H, W), **cfg.model_kwargs.get(trial.model, {}))
+    model, _ = build_model(trial.model, input_shape=(C, H, W), num_classes=train_set.num_classes,
+                           model_args=cfg.model_kwargs.get(trial.model, {}))
     options = dict(cfg.method_options.get(trial.method, {}))
     data = None
     if get_method(trial.method).needs_data:
@@ -438,6 +453,20 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
         if isinstance(v, np.generic):
             row[k] = v.item()
     return row
+
+
+def check_models(cfg: SweepConfig, data_root=None) -> None:
+    """Before any trial: every model can be imported, and ``cfg.input_shape`` (if given)
+    is the dataset's (a model is refused, not rebuilt silently for another input)."""
+    from topo_pai.experiments.data import load_dataset
+    from topo_pai.models.spec import check_input_shape, check_model_spec, resolve_callable
+
+    shape = load_dataset(cfg.dataset, "train", root=data_root, limit=1, seed=0).input_shape
+    for model in cfg.models:
+        spec = check_model_spec(model)
+        check_input_shape(spec, cfg.input_shape, shape)
+        if not spec.is_zoo:
+            resolve_callable(spec)
 
 
 def run_trial_dict(cfg_dict: dict, trial_dict: dict, data_root=None, device="auto") -> dict:
@@ -867,6 +896,7 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     cfg.validate_names()
+    check_models(cfg, data_root)
     with ResultsStore(out_dir, cfg) as store:
         try:
             failed, n_run = _run_pending(cfg, store, workers=workers, engine=engine,

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from topo_pai.checks import check_bool, check_int
+from topo_pai.coverage import warn_uncovered
 from topo_pai.graph.masks import check_mask_value
 from topo_pai.pruners import allocation as A
 from topo_pai.pruners.context import PruneContext, prunable_targets, resolve_exclude
@@ -324,6 +325,7 @@ def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=
         if ratio is not None and ratio.needs_data:
             raise ValueError(_needs_data_message(ratio, f" (ranking for allocation {spec!r})"))
     targets = prunable_targets(model)
+    warn_uncovered(model)
     excluded = resolve_exclude(targets, exclude)
     active = [t for t in targets if t.param not in excluded]
     if not active:
