@@ -47,6 +47,8 @@ _LAZY = {
     "save_masks": "topo_pai.pruners",
     "load_masks": "topo_pai.pruners",
     "uncovered_weights": "topo_pai.coverage",
+    "compact": "topo_pai.compaction",
+    "compact_with_report": "topo_pai.compaction",
 }
 
 __all__ = [
@@ -54,7 +56,7 @@ __all__ = [
     "InputShapeError", "TraceError", "UnsupportedOpError", "NoPrunableLayerError",
     "PathCountTooLarge", "prune", "available_methods", "apply_masks", "remove_masks",
     "bake_masks", "read_masks", "save_masks", "load_masks", "UncoveredWeightsWarning",
-    "uncovered_weights",
+    "uncovered_weights", "compact", "compact_with_report",
 ]
 
 

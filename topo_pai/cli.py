@@ -221,6 +221,7 @@ def _check_input_file(path, flag: str) -> None:
 
 
 # ------------------------------------------------------------------ commands
+COMPACT_SUFFIXES = (".pt", ".pth")
 def _model_args(args) -> dict:
     """--model-args JSON and the repeatable --model-arg KEY=VALUE, merged."""
     pairs = _key_values(args.model_arg, "--model-arg")
@@ -353,6 +354,29 @@ def cmd_prune(args) -> int:
         topo = topo_pai.from_torch(model, masks, input_shape=shape)
     print(f"{args.method} at sparsity {args.sparsity:g} on {args.model} {shape}: masks -> {path}\n")
     _print_topology(topo, ("channel",), False)
+    return EXIT_OK
+
+
+def cmd_compact(args) -> int:
+    out = check_output_file(args.out, "--out", force=args.force, suffixes=COMPACT_SUFFIXES)
+    _check_input_file(args.masks, "--masks")
+    import torch
+
+    from topo_pai.compaction import compact_with_report
+
+    model, shape, _ = _model_and_shape(args)
+    masks = _load_masks_arg(args, model)
+    result = compact_with_report(model, masks, shape)
+    torch.save(result.model, out)
+    if args.json:
+        json.dump(strict_json(dict(result.report.to_dict(), out=str(out))), sys.stdout, indent=1,
+                  allow_nan=False)
+        print()
+    else:
+        print(f"{args.model} {shape}, masks: {args.masks}: compacted model -> {out}")
+        print(result.report)
+        print(f"load it with torch.load({str(out)!r}, weights_only=False) (needs topo_pai "
+              "installed); it runs in eval mode")
     return EXIT_OK
 
 
@@ -528,6 +552,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-samples", type=_positive, default=1000,
                    help="training samples for data-dependent methods")
     p.set_defaults(func=cmd_prune)
+
+    p = add("compact", "rebuild a masked model as a smaller dense one without its "
+                       "ineffective channels; write it with torch.save")
+    _common_model_args(p)
+    _masks_args(p, required=True)
+    p.add_argument("--out", required=True, help="file to write the compacted model to (.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_compact)
 
     p = add("sweep", "methods x sparsities x seeds, resumable results table",
             epilog=SWEEP_EPILOG + "\n" + EPILOG)

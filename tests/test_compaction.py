@@ -1,0 +1,220 @@
+"""Compaction (issue 15, item 4): the compacted model computes what the masked model
+computes (oracle: a float64 forward pass of the masked model), and each layer keeps
+exactly the effective channels the package counts (oracle: Topology.summary)."""
+
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import topo_pai  # noqa: E402
+from topo_pai.cli import main  # noqa: E402
+from topo_pai.compaction import _Adapter, _BiasMap  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+import own_models  # noqa: E402
+
+OWN = str(Path(__file__).parent / "own_models.py")
+LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def randomise_norms(model, gen):
+    """Non-trivial eval-mode BatchNorm statistics, so that constants pass through them."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1, generator=gen)
+                m.running_var.uniform_(0.5, 2, generator=gen)
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.uniform_(-1, 1, generator=gen)
+    return model.eval()
+
+
+def masks_for(model, density, gen, dead_rows=0.0, dead_cols=0.0):
+    """Random masks, with whole output units (no input: constant units) and whole input
+    columns (units that feed nothing) pruned at the given rates."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, LAYERS):
+            mask = torch.rand(m.weight.shape, generator=gen) < density
+            rows = torch.rand(mask.shape[0], generator=gen) < dead_rows
+            cols = torch.rand(mask.shape[1], generator=gen) < dead_cols
+            mask[rows] = False
+            mask[:, cols] = False
+            out[f"{name}.weight"] = mask
+    return out
+
+
+def masked_float64(model, masks):
+    ref = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for k, m in masks.items():
+            ref.get_submodule(k.rpartition(".")[0]).weight.mul_(m.double())
+    return ref
+
+
+CASES = [("ResDepthNet", (3, 8, 8), {}), ("CatNet", (2, 8, 8), {}),
+         ("ResDepthNet", (1, 6, 6), {"in_channels": 1, "width": 5})]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_compacted_outputs_and_channels(case):
+    name, shape, kwargs = CASES[case]
+    seen = set()
+    for seed in range(6):
+        gen = torch.Generator().manual_seed(100 * case + seed)
+        torch.manual_seed(seed)
+        model = randomise_norms(getattr(own_models, name)(**kwargs), gen)
+        before = copy.deepcopy(model.state_dict())
+        density = (0.6, 0.3, 0.15)[seed % 3]
+        masks = masks_for(model, density, gen, dead_rows=0.25 * (seed % 2),
+                          dead_cols=0.2 * (seed // 3))
+        result = topo_pai.compact_with_report(model, masks, shape)
+        small = result.model
+        seen |= {type(m) for m in small.modules()}
+        # the input model and masks are not touched
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+        x = torch.randn(5, *shape, generator=gen)
+        with torch.no_grad():
+            want = masked_float64(model, masks)(x.double())
+            got = small(x)
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        scale = want.abs().max().item() + 1.0
+        assert (got.double() - want).abs().max().item() <= 1e-5 * scale, (name, seed)
+        # each layer keeps exactly its effective channels / units
+        topo = topo_pai.from_torch(model, masks, shape)
+        effective = {r["name"]: r["effective_nodes"] for r in topo.summary().rows[1:]}
+        assert {k: v[1] for k, v in result.report.channels.items()} == effective
+        for layer, n_eff in effective.items():
+            if n_eff:
+                mod = small.get_submodule(layer)
+                kept = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+                assert kept == n_eff
+        # the report: dense MACs of both models, all parameters
+        dense = topo_pai.from_torch(model, {}, shape).effective_flops()
+        assert result.report.macs_before == dense
+        assert result.report.macs_after == _macs(small, shape)
+        assert result.report.effective_macs == topo.effective_flops()
+        assert result.report.macs_after >= result.report.effective_macs
+        assert result.report.params_after == sum(p.numel() for p in small.parameters())
+        assert result.report.params_before == sum(p.numel() for p in model.parameters())
+    if name == "ResDepthNet" and case == 0:
+        # constants were put back for a residual branch, and folded per position
+        assert _Adapter in seen and _BiasMap in seen
+
+
+def _macs(model, shape):
+    """MACs of a model's Linear and Conv layers, by forward hooks (independent of the
+    compaction's own bookkeeping)."""
+    total = []
+
+    def hook(mod, inp, out):
+        total.append(mod.weight.numel() * int(np.prod(out.shape[2:])))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LAYERS)]
+    with torch.no_grad():
+        model(torch.zeros(1, *shape))
+    for h in handles:
+        h.remove()
+    return sum(total)
+
+
+def test_attached_masks_and_a_dead_network():
+    gen = torch.Generator().manual_seed(7)
+    model = randomise_norms(own_models.CatNet(), gen)
+    masks = masks_for(model, 0.3, gen, dead_rows=0.3)
+    want = topo_pai.compact(model, masks, (2, 8, 8))
+    attached = topo_pai.apply_masks(copy.deepcopy(model), masks)
+    got = topo_pai.compact(attached, None, (2, 8, 8))
+    x = torch.randn(3, 2, 8, 8, generator=gen)
+    with torch.no_grad():
+        assert torch.allclose(want(x), got(x), atol=1e-6)
+    dead = {k: torch.zeros_like(v) for k, v in masks.items()}
+    small = topo_pai.compact(model, dead, (2, 8, 8))
+    assert sum(p.numel() for p in small.parameters()) == 0
+    with torch.no_grad():
+        want = masked_float64(model, dead)(x.double())
+        assert torch.allclose(small(x).double(), want, atol=1e-6)
+
+
+class GroupNormNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.gn = nn.GroupNorm(1, 4)
+        self.b = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.b(self.gn(self.a(x)))
+
+
+class GroupedNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(4, 4, 3, padding=1, groups=2)
+        self.b = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+class SoftmaxNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(torch.softmax(self.a(x), dim=1))
+
+
+def test_refusals_name_the_op(monkeypatch):
+    net = GroupNormNet()
+    mask = torch.ones(4, 1, 3, 3)
+    mask[0] = 0  # channel 0 of a is constant, but GroupNorm mixes it with the others
+    with pytest.raises(topo_pai.UnsupportedOpError, match=r"fx node 'gn'.*GroupNorm"):
+        topo_pai.compact(net, {"a.weight": mask}, (1, 5, 5))
+    # Were GroupNorm taken for a channel-wise op, the probes would catch it.
+    import topo_pai.compaction as C
+    monkeypatch.setattr(C, "_CHANNELWISE_MODULES", C._CHANNELWISE_MODULES + (nn.GroupNorm,))
+    with pytest.raises(topo_pai.UnsupportedOpError,
+                       match=r"channel\(s\) \[0\] of fx node 'gn'.*change with it.*mixes"):
+        topo_pai.compact(net, {"a.weight": mask}, (1, 5, 5))
+    with pytest.raises(topo_pai.UnsupportedOpError,
+                       match=r"fx node 'a' \(call_module a\): a grouped convolution \(groups=2\)"):
+        topo_pai.compact(GroupedNet(), {}, (4, 5, 5))
+    with pytest.raises(topo_pai.UnsupportedOpError, match=r"fx node 'softmax'.*softmax"):
+        topo_pai.compact(SoftmaxNet(), {}, (3,))
+
+
+def test_cli_compact(tmp_path, capsys):
+    gen = torch.Generator().manual_seed(3)
+    torch.manual_seed(0)  # the CLI builds the model with --seed 0
+    model = own_models.ResDepthNet().eval()
+    masks = masks_for(model, 0.3, gen, dead_rows=0.3)
+    topo_pai.save_masks(masks, tmp_path / "m.pt")
+    out = tmp_path / "small.pt"
+    code = main(["compact", f"{OWN}:ResDepthNet", "--input-shape", "3,8,8", "--masks",
+                 str(tmp_path / "m.pt"), "--out", str(out), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["params_after"] < report["params_before"]
+    small = torch.load(out, weights_only=False)
+    x = torch.randn(2, 3, 8, 8, generator=gen)
+    with torch.no_grad():
+        want = masked_float64(model, masks)(x.double())
+        assert torch.allclose(small(x).double(), want, atol=1e-5)
+    code = main(["compact", f"{OWN}:ResDepthNet", "--input-shape", "3,8,8", "--masks",
+                 str(tmp_path / "m.pt"), "--out", str(out)])
+    assert code == 2 and "refusing to overwrite" in capsys.readouterr().err
+    code = main(["compact", f"{OWN}:ResDepthNet", "--input-shape", "3,8,8", "--masks",
+                 str(tmp_path / "m.pt"), "--out", str(out), "--force"])
+    text = capsys.readouterr().out
+    assert code == 0 and "params" in text and "MACs" in text and "c2" in text
