@@ -17,10 +17,13 @@ work where it can be checked up front; an internal error exits with status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -326,6 +329,49 @@ def cmd_analyze(args) -> int:
     return EXIT_OK
 
 
+class _ProgressHandler(logging.Handler):
+    """Draws the per-round records of ``topo_pai.prune`` as a tqdm bar on stderr, and
+    other records as lines."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.bar = None
+
+    def emit(self, record):
+        rounds = getattr(record, "rounds", None)
+        if rounds is None:
+            print(f"topo-pai: {record.getMessage()}", file=sys.stderr, flush=True)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=rounds, desc=record.getMessage().split(" round")[0],
+                            unit="round", file=sys.stderr, leave=False)
+        self.bar.update(record.round - self.bar.n)
+        if record.round >= rounds:
+            self.bar.close()
+            self.bar = None
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool):
+    """Report the progress of long work on stderr, unless ``quiet``."""
+    if quiet:
+        yield
+        return
+    logger = logging.getLogger("topo_pai.prune")
+    handler = _ProgressHandler()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        if handler.bar is not None:
+            handler.bar.close()
+
+
 def cmd_prune(args) -> int:
     from topo_pai.pruners.io import SUFFIXES
 
@@ -340,14 +386,35 @@ def cmd_prune(args) -> int:
         raise UsageError(f"method {args.method!r} scores weights on data; pass --dataset (e.g. "
                          "fashion-mnist, digits or synthetic)")
     options = _key_values(args.option, "--option")
+    if args.masks:
+        _check_input_file(args.masks, "--masks")
+        if method.budgets_from_option is None:
+            raise UsageError(f"--masks is for methods that rework given masks (shuffle); "
+                             f"{args.method!r} prunes the dense model")
+        if method.budgets_from_option in options:
+            raise UsageError(f"--masks and --option {method.budgets_from_option}= both give the "
+                             "masks; give --masks only")
+    elif method.budgets_from_option is not None:
+        raise UsageError(f"method {args.method!r} reworks given masks: pass them with --masks "
+                         "FILE (e.g. the output of an earlier topo-pai prune)")
     model, shape, ds = _model_and_shape(args)
+    if args.masks:
+        options[method.budgets_from_option] = _load_masks_arg(args, model)
     data = None
     if method.needs_data:
         gen = torch.Generator().manual_seed(args.seed)
         idx = torch.randperm(len(ds), generator=gen)[:args.prune_samples]
         data = (ds.x[idx], ds.y[idx])
-    masks = topo_pai.prune(model, args.method, args.sparsity, input_shape=shape, data=data,
-                           seed=args.seed, **options)
+    if not args.quiet:
+        print(f"topo-pai: pruning {args.model} with {args.method} to sparsity "
+              f"{args.sparsity:g} ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    with _progress(args.quiet):
+        masks = topo_pai.prune(model, args.method, args.sparsity, input_shape=shape, data=data,
+                               seed=args.seed, **options)
+    if not args.quiet:
+        print(f"topo-pai: pruned in {time.perf_counter() - t0:.1f} s", file=sys.stderr,
+              flush=True)
     path = topo_pai.save_masks(masks, out)
     with warnings.catch_warnings():  # prune() has said so already
         warnings.simplefilter("ignore", topo_pai.UncoveredWeightsWarning)
@@ -436,6 +503,13 @@ def cmd_sweep(args) -> int:
     return EXIT_OK
 
 
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def cmd_plot(args) -> int:
     from topo_pai import plotting
 
@@ -458,7 +532,7 @@ def cmd_plot(args) -> int:
         prefix = f"{model}_" if len(models) > 1 else ""
         rows = [r for r in records if r["model"] == model]
         figures = [("node_path_plane", plotting.plot_node_path_plane)]
-        if any(r.get("accuracy") is not None for r in rows):
+        if any(_finite(r.get("accuracy")) for r in rows):  # a topology-only sweep has none
             figures.append(("accuracy_vs_sparsity", plotting.plot_accuracy_vs_sparsity))
         if any(r.get("shuffled") for r in rows):
             figures.append(("shuffled_vs_original", plotting.plot_shuffle_comparison))
@@ -472,15 +546,35 @@ def cmd_plot(args) -> int:
     return EXIT_OK
 
 
+def _print_table(header, rows) -> None:
+    widths = [max(len(str(r[j])) for r in [header, *rows]) for j in range(len(header))]
+    for k, row in enumerate([header, *rows]):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def cmd_models(args) -> int:
-    from topo_pai.models import available_models
-    print("\n".join(available_models()))
+    from topo_pai.models import available_models, model_options
+    rows = [(name, ", ".join(model_options(name)) or "-") for name in available_models()]
+    _print_table(("model", "options (--model-args / --model-arg)"), rows)
+    print("\nEvery zoo model takes in_channels, num_classes and input_size from --dataset or "
+          "--input-shape/--num-classes.\nYour own model: package.module:callable or "
+          "path/to/file.py:callable, called with --model-args JSON.")
     return EXIT_OK
 
 
 def cmd_methods(args) -> int:
-    from topo_pai.pruners import available_methods
-    print("\n".join(available_methods()))
+    from topo_pai.pruners import available_methods, get_method
+    rows = []
+    for name in available_methods():
+        m = get_method(name)
+        opts = ", ".join(f"{k}={v!r}" for k, v in m.options.items()
+                         if k != m.budgets_from_option) or "-"
+        needs = ("--dataset" if m.needs_data else
+                 "--masks" if m.budgets_from_option else "-")
+        rows.append((name, m.kind, needs, opts, m.summary))
+    _print_table(("method", "kind", "needs", "options (--option KEY=VALUE)", "summary"), rows)
     return EXIT_OK
 
 
@@ -523,6 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topo-pai", description="Topology of sparse networks: analyze, prune, sweep, plot.",
         epilog=EPILOG, formatter_class=fmt)
+    from topo_pai import __version__
+    parser.add_argument("--version", action="version", version=f"topo-pai {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, help, epilog=EPILOG):
@@ -551,6 +647,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method option, e.g. rounds=100 or alpha=0.01 (repeatable)")
     p.add_argument("--prune-samples", type=_positive, default=1000,
                    help="training samples for data-dependent methods")
+    p.add_argument("--masks", default=None,
+                   help="masks to rework, for shuffle (any format --masks of analyze reads)")
+    p.add_argument("--masks-from-zeros", action="store_true",
+                   help="--masks holds weights: their zeros are the pruned entries")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_prune)
 
     p = add("compact", "rebuild a masked model as a smaller dense one without its "
@@ -638,7 +739,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(argv=None) -> int:
     """Run the command; return its exit status (see the module docs)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
-    args = build_parser().parse_args(argv)  # argparse reports its own errors (status 2)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse's own
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        from topo_pai.checks import did_you_mean
+        print(f"topo-pai: error: unknown command {argv[0]!r}.{did_you_mean(argv[0], commands)} "
+              f"Commands: {', '.join(commands)}", file=sys.stderr)
+        return EXIT_USER
+    args = parser.parse_args(argv)  # argparse reports its own errors (status 2)
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         with warnings.catch_warnings():

@@ -265,7 +265,9 @@ class SweepConfig:
                                    ("dataset", (self.dataset,), available_datasets())):
             for n in names:
                 if n not in known:
-                    raise ValueError(f"unknown {kind} {n!r}; available: {', '.join(known)}")
+                    from topo_pai.checks import did_you_mean
+                    raise ValueError(f"unknown {kind} {n!r};{did_you_mean(n, known)} available: "
+                                     f"{', '.join(known)}")
         for method in self.methods:
             options = self.method_options.get(method, {})
             if not isinstance(options, dict):
@@ -287,8 +289,9 @@ class SweepConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"sweep configuration has unknown keys {unknown}; known: "
-                             f"{sorted(known)}")
+            from topo_pai.checks import did_you_mean
+            raise ValueError(f"sweep configuration has unknown keys {unknown};"
+                             f"{did_you_mean(unknown[0], known)} known: {sorted(known)}")
         return cls(**d)
 
     @classmethod
@@ -302,8 +305,8 @@ class SweepConfig:
         try:
             text = path.read_text(encoding="utf-8")
             if path.suffix == ".toml":
-                import tomllib
-                data = tomllib.loads(text)
+                from topo_pai.compat import toml_loads
+                data = toml_loads(text)
             else:
                 data = json.loads(text)
             return cls.from_dict(data)
