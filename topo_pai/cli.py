@@ -405,9 +405,6 @@ def cmd_prune(args) -> int:
         gen = torch.Generator().manual_seed(args.seed)
         idx = torch.randperm(len(ds), generator=gen)[:args.prune_samples]
         data = (ds.x[idx], ds.y[idx])
-    if not args.quiet:
-        print(f"topo-pai: pruning {args.model} with {args.method} to sparsity "
-              f"{args.sparsity:g} ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with _progress(args.quiet):
         masks = topo_pai.prune(model, args.method, args.sparsity, input_shape=shape, data=data,
