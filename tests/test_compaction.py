@@ -18,6 +18,7 @@ from torch import nn  # noqa: E402
 import topo_pai  # noqa: E402
 from topo_pai.cli import main  # noqa: E402
 from topo_pai.compaction import _Adapter, _BiasMap  # noqa: E402
+from topo_pai.models import get_model  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 import own_models  # noqa: E402
@@ -218,3 +219,48 @@ def test_cli_compact(tmp_path, capsys):
                  str(tmp_path / "m.pt"), "--out", str(out), "--force"])
     text = capsys.readouterr().out
     assert code == 0 and "params" in text and "MACs" in text and "c2" in text
+
+
+class Conv1dNet(nn.Module):
+    """1-d convolutions with stride and dilation, a residual, then a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv1d(2, 6, 3, padding=2, dilation=2)
+        self.bn = nn.BatchNorm1d(6)
+        self.b = nn.Conv1d(6, 6, 3, padding=1)
+        self.c = nn.Conv1d(6, 4, 3, stride=2)
+        self.fc = nn.Linear(4 * 5, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.a(x)))
+        h = torch.relu(self.b(h) + h)
+        return self.fc(self.c(h).flatten(1))
+
+
+@pytest.mark.parametrize("name, shape, kwargs", [
+    ("resnet20", (3, 16, 16), {"width": 4}), ("lenet5", (1, 28, 28), {}),
+    ("vgg11", (3, 32, 32), {"batch_norm": True}), ("conv1d", (2, 12), {})])
+def test_zoo_and_conv1d_models(name, shape, kwargs):
+    torch.manual_seed(0)
+    model = (Conv1dNet() if name == "conv1d" else
+             get_model(name, in_channels=shape[0], input_size=shape[1:],
+                                       **kwargs))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.uniform_(-1, 1, generator=gen)
+                m.bias.uniform_(-1, 1, generator=gen)
+    model.eval()
+    masks = topo_pai.prune(model, "random", 0.95, input_shape=shape, seed=1)
+    result = topo_pai.compact_with_report(model, masks, shape)
+    topo = topo_pai.from_torch(model, masks, shape)
+    effective = {r["name"]: r["effective_nodes"] for r in topo.summary().rows[1:]}
+    assert {k: v[1] for k, v in result.report.channels.items()} == effective
+    assert result.report.params_after < result.report.params_before
+    x = torch.randn(3, *shape, generator=gen)
+    with torch.no_grad():
+        want = masked_float64(model, masks)(x.double())
+        got = result.model(x).double()
+    assert (got - want).abs().max().item() <= 1e-5 * (want.abs().max().item() + 1)
