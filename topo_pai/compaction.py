@@ -203,7 +203,8 @@ class _Compactor:
         self.topo = topo
         from topo_pai.pruners.torch_masks import baked_copy
 
-        work = baked_copy(model).eval()  # attached masks act as their weights' zeros
+        # attached masks act as their weights' zeros; the rebuilding runs on the CPU
+        work = baked_copy(model).eval().cpu()
         self.masks = {k: np.asarray(v, dtype=bool) for k, v in topo.masks.items()}
         with torch.no_grad():
             for name, m in self.masks.items():
@@ -704,7 +705,8 @@ def compact(model: nn.Module, masks: Mapping | None = None, input_shape=None, *,
     Returns
     -------
     torch.fx.GraphModule
-        In eval mode. Each Linear and Conv keeps exactly its effective units
+        On the CPU (move it with ``.to(device)``), in eval mode. Each Linear and Conv
+        keeps exactly its effective units
         (channel resolution) and is dense; its outputs equal the masked model's
         eval-mode outputs to float32 rounding.
 
