@@ -68,7 +68,7 @@ def test_rows_against_forward_hooks(setup, res):
     assert s.totals["effective_macs"] < s.totals["macs"]
 
 
-def test_conversions(setup, monkeypatch):
+def test_dataframe(setup):
     _, _, topo = setup
     s = topo.summary()
     pd = pytest.importorskip("pandas")
@@ -76,9 +76,12 @@ def test_conversions(setup, monkeypatch):
     assert isinstance(df, pd.DataFrame) and list(df.index) == [r["name"] for r in s.rows]
     assert list(df.columns) == list(COLUMNS[1:])
     assert int(df.loc["c1", "macs"]) == s.rows[[r["name"] for r in s.rows].index("c1")]["macs"]
-    monkeypatch.setitem(sys.modules, "pandas", None)
+
+
+def test_dataframe_without_pandas(setup, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now fails
     with pytest.raises(ImportError, match="pip install pandas.*to_records"):
-        s.to_dataframe()
+        setup[2].summary().to_dataframe()
 
 
 def test_markdown_and_json(setup):
