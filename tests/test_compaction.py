@@ -264,3 +264,81 @@ def test_zoo_and_conv1d_models(name, shape, kwargs):
         want = masked_float64(model, masks)(x.double())
         got = result.model(x).double()
     assert (got - want).abs().max().item() <= 1e-5 * (want.abs().max().item() + 1)
+
+
+# --------------------------------------------------------------------------- hypothesis
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+class RandomNet(nn.Module):
+    """A random stack of blocks: plain conv (+BatchNorm), residual, depthwise, a two-branch
+    cat, pools; then a spatial mean or a flatten, and one or two Linear layers."""
+
+    def __init__(self, spec):
+        super().__init__()
+        self.spec = spec
+        c = spec["in_channels"]
+        self.blocks = nn.ModuleList()
+        for kind, width, k, bn in spec["blocks"]:
+            if kind == "conv":
+                mods = [nn.Conv2d(c, width, k, padding=k // 2)]
+                c = width
+            elif kind == "res":
+                mods = [nn.Conv2d(c, c, k, padding=k // 2)]
+            elif kind == "dw":
+                mods = [nn.Conv2d(c, c, k, padding=k // 2, groups=c)]
+            else:  # cat
+                mods = [nn.Conv2d(c, width, k, padding=k // 2), nn.Conv2d(c, width + 1, 1)]
+                c = 2 * width + 1
+            mods.append(nn.BatchNorm2d(c) if bn else nn.Identity())
+            self.blocks.append(nn.ModuleList(mods))
+        side = spec["side"]
+        self.pool = nn.MaxPool2d(2) if spec["pool"] else nn.Identity()
+        side = side // 2 if spec["pool"] else side
+        feats = c if spec["mean"] else c * side * side
+        self.fc = nn.ModuleList([nn.Linear(feats, spec["hidden"]), nn.Linear(spec["hidden"], 3)]
+                                if spec["hidden"] else [nn.Linear(feats, 3)])
+
+    def forward(self, x):
+        for (kind, _, _, _), mods in zip(self.spec["blocks"], self.blocks):
+            if kind == "res":
+                x = torch.relu(mods[1](mods[0](x)) + x)
+            elif kind == "cat":
+                x = torch.relu(mods[2](torch.cat([torch.tanh(mods[0](x)), mods[1](x)], 1)))
+            else:
+                x = torch.relu(mods[1](mods[0](x)))
+        x = self.pool(x)
+        x = x.mean((2, 3)) if self.spec["mean"] else torch.flatten(x, 1)
+        for i, fc in enumerate(self.fc):
+            x = fc(x) if i == len(self.fc) - 1 else torch.relu(fc(x))
+        return x
+
+
+block = st.tuples(st.sampled_from(["conv", "res", "dw", "cat"]), st.integers(1, 4),
+                  st.sampled_from([1, 3]), st.booleans())
+net_spec = st.fixed_dictionaries(dict(
+    in_channels=st.integers(1, 3), side=st.sampled_from([4, 6]), pool=st.booleans(),
+    mean=st.booleans(), hidden=st.sampled_from([0, 5]),
+    blocks=st.lists(block, min_size=1, max_size=4)))
+
+
+@settings(max_examples=25)
+@given(spec=net_spec, density=st.sampled_from([0.7, 0.35, 0.15]), dead=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_compaction_on_random_architectures(spec, density, dead, seed):
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = randomise_norms(RandomNet(spec), gen)
+    shape = (spec["in_channels"], spec["side"], spec["side"])
+    masks = masks_for(model, density, gen, dead_rows=0.3 if dead else 0.0,
+                      dead_cols=0.2 if dead else 0.0)
+    result = topo_pai.compact_with_report(model, masks, shape)
+    topo = topo_pai.from_torch(model, masks, shape)
+    effective = {r["name"]: r["effective_nodes"] for r in topo.summary().rows[1:]}
+    assert {k: v[1] for k, v in result.report.channels.items()} == effective
+    x = torch.randn(3, *shape, generator=gen)
+    with torch.no_grad():
+        want = masked_float64(model, masks)(x.double())
+        got = result.model(x).double()
+    assert (got - want).abs().max().item() <= 1e-5 * (want.abs().max().item() + 1)
