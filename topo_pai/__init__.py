@@ -26,6 +26,7 @@ from topo_pai.errors import (  # noqa: E402
     PathCountTooLarge,
     TopoPaiError,
     TraceError,
+    UncoveredWeightsWarning,
     UnsupportedOpError,
 )
 
@@ -45,13 +46,17 @@ _LAZY = {
     "read_masks": "topo_pai.pruners",
     "save_masks": "topo_pai.pruners",
     "load_masks": "topo_pai.pruners",
+    "uncovered_weights": "topo_pai.coverage",
+    "compact": "topo_pai.compaction",
+    "compact_with_report": "topo_pai.compaction",
 }
 
 __all__ = [
     "from_torch", "Topology", "PathCount", "NodeCounts", "Summary", "TopoPaiError", "MaskError",
     "InputShapeError", "TraceError", "UnsupportedOpError", "NoPrunableLayerError",
     "PathCountTooLarge", "prune", "available_methods", "apply_masks", "remove_masks",
-    "bake_masks", "read_masks", "save_masks", "load_masks",
+    "bake_masks", "read_masks", "save_masks", "load_masks", "UncoveredWeightsWarning",
+    "uncovered_weights", "compact", "compact_with_report",
 ]
 
 

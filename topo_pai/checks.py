@@ -90,3 +90,19 @@ def check_bool(name: str, value) -> bool:
     if isinstance(value, bool) or type(value).__name__ == "bool_":  # numpy.bool_
         return bool(value)
     raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def did_you_mean(name, choices) -> str:
+    """A ``" Did you mean 'x'?"`` hint naming the closest of ``choices``, or ``""``.
+
+    >>> did_you_mean("synflw", ["snip", "synflow"])
+    " Did you mean 'synflow'?"
+    >>> did_you_mean("zzz", ["snip"])
+    ''
+    """
+    import difflib
+
+    if not isinstance(name, str):
+        return ""
+    close = difflib.get_close_matches(name, [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -17,10 +17,14 @@ work where it can be checked up front; an internal error exits with status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import os
 import sys
+import time
+import warnings
 from pathlib import Path
 
 #: Exit statuses.
@@ -150,9 +154,22 @@ def _key_values(pairs, flag: str) -> dict:
 
 def _shape(text: str) -> tuple[int, ...]:
     dims = _ints(text.replace("x", ","))
-    if len(dims) != 3 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"input shape must be C,H,W (e.g. 3,32,32), got {text!r}")
+    if not 1 <= len(dims) <= 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"input shape must be C,H,W (e.g. 3,32,32), or C,L or F "
+                                         f"for 1-d inputs, got {text!r}")
     return dims
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 8}}', "
+                                         f"got {text!r} ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 8}}', "
+                                         f"got {text!r}")
+    return value
 
 
 # ------------------------------------------------------------------ output paths
@@ -207,21 +224,58 @@ def _check_input_file(path, flag: str) -> None:
 
 
 # ------------------------------------------------------------------ commands
-def _model_and_shape(args):
-    """Build the model for the dataset's shape (if --dataset) or --input-shape/--num-classes."""
-    from topo_pai.models import get_model
+COMPACT_SUFFIXES = (".pt", ".pth")
+def _model_args(args) -> dict:
+    """--model-args JSON and the repeatable --model-arg KEY=VALUE, merged."""
+    pairs = _key_values(args.model_arg, "--model-arg")
+    given = dict(args.model_args or {})
+    both = sorted(set(pairs) & set(given))
+    if both:
+        raise UsageError(f"{', '.join(both)} given in both --model-args and --model-arg; give "
+                         "each argument once")
+    return {**given, **pairs}
 
+
+def _model_and_shape(args):
+    """Build the model (a zoo name, package.module:callable or path/to/file.py:callable) for
+    the dataset's shape (if --dataset) or --input-shape/--num-classes."""
+    from topo_pai.models.spec import build_model, check_input_shape, check_model_spec
+
+    spec = check_model_spec(args.model)
+    ds, classes = None, args.num_classes
     if args.dataset is not None:
         from topo_pai.experiments.data import load_dataset
         ds = load_dataset(args.dataset, "train", root=args.data_root)
-        shape, classes = tuple(ds.input_shape), ds.num_classes
-    else:
-        ds, shape, classes = None, tuple(args.input_shape), args.num_classes
+        classes = ds.num_classes
+    shape = check_input_shape(spec, args.input_shape, None if ds is None else ds.input_shape)
+    if shape is None:  # a zoo model with neither: the CIFAR shape
+        shape = (3, 32, 32)
     import torch
     torch.manual_seed(args.seed)
-    model = get_model(args.model, in_channels=shape[0], num_classes=classes,
-                      input_size=shape[1:], **_key_values(args.model_arg, "--model-arg"))
-    return model, shape, ds
+    model, _ = build_model(args.model, input_shape=shape, num_classes=classes,
+                           model_args=_model_args(args))
+    return model, tuple(shape), ds
+
+
+def _load_masks_arg(args, model):
+    """The masks of --masks (any format load_masks reads), {} without it. Masks of the
+    model's parameters that carry no edges (e.g. a norm weight pruned with
+    torch.nn.utils.prune) are skipped with a warning naming them."""
+    import topo_pai
+    from topo_pai.graph.trace import param_name, prunable_modules
+
+    if not args.masks:
+        if getattr(args, "masks_from_zeros", False):
+            raise UsageError("--masks-from-zeros needs --masks FILE")
+        return {}
+    masks = topo_pai.load_masks(args.masks, from_zeros=args.masks_from_zeros)
+    prunable = {param_name(n) for n in prunable_modules(model)}
+    params = {n.removesuffix("_orig") for n, _ in model.named_parameters()}
+    skipped = sorted(k for k in masks if k not in prunable and k in params)
+    if skipped:
+        warnings.warn(f"--masks: skipped the masks of {', '.join(map(repr, skipped))}: not "
+                      "Linear or Conv weights, so they carry no edges", stacklevel=2)
+    return {k: v for k, v in masks.items() if k not in skipped}
 
 
 def strict_json(value):
@@ -266,13 +320,56 @@ def cmd_analyze(args) -> int:
     if args.masks:
         _check_input_file(args.masks, "--masks")
     model, shape, _ = _model_and_shape(args)
-    masks = topo_pai.load_masks(args.masks) if args.masks else {}
+    masks = _load_masks_arg(args, model)
     topo = topo_pai.from_torch(model, masks, input_shape=shape)
     res = ("channel", "neuron") if args.resolution == "both" else (args.resolution,)
     if not args.json:
         print(f"{args.model} {shape}, masks: {args.masks or 'none (dense)'}\n")
     _print_topology(topo, res, args.json)
     return EXIT_OK
+
+
+class _ProgressHandler(logging.Handler):
+    """Draws the per-round records of ``topo_pai.prune`` as a tqdm bar on stderr, and
+    other records as lines."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.bar = None
+
+    def emit(self, record):
+        rounds = getattr(record, "rounds", None)
+        if rounds is None:
+            print(f"topo-pai: {record.getMessage()}", file=sys.stderr, flush=True)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=rounds, desc=record.getMessage().split(" round")[0],
+                            unit="round", file=sys.stderr, leave=False)
+        self.bar.update(record.round - self.bar.n)
+        if record.round >= rounds:
+            self.bar.close()
+            self.bar = None
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool):
+    """Report the progress of long work on stderr, unless ``quiet``."""
+    if quiet:
+        yield
+        return
+    logger = logging.getLogger("topo_pai.prune")
+    handler = _ProgressHandler()
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        if handler.bar is not None:
+            handler.bar.close()
 
 
 def cmd_prune(args) -> int:
@@ -289,18 +386,61 @@ def cmd_prune(args) -> int:
         raise UsageError(f"method {args.method!r} scores weights on data; pass --dataset (e.g. "
                          "fashion-mnist, digits or synthetic)")
     options = _key_values(args.option, "--option")
+    if args.masks:
+        _check_input_file(args.masks, "--masks")
+        if method.budgets_from_option is None:
+            raise UsageError(f"--masks is for methods that rework given masks (shuffle); "
+                             f"{args.method!r} prunes the dense model")
+        if method.budgets_from_option in options:
+            raise UsageError(f"--masks and --option {method.budgets_from_option}= both give the "
+                             "masks; give --masks only")
+    elif method.budgets_from_option is not None:
+        raise UsageError(f"method {args.method!r} reworks given masks: pass them with --masks "
+                         "FILE (e.g. the output of an earlier topo-pai prune)")
     model, shape, ds = _model_and_shape(args)
+    if args.masks:
+        options[method.budgets_from_option] = _load_masks_arg(args, model)
     data = None
     if method.needs_data:
         gen = torch.Generator().manual_seed(args.seed)
         idx = torch.randperm(len(ds), generator=gen)[:args.prune_samples]
         data = (ds.x[idx], ds.y[idx])
-    masks = topo_pai.prune(model, args.method, args.sparsity, input_shape=shape, data=data,
-                           seed=args.seed, **options)
+    t0 = time.perf_counter()
+    with _progress(args.quiet):
+        masks = topo_pai.prune(model, args.method, args.sparsity, input_shape=shape, data=data,
+                               seed=args.seed, **options)
+    if not args.quiet:
+        print(f"topo-pai: pruned in {time.perf_counter() - t0:.1f} s", file=sys.stderr,
+              flush=True)
     path = topo_pai.save_masks(masks, out)
-    topo = topo_pai.from_torch(model, masks, input_shape=shape)
+    with warnings.catch_warnings():  # prune() has said so already
+        warnings.simplefilter("ignore", topo_pai.UncoveredWeightsWarning)
+        topo = topo_pai.from_torch(model, masks, input_shape=shape)
     print(f"{args.method} at sparsity {args.sparsity:g} on {args.model} {shape}: masks -> {path}\n")
     _print_topology(topo, ("channel",), False)
+    return EXIT_OK
+
+
+def cmd_compact(args) -> int:
+    out = check_output_file(args.out, "--out", force=args.force, suffixes=COMPACT_SUFFIXES)
+    _check_input_file(args.masks, "--masks")
+    import torch
+
+    from topo_pai.compaction import compact_with_report
+
+    model, shape, _ = _model_and_shape(args)
+    masks = _load_masks_arg(args, model)
+    result = compact_with_report(model, masks, shape)
+    torch.save(result.model, out)
+    if args.json:
+        json.dump(strict_json(dict(result.report.to_dict(), out=str(out))), sys.stdout, indent=1,
+                  allow_nan=False)
+        print()
+    else:
+        print(f"{args.model} {shape}, masks: {args.masks}: compacted model -> {out}")
+        print(result.report)
+        print(f"load it with torch.load({str(out)!r}, weights_only=False) (needs topo_pai "
+              "installed); it runs in eval mode")
     return EXIT_OK
 
 
@@ -310,7 +450,7 @@ RECIPE_DEFAULTS = {
     "models": None, "methods": None, "sparsities": None, "dataset": "fashion-mnist",
     "seeds": (0,), "shuffled": (), "epochs": 0, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
     "weight_decay": 5e-4, "schedule": "cosine", "train_limit": None, "test_limit": None,
-    "prune_samples": 1000, "threads": 1,
+    "prune_samples": 1000, "threads": 1, "input_shape": None,
 }
 
 
@@ -336,7 +476,8 @@ def _sweep_config(args):
     return SweepConfig(models=a["models"], dataset=a["dataset"], methods=a["methods"],
                        sparsities=a["sparsities"], seeds=a["seeds"], shuffled=a["shuffled"],
                        train=train, train_limit=a["train_limit"], test_limit=a["test_limit"],
-                       prune_samples=a["prune_samples"], threads=a["threads"])
+                       prune_samples=a["prune_samples"], threads=a["threads"],
+                       input_shape=a["input_shape"])
 
 
 def cmd_sweep(args) -> int:
@@ -357,6 +498,13 @@ def cmd_sweep(args) -> int:
                      order=args.order)
     print(f"results: {len(rows)} rows in {Path(args.out) / 'results.csv'} and results.json")
     return EXIT_OK
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def cmd_plot(args) -> int:
@@ -381,7 +529,7 @@ def cmd_plot(args) -> int:
         prefix = f"{model}_" if len(models) > 1 else ""
         rows = [r for r in records if r["model"] == model]
         figures = [("node_path_plane", plotting.plot_node_path_plane)]
-        if any(r.get("accuracy") is not None for r in rows):
+        if any(_finite(r.get("accuracy")) for r in rows):  # a topology-only sweep has none
             figures.append(("accuracy_vs_sparsity", plotting.plot_accuracy_vs_sparsity))
         if any(r.get("shuffled") for r in rows):
             figures.append(("shuffled_vs_original", plotting.plot_shuffle_comparison))
@@ -395,28 +543,70 @@ def cmd_plot(args) -> int:
     return EXIT_OK
 
 
+def _print_table(header, rows) -> None:
+    widths = [max(len(str(r[j])) for r in [header, *rows]) for j in range(len(header))]
+    for k, row in enumerate([header, *rows]):
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def cmd_models(args) -> int:
-    from topo_pai.models import available_models
-    print("\n".join(available_models()))
+    from topo_pai.models import available_models, model_options
+    rows = [(name, ", ".join(model_options(name)) or "-") for name in available_models()]
+    _print_table(("model", "options (--model-args / --model-arg)"), rows)
+    print("\nEvery zoo model takes in_channels, num_classes and input_size from --dataset or "
+          "--input-shape/--num-classes.\nYour own model: package.module:callable or "
+          "path/to/file.py:callable, called with --model-args JSON.")
     return EXIT_OK
 
 
 def cmd_methods(args) -> int:
-    from topo_pai.pruners import available_methods
-    print("\n".join(available_methods()))
+    from topo_pai.pruners import available_methods, get_method
+    rows = []
+    for name in available_methods():
+        m = get_method(name)
+        opts = ", ".join(f"{k}={v!r}" for k, v in m.options.items()
+                         if k != m.budgets_from_option) or "-"
+        needs = ("--dataset" if m.needs_data else
+                 "--masks" if m.budgets_from_option else "-")
+        rows.append((name, m.kind, needs, opts, m.summary))
+    _print_table(("method", "kind", "needs", "options (--option KEY=VALUE)", "summary"), rows)
     return EXIT_OK
 
 
+MODEL_HELP = ("a zoo name (see `topo-pai models`), package.module:callable or "
+              "path/to/file.py:callable (a model class or a function returning the model, "
+              "called with --model-args)")
+
+
 def _common_model_args(p):
-    p.add_argument("model", help="model name (see `topo-pai models`)")
+    p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--dataset", default=None,
                    help="take the input shape and class count from this dataset")
     p.add_argument("--data-root", default=None, help="where the dataset's files are")
-    p.add_argument("--input-shape", type=_shape, default=(3, 32, 32), metavar="C,H,W")
-    p.add_argument("--num-classes", type=_positive, default=10)
+    p.add_argument("--input-shape", type=_shape, default=None, metavar="C,H,W",
+                   help="one sample's shape without the batch dimension (default 3,32,32 for a "
+                        "zoo model; required for a callable unless --dataset gives it; must "
+                        "match --dataset)")
+    p.add_argument("--num-classes", type=_positive, default=10,
+                   help="classes of a zoo model (a callable fixes its own)")
+    p.add_argument("--model-args", type=_json_object, default=None, metavar="JSON",
+                   help="keyword arguments of the model as a JSON object, e.g. "
+                        "'{\"width\": 8}' (a zoo model's options, or the callable's arguments)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
-                   help="model constructor argument, e.g. width=8 (repeatable)")
+                   help="one model argument, e.g. width=8 (repeatable)")
     p.add_argument("--seed", type=_non_negative, default=0)
+
+
+def _masks_args(p, required: bool = False):
+    p.add_argument("--masks", default=None, required=required,
+                   help="masks file (.pt/.pth or .npz): our own masks, a state_dict of a model "
+                        "pruned with torch.nn.utils.prune or parametrised, or a {name: 0/1} "
+                        "dict" + ("" if required else "; default: dense"))
+    p.add_argument("--masks-from-zeros", action="store_true",
+                   help="--masks holds weights (e.g. a state_dict): their zeros are the pruned "
+                        "entries")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -424,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topo-pai", description="Topology of sparse networks: analyze, prune, sweep, plot.",
         epilog=EPILOG, formatter_class=fmt)
+    from topo_pai import __version__
+    parser.add_argument("--version", action="version", version=f"topo-pai {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, help, epilog=EPILOG):
@@ -432,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("analyze", "per-layer table and totals of a model and masks file")
     _common_model_args(p)
-    p.add_argument("--masks", default=None, help="masks file (.pt or .npz); default: dense")
+    _masks_args(p)
     p.add_argument("--resolution", choices=("channel", "neuron", "both"), default="channel")
     p.add_argument("--json", action="store_true",
                    help="print strict JSON instead of tables; non-finite numbers are the "
@@ -452,14 +644,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method option, e.g. rounds=100 or alpha=0.01 (repeatable)")
     p.add_argument("--prune-samples", type=_positive, default=1000,
                    help="training samples for data-dependent methods")
+    p.add_argument("--masks", default=None,
+                   help="masks to rework, for shuffle (any format --masks of analyze reads)")
+    p.add_argument("--masks-from-zeros", action="store_true",
+                   help="--masks holds weights: their zeros are the pruned entries")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_prune)
+
+    p = add("compact", "rebuild a masked model as a smaller dense one without its "
+                       "ineffective channels; write it with torch.save")
+    _common_model_args(p)
+    _masks_args(p, required=True)
+    p.add_argument("--out", required=True, help="file to write the compacted model to (.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_compact)
 
     p = add("sweep", "methods x sparsities x seeds, resumable results table",
             epilog=SWEEP_EPILOG + "\n" + EPILOG)
     p.add_argument("--config", default=None,
                    help="a .json or .toml SweepConfig (then the grid and recipe flags below "
                         "must not be given)")
-    p.add_argument("--models", type=_names)
+    p.add_argument("--models", type=_names,
+                   help="comma-separated zoo names, package.module:callable or "
+                        "path/to/file.py:callable")
+    p.add_argument("--input-shape", type=_shape, default=None, metavar="C,H,W",
+                   help="the shape the models are meant for; refused unless the dataset's")
     p.add_argument("--dataset", default=None, help="default: fashion-mnist")
     p.add_argument("--data-root", default=None)
     p.add_argument("--methods", type=_names)
@@ -518,13 +728,29 @@ def _exit_status(exc: BaseException) -> int:
     return EXIT_USER if isinstance(exc, user) else EXIT_INTERNAL
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning as one line (``topo-pai: warning: ...``), without its source location."""
+    print(f"topo-pai: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
     """Run the command; return its exit status (see the module docs)."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
-    args = build_parser().parse_args(argv)  # argparse reports its own errors (status 2)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - argparse's own
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        from topo_pai.checks import did_you_mean
+        print(f"topo-pai: error: unknown command {argv[0]!r}.{did_you_mean(argv[0], commands)} "
+              f"Commands: {', '.join(commands)}", file=sys.stderr)
+        return EXIT_USER
+    args = parser.parse_args(argv)  # argparse reports its own errors (status 2)
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            return args.func(args)
     except KeyboardInterrupt:
         if debug:
             raise

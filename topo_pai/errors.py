@@ -30,3 +30,8 @@ class NoPrunableLayerError(TopoPaiError, ValueError):
 
 class PathCountTooLarge(TopoPaiError, OverflowError):
     """The exact (arbitrary-precision) path count would take too much work."""
+
+
+class UncoveredWeightsWarning(UserWarning):
+    """The model holds weight tensors that no mask can cover (not Linear or Conv weights),
+    so its sparsity and topology leave them out."""

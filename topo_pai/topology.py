@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from topo_pai.coverage import Uncovered, warn_uncovered
 from topo_pai.errors import MaskError, PathCountTooLarge
 from topo_pai.graph.ir import Program
 from topo_pai.graph.masks import (
@@ -209,6 +210,12 @@ class Topology:
     def blocks(self) -> list[Block]:
         """Channel-level CSR blocks ``(src group, dst group, matrix)`` in topological order."""
         return list(self._channel.blocks)
+
+    @property
+    def uncovered(self) -> Uncovered | None:
+        """Weight tensors of the model that no mask covers (not Linear or Conv weights) and
+        their share of its parameters; :func:`from_torch` warns when there are any."""
+        return self._shared.get("uncovered")
 
     @property
     def masks(self) -> dict[str, np.ndarray]:
@@ -489,10 +496,13 @@ class Topology:
         rows = []
         for g, (name, key) in enumerate(zip(self.group_names, keys)):
             shape = self.program.values[values[g]]
+            positions = int(np.prod(shape[1:], dtype=np.int64))
             if g == 0:
                 kind, wshape, params, unpruned = "input", shape, 0, 0
+                in_shape = None
                 fans = dict.fromkeys(FAN_FIELDS)
             else:
+                in_shape = tuple(self.program.values[self._layer_io(g - 1)[0]])
                 layer = self.program.layers[g - 1]
                 lm = self._layer_masks[g - 1]
                 kind, wshape, params, unpruned = layer.kind, layer.weight_shape, lm.mask.size, \
@@ -500,8 +510,11 @@ class Topology:
                 fans = fan_stats(lm.mask.reshape(layer.weight_shape), layer.groups)
             n_nodes = shape[0] if resolution == "channel" else int(np.prod(shape))
             rows.append(dict(
-                name=name, kind=kind, shape=tuple(wshape), params=int(params),
-                unpruned=int(unpruned), effective_params=int(params_eff[g]), nodes=int(n_nodes),
+                name=name, kind=kind, shape=tuple(wshape), in_shape=in_shape,
+                out_shape=tuple(shape), params=int(params), unpruned=int(unpruned),
+                density=unpruned / params if params else None,
+                effective_params=int(params_eff[g]), macs=int(params) * positions,
+                effective_macs=int(params_eff[g]) * positions, nodes=int(n_nodes),
                 effective_nodes=int(nodes_eff[g]), log10_in_paths=st.fwd[key].log10_total(),
                 log10_out_paths=st.bwd[key].log10_total(), **fans,
             ))
@@ -509,6 +522,8 @@ class Topology:
             params=self.n_params, unpruned=self.n_unpruned,
             effective_params=sum(params_eff), nodes=self.n_nodes(resolution),
             effective_nodes=sum(nodes_eff), log10_paths=self.count_paths(resolution).log10,
+            macs=sum(r["macs"] for r in rows),
+            effective_macs=sum(r["effective_macs"] for r in rows),
         )
         return Summary(rows, totals, resolution)
 
@@ -737,4 +752,6 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
         masks = attached_masks(model)
     param_names = {name for name, _ in model.named_parameters()}
     param_names |= {name.removesuffix("_orig") for name in param_names}
-    return Topology._build(program, structure, masks, param_names, index_dtype)
+    topo = Topology._build(program, structure, masks, param_names, index_dtype)
+    topo._shared["uncovered"] = warn_uncovered(model)
+    return topo

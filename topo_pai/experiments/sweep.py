@@ -70,6 +70,10 @@ DENSE = "dense"
 ARM_KEYS = ("method", "rescale")
 ENGINES = ("local", "dask")
 ORDERS = ("grid", "reverse", "random")
+#: Fields added after sweeps were first stored, with their defaults: a field at its default
+#: is left out of the recipe, so that configurations from before it keep their fingerprint.
+LATER_FIELDS = {"input_shape": None, "arms": {}, "seeds_for": {}, "dense": False,
+                "val_size": None}
 #: The lists of a SweepConfig that span the grid: their order does not change the trials.
 GRID_FIELDS = ("models", "methods", "sparsities", "seeds", "shuffled")
 #: Test hook, inert unless set: ``"<point>:<n>"`` makes this process SIGKILL itself the
@@ -128,7 +132,9 @@ class SweepConfig:
     ----------
     models : list of str
         Names from :func:`topo_pai.models.available_models`, built for the
-        dataset's input shape and class count.
+        dataset's input shape and class count, or ``package.module:callable`` /
+        ``path/to/file.py:callable`` (a user's model, called with its
+        ``model_kwargs``; see :mod:`topo_pai.models.spec`).
     dataset : str
         From :func:`topo_pai.experiments.data.available_datasets`.
     methods : list of str
@@ -145,6 +151,10 @@ class SweepConfig:
         each layer (``topo_pai.prune(..., "shuffle", masks=...)``).
     model_kwargs : dict
         ``{model name: {kwarg: value}}``, e.g. ``{"conv6": {"width": 0.5}}``.
+    input_shape : list of int or None
+        The input shape the models are meant for, ``[C, H, W]``; a sweep whose
+        dataset gives another shape is refused (models are not rebuilt silently
+        for the dataset). None: the dataset's.
     method_options : dict
         ``{method: {option: value}}`` passed to :func:`topo_pai.prune`.
     arms : dict
@@ -209,6 +219,7 @@ class SweepConfig:
     prune_samples: int = 1000
     resources: dict = field(default_factory=dict)
     threads: int = 1
+    input_shape: tuple[int, ...] | None = None
     arms: dict = field(default_factory=dict)
     seeds_for: dict = field(default_factory=dict)
     dense: bool = False
@@ -224,6 +235,11 @@ class SweepConfig:
         set_(self, "sparsities", tuple(float(s) + 0.0 for s in _tuple("sparsities",
                                                                         self.sparsities,
                                                                         (int, float))))
+        if self.input_shape is not None:
+            set_(self, "input_shape", _tuple("input_shape", self.input_shape, int))
+            if not 1 <= len(self.input_shape) <= 3 or min(self.input_shape) < 1:
+                raise ValueError(f"sweep input_shape must be 1 to 3 positive ints such as "
+                                 f"[3, 32, 32], got {list(self.input_shape)}")
         for name in ("models", "methods", "sparsities", "seeds"):
             if not getattr(self, name):
                 raise ValueError(f"sweep {name} is empty; give at least one value")
@@ -335,17 +351,20 @@ class SweepConfig:
         """Check model, method and dataset names against the registries, and what can be
         checked of each method's options without a model (imports torch)."""
         from topo_pai.experiments.data import available_datasets
-        from topo_pai.models import available_models
+        from topo_pai.models.spec import check_model_spec
         from topo_pai.pruners import available_methods
         from topo_pai.pruners.api import check_options
+        for model in self.models:
+            check_model_spec(model)
         known_methods = available_methods()
-        for kind, names, known in (("model", self.models, available_models()),
-                                   ("method", [m for m in self.methods if m not in self.arms],
+        for kind, names, known in (("method", [m for m in self.methods if m not in self.arms],
                                     known_methods),
                                    ("dataset", (self.dataset,), available_datasets())):
             for n in names:
                 if n not in known:
-                    raise ValueError(f"unknown {kind} {n!r}; available: {', '.join(known)}")
+                    from topo_pai.checks import did_you_mean
+                    raise ValueError(f"unknown {kind} {n!r};{did_you_mean(n, known)} available: "
+                                     f"{', '.join(known)}")
         for name in self.methods:
             if not isinstance(self.method_options.get(name, {}), dict):
                 raise ValueError(f"sweep method_options[{name!r}] must be a dict of options, "
@@ -353,7 +372,9 @@ class SweepConfig:
             method, options, _ = self.arm(name)
             where = f"arms[{name!r}]" if name in self.arms else f"method_options for {name!r}"
             if name in self.arms and method not in known_methods:
-                raise ValueError(f"sweep {where}: unknown method {method!r}; available: "
+                from topo_pai.checks import did_you_mean
+                raise ValueError(f"sweep {where}: unknown method {method!r};"
+                                 f"{did_you_mean(method, known_methods)} available: "
                                  f"{', '.join(known_methods)}")
             try:
                 check_options(method, **options)
@@ -371,8 +392,9 @@ class SweepConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"sweep configuration has unknown keys {unknown}; known: "
-                             f"{sorted(known)}")
+            from topo_pai.checks import did_you_mean
+            raise ValueError(f"sweep configuration has unknown keys {unknown};"
+                             f"{did_you_mean(unknown[0], known)} known: {sorted(known)}")
         return cls(**d)
 
     @classmethod
@@ -386,8 +408,8 @@ class SweepConfig:
         try:
             text = path.read_text(encoding="utf-8")
             if path.suffix == ".toml":
-                import tomllib
-                data = tomllib.loads(text)
+                from topo_pai.compat import toml_loads
+                data = toml_loads(text)
             else:
                 data = json.loads(text)
             return cls.from_dict(data)
@@ -396,7 +418,8 @@ class SweepConfig:
 
     def _recipe(self) -> dict:
         """Everything but the grid's lists: how each trial is run."""
-        return {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
+        return {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS
+                and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
     def same_as(self, other: "SweepConfig") -> bool:
         """Whether ``other`` asks for the same set of trials with the same recipe.
@@ -503,14 +526,15 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
     from topo_pai.experiments.curves import topology_record
     from topo_pai.experiments.training import (TrainConfig, rescale_kept_weights, resolve_device,
                                                seed_everything, train)
-    from topo_pai.models import get_model
+    from topo_pai.models.spec import build_model, check_input_shape, check_model_spec
     from topo_pai.pruners import get_method
 
     train_set, val_set, test_set = _datasets(cfg, data_root)
-    C, H, W = train_set.input_shape
+    C, H, W = check_input_shape(check_model_spec(trial.model), cfg.input_shape,
+                                train_set.input_shape)
     seed_everything(trial.seed)
-    model = get_model(trial.model, in_channels=C, num_classes=train_set.num_classes,
-                      input_size=(H, W), **cfg.model_kwargs.get(trial.model, {}))
+    model, _ = build_model(trial.model, input_shape=(C, H, W), num_classes=train_set.num_classes,
+                           model_args=cfg.model_kwargs.get(trial.model, {}))
     t0 = time.perf_counter()
     if trial.method == DENSE:
         masks, rescale = {}, False
@@ -554,6 +578,20 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
         if isinstance(v, np.generic):
             row[k] = v.item()
     return row
+
+
+def check_models(cfg: SweepConfig, data_root=None) -> None:
+    """Before any trial: every model can be imported, and ``cfg.input_shape`` (if given)
+    is the dataset's (a model is refused, not rebuilt silently for another input)."""
+    from topo_pai.experiments.data import load_dataset
+    from topo_pai.models.spec import check_input_shape, check_model_spec, resolve_callable
+
+    shape = load_dataset(cfg.dataset, "train", root=data_root, limit=1, seed=0).input_shape
+    for model in cfg.models:
+        spec = check_model_spec(model)
+        check_input_shape(spec, cfg.input_shape, shape)
+        if not spec.is_zoo:
+            resolve_callable(spec)
 
 
 def run_trial_dict(cfg_dict: dict, trial_dict: dict, data_root=None, device="auto") -> dict:
@@ -983,6 +1021,7 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     cfg.validate_names()
+    check_models(cfg, data_root)
     with ResultsStore(out_dir, cfg) as store:
         try:
             failed, n_run = _run_pending(cfg, store, workers=workers, engine=engine,

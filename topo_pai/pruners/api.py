@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 from collections.abc import Mapping
@@ -11,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from topo_pai.checks import check_bool, check_int
+from topo_pai.checks import check_bool, check_int, did_you_mean
+from topo_pai.coverage import warn_uncovered
 from topo_pai.graph.masks import check_mask_value
 from topo_pai.pruners import allocation as A
 from topo_pai.pruners.context import PruneContext, prunable_targets, resolve_exclude
@@ -77,7 +79,8 @@ def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool):
     unknown = [k for k in options if k not in valid]
     if unknown and not m.forwards_options:
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
-                         f"{m.name!r}; valid options: {', '.join(sorted(valid)) or 'none'}")
+                         f"{m.name!r};{did_you_mean(unknown[0], valid)} valid options: "
+                         f"{', '.join(sorted(valid)) or 'none'}")
     spec = allocation_spec if isinstance(allocation_spec, str) else None
     for key in options:
         if key.startswith("erk_") and spec not in ("erk", "erk+"):
@@ -212,6 +215,11 @@ def _round_half_up(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
+#: Progress of the rounds of iterative methods: one INFO record per round, with the
+#: ``round`` and ``rounds`` attributes (the command line draws them as a progress bar).
+progress_log = logging.getLogger("topo_pai.prune")
+
+
 def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] | None,
          method_opts: dict) -> PruneResult:
     sizes = ctx.sizes
@@ -239,6 +247,10 @@ def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] 
                 b_r = {n: b if r == rounds else _round_half_up(sizes[n] * (b / sizes[n]) ** frac)
                        for n, b in budgets.items()}
             masks = _select(scores, alive, b_r, k_r, ctx.seed, r, workspace)
+            if progress_log.isEnabledFor(logging.INFO):
+                kept = k_r if b_r is None else sum(b_r.values())
+                progress_log.info("%s round %d/%d: %d weights kept", m.name, r, rounds, kept,
+                                  extra={"round": r, "rounds": rounds})
         if alive is not None:  # report weights pruned in earlier rounds as -inf
             scores = {n: np.where(alive[n], s, -np.inf) for n, s in scores.items()}
     else:
@@ -324,6 +336,7 @@ def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=
         if ratio is not None and ratio.needs_data:
             raise ValueError(_needs_data_message(ratio, f" (ranking for allocation {spec!r})"))
     targets = prunable_targets(model)
+    warn_uncovered(model)
     excluded = resolve_exclude(targets, exclude)
     active = [t for t in targets if t.param not in excluded]
     if not active:

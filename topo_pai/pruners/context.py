@@ -8,12 +8,13 @@ from __future__ import annotations
 import copy
 import fnmatch
 import operator
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from topo_pai.errors import InputShapeError, NoPrunableLayerError
+from topo_pai.errors import InputShapeError, NoPrunableLayerError, UncoveredWeightsWarning
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,9 @@ class PruneContext:
             if self.input_shape is None:
                 raise ValueError("input_shape is required (the shape of one input sample without "
                                  "the batch dimension, e.g. (3, 32, 32))")
-            self._topo = from_torch(self.model, None, self.input_shape)
+            with warnings.catch_warnings():  # prune() has said so already
+                warnings.simplefilter("ignore", UncoveredWeightsWarning)
+                self._topo = from_torch(self.model, None, self.input_shape)
         return self._topo
 
     def weights(self) -> dict[str, np.ndarray]:

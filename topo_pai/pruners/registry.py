@@ -112,7 +112,10 @@ def get_method(name) -> Method:
     names otherwise."""
     _ensure_builtins()
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown pruning method {name!r}; valid methods are: "
+        from topo_pai.checks import did_you_mean
+
+        raise ValueError(f"unknown pruning method {name!r};{did_you_mean(name, _REGISTRY)} "
+                         f"valid methods are: "
                          f"{', '.join(sorted(_REGISTRY))} (or register one with "
                          "topo_pai.pruners.register_method)")
     return _REGISTRY[name]

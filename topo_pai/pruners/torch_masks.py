@@ -5,6 +5,7 @@ These are the only functions in topo_pai that modify a model, and they say so.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import numpy as np
@@ -215,6 +216,16 @@ def bake_masks(model):
     for mod in _masked_modules(model):
         _strip(mod, keep_mask=True)
     return model
+
+
+def baked_copy(model):
+    """A deep copy of ``model`` with every attached mask baked in (:func:`bake_masks`);
+    ``model`` is not modified."""
+    # A pruned module keeps its masked weight as a plain (non-leaf) attribute that
+    # deepcopy refuses; bake_masks recomputes it, so it is copied as None.
+    memo = {id(mod.__dict__["weight"]): None for mod in model.modules()
+            if hasattr(mod, "weight_orig") and "weight" in mod.__dict__}
+    return bake_masks(copy.deepcopy(model, memo))
 
 
 def read_masks(model) -> dict:
