@@ -37,6 +37,7 @@ _LAZY = {
     "PathCount": "topo_pai.topology",
     "NodeCounts": "topo_pai.metrics.scaled",
     "Summary": "topo_pai.summary",
+    "MetricsTable": "topo_pai.metrics_table",
     "prune": "topo_pai.pruners",
     "available_methods": "topo_pai.pruners",
     "apply_masks": "topo_pai.pruners",
@@ -48,7 +49,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "from_torch", "Topology", "PathCount", "NodeCounts", "Summary", "TopoPaiError", "MaskError",
+    "from_torch", "Topology", "PathCount", "NodeCounts", "Summary", "MetricsTable", "TopoPaiError", "MaskError",
     "InputShapeError", "TraceError", "UnsupportedOpError", "NoPrunableLayerError",
     "PathCountTooLarge", "prune", "available_methods", "apply_masks", "remove_masks",
     "bake_masks", "read_masks", "save_masks", "load_masks",
