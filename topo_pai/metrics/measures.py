@@ -214,7 +214,7 @@ def lost_edges(matrix, input_has_in: np.ndarray, output_is_sink: np.ndarray) -> 
     edges entering an output unit that is a sink.
 
     >>> lost_edges(np.array([[1, 2], [3, 0]]), np.array([True, False]), np.array([False, True]))
-    {'lost_in_edges': 2.0, 'lost_out_edges': 4.0}
+    {'lost_in_edges': 2.0, 'lost_out_edges': 3.0}
     """
     in_deg, out_deg = degrees(matrix)
     return dict(lost_in_edges=float(out_deg[~np.asarray(input_has_in, bool)].sum()),
