@@ -57,6 +57,7 @@ from typing import Iterable
 from topo_pai.checks import check_int
 from topo_pai.errors import TopoPaiError
 from topo_pai.experiments.curves import format_sparsity, trial_id
+from topo_pai.experiments.trial_metrics import METRIC_COLUMNS
 
 COLUMNS = (
     "trial_id", "model", "dataset", "method", "shuffled", "sparsity", "seed",
@@ -149,6 +150,10 @@ class SweepConfig:
         Training samples given to the data-dependent pruners (one batch).
     resources : dict
         What one trial needs on a distributed engine, e.g. ``{"GPU": 1}``.
+    metrics : bool
+        Also record the graph measures of :data:`~topo_pai.experiments.trial_metrics.
+        METRIC_COLUMNS` (``Topology.metrics`` totals; one sparse SVD per layer, so
+        opt-in) as columns of every row.
     threads : int
         Intra-op threads (torch and numba) of every trial, whatever the engine
         and number of workers, so that a trial's result does not depend on them
@@ -174,6 +179,7 @@ class SweepConfig:
     prune_samples: int = 1000
     resources: dict = field(default_factory=dict)
     threads: int = 1
+    metrics: bool = False
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -231,6 +237,8 @@ class SweepConfig:
                 check_int(f"sweep {name}", getattr(self, name), minimum=1,
                           hint="or None for the whole split")
         check_int("sweep prune_samples", self.prune_samples, minimum=1)
+        if not isinstance(self.metrics, bool):
+            raise ValueError(f"sweep metrics must be true or false, got {self.metrics!r}")
         check_int("sweep threads", self.threads, minimum=1,
                   hint="intra-op threads of each trial (1 is fastest side by side)")
         ids: dict[str, Trial] = {}
@@ -426,18 +434,33 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
         accuracy=None, test_loss=None, epochs=0, prune_seconds=round(prune_seconds, 3),
         train_seconds=0.0, device=str(resolve_device(device)), threads=cfg.threads,
     )
+    extra = _metric_columns(cfg, model, masks, (C, H, W), dense)
     if cfg.train is not None:
         res = train(model, train_set, test_set, masks=masks, config=TrainConfig(**cfg.train),
                     device=device, seed=trial.seed, progress=False)
         row.update(accuracy=res.final_accuracy, test_loss=res.final_loss,
                    epochs=len(res.history), train_seconds=round(res.seconds, 3))
     assert set(row) == set(COLUMNS), sorted(set(row) ^ set(COLUMNS))
+    row.update(extra)
     if cfg.train is not None:
         row["history"] = res.history  # per-epoch metrics: the store writes them to epochs.jsonl
     for k, v in row.items():  # plain JSON types only
         if isinstance(v, np.generic):
             row[k] = v.item()
     return row
+
+
+def _metric_columns(cfg: SweepConfig, model, masks, input_shape, topology) -> dict:
+    """The opt-in graph-measure columns of a row (``cfg.metrics``), at initialisation."""
+    if not cfg.metrics:
+        return {}
+    from topo_pai.experiments.trial_metrics import metric_columns
+    return metric_columns(model, masks, input_shape, topology=topology)
+
+
+def _table_columns(rows) -> tuple[str, ...]:
+    """:data:`COLUMNS`, then the measure columns when the rows carry them."""
+    return COLUMNS + tuple(c for c in METRIC_COLUMNS if any(c in r for r in rows))
 
 
 def run_trial_dict(cfg_dict: dict, trial_dict: dict, data_root=None, device="auto") -> dict:
@@ -454,7 +477,8 @@ def _json_safe(v):
 
 
 def _from_json(k, v):
-    if k in ("log10_paths", "accuracy", "test_loss") and isinstance(v, str):
+    if (k in ("log10_paths", "accuracy", "test_loss") or k in METRIC_COLUMNS) \
+            and isinstance(v, str):
         return float(v)
     return v
 
@@ -533,7 +557,8 @@ def read_results(path, *, warn: bool = True) -> dict[str, dict]:
         if tid in rows:
             repeated.setdefault(tid, []).append(number)
             continue
-        rows[tid] = {k: _from_json(k, obj.get(k)) for k in COLUMNS}
+        rows[tid] = {k: _from_json(k, obj.get(k))
+                     for k in COLUMNS + tuple(c for c in METRIC_COLUMNS if c in obj)}
     if warn and (repeated or malformed):
         parts = []
         if repeated:
@@ -702,8 +727,9 @@ class ResultsStore:
         if row.get("history"):
             _append(self.epochs, {"trial_id": row["trial_id"], "history": row["history"]})
         _crash_point("before-row")
-        _append(self.jsonl, {k: _json_safe(row[k]) for k in COLUMNS})
-        self._rows[row["trial_id"]] = {k: row[k] for k in COLUMNS}
+        keys = _table_columns([row])
+        _append(self.jsonl, {k: _json_safe(row[k]) for k in keys})
+        self._rows[row["trial_id"]] = {k: row[k] for k in keys}
         _crash_point("after-row")
         self.export()
         return True
@@ -718,15 +744,16 @@ class ResultsStore:
         import io
 
         rows = self.rows
+        columns = _table_columns(rows)
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
         _atomic_write(self.dir / "results.csv", buf.getvalue())
         _crash_point("between-exports")
         _atomic_write(self.dir / "results.json", json.dumps(
-            [{k: _json_safe(r[k]) for k in COLUMNS} for r in rows], indent=1) + "\n")
+            [{k: _json_safe(r.get(k)) for k in columns} for r in rows], indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------- engines
