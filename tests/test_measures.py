@@ -303,3 +303,20 @@ def test_str_and_records():
     assert "Ramanujan gap" in text and "w. spectral gap" not in text
     assert table.to_records()[2]["name"] == "2"
     assert table.totals["mean_weighted_spectral_gap"] is None
+
+
+def test_without_spectra_everything_else_is_unchanged():
+    net = _conv_net()
+    topo = topo_pai.from_torch(net, _random_masks(net, 0.3, 4), input_shape=(2, 4, 4))
+    weights = {n: p.detach().abs() for n, p in net.named_parameters() if p.dim() > 1}
+    full, cheap = topo.metrics(weights), topo.metrics(weights, spectra=False)
+    spectral = {"mu0", "mu_hat", "spectral_gap", "ramanujan_gap", "weighted_mu0",
+                "weighted_mu_hat", "weighted_spectral_gap"}
+    for a, b in zip(full.rows[1:], cheap.rows[1:]):
+        assert all(b[k] is None for k in spectral)
+        assert {k: v for k, v in a.items() if k not in spectral} == {
+            k: v for k, v in b.items() if k not in spectral}
+    for k in ("mean_ramanujan_gap", "min_ramanujan_gap", "mean_spectral_gap",
+              "mean_weighted_spectral_gap"):
+        assert cheap.totals[k] is None and full.totals[k] is not None
+    assert "Ramanujan gap" in str(cheap)

@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass
 
 #: Keys of every row (``None`` where a key does not apply: the input row has no layer graph,
-#: and the weighted trio is ``None`` unless weights were given).
+#: the weighted trio is ``None`` unless weights were given, and every spectral key is ``None``
+#: with ``spectra=False``).
 COLUMNS = ("name", "kind", "shape", "in_units", "out_units", "params", "unpruned",
            "effective_params", "effective_sparsity", "kernels", "effective_kernels",
            "kept_inputs", "kept_outputs", "min_in_degree", "mean_in_degree", "min_out_degree",

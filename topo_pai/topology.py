@@ -534,7 +534,8 @@ class Topology:
                                         lay.weight_shape[1])
         return sp.csr_array((data, lm.indices, lm.indptr), shape=lm.shape)
 
-    def metrics(self, weights=None, resolution: str = "channel") -> MetricsTable:
+    def metrics(self, weights=None, resolution: str = "channel", *,
+                spectra: bool = True) -> MetricsTable:
         """Graph measures beyond nodes and paths, per layer and for the network.
 
         Effective sparsity and compression (Vysogorets & Kempe), effective kernels
@@ -545,7 +546,10 @@ class Topology:
         |w|}``, as for :meth:`flows`) the spectral gap is also taken on ``|w|``
         summed per kernel. ``resolution`` applies to the effective counts
         (parameters, kernels, nodes, paths); the layer graphs are the channel
-        graph's.
+        graph's. The singular values cost one sparse SVD per layer (two with
+        weights), a few hundred products with the layer's matrix each, where
+        every other measure is O(non-zeros); ``spectra=False`` leaves them out
+        (their columns and totals are then ``None``).
 
         Examples
         --------
@@ -593,7 +597,7 @@ class Topology:
                      out_units=int(sizes[0]), **roles[0])]
         for i, (layer, lm, M) in enumerate(zip(layers, self._layer_masks, mats)):
             W = None if prepared is None else self.layer_matrix(i, prepared)
-            row = ms.bipartite_measures(M, W)
+            row = ms.bipartite_measures(M, W, spectra)
             if resolution == "channel":
                 fin, bout = self.layer_reach(i, "channel")
                 row["effective_kernels"] = ms.effective_kernels(M, fin, bout)
@@ -624,6 +628,8 @@ class Topology:
         wgaps = [r["weighted_spectral_gap"] for r in layer_rows]
 
         def mean(v):
+            if not spectra:
+                return None
             return float(np.mean(v)) if v else 0.0
 
         totals = dict(
@@ -637,7 +643,8 @@ class Topology:
             min_degree=float(min(mins)) if mins else 0.0,
             mean_in_degree=edges / kept_out if kept_out else 0.0,
             mean_out_degree=edges / kept_in if kept_in else 0.0,
-            mean_ramanujan_gap=mean(gaps), min_ramanujan_gap=float(min(gaps)) if gaps else 0.0,
+            mean_ramanujan_gap=mean(gaps),
+            min_ramanujan_gap=None if not spectra else (float(min(gaps)) if gaps else 0.0),
             mean_spectral_gap=mean(sgaps),
             mean_weighted_spectral_gap=None if prepared is None else mean(wgaps),
             **{k: sum(r[k] for r in rows) for k in ("sink_units", "source_units",

@@ -130,7 +130,7 @@ def _sqrt_minus_one(d: float) -> float:
     return math.sqrt(d - 1.0) if d >= 1.0 else 0.0
 
 
-def bipartite_measures(matrix, weighted=None) -> dict:
+def bipartite_measures(matrix, weighted=None, spectra: bool = True) -> dict:
     """The measures of one layer graph (see the module docstring).
 
     Parameters
@@ -141,6 +141,9 @@ def bipartite_measures(matrix, weighted=None) -> dict:
         The weighted biadjacency ``W`` (same pattern); adds
         ``weighted_mu0``, ``weighted_mu_hat`` and ``weighted_spectral_gap``
         (``None`` without it).
+    spectra : bool
+        Take the singular values (default). Without them ``mu0``, ``mu_hat``,
+        both gaps and the weighted trio are ``None`` and the rest costs O(nnz).
 
     Returns
     -------
@@ -161,17 +164,17 @@ def bipartite_measures(matrix, weighted=None) -> dict:
     in_deg, out_deg = degrees(A)
     min_in, mean_in = kept_degree_stats(in_deg)
     min_out, mean_out = kept_degree_stats(out_deg)
-    mu0, mu_hat = top_singular_values(A)
+    mu0, mu_hat = top_singular_values(A) if spectra else (None, None)
     out = dict(
         kernels=int(A.nnz), edges=float(A.sum()),
         kept_inputs=int(np.count_nonzero(out_deg)), kept_outputs=int(np.count_nonzero(in_deg)),
         min_in_degree=min_in, mean_in_degree=mean_in,
         min_out_degree=min_out, mean_out_degree=mean_out,
-        mu0=mu0, mu_hat=mu_hat, spectral_gap=mu0 - mu_hat,
-        ramanujan_gap=ramanujan_gap(mean_out, mean_in, mu_hat),
+        mu0=mu0, mu_hat=mu_hat, spectral_gap=None if mu0 is None else mu0 - mu_hat,
+        ramanujan_gap=None if mu0 is None else ramanujan_gap(mean_out, mean_in, mu_hat),
         weighted_mu0=None, weighted_mu_hat=None, weighted_spectral_gap=None,
     )
-    if weighted is not None:
+    if weighted is not None and spectra:
         wmu0, wmu_hat = top_singular_values(weighted)
         out.update(weighted_mu0=wmu0, weighted_mu_hat=wmu_hat,
                    weighted_spectral_gap=wmu0 - wmu_hat)
