@@ -320,3 +320,18 @@ def test_without_spectra_everything_else_is_unchanged():
               "mean_weighted_spectral_gap"):
         assert cheap.totals[k] is None and full.totals[k] is not None
     assert "Ramanujan gap" in str(cheap)
+
+
+def _python_blocks(path):
+    text = open(path, encoding="utf-8").read()
+    return [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+
+
+@pytest.mark.parametrize("doc", ["docs/metrics.md"])
+def test_documentation_examples_run(doc):
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    blocks = _python_blocks(root / doc)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, doc, "exec"), {})

@@ -101,6 +101,7 @@ from topo_pai.experiments.sweep import SweepConfig, Trial, _datasets
 from topo_pai.experiments.training import seed_everything
 from topo_pai.models import get_model
 from topo_pai.pruners import get_method
+torch.set_num_threads(1)  # as the study's two sweep workers ran (cpu_count // workers)
 cfg = SweepConfig.from_dict(json.loads(sys.argv[1])); row = json.loads(sys.argv[2])
 trial = Trial(row["model"], row["method"], bool(row["shuffled"]), float(row["sparsity"]),
               int(row["seed"]))
