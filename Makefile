@@ -39,6 +39,8 @@ study: $(VENV)/.installed
 	$(BIN)/topo-pai sweep --config docs/study/study.toml --out $(STUDY_OUT) --workers $(STUDY_WORKERS)
 	$(BIN)/python docs/study/analyze.py $(STUDY_OUT)
 
-# Redraw the study's figures and tables from the committed results (no training).
+# Redraw the study's figures and tables from the committed results (no training); the
+# metric correlations re-prune trials whose measures are not yet in docs/study/metrics/.
 study-figures: $(VENV)/.installed
 	$(BIN)/python docs/study/analyze.py $(STUDY_OUT)
+	$(BIN)/python docs/study/metric_correlations.py

@@ -280,33 +280,55 @@ def _spearman(x, y) -> float:
     return float(stats.spearmanr(x, y).statistic)
 
 
-def _within_ranks(values, cells) -> np.ndarray:
-    """Ranks within each cell, scaled to [-0.5, 0.5] (ties averaged)."""
-    out = np.full(values.shape, np.nan)
-    for c in np.unique(cells):
-        idx = np.flatnonzero(cells == c)
-        v = values[idx]
-        ok = np.isfinite(v)
-        if ok.sum() > 1:
-            r = stats.rankdata(v[ok])
-            out[idx[ok]] = (r - 1) / (ok.sum() - 1) - 0.5
-        elif ok.sum() == 1:
-            out[idx[ok]] = 0.0
-    return out
+def _scaled_ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks along the last axis (ties averaged), scaled to [-0.5, 0.5]."""
+    n = v.shape[-1]
+    r = stats.rankdata(v, axis=-1)
+    return (r - 1) / (n - 1) - 0.5 if n > 1 else np.zeros_like(r)
 
 
-def _bootstrap(fn, cells, rng) -> tuple[float, float]:
-    """Percentile 95% interval of ``fn(indices)`` over resamples within each cell."""
-    groups = [np.flatnonzero(cells == c) for c in np.unique(cells)]
-    vals = []
-    for _ in range(BOOTSTRAP):
-        idx = np.concatenate([rng.choice(g, g.size, replace=True) for g in groups])
-        v = fn(idx)
-        if math.isfinite(v):
-            vals.append(v)
-    if len(vals) < BOOTSTRAP // 2:
-        return math.nan, math.nan
-    return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
+def _rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=-1, keepdims=True)
+    b = b - b.mean(axis=-1, keepdims=True)
+    den = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (a * b).sum(-1) / den, np.nan)
+
+
+def _stratified(x, y, cells, idx) -> tuple[np.ndarray, np.ndarray]:
+    """Within-cell scaled ranks of ``x`` and ``y`` for resamples ``idx`` (per cell: an
+    index array of shape (B, n_cell)), concatenated over cells: (B, N) each."""
+    xs, ys = [], []
+    for c, j in idx.items():
+        xs.append(_scaled_ranks(x[j]))
+        ys.append(_scaled_ranks(y[j]))
+    return np.concatenate(xs, axis=-1), np.concatenate(ys, axis=-1)
+
+
+def stratified_spearman(x, y, cells, rng=None) -> tuple[float, float, float]:
+    """Spearman rho of ``x`` and ``y`` after ranking both within each cell, with a
+    percentile 95% interval over :data:`BOOTSTRAP` resamples of trials within each cell
+    (one cell: the plain Spearman rho). Rows where either is not finite are dropped;
+    NaN when either is constant within every cell."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y, cells = x[ok], y[ok], cells[ok]
+    groups = {c: np.flatnonzero(cells == c) for c in np.unique(cells)}
+    groups = {c: g for c, g in groups.items() if g.size > 1}
+    if sum(g.size for g in groups.values()) < 4:
+        return math.nan, math.nan, math.nan
+    full = {c: g[None, :] for c, g in groups.items()}
+    rx, ry = _stratified(x, y, cells, full)
+    rho = float(_rowwise_pearson(rx, ry)[0])
+    if not math.isfinite(rho):
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(0) if rng is None else rng
+    boot = {c: g[rng.integers(0, g.size, (BOOTSTRAP, g.size))] for c, g in groups.items()}
+    bx, by = _stratified(x, y, cells, boot)
+    vals = _rowwise_pearson(bx, by)
+    vals = vals[np.isfinite(vals)]
+    if vals.size < BOOTSTRAP // 2:
+        return rho, math.nan, math.nan
+    return rho, float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
 
 
 def correlation_table(trials) -> dict:
@@ -317,24 +339,10 @@ def correlation_table(trials) -> dict:
     out = {}
     for s in sorted(set(sp_)):
         idx = np.flatnonzero(sp_ == s)
-        cells = np.zeros(idx.size)
-        out[s] = {}
-        for col, _ in PREDICTORS:
-            x = _x(trials, col)[idx]
-            y = acc[idx]
-            rho = _spearman(x, y)
-            lo, hi = (math.nan, math.nan) if math.isnan(rho) else _bootstrap(
-                lambda j: _spearman(x[j], y[j]), cells, rng)
-            out[s][col] = (rho, lo, hi, idx.size)
-    ya = _within_ranks(acc, sp_)
-    out["pooled"] = {}
-    for col, _ in PREDICTORS:
-        xr = _within_ranks(_x(trials, col), sp_)
-        rho = _spearman(xr, ya)
-        lo, hi = (math.nan, math.nan) if math.isnan(rho) else _bootstrap(
-            lambda j: _spearman(_within_ranks(_x(trials, col)[j], sp_[j]),
-                                _within_ranks(acc[j], sp_[j])), sp_, rng)
-        out["pooled"][col] = (rho, lo, hi, len(trials))
+        out[s] = {col: (*stratified_spearman(_x(trials, col)[idx], acc[idx], sp_[idx], rng),
+                        idx.size) for col, _ in PREDICTORS}
+    out["pooled"] = {col: (*stratified_spearman(_x(trials, col), acc, sp_, rng), len(trials))
+                     for col, _ in PREDICTORS}
     return out
 
 
@@ -424,7 +432,9 @@ def write_tables(studies) -> str:
                       "Skill = 1 − MSE/MSE(cell mean) on the held-out method's trials (> 0: "
                       "better than predicting each sparsity's mean accuracy); ρ: Spearman of "
                       "predicted and actual deviations.", "",
-                      "| features | " + " | ".join(methods) + " | mean skill |",
+                      "| features | " + " | ".join(
+                          f"{m} (n={next(iter(lomo.values()))[m][2]})" for m in methods)
+                      + " | mean skill |",
                       "|---" * (len(methods) + 2) + "|"]
             for name, res in lomo.items():
                 skills = [res[m][0] for m in methods]
