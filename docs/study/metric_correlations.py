@@ -162,9 +162,9 @@ def _measure_with_code(cfg_dict: dict, row: dict, commit: str) -> dict:
     import torch
 
     import topo_pai
-    from topo_pai.experiments.sweep import SweepConfig
-    from topo_pai.experiments.trial_metrics import matches_row, metric_columns, rebuild_trial
-    from topo_pai.experiments.sweep import Trial
+    from topo_pai.experiments.sweep import SweepConfig, _datasets
+    from topo_pai.experiments.trial_metrics import matches_row, metric_columns
+    from topo_pai.models import get_model
 
     code = _export_code(commit)
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,10 +180,11 @@ def _measure_with_code(cfg_dict: dict, row: dict, commit: str) -> dict:
             masks = {k[2:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("m:")}
             state = {k[2:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("w:")}
     cfg = SweepConfig.from_dict(cfg_dict)
-    trial = Trial(row["model"], row["method"], bool(row["shuffled"]), float(row["sparsity"]),
-                  int(row["seed"]))
-    model, _, shape = rebuild_trial(cfg, Trial(trial.model, "random", False, 0.5, trial.seed))
-    model.load_state_dict(state)
+    train_set, _ = _datasets(cfg, None)
+    shape = train_set.input_shape
+    model = get_model(row["model"], in_channels=shape[0], num_classes=train_set.num_classes,
+                      input_size=tuple(shape[1:]), **cfg.model_kwargs.get(row["model"], {}))
+    model.load_state_dict(state)  # the initial weights the code of record pruned
     topo = topo_pai.from_torch(model, masks, input_shape=shape)
     if not matches_row(topo, row):
         return dict(trial_id=row["trial_id"], reproduced=False, options=None)
