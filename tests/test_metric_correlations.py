@@ -47,3 +47,15 @@ def test_leave_one_method_out_recovers_an_exact_predictor():
     res = mc.leave_one_method_out(trials)
     for m, (skill, rho, n) in res["nodes + paths"].items():
         assert n == 6 and rho > 0.9 and skill > 0.5, m
+
+
+def test_recorded_columns_are_used_and_failures_are_reported():
+    from topo_pai.experiments.trial_metrics import METRIC_COLUMNS
+    row = dict(trial_id="m/x/s0.9/seed0", **{c: 1.5 for c in METRIC_COLUMNS})
+    rec = mc._measure({}, row)
+    assert rec["reproduced"] and rec["options"] == {"recorded": True}
+    assert rec["mean_ramanujan_gap"] == 1.5
+    bad = mc._measure({"models": ["nonexistent"]}, dict(trial_id="t", model="nonexistent",
+                                                        method="random", shuffled=False,
+                                                        sparsity=0.9, seed=0))
+    assert not bad["reproduced"] and bad["error"]

@@ -69,6 +69,21 @@ FEATURE_SETS = {
 
 # ------------------------------------------------------------------ step 1: measures
 def _measure(cfg_dict: dict, row: dict) -> dict:
+    """The measures of ``row``'s trial: its own columns when the sweep recorded them
+    (``metrics = true``), else from masks rebuilt and checked against the row."""
+    from topo_pai.experiments.trial_metrics import METRIC_COLUMNS
+
+    if all(c in row for c in METRIC_COLUMNS):
+        return dict(trial_id=row["trial_id"], reproduced=True, options={"recorded": True},
+                    **{c: row[c] for c in METRIC_COLUMNS})
+    try:
+        return _rebuild_and_measure(cfg_dict, row)
+    except Exception as exc:  # noqa: BLE001 - a trial that cannot be rebuilt is reported
+        return dict(trial_id=row["trial_id"], reproduced=False, options=None,
+                    error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _rebuild_and_measure(cfg_dict: dict, row: dict) -> dict:
     import topo_pai
     from topo_pai.experiments.sweep import SweepConfig, Trial
     from topo_pai.experiments.trial_metrics import matches_row, metric_columns, rebuild_trial
@@ -192,6 +207,14 @@ def _measure_with_code(cfg_dict: dict, row: dict, commit: str) -> dict:
                 **metric_columns(model, masks, shape, topology=topo))
 
 
+def _measure_with_code_safe(cfg_dict: dict, row: dict, commit: str) -> dict:
+    try:
+        return _measure_with_code(cfg_dict, row, commit)
+    except Exception as exc:  # noqa: BLE001 - reported, never fatal to the whole study
+        return dict(trial_id=row["trial_id"], reproduced=False, options=None,
+                    error=f"{type(exc).__name__}: {exc}"[:500])
+
+
 def _append(path: Path, record: dict) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, allow_nan=True) + "\n")
@@ -237,7 +260,7 @@ def measure_study(results_dir: Path, workers: int = 2) -> Path:
         print(f"  {len(retry)} trials not reproduced by today's code: retrying with the code "
               f"of record {commit[:12]}", flush=True)
         with ProcessPoolExecutor(workers) as pool:
-            futures = [pool.submit(_measure_with_code, cfg, r, commit) for r in retry]
+            futures = [pool.submit(_measure_with_code_safe, cfg, r, commit) for r in retry]
             for n, fut in enumerate(futures, 1):
                 rec = dict(fut.result(), code_tried=commit[:12])
                 _append(out, rec)
@@ -409,7 +432,7 @@ def write_tables(studies) -> str:
                   + (f"; not reproduced (excluded): {failed}" if failed else "") + ".", ""]
         legacy = defaultdict(int)
         for t in trials:
-            if t["legacy_options"]:
+            if t["legacy_options"] and "recorded" not in t["legacy_options"]:
                 legacy[(t["method"], json.dumps(t["legacy_options"]))] += 1
         for (m, o), n in sorted(legacy.items()):
             lines.append(f"- {n} `{m}` trials reproduced only with the legacy options {o}.")
