@@ -48,7 +48,9 @@ study-lenet-extra: $(VENV)/.installed
 	$(BIN)/topo-pai sweep --config docs/study/lenet_extra/study.toml --out docs/study/lenet_extra/results --workers $(STUDY_WORKERS)
 	$(BIN)/topo-pai sweep --config docs/study/lenet5_rescale/study.toml --out docs/study/lenet5_rescale/results --workers $(STUDY_WORKERS)
 
-# Redraw the study's figures and tables from the committed results (no training).
+# Redraw the study's figures and tables from the committed results (no training); the
+# metric correlations re-prune trials whose measures are not yet in docs/study/metrics/.
 study-figures: $(VENV)/.installed
 	$(BIN)/python docs/study/analyze.py $(STUDY_OUT)
 	$(BIN)/python docs/study/analyze_plan.py
+	$(BIN)/python docs/study/metric_correlations.py

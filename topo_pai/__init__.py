@@ -4,8 +4,8 @@ Turn a torch model and its pruning masks into a layered DAG and ask how many
 input-to-output paths survive, and which nodes and weights lie on one.
 
 >>> import topo_pai
->>> sorted(topo_pai.__all__)[:3]
-['InputShapeError', 'MaskError', 'NoPrunableLayerError']
+>>> sorted(topo_pai.__all__)[:2]
+['InputShapeError', 'MaskError']
 
 Heavy dependencies (torch, numba) load on first use, not on import.
 """
@@ -38,6 +38,7 @@ _LAZY = {
     "PathCount": "topo_pai.topology",
     "NodeCounts": "topo_pai.metrics.scaled",
     "Summary": "topo_pai.summary",
+    "MetricsTable": "topo_pai.metrics_table",
     "prune": "topo_pai.pruners",
     "available_methods": "topo_pai.pruners",
     "apply_masks": "topo_pai.pruners",
@@ -52,7 +53,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "from_torch", "Topology", "PathCount", "NodeCounts", "Summary", "TopoPaiError", "MaskError",
+    "from_torch", "Topology", "PathCount", "NodeCounts", "Summary", "MetricsTable", "TopoPaiError", "MaskError",
     "InputShapeError", "TraceError", "UnsupportedOpError", "NoPrunableLayerError",
     "PathCountTooLarge", "prune", "available_methods", "apply_masks", "remove_masks",
     "bake_masks", "read_masks", "save_masks", "load_masks", "UncoveredWeightsWarning",

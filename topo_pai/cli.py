@@ -299,7 +299,7 @@ def strict_json(value):
     return str(value)
 
 
-def _print_topology(topo, resolutions, as_json):
+def _print_topology(topo, resolutions, as_json, metrics=None):
     out = {}
     for res in resolutions:
         summ = topo.summary(res)
@@ -309,6 +309,11 @@ def _print_topology(topo, resolutions, as_json):
         else:
             print(summ)
             print(f"effective FLOPs (MACs) = {totals['effective_flops']:,}\n")
+    if metrics is not None:
+        if as_json:
+            out["metrics"] = {"rows": metrics.to_records(), "totals": metrics.totals}
+        else:
+            print(metrics)
     if as_json:
         json.dump(strict_json(out), sys.stdout, indent=1, allow_nan=False)
         print()
@@ -325,7 +330,7 @@ def cmd_analyze(args) -> int:
     res = ("channel", "neuron") if args.resolution == "both" else (args.resolution,)
     if not args.json:
         print(f"{args.model} {shape}, masks: {args.masks or 'none (dense)'}\n")
-    _print_topology(topo, res, args.json)
+    _print_topology(topo, res, args.json, _metrics_table(topo, args))
     return EXIT_OK
 
 
@@ -370,6 +375,11 @@ def _progress(quiet: bool):
         logger.setLevel(old_level)
         if handler.bar is not None:
             handler.bar.close()
+
+
+def _metrics_table(topo, args):
+    """``Topology.metrics()`` when ``--metrics`` asks for it (mask-only: no weights)."""
+    return topo.metrics() if getattr(args, "metrics", False) else None
 
 
 def cmd_prune(args) -> int:
@@ -533,6 +543,7 @@ def cmd_plot(args) -> int:
             figures.append(("accuracy_vs_sparsity", plotting.plot_accuracy_vs_sparsity))
         if any(r.get("shuffled") for r in rows):
             figures.append(("shuffled_vs_original", plotting.plot_shuffle_comparison))
+        figures += _metric_figures(plotting, rows, args.metric)
         for name, draw in figures:
             fig = draw(rows)
             written.append(out / f"{prefix}{name}.png")
@@ -549,6 +560,22 @@ def _print_table(header, rows) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
         if k == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def _metric_figures(plotting, rows, metrics) -> list:
+    """``(name, draw)`` of one accuracy-vs-``metric`` figure per ``--metric``."""
+    if metrics and not any(r.get("accuracy") is not None
+                           and r.get("accuracy") == r.get("accuracy") for r in rows):
+        raise UsageError("--metric plots accuracy, but no trial has one: run the sweep with "
+                         "training (--epochs or a train table)")
+    for m in metrics:
+        if not any(m in r for r in rows):
+            present = sorted({k for r in rows for k in r})
+            raise UsageError(f"--metric {m!r}: the results have no such column; columns: "
+                             f"{', '.join(present)} (graph measures need a sweep with "
+                             "metrics = true)")
+    return [(f"{m}_vs_accuracy", lambda rs, m=m: plotting.plot_metric_vs_accuracy(rs, m))
+            for m in metrics]
 
 
 def cmd_models(args) -> int:
@@ -625,6 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("analyze", "per-layer table and totals of a model and masks file")
     _common_model_args(p)
     _masks_args(p)
+    p.add_argument("--metrics", action="store_true",
+                   help="also print the graph measures (Topology.metrics: effective sparsity, "
+                        "spectral and Ramanujan gaps, degrees, sink/source units, lost edges)")
     p.add_argument("--resolution", choices=("channel", "neuron", "both"), default="channel")
     p.add_argument("--json", action="store_true",
                    help="print strict JSON instead of tables; non-finite numbers are the "
@@ -708,6 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="a sweep directory or its results.json / results.csv")
     p.add_argument("--out", default=None, help="figure directory (default: <results>/figures)")
     p.add_argument("--dpi", type=_positive, default=130)
+    p.add_argument("--metric", action="append", default=[], metavar="COLUMN",
+                   help="also draw accuracy against this column, one panel per sparsity, e.g. "
+                        "mean_ramanujan_gap (a sweep with metrics = true records the graph "
+                        "measures); repeatable")
     p.set_defaults(func=cmd_plot)
 
     p = add("models", "list the built-in models")

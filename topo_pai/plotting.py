@@ -901,3 +901,76 @@ def plot_node_path_curves(records, *, layout="plane", ax=None, model=None, annot
             if model_name:
                 fig.suptitle(f"{model_name}: effective nodes and paths vs sparsity", fontsize=11)
     return fig
+
+
+def plot_metric_vs_accuracy(records, metric: str, *, model=None):
+    """Accuracy against any numeric column (e.g. a graph measure of
+    :data:`topo_pai.experiments.trial_metrics.METRIC_COLUMNS`, ``log10_paths`` or
+    ``effective_nodes``): one panel per sparsity, one point per trial, coloured by
+    method (shuffled variants hollow), with the panel's Spearman rank correlation.
+
+    Parameters
+    ----------
+    records : list of dict or path
+        Needs ``method``, ``sparsity``, ``accuracy`` and ``metric``; rows without
+        accuracy or without a finite ``metric`` value are left out.
+    metric : str
+        The column on the x axis.
+    model : str, optional
+        Select one model's records (required when several are present).
+
+    Examples
+    --------
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> rows = [dict(method=m, sparsity=0.9, seed=0, accuracy=a, mean_ramanujan_gap=g)
+    ...         for m, a, g in [("snip", 0.8, 1.0), ("npb", 0.9, 2.0), ("random", 0.7, 0.5)]]
+    >>> fig = plot_metric_vs_accuracy(rows, "mean_ramanujan_gap")
+    >>> fig.axes[0].get_title()
+    '90%: Spearman ρ = +1.00 (n=3)'
+    """
+    plt = _plt()
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"metric must be a column name, got {metric!r}")
+    rows = _one_model(_as_records(records), model)
+    if not any(metric in r for r in rows):
+        columns = sorted({k for r in rows for k in r})
+        raise ValueError(f"no record has the column {metric!r}; columns present: "
+                         f"{', '.join(columns)} (graph measures need a sweep with metrics = "
+                         "true)")
+    _require(rows, ("method", "sparsity", "accuracy"), "plot_metric_vs_accuracy")
+    pts = []
+    for r in rows:
+        x = _parse_float(r.get(metric), metric)
+        y = _float(r["accuracy"])
+        if math.isfinite(x) and math.isfinite(y):
+            pts.append((r, x, y))
+    if not pts:
+        raise ValueError(f"no record has both an accuracy and a finite {metric!r}")
+    methods = sorted({r["method"] for r, _, _ in pts})
+    sparsities = sorted({_skey(r["sparsity"]) for r, _, _ in pts})
+    fig, axes, spare = _panel_grid(plt, len(sparsities))
+    from scipy import stats
+    handles = {}
+    for ax, s in zip(axes, sparsities):
+        sel = [(r, x, y) for r, x, y in pts if _skey(r["sparsity"]) == s]
+        for r, x, y in sel:
+            c, marker = method_style(r["method"], methods)
+            shuffled = bool(r.get("shuffled", False))
+            label = method_label(r["method"], shuffled)
+            h = ax.scatter([x], [100 * y], color=c, marker=marker, s=28,
+                           facecolors="none" if shuffled else c, label=label)
+            handles.setdefault(label, h)
+        xs = np.array([x for _, x, _ in sel])
+        ys = np.array([y for _, _, y in sel])
+        rho = (stats.spearmanr(xs, ys).statistic
+               if len(sel) > 2 and np.ptp(xs) > 0 and np.ptp(ys) > 0 else math.nan)
+        ax.set_title(f"{_sparsity_label(s)}: Spearman ρ = "
+                     + ("–" if math.isnan(rho) else f"{rho:+.2f}") + f" (n={len(sel)})",
+                     fontsize=9)
+        ax.set_xlabel(metric)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(True, alpha=0.3)
+    where = spare if spare is not None else axes[-1]
+    where.legend(list(handles.values()), list(handles.keys()), fontsize=7, framealpha=0.8,
+                 loc="center" if spare is not None else "best")
+    return fig

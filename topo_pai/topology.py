@@ -55,6 +55,8 @@ from topo_pai.metrics.channel import Block, ChannelGraph
 from topo_pai.metrics.degrees import FAN_FIELDS, fan_stats
 from topo_pai.metrics.neuron import NeuronGraph
 from topo_pai.metrics.scaled import LOG10_2, NodeCounts, Scaled, log10_sum
+from topo_pai.metrics_table import COLUMNS as METRIC_COLUMNS
+from topo_pai.metrics_table import MetricsTable
 from topo_pai.summary import Summary
 
 RESOLUTIONS = ("channel", "neuron")
@@ -526,6 +528,145 @@ class Topology:
             effective_macs=sum(r["effective_macs"] for r in rows),
         )
         return Summary(rows, totals, resolution)
+
+    def layer_matrix(self, layer: int, weights=None):
+        """Layer ``layer``'s own channel-graph block (an index into :attr:`layers`): a
+        scipy ``csr_array`` of shape (output units, input units) holding the kept
+        elements of every kernel (edge multiplicities), or with ``weights`` (as for
+        :meth:`flows`, or an :class:`EdgeWeights`) the sum of the kept elements'
+        weights per kernel. Input units are the channels or features of the layer's
+        input, before any structure (pool, flatten, add) that feeds it."""
+        import scipy.sparse as sp
+
+        lm = self._layer_masks[layer]
+        if weights is None:
+            data = np.asarray(lm.data, dtype=np.float64)
+        else:
+            prepared = weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights)
+            lay = self.program.layers[layer]
+            data = K.kernel_weight_sums(lm.mask.reshape(-1), prepared.flat[lay.param],
+                                        lay.kernel_volume, lm.indptr, lm.indices,
+                                        lay.weight_shape[1])
+        return sp.csr_array((data, lm.indices, lm.indptr), shape=lm.shape)
+
+    def metrics(self, weights=None, resolution: str = "channel", *,
+                spectra: bool = True) -> MetricsTable:
+        """Graph measures beyond nodes and paths, per layer and for the network.
+
+        Effective sparsity and compression (Vysogorets & Kempe), effective kernels
+        (DPaI), the degrees and the two largest singular values of every layer's
+        bipartite channel graph with the Ramanujan gap and the spectral gap (Hoang
+        et al.), and sink, source and disconnected units and lost edges (Cunegatti
+        et al.); ``docs/metrics.md`` defines each. With ``weights`` (``{name:
+        |w|}``, as for :meth:`flows`) the spectral gap is also taken on ``|w|``
+        summed per kernel. ``resolution`` applies to the effective counts
+        (parameters, kernels, nodes, paths); the layer graphs are the channel
+        graph's. The singular values cost one sparse SVD per layer (two with
+        weights), a few hundred products with the layer's matrix each, where
+        every other measure is O(non-zeros); ``spectra=False`` leaves them out
+        (their columns and totals are then ``None``).
+
+        Examples
+        --------
+        >>> import torch, topo_pai
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+        >>> table = topo_pai.from_torch(net, input_shape=(3,)).metrics()
+        >>> table[1]["mean_in_degree"], table[1]["ramanujan_gap"] > 0  # K_{3,4}: sigma_2 = 0
+        (3.0, True)
+        >>> table.totals["effective_compression"]
+        1.0
+        """
+        from topo_pai.metrics import measures as ms
+
+        _check_resolution(resolution)
+        prepared = None if weights is None else (
+            weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights))
+        layers, sizes = self.program.layers, self._channel.sizes
+        mats = [self.layer_matrix(i) for i in range(len(layers))]
+        in_deg = {0: np.zeros(sizes[0])}
+        col_sums = []
+        for i, M in enumerate(mats):
+            r, c = ms.degrees(M)
+            in_deg[i + 1] = r
+            col_sums.append(c)
+        out_deg = {g: np.zeros(n) for g, n in sizes.items()}
+        has_in = {g: (np.ones(n) if g == 0 else (in_deg[g] > 0).astype(np.float64))
+                  for g, n in sizes.items()}
+        input_has_in = []
+        for i, inputs in enumerate(self._channel.layer_inputs):
+            reach = np.zeros(mats[i].shape[1])
+            for g, S in inputs.items():
+                out_deg[g] += col_sums[i] if S is None else S.T @ col_sums[i]
+                reach += has_in[g] if S is None else S @ has_in[g]
+            input_has_in.append(reach > 0)
+        is_output = {g: np.zeros(n, dtype=bool) for g, n in sizes.items()}
+        for g, S in self._channel.outputs.items():
+            is_output[g] |= True if S is None else (S.T @ np.ones(S.shape[0])) > 0
+        roles = [ms.unit_roles(in_deg[g], out_deg[g], g == 0, is_output[g])
+                 for g in range(len(sizes))]
+
+        params_eff = self._effective_params_per_layer(resolution)
+        eff_masks = None if resolution == "channel" else self.effective_masks_numpy(resolution)
+        rows = [dict(dict.fromkeys(METRIC_COLUMNS), name=self.group_names[0], kind="input",
+                     shape=tuple(self.program.values[self.program.group_values[0]]),
+                     out_units=int(sizes[0]), **roles[0])]
+        for i, (layer, lm, M) in enumerate(zip(layers, self._layer_masks, mats)):
+            W = None if prepared is None else self.layer_matrix(i, prepared)
+            row = ms.bipartite_measures(M, W, spectra)
+            if resolution == "channel":
+                fin, bout = self.layer_reach(i, "channel")
+                row["effective_kernels"] = ms.effective_kernels(M, fin, bout)
+            else:
+                O, per_group = layer.weight_shape[:2]
+                row["effective_kernels"] = int(eff_masks[layer.param].reshape(
+                    O, per_group, -1).any(axis=2).sum())
+            sink = (in_deg[i + 1] > 0) & (out_deg[i + 1] == 0) & ~is_output[i + 1]
+            row.update(ms.lost_edges(M, input_has_in[i], sink))
+            row.update(roles[i + 1])
+            row.update(name=self.group_names[i + 1], kind=layer.kind,
+                       shape=tuple(layer.weight_shape), in_units=int(M.shape[1]),
+                       out_units=int(M.shape[0]), params=int(lm.mask.size),
+                       unpruned=int(lm.unpruned), effective_params=int(params_eff[i]),
+                       effective_sparsity=ms.sparsity_and_compression(
+                           int(lm.mask.size), int(params_eff[i]))[0])
+            rows.append({k: row[k] for k in METRIC_COLUMNS})
+        layer_rows = rows[1:]
+        params, unpruned, eff = self.n_params, self.n_unpruned, sum(params_eff)
+        sparsity, compression = ms.sparsity_and_compression(params, unpruned)
+        eff_sparsity, eff_compression = ms.sparsity_and_compression(params, eff)
+        kept_out = sum(r["kept_outputs"] for r in layer_rows)
+        kept_in = sum(r["kept_inputs"] for r in layer_rows)
+        edges = float(sum(lm.unpruned for lm in self._layer_masks))
+        mins = [d for r in layer_rows for d in (r["min_in_degree"], r["min_out_degree"])]
+        gaps = [r["ramanujan_gap"] for r in layer_rows]
+        sgaps = [r["spectral_gap"] for r in layer_rows]
+        wgaps = [r["weighted_spectral_gap"] for r in layer_rows]
+
+        def mean(v):
+            if not spectra:
+                return None
+            return float(np.mean(v)) if v else 0.0
+
+        totals = dict(
+            params=params, unpruned=unpruned, effective_params=eff, sparsity=sparsity,
+            compression=compression, effective_sparsity=eff_sparsity,
+            effective_compression=eff_compression,
+            kernels=sum(r["kernels"] for r in layer_rows),
+            effective_kernels=sum(r["effective_kernels"] for r in layer_rows),
+            effective_nodes=self.effective_nodes(resolution), nodes=self.n_nodes(resolution),
+            log10_paths=self.count_paths(resolution).log10,
+            min_degree=float(min(mins)) if mins else 0.0,
+            mean_in_degree=edges / kept_out if kept_out else 0.0,
+            mean_out_degree=edges / kept_in if kept_in else 0.0,
+            mean_ramanujan_gap=mean(gaps),
+            min_ramanujan_gap=None if not spectra else (float(min(gaps)) if gaps else 0.0),
+            mean_spectral_gap=mean(sgaps),
+            mean_weighted_spectral_gap=None if prepared is None else mean(wgaps),
+            **{k: sum(r[k] for r in rows) for k in ("sink_units", "source_units",
+                                                    "disconnected_units")},
+            **{k: sum(r[k] for r in layer_rows) for k in ("lost_in_edges", "lost_out_edges")},
+        )
+        return MetricsTable(rows, totals, resolution, prepared is not None)
 
     def to_networkx(self, max_edges: int = 200_000):
         """The channel graph as a ``networkx.DiGraph``.

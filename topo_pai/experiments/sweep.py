@@ -57,6 +57,7 @@ from typing import Iterable
 from topo_pai.checks import check_int
 from topo_pai.errors import TopoPaiError
 from topo_pai.experiments.curves import SHUFFLE_SUFFIX, format_sparsity, trial_id
+from topo_pai.experiments.trial_metrics import METRIC_COLUMNS
 
 COLUMNS = (
     "trial_id", "model", "dataset", "method", "shuffled", "sparsity", "seed",
@@ -73,7 +74,7 @@ ORDERS = ("grid", "reverse", "random")
 #: Fields added after sweeps were first stored, with their defaults: a field at its default
 #: is left out of the recipe, so that configurations from before it keep their fingerprint.
 LATER_FIELDS = {"input_shape": None, "arms": {}, "seeds_for": {}, "dense": False,
-                "val_size": None}
+                "val_size": None, "metrics": False}
 #: The lists of a SweepConfig that span the grid: their order does not change the trials.
 GRID_FIELDS = ("models", "methods", "sparsities", "seeds", "shuffled")
 #: Test hook, inert unless set: ``"<point>:<n>"`` makes this process SIGKILL itself the
@@ -183,6 +184,10 @@ class SweepConfig:
         Training samples given to the data-dependent pruners (one batch).
     resources : dict
         What one trial needs on a distributed engine, e.g. ``{"GPU": 1}``.
+    metrics : bool
+        Also record the graph measures of :data:`~topo_pai.experiments.trial_metrics.
+        METRIC_COLUMNS` (``Topology.metrics`` totals; one sparse SVD per layer, so
+        opt-in) as columns of every row.
     threads : int
         Intra-op threads (torch and numba) of every trial, whatever the engine
         and number of workers, so that a trial's result does not depend on them
@@ -224,6 +229,7 @@ class SweepConfig:
     seeds_for: dict = field(default_factory=dict)
     dense: bool = False
     val_size: int | None = None
+    metrics: bool = False
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -287,6 +293,8 @@ class SweepConfig:
                 check_int(f"sweep {name}", getattr(self, name), minimum=1,
                           hint="or None for the whole split")
         check_int("sweep prune_samples", self.prune_samples, minimum=1)
+        if not isinstance(self.metrics, bool):
+            raise ValueError(f"sweep metrics must be true or false, got {self.metrics!r}")
         check_int("sweep threads", self.threads, minimum=1,
                   hint="intra-op threads of each trial (1 is fastest side by side)")
         ids: dict[str, Trial] = {}
@@ -518,6 +526,39 @@ def run_trial(cfg: SweepConfig, trial: Trial, *, data_root=None, device="auto") 
         return _run_trial(cfg, trial, data_root=data_root, device=device)
 
 
+def build_and_prune(cfg: SweepConfig, trial: Trial, train_set):
+    """Build ``trial``'s model and its masks exactly as a sweep does (seeded initial weights,
+    the arm's method and options, the seeded data batch, the shuffle): ``(model, masks,
+    input_shape, rescale)``, where ``rescale`` says whether the arm scales the kept weights
+    before training. Shared by :func:`run_trial` and the rebuild of finished trials."""
+    import torch
+
+    import topo_pai
+    from topo_pai.experiments.training import seed_everything
+    from topo_pai.models.spec import build_model, check_input_shape, check_model_spec
+    from topo_pai.pruners import get_method
+
+    C, H, W = check_input_shape(check_model_spec(trial.model), cfg.input_shape,
+                                train_set.input_shape)
+    seed_everything(trial.seed)
+    model, _ = build_model(trial.model, input_shape=(C, H, W), num_classes=train_set.num_classes,
+                           model_args=cfg.model_kwargs.get(trial.model, {}))
+    if trial.method == DENSE:
+        return model, {}, (C, H, W), False
+    method, options, rescale = cfg.arm(trial.method)
+    data = None
+    if get_method(method).needs_data:
+        gen = torch.Generator().manual_seed(trial.seed)
+        idx = torch.randperm(len(train_set), generator=gen)[:cfg.prune_samples]
+        data = (train_set.x[idx], train_set.y[idx])
+    masks = topo_pai.prune(model, method, trial.sparsity, input_shape=(C, H, W), data=data,
+                           seed=trial.seed, **options)
+    if trial.shuffled:
+        masks = topo_pai.prune(model, "shuffle", trial.sparsity, input_shape=(C, H, W),
+                               seed=trial.seed, masks=masks)
+    return model, masks, (C, H, W), rescale
+
+
 def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
     import numpy as np
     import torch
@@ -525,31 +566,11 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
     import topo_pai
     from topo_pai.experiments.curves import topology_record
     from topo_pai.experiments.training import (TrainConfig, rescale_kept_weights, resolve_device,
-                                               seed_everything, train)
-    from topo_pai.models.spec import build_model, check_input_shape, check_model_spec
-    from topo_pai.pruners import get_method
+                                               train)
 
     train_set, val_set, test_set = _datasets(cfg, data_root)
-    C, H, W = check_input_shape(check_model_spec(trial.model), cfg.input_shape,
-                                train_set.input_shape)
-    seed_everything(trial.seed)
-    model, _ = build_model(trial.model, input_shape=(C, H, W), num_classes=train_set.num_classes,
-                           model_args=cfg.model_kwargs.get(trial.model, {}))
     t0 = time.perf_counter()
-    if trial.method == DENSE:
-        masks, rescale = {}, False
-    else:
-        method, options, rescale = cfg.arm(trial.method)
-        data = None
-        if get_method(method).needs_data:
-            gen = torch.Generator().manual_seed(trial.seed)
-            idx = torch.randperm(len(train_set), generator=gen)[:cfg.prune_samples]
-            data = (train_set.x[idx], train_set.y[idx])
-        masks = topo_pai.prune(model, method, trial.sparsity, input_shape=(C, H, W),
-                               data=data, seed=trial.seed, **options)
-        if trial.shuffled:
-            masks = topo_pai.prune(model, "shuffle", trial.sparsity, input_shape=(C, H, W),
-                                   seed=trial.seed, masks=masks)
+    model, masks, (C, H, W), rescale = build_and_prune(cfg, trial, train_set)
     prune_seconds = time.perf_counter() - t0
     # one trace serves both: the dense topology, and (via with_masks) the pruned one
     dense = topo_pai.from_torch(model, {}, input_shape=(C, H, W))
@@ -562,6 +583,7 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
         prune_seconds=round(prune_seconds, 3),
         train_seconds=0.0, device=str(resolve_device(device)), threads=cfg.threads,
     )
+    extra = _metric_columns(cfg, model, masks, (C, H, W), dense)
     if rescale:
         rescale_kept_weights(model, masks)
     if cfg.train is not None:
@@ -572,6 +594,7 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
                    val_accuracy=res.final_val_accuracy, val_loss=res.final_val_loss,
                    epochs=len(res.history), train_seconds=round(res.seconds, 3))
     assert set(row) == set(COLUMNS), sorted(set(row) ^ set(COLUMNS))
+    row.update(extra)
     if cfg.train is not None:
         row["history"] = res.history  # per-epoch metrics: the store writes them to epochs.jsonl
     for k, v in row.items():  # plain JSON types only
@@ -594,6 +617,19 @@ def check_models(cfg: SweepConfig, data_root=None) -> None:
             resolve_callable(spec)
 
 
+def _metric_columns(cfg: SweepConfig, model, masks, input_shape, topology) -> dict:
+    """The opt-in graph-measure columns of a row (``cfg.metrics``), at initialisation."""
+    if not cfg.metrics:
+        return {}
+    from topo_pai.experiments.trial_metrics import metric_columns
+    return metric_columns(model, masks, input_shape, topology=topology)
+
+
+def _table_columns(rows) -> tuple[str, ...]:
+    """:data:`COLUMNS`, then the measure columns when the rows carry them."""
+    return COLUMNS + tuple(c for c in METRIC_COLUMNS if any(c in r for r in rows))
+
+
 def run_trial_dict(cfg_dict: dict, trial_dict: dict, data_root=None, device="auto") -> dict:
     """:func:`run_trial` over plain dicts: what worker processes and clusters receive."""
     return run_trial(SweepConfig.from_dict(cfg_dict), Trial(**trial_dict), data_root=data_root,
@@ -608,7 +644,8 @@ def _json_safe(v):
 
 
 def _from_json(k, v):
-    if k in ("log10_paths", "accuracy", "test_loss") and isinstance(v, str):
+    if (k in ("log10_paths", "accuracy", "test_loss") or k in METRIC_COLUMNS) \
+            and isinstance(v, str):
         return float(v)
     return v
 
@@ -687,7 +724,8 @@ def read_results(path, *, warn: bool = True) -> dict[str, dict]:
         if tid in rows:
             repeated.setdefault(tid, []).append(number)
             continue
-        rows[tid] = {k: _from_json(k, obj.get(k)) for k in COLUMNS}
+        rows[tid] = {k: _from_json(k, obj.get(k))
+                     for k in COLUMNS + tuple(c for c in METRIC_COLUMNS if c in obj)}
     if warn and (repeated or malformed):
         parts = []
         if repeated:
@@ -856,8 +894,9 @@ class ResultsStore:
         if row.get("history"):
             _append(self.epochs, {"trial_id": row["trial_id"], "history": row["history"]})
         _crash_point("before-row")
-        _append(self.jsonl, {k: _json_safe(row[k]) for k in COLUMNS})
-        self._rows[row["trial_id"]] = {k: row[k] for k in COLUMNS}
+        keys = _table_columns([row])
+        _append(self.jsonl, {k: _json_safe(row[k]) for k in keys})
+        self._rows[row["trial_id"]] = {k: row[k] for k in keys}
         _crash_point("after-row")
         self.export()
         return True
@@ -872,15 +911,16 @@ class ResultsStore:
         import io
 
         rows = self.rows
+        columns = _table_columns(rows)
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
         _atomic_write(self.dir / "results.csv", buf.getvalue())
         _crash_point("between-exports")
         _atomic_write(self.dir / "results.json", json.dumps(
-            [{k: _json_safe(r[k]) for k in COLUMNS} for r in rows], indent=1) + "\n")
+            [{k: _json_safe(r.get(k)) for k in columns} for r in rows], indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------- engines

@@ -51,15 +51,18 @@ def _leaf_weights(ctx, masks):
 def _cross_entropy(out, y):
     """Cross-entropy with the targets checked first: a user's wrong labels get an error
     that says what is wrong, not torch's message from inside the loss."""
-    n, classes = out.shape[0], (out.shape[1] if out.ndim > 1 else None)
-    if classes is None:
+    if out.ndim < 2:
         raise ValueError(f"the model's output has shape {tuple(out.shape)}; the default "
-                         "cross-entropy loss needs logits (batch, classes): pass loss=")
+                         "cross-entropy loss needs logits (batch, classes, ...): pass loss=")
+    classes = out.shape[1]
+    # one label per input, or per output position for dense outputs (batch, classes, d1, ...)
+    labels_shape = (out.shape[0],) + tuple(out.shape[2:])
     if not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool:
-        if y.ndim != 1:
+        if tuple(y.shape) != labels_shape:
+            hint = " (e.g. y.squeeze(1))" if y.ndim == 2 and y.shape[1] == 1 else ""
             raise ValueError(f"data targets have shape {tuple(y.shape)}; the default "
-                             f"cross-entropy loss needs one class label per input, shape ({n},)"
-                             " (e.g. y.squeeze(1)), or pass loss=")
+                             f"cross-entropy loss needs one class label per input, shape "
+                             f"{labels_shape}{hint}, or pass loss=")
         if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
             raise ValueError(f"data targets hold labels in [{int(y.min())}, {int(y.max())}], "
                              f"but the model has {classes} classes: labels must lie in "
@@ -68,8 +71,9 @@ def _cross_entropy(out, y):
     if y.is_floating_point() and tuple(y.shape) == tuple(out.shape):
         return F.cross_entropy(out, y)  # class probabilities
     raise ValueError(f"data targets are {y.dtype} of shape {tuple(y.shape)}; the default "
-                     f"cross-entropy loss needs integer class labels of shape ({n},) or class "
-                     f"probabilities of shape {tuple(out.shape)}: convert them (e.g. y.long()) "
+                     f"cross-entropy loss needs integer class labels of shape {labels_shape} "
+                     f"or class probabilities of shape {tuple(out.shape)}: convert them (e.g. "
+                     "y.long()) "
                      "or pass loss=")
 
 

@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Graph-measure benchmark: ``Topology.metrics`` against ``count_paths`` in the same run.
+
+Run from the repository root::
+
+    . .venv/bin/activate
+    export OMP_WAIT_POLICY=PASSIVE
+    python benchmarks/bench_metrics.py            # VGG-19 and ResNet-50 at density 0.1
+    python benchmarks/bench_metrics.py --densities 0.1,0.01 --repeats 3
+
+The baseline is ``topo0.with_masks(masks).count_paths("channel").log10`` (a fresh
+Topology from an already traced model, so its channel counts are computed inside the
+timing). The measured operations are ``topo0.with_masks(masks).metrics()`` and
+``.metrics(weights=|w|)``, which include that count and add one sparse SVD per layer
+(two with weights). The target (issue 17) is metrics / count_paths < 5 at density
+0.1. Samples of the three operations are interleaved; medians are reported. Masks are
+the core benchmark's seeded random masks. Writes ``benchmarks/results_metrics.md``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from bench_core import MODELS, PRETTY, machine_info, make_masks, make_model, timed  # noqa: E402
+
+import topo_pai  # noqa: E402
+
+TARGET = 5.0
+
+
+def svd_seconds(topo, weighted: bool, weights) -> float:
+    """Time of the per-layer SVDs alone (for the breakdown column)."""
+    from topo_pai.metrics.measures import top_singular_values
+
+    t0 = time.perf_counter()
+    for i in range(len(topo.layers)):
+        top_singular_values(topo.layer_matrix(i))
+        if weighted:
+            top_singular_values(topo.layer_matrix(i, weights))
+    return time.perf_counter() - t0
+
+
+def bench(name: str, density: float, repeats: int) -> dict:
+    model = make_model(name)
+    shape = MODELS[name][1]
+    masks = make_masks(model, name, density)
+    topo0 = topo_pai.from_torch(model, {}, input_shape=shape)
+    weights = topo0.edge_weights({n: p.detach().abs() for n, p in model.named_parameters()
+                                  if n in masks})
+    ops = {
+        "count_paths": lambda: topo0.with_masks(masks).count_paths("channel").log10,
+        "metrics": lambda: topo0.with_masks(masks).metrics().totals,
+        "metrics_w": lambda: topo0.with_masks(masks).metrics(weights=weights).totals,
+        "metrics_cheap": lambda: topo0.with_masks(masks).metrics(spectra=False).totals,
+    }
+    for fn in ops.values():  # warm-up: numba compilation, scipy imports
+        fn()
+    samples = {k: [] for k in ops}
+    results = {}
+    for _ in range(repeats):
+        for k, fn in ops.items():
+            dt, out, _ = timed(fn)
+            samples[k].append(dt)
+            results[k] = out
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    topo = topo0.with_masks(masks)
+    svd = statistics.median(svd_seconds(topo, False, None) for _ in range(max(1, repeats // 2)))
+    t = results["metrics_w"]
+    return dict(model=PRETTY[name], density=density, layers=len(topo.layers),
+                unpruned=topo.n_unpruned, n=repeats, **med, svd=svd,
+                ratio=med["metrics"] / med["count_paths"],
+                ratio_w=med["metrics_w"] / med["count_paths"],
+                ratio_cheap=med["metrics_cheap"] / med["count_paths"],
+                gap=t["mean_ramanujan_gap"], wgap=t["mean_weighted_spectral_gap"],
+                eff_sparsity=t["effective_sparsity"])
+
+
+def fmt_ms(s: float) -> str:
+    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
+
+def verdict(r: float) -> str:
+    return f"{r:.1f}× (<{TARGET:g}×) " + ("**PASS**" if r < TARGET else "**MISS**")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="vgg19,resnet50")
+    ap.add_argument("--densities", default="0.1")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=str(HERE / "results_metrics.md"))
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    rows = [bench(m, float(d), args.repeats) for m in args.models.split(",")
+            for d in args.densities.split(",")]
+    head = ("| model | density | layers | unpruned | (a) count_paths ch | (b) metrics() | "
+            "(c) metrics(abs w) | (d) metrics(spectra=False) | SVDs in (b) | (b)/(a) | (c)/(a) "
+            "| (d)/(a) | mean Ramanujan gap | mean weighted spectral gap | effective sparsity |")
+    lines = ["# topo_pai graph-measure benchmark", "", *machine_info(),
+             f"- {args.repeats} interleaved samples per cell, median reported; load average "
+             f"(1 min) at start / end: {load0:.2f} / {os.getloadavg()[0]:.2f}; total wall time "
+             f"{time.perf_counter() - t_start:.0f} s", "", head,
+             "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['density']:g} | {r['layers']} | {r['unpruned']:,} | "
+            f"{fmt_ms(r['count_paths'])} | {fmt_ms(r['metrics'])} | {fmt_ms(r['metrics_w'])} | "
+            f"{fmt_ms(r['metrics_cheap'])} | {fmt_ms(r['svd'])} | {verdict(r['ratio'])} | "
+            f"{r['ratio_w']:.1f}× | {r['ratio_cheap']:.1f}× | "
+            f"{r['gap']:.3f} | {r['wgap']:.4g} | {r['eff_sparsity']:.4f} |")
+    lines += ["", "(a) = `topo0.with_masks(masks).count_paths('channel')` (fresh channel counts "
+              "of a traced model); (b) = `topo0.with_masks(masks).metrics()`; (c) = the same "
+              "with weights |w| (a second SVD per layer); (d) = `metrics(spectra=False)` (every "
+              "O(nnz) measure, no SVD); 'SVDs in (b)': the per-layer "
+              "`top_singular_values` calls alone. Target (issue 17): (b)/(a) < 5 at density "
+              "0.1."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    Path(args.out).write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
