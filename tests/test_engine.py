@@ -201,3 +201,20 @@ def test_scaled_log10_against_exact_arithmetic(e):
     np.testing.assert_array_equal(NodeCounts(m, e).log10, got)
     assert log10_scaled(0.0, e) == -math.inf
     assert Scaled(m, e).log10_total() == log10_scaled(float(m.sum()), e)
+
+
+@pytest.mark.parametrize("resolution", ["channel", "neuron"])
+@pytest.mark.parametrize("density", [0.3, 0.8])
+def test_both_reachabilities_agree(resolution, density):
+    """Each graph's 0/1 reachability (``reach_forward``/``reach_backward``, the
+    fallback when counts are risky) marks exactly the units with a non-zero count."""
+    torch.manual_seed(0)
+    model = Net()
+    engine = topo_pai.from_torch(model, _masks(model, density, 3), SHAPE).engine(resolution)
+    fwd, bwd = engine.forward(), engine.backward()
+    assert not any(s.risky for s in fwd + bwd)  # so reachability is read off the counts
+    rf, rb = engine.graph.reach_forward(), engine.graph.reach_backward()
+    for g, key in enumerate(engine.group_keys):
+        for counts, reach in ((fwd[g], rf[key]), (bwd[g], rb[key])):
+            assert set(np.unique(reach)) <= {0.0, 1.0}
+            np.testing.assert_array_equal(reach > 0, counts.m > 0)

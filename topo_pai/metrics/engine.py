@@ -7,7 +7,11 @@ per-layer question from those counts. ``Topology`` holds one engine per
 resolution and delegates to it without knowing which it is, so another
 implementation of a resolution (a torch engine running per-layer torch ops on
 the model's device is planned) drops in by implementing :class:`Engine` and
-being registered in ``topo_pai.topology.ENGINES``.
+being registered in ``topo_pai.topology.ENGINES``. A factory there may also
+choose among implementations itself (per layer, by density); ``Topology`` never
+looks past the protocol (tested in ``tests/test_engine.py`` with a proxy that
+exposes nothing else). The channel engine also offers ``blocks``, the explicit
+CSR blocks behind ``Topology.blocks``, which belong to that resolution only.
 
 Contract
 --------
@@ -28,19 +32,26 @@ otherwise.
 
 **Scaled counts.** Counts overflow no float: every per-group vector is a
 :class:`~topo_pai.metrics.scaled.Scaled`, a float64 numpy mantissa on the CPU
-times ``2**e`` with one integer exponent per vector, kept by exact power-of-two
-rescaling so that ``max(m)`` stays within ``2**±SLACK_BITS`` (see
-:func:`~topo_pai.metrics.scaled.normalize`; sums align exponents first, as
-:func:`~topo_pai.metrics.scaled.combine` does). The only error is float64
-rounding in sums and products. An engine that computes elsewhere (another
-device, another library) converts at this boundary. ``risky`` marks a vector
-whose dynamic range may have flushed a tiny count to zero (the engine then
-reads reachability from exact arithmetic, not from the counts).
+times ``2**e`` with one Python-int exponent per vector (unbounded), kept by
+exact power-of-two rescaling so that ``max(m)`` stays within ``2**±SLACK_BITS``
+(see :func:`~topo_pai.metrics.scaled.normalize`; sums and concatenations align
+exponents first, as :func:`~topo_pai.metrics.scaled.combine` does). The only
+error is float64 rounding in sums and products, so two engines of one
+resolution agree up to float64 rounding on counts, flows and their log10, and
+exactly on everything below. An engine that computes elsewhere (torch tensors
+on a GPU) keeps the same mantissa-and-exponent form there and converts to
+numpy at this boundary, on the calls that return arrays. ``risky`` marks a
+vector whose dynamic range may have flushed a tiny count to zero (the engine
+then reads reachability from exact arithmetic, not from the counts).
 
 **Reachability is exact.** Effective nodes, parameters and masks and
-:meth:`Engine.layer_reach` come from 0/1 (or saturated) arithmetic, or from
-counts proven free of underflow (no ``risky`` vector); never from a threshold
-on a float that may have lost a small count.
+:meth:`Engine.layer_reach` come from 0/1 (or saturated, ``min(x, 1)``)
+arithmetic, or from counts proven free of underflow (no ``risky`` vector);
+never from a threshold on a float that may have lost a small count.
+:meth:`Engine.exact_total` is exact Python-int arithmetic
+(:mod:`topo_pai.metrics.exact`, which any engine may call). An op an engine
+cannot propagate is refused with :class:`~topo_pai.errors.UnsupportedOpError`
+naming its fx node, never approximated.
 
 **Weights.** :meth:`Engine.with_weights` returns the engine of the same masks
 with non-negative edge weights (validated flat float64 arrays, one per layer, in
@@ -132,8 +143,8 @@ EngineFactory = Callable[..., Engine]
 
 
 class TableEngine:
-    """What the numpy engines share: forward and backward tables propagated on first
-    use and kept, and reachability read off them.
+    """What the numpy engines share: forward and backward tables propagated together on
+    first use and kept, and reachability read off them.
 
     A table maps the engine's keys (group index at channel resolution, value id at
     neuron resolution) to :class:`Scaled` vectors; :attr:`group_keys` lists the key of
@@ -158,16 +169,21 @@ class TableEngine:
         """Forward and backward reachability in 0/1 arithmetic, keyed as the tables."""
         raise NotImplementedError
 
-    @property
-    def fwd(self) -> dict:
+    def _propagate(self) -> None:
+        # Both directions at once, on the first query of either: nearly every query
+        # needs both, and one pass after the other runs faster than two far apart.
         if self._fwd is None:
             self._fwd = self._propagate_forward()
+            self._bwd = self._propagate_backward()
+
+    @property
+    def fwd(self) -> dict:
+        self._propagate()
         return self._fwd
 
     @property
     def bwd(self) -> dict:
-        if self._bwd is None:
-            self._bwd = self._propagate_backward()
+        self._propagate()
         return self._bwd
 
     @property

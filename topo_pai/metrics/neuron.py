@@ -416,6 +416,15 @@ class NeuronGraph:
             return g * self.factors(op)
         raise AssertionError(op.kind)  # pragma: no cover
 
+    # -- reachability (0/1 arithmetic, exact) -----------------------------------------
+    def reach_forward(self) -> dict[int, np.ndarray]:
+        """Per value: 1 where a unit is reached from the input, else 0."""
+        return {v: s.m for v, s in self.forward(saturate=True).items()}
+
+    def reach_backward(self) -> dict[int, np.ndarray]:
+        """Per value: 1 where a unit reaches the output, else 0."""
+        return {v: s.m for v, s in self.backward(saturate=True).items()}
+
     # -- effectiveness ---------------------------------------------------------------
     def _planes(self, layer: int, fin: np.ndarray, bout: np.ndarray):
         return self.plan(layer), self.in_planes(layer, fin), self.out_rows(layer, bout)
@@ -466,8 +475,7 @@ class NeuronEngine(TableEngine):
         return self.graph.backward()
 
     def _exact_reach(self) -> tuple[dict, dict]:
-        return ({v: s.m for v, s in self.graph.forward(saturate=True).items()},
-                {v: s.m for v, s in self.graph.backward(saturate=True).items()})
+        return self.graph.reach_forward(), self.graph.reach_backward()
 
     def _io(self, layer: int) -> tuple[int, int]:
         op = self.program.layer_ops[layer]
