@@ -64,6 +64,7 @@ queries (exact counts, effectiveness) are asked of unweighted engines only.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Protocol
 
@@ -142,7 +143,7 @@ class Engine(Protocol):
 EngineFactory = Callable[..., Engine]
 
 
-class TableEngine:
+class TableEngine(ABC):
     """What the numpy engines share: forward and backward tables propagated together on
     first use and kept, and reachability read off them.
 
@@ -159,15 +160,17 @@ class TableEngine:
         self._bwd: dict | None = None
         self._reach: tuple[dict, dict] | None = None
 
+    @abstractmethod
     def _propagate_forward(self) -> dict:
-        raise NotImplementedError
+        """The forward table: counts (flows) from the input into every keyed value."""
 
+    @abstractmethod
     def _propagate_backward(self) -> dict:
-        raise NotImplementedError
+        """The backward table: counts (flows) from every keyed value to the output."""
 
+    @abstractmethod
     def _exact_reach(self) -> tuple[dict, dict]:
         """Forward and backward reachability in 0/1 arithmetic, keyed as the tables."""
-        raise NotImplementedError
 
     def _propagate(self) -> None:
         # Both directions at once, on the first query of either: nearly every query
