@@ -86,11 +86,11 @@ class RefGraph:
     def __init__(self, topo, aw):
         self.topo = topo
         layers = topo.layers
-        sizes = topo._channel.sizes
+        sizes = topo.channel_structure.sizes
         self.goff = np.concatenate([[0], np.cumsum([sizes[g] for g in range(len(layers) + 1)])])
         self.n_input = sizes[0]
         self.blocks = topo.flows(aw, "channel").blocks
-        self.maps = [(layer, src, S) for layer, inputs in enumerate(topo._channel.layer_inputs)
+        self.maps = [(layer, src, S) for layer, inputs in enumerate(topo.channel_structure.layer_inputs)
                      for src, S in inputs.items()]
         n = int(self.goff[-1])
         self.out = [[] for _ in range(n)]
@@ -104,7 +104,7 @@ class RefGraph:
                     self.out[src].append((dst, bi, o, c, w))
                     self.inn[dst].append((src, bi, o, c, w))
         self.terminal = np.zeros(n, dtype=bool)
-        for g, S in topo._channel.outputs.items():
+        for g, S in topo.channel_structure.outputs.items():
             used = np.ones(sizes[g], bool) if S is None else np.asarray(
                 abs(S).sum(axis=0)).ravel() > 0
             self.terminal[self.goff[g]:self.goff[g + 1]] = used

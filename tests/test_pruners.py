@@ -602,7 +602,7 @@ def test_synflow_scores_are_topology_flows(factory, shape):
     g = torch.Generator().manual_seed(1)
     for density in (1.0, 0.5, 0.05):
         masks = {t.param: (torch.rand(t.shape, generator=g) < density).numpy() for t in targets}
-        ours = methods._synflow_scores(ctx, masks, resolution="channel")
+        ours = methods.synflow_scores(ctx, masks, resolution="channel")
         ref = topo.with_masks(masks).flows(absw).log10_through_weights()
         for k, m in masks.items():
             np.testing.assert_array_equal(ours[k][m], ref[k][m])

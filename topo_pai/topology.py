@@ -47,19 +47,22 @@ from topo_pai.graph.masks import (
     scan,
     validate_keys,
 )
-from topo_pai.graph.structure import build_structure, has_factors
+from topo_pai.graph.structure import Structure, build_structure
 from topo_pai.graph.trace import trace
 from topo_pai.kernels import propagate as K
 from topo_pai.metrics import exact as X
-from topo_pai.metrics.channel import Block, ChannelGraph
+from topo_pai.metrics.channel import Block, ChannelEngine
 from topo_pai.metrics.degrees import FAN_FIELDS, fan_stats
-from topo_pai.metrics.neuron import NeuronGraph
-from topo_pai.metrics.scaled import LOG10_2, NodeCounts, Scaled, log10_sum
+from topo_pai.metrics.engine import Engine, EngineFactory
+from topo_pai.metrics.neuron import NeuronEngine
+from topo_pai.metrics.scaled import NodeCounts
 from topo_pai.metrics_table import COLUMNS as METRIC_COLUMNS
 from topo_pai.metrics_table import MetricsTable
 from topo_pai.summary import Summary
 
-RESOLUTIONS = ("channel", "neuron")
+#: The engine of each resolution (see :mod:`topo_pai.metrics.engine` for the contract).
+ENGINES: dict[str, EngineFactory] = {"channel": ChannelEngine, "neuron": NeuronEngine}
+RESOLUTIONS = tuple(ENGINES)
 
 
 def _check_resolution(resolution: str) -> str:
@@ -127,14 +130,6 @@ class PathCount:
         return f"PathCount(log10={self.log10:.6g}, resolution={self.resolution!r})"
 
 
-@dataclass
-class _State:
-    fwd: dict  # group -> Scaled (channel) / value id -> Scaled (neuron)
-    bwd: dict
-    rf: dict  # 0/1 float arrays, same keys
-    rb: dict
-
-
 class Topology:
     """A masked network as a layered DAG of node groups.
 
@@ -153,10 +148,7 @@ class Topology:
         self._unused = unused_masks
         self._param_names = param_names
         self._index_dtype = index_dtype
-        layer_inputs, outputs, sizes = structure
-        self._channel = ChannelGraph(sizes, None, layer_inputs, outputs, layer_masks)
-        self._neuron = NeuronGraph(program, layer_masks)
-        self._states: dict[str, _State] = {}
+        self._engines: dict[str, Engine] = {}
 
     # -- construction ---------------------------------------------------------------
     @classmethod
@@ -211,7 +203,16 @@ class Topology:
     @property
     def blocks(self) -> list[Block]:
         """Channel-level CSR blocks ``(src group, dst group, matrix)`` in topological order."""
-        return list(self._channel.blocks)
+        return list(self.engine("channel").blocks)
+
+    @property
+    def channel_structure(self) -> Structure:
+        """How each layer's input and the network output draw on the node groups at
+        channel resolution: ``layer_inputs[l]`` and ``outputs`` map group index to a
+        scipy CSR unit map (``None`` for the identity), ``sizes`` gives each group's
+        units (see :func:`topo_pai.graph.structure.build_structure`). Fixed by the
+        architecture, shared by :meth:`with_masks` siblings."""
+        return self._structure
 
     @property
     def uncovered(self) -> Uncovered | None:
@@ -229,11 +230,8 @@ class Topology:
         return out
 
     def n_nodes(self, resolution: str = "channel") -> int:
-        _check_resolution(resolution)
-        values = self.program.group_values
-        if resolution == "channel":
-            return sum(self.program.values[v][0] for v in values)
-        return sum(int(np.prod(self.program.values[v])) for v in values)
+        engine = self.engine(resolution)
+        return sum(math.prod(engine.group_shape(g)) for g in range(len(self.program.layers) + 1))
 
     @property
     def n_params(self) -> int:
@@ -247,82 +245,33 @@ class Topology:
                    + sum(int(m.sum()) for m in self._unused.values()))
 
     # -- engines --------------------------------------------------------------------------
-    def _state(self, resolution: str) -> _State:
+    def engine(self, resolution: str = "channel") -> Engine:
+        """The counting engine of ``resolution`` for these masks (built on first use and
+        kept): every query of this Topology is answered by it (see
+        :mod:`topo_pai.metrics.engine`)."""
         _check_resolution(resolution)
-        if resolution not in self._states:
-            if resolution == "channel":
-                g = self._channel
-                fwd, bwd = dict(enumerate(g.forward())), dict(enumerate(g.backward()))
-            else:
-                g = self._neuron
-                fwd, bwd = g.forward(), g.backward()
-            # Reachability is read off the counts unless scaling may have flushed a
-            # tiny count to zero; then it is recomputed in 0/1 arithmetic.
-            if any(s.risky for s in fwd.values()) or any(s.risky for s in bwd.values()):
-                if resolution == "channel":
-                    rf, rb = dict(enumerate(g.reach_forward())), dict(enumerate(g.reach_backward()))
-                else:
-                    rf = {v: s.m for v, s in g.forward(saturate=True).items()}
-                    rb = {v: s.m for v, s in g.backward(saturate=True).items()}
-            else:  # every consumer of rf/rb only asks "> 0", which the counts answer
-                rf = {v: s.m for v, s in fwd.items()}
-                rb = {v: s.m for v, s in bwd.items()}
-            self._states[resolution] = _State(fwd, bwd, rf, rb)
-        return self._states[resolution]
-
-    def _group_keys(self, resolution: str) -> list:
-        """Engine keys of the node groups: group ids (channel) or value ids (neuron)."""
-        if resolution == "channel":
-            return list(range(len(self.program.layers) + 1))
-        return self.program.group_values
-
-    def _layer_io(self, layer: int) -> tuple[int, int]:
-        op = self.program.layer_ops[layer]
-        return op.inputs[0], op.output
+        engine = self._engines.get(resolution)
+        if engine is None:
+            engine = self._engines[resolution] = ENGINES[resolution](
+                self.program, self._structure, self._layer_masks, self._shared)
+        return engine
 
     # -- queries --------------------------------------------------------------------------
     def count_paths(self, resolution: str = "channel") -> PathCount:
         """Number of input-to-output paths (see :class:`PathCount`)."""
-        st = self._state(resolution)
-        if resolution == "channel":
-            log10 = self._channel.log10_paths([st.fwd[g] for g in range(len(st.fwd))])
-            # The estimate needs the block sizes; it is only asked for by .exact.
-            cost = lambda: X.estimate(
-                self.program, self._layer_masks, resolution, log10,
-                self._channel.n_block_entries(), self._channel.sizes)
-            return PathCount(log10, resolution, lambda: X.channel_exact(self._channel), cost)
-        parts = [st.fwd[v] for v in self.program.outputs]
-        log10 = log10_sum(parts)
-        cost = lambda: X.estimate(self.program, self._layer_masks, resolution, log10, 0)
-        return PathCount(log10, resolution,
-                         lambda: X.neuron_exact(self.program, self._layer_masks), cost)
-
-    def _effective_nodes_per_group(self, resolution: str) -> list[int]:
-        st = self._state(resolution)
-        return [int(K.count_both_positive(st.rf[k], st.rb[k]))
-                for k in self._group_keys(resolution)]
+        engine = self.engine(resolution)
+        log10 = engine.log10_total()
+        # The estimate may need the block sizes; it is only asked for by .exact.
+        return PathCount(log10, resolution, engine.exact_total,
+                         lambda: engine.exact_cost(log10))
 
     def effective_nodes(self, resolution: str = "channel") -> int:
         """Number of nodes on at least one input-to-output path."""
-        return sum(self._effective_nodes_per_group(resolution))
-
-    def _effective_params_per_layer(self, resolution: str) -> list[int]:
-        st = self._state(resolution)
-        if resolution == "channel":
-            return self._channel.effective_params(st.rf, st.rb)
-        counts = []
-        for i, (layer, lm) in enumerate(zip(self.program.layers, self._layer_masks)):
-            vin, vout = self._layer_io(i)
-            if layer.kind == "Linear":
-                counts.append(int(lm.bilinear(st.rb[vout], st.rf[vin])))
-            else:
-                _, flags = self._neuron.effective_flags(i, st.rf[vin], st.rb[vout])
-                counts.append(int(flags.sum()))
-        return counts
+        return sum(self.engine(resolution).effective_nodes())
 
     def effective_params(self, resolution: str = "channel") -> int:
         """Number of unpruned weight elements on at least one input-to-output path."""
-        return sum(self._effective_params_per_layer(resolution))
+        return sum(self.engine(resolution).effective_params())
 
     def effective_flops(self, resolution: str = "channel") -> int:
         """Multiply-accumulates of one forward pass through the effective subnetwork.
@@ -343,7 +292,7 @@ class Topology:
         >>> topo.effective_flops() == 2 * 9 * 16 + 32 * 3
         True
         """
-        per_layer = self._effective_params_per_layer(_check_resolution(resolution))
+        per_layer = self.engine(resolution).effective_params()
         values = self.program.group_values
         total = 0
         for layer, n_eff in zip(self.program.layers, per_layer):
@@ -353,23 +302,9 @@ class Topology:
 
     def effective_masks_numpy(self, resolution: str = "channel") -> dict[str, np.ndarray]:
         """Like :meth:`effective_masks` but with numpy bool arrays."""
-        st = self._state(resolution)
-        out: dict[str, np.ndarray] = {}
-        for i, (layer, lm) in enumerate(zip(self.program.layers, self._layer_masks)):
-            vin, vout = self._layer_io(i)
-            if resolution == "channel":
-                fin = self._channel.layer_input_reach(i, st.rf) > 0
-                bout = st.rb[layer.group] > 0
-            else:
-                fin, bout = st.rf[vin] > 0, st.rb[vout] > 0
-            if layer.kind == "Linear" or resolution == "channel":
-                eff = _unit_effective(lm, layer, fin, bout)
-            else:
-                flat, flags = self._neuron.effective_flags(i, st.rf[vin], st.rb[vout])
-                eff = np.zeros(lm.mask.size, dtype=bool)
-                eff[flat] = flags.astype(bool)
-                eff = eff.reshape(lm.mask.shape)
-            out[layer.param] = eff
+        engine = self.engine(resolution)
+        out: dict[str, np.ndarray] = {layer.param: engine.effective_mask(i)
+                                      for i, layer in enumerate(self.program.layers)}
         for name, m in self._unused.items():
             out[name] = np.zeros(m.shape, dtype=bool)
         return out
@@ -382,19 +317,11 @@ class Topology:
 
     def forward_counts(self, resolution: str = "channel") -> dict[str, NodeCounts]:
         """Paths from the inputs to every node, per node group (overflow-safe)."""
-        return self._node_counts(resolution, self._state(resolution).fwd)
+        return group_counts(self.engine(resolution), self.group_names, "forward")
 
     def backward_counts(self, resolution: str = "channel") -> dict[str, NodeCounts]:
         """Paths from every node to the outputs, per node group (overflow-safe)."""
-        return self._node_counts(resolution, self._state(resolution).bwd)
-
-    def _node_counts(self, resolution, table) -> dict[str, NodeCounts]:
-        out = {}
-        for name, key in zip(self.group_names, self._group_keys(resolution)):
-            s: Scaled = table[key]
-            m = s.m if resolution == "channel" else s.m.reshape(self.program.values[key])
-            out[name] = NodeCounts(m, s.e)
-        return out
+        return group_counts(self.engine(resolution), self.group_names, "backward")
 
     def edge_weights(self, weights: Mapping[str, Any] | None = None) -> "EdgeWeights":
         """Validate per-element edge weights once (finite, non-negative, right shapes),
@@ -432,71 +359,33 @@ class Topology:
         replaced by its absolute value); at channel resolution ``|c|`` must be the
         same at every position of a channel where it is non-zero.
         """
-        _check_resolution(resolution)
+        engine = self.engine(resolution)
         prepared = weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights)
-        flat_w, lms = [], []
-        for layer, lm in zip(self.program.layers, self._layer_masks):
-            w = prepared.flat[layer.param]
-            flat_w.append(w)
-            data = K.kernel_weight_sums(lm.mask.reshape(-1), w, layer.kernel_volume, lm.indptr,
-                                        lm.indices, layer.weight_shape[1])
-            lms.append(LayerMask(lm.mask, lm.unpruned, lm.indptr, lm.indices, data, lm.shape))
-        if resolution == "channel":
-            layer_inputs, outputs, sizes = self._flow_structure()
-            graph = ChannelGraph(sizes, None, layer_inputs, outputs, lms)
-            fwd, bwd = dict(enumerate(graph.forward())), dict(enumerate(graph.backward()))
-        else:
-            graph = NeuronGraph(self.program, lms, flat_w, elements=self._neuron._elements)
-            fwd, bwd = graph.forward(), graph.backward()
-        return Flows(self, resolution, graph, fwd, bwd, flat_w)
-
-    def _flow_structure(self):
-        """Structure maps whose products by constants carry ``|factor|`` (built once per
-        trace and shared with :meth:`with_masks` siblings; the counting maps when the
-        model has no constant factors)."""
-        if "weighted" not in self._shared:
-            self._shared["weighted"] = (build_structure(self.program, weighted=True)
-                                        if has_factors(self.program) else self._structure)
-        return self._shared["weighted"]
+        flat_w = [prepared.flat[layer.param] for layer in self.program.layers]
+        return Flows(self, engine.with_weights(flat_w))
 
     def layer_input_counts(self, layer: int, resolution: str = "channel") -> NodeCounts:
         """Paths from the network input into each input unit of ``layer`` (an index
         into :attr:`layers`): per channel or feature; at neuron resolution summed over
         each channel's positions. This is NPB's incoming path mass ``P_in``."""
-        st = self._state(resolution)
-        if resolution == "channel":
-            s = self._channel.layer_input_flow(layer, st.fwd)
-            return NodeCounts(s.m, s.e)
-        vin, _ = self._layer_io(layer)
-        f = st.fwd[vin]
-        shape = self.program.values[vin]
-        return NodeCounts(f.m.reshape(shape[0], -1).sum(axis=1), f.e)
+        return self.engine(resolution).layer_input_counts(layer)
 
     def layer_reach(self, layer: int, resolution: str = "channel") -> tuple[np.ndarray, np.ndarray]:
         """``(inputs, outputs)`` bool arrays of ``layer``: which of its input units are
         reached from the network input, and which of its output units reach the
         network output (per channel/feature; at neuron resolution, any position)."""
-        st = self._state(resolution)
-        if resolution == "channel":
-            fin = self._channel.layer_input_reach(layer, st.rf) > 0
-            bout = st.rb[self.program.layers[layer].group] > 0
-            return fin, bout
-        vin, vout = self._layer_io(layer)
-        shape_in, shape_out = self.program.values[vin], self.program.values[vout]
-        fin = (st.rf[vin].reshape(shape_in[0], -1) > 0).any(axis=1)
-        bout = (st.rb[vout].reshape(shape_out[0], -1) > 0).any(axis=1)
-        return fin, bout
+        return self.engine(resolution).layer_reach(layer)
 
     def summary(self, resolution: str = "channel") -> Summary:
         """Per-layer table: params, unpruned, effective params, nodes, paths in and out,
         and the fan-in/fan-out statistics of each layer's kept units (see :class:`Summary`)."""
-        st = self._state(resolution)
-        nodes_eff = self._effective_nodes_per_group(resolution)
-        params_eff = [0] + self._effective_params_per_layer(resolution)
-        keys = self._group_keys(resolution)
+        engine = self.engine(resolution)
+        nodes_eff = engine.effective_nodes()
+        params_eff = [0] + engine.effective_params()
+        fwd, bwd = engine.forward(), engine.backward()
         values = self.program.group_values
         rows = []
-        for g, (name, key) in enumerate(zip(self.group_names, keys)):
+        for g, name in enumerate(self.group_names):
             shape = self.program.values[values[g]]
             positions = int(np.prod(shape[1:], dtype=np.int64))
             if g == 0:
@@ -504,21 +393,21 @@ class Topology:
                 in_shape = None
                 fans = dict.fromkeys(FAN_FIELDS)
             else:
-                in_shape = tuple(self.program.values[self._layer_io(g - 1)[0]])
+                in_shape = tuple(self.program.values[self.program.layer_ops[g - 1].inputs[0]])
                 layer = self.program.layers[g - 1]
                 lm = self._layer_masks[g - 1]
                 kind, wshape, params, unpruned = layer.kind, layer.weight_shape, lm.mask.size, \
                     lm.unpruned
                 fans = fan_stats(lm.mask.reshape(layer.weight_shape), layer.groups)
-            n_nodes = shape[0] if resolution == "channel" else int(np.prod(shape))
+            n_nodes = math.prod(engine.group_shape(g))
             rows.append(dict(
                 name=name, kind=kind, shape=tuple(wshape), in_shape=in_shape,
                 out_shape=tuple(shape), params=int(params), unpruned=int(unpruned),
                 density=unpruned / params if params else None,
                 effective_params=int(params_eff[g]), macs=int(params) * positions,
                 effective_macs=int(params_eff[g]) * positions, nodes=int(n_nodes),
-                effective_nodes=int(nodes_eff[g]), log10_in_paths=st.fwd[key].log10_total(),
-                log10_out_paths=st.bwd[key].log10_total(), **fans,
+                effective_nodes=int(nodes_eff[g]), log10_in_paths=fwd[g].log10_total(),
+                log10_out_paths=bwd[g].log10_total(), **fans,
             ))
         totals = dict(
             params=self.n_params, unpruned=self.n_unpruned,
@@ -581,7 +470,7 @@ class Topology:
         _check_resolution(resolution)
         prepared = None if weights is None else (
             weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights))
-        layers, sizes = self.program.layers, self._channel.sizes
+        layers, sizes = self.program.layers, self.channel_structure.sizes
         mats = [self.layer_matrix(i) for i in range(len(layers))]
         in_deg = {0: np.zeros(sizes[0])}
         col_sums = []
@@ -593,19 +482,19 @@ class Topology:
         has_in = {g: (np.ones(n) if g == 0 else (in_deg[g] > 0).astype(np.float64))
                   for g, n in sizes.items()}
         input_has_in = []
-        for i, inputs in enumerate(self._channel.layer_inputs):
+        for i, inputs in enumerate(self.channel_structure.layer_inputs):
             reach = np.zeros(mats[i].shape[1])
             for g, S in inputs.items():
                 out_deg[g] += col_sums[i] if S is None else S.T @ col_sums[i]
                 reach += has_in[g] if S is None else S @ has_in[g]
             input_has_in.append(reach > 0)
         is_output = {g: np.zeros(n, dtype=bool) for g, n in sizes.items()}
-        for g, S in self._channel.outputs.items():
+        for g, S in self.channel_structure.outputs.items():
             is_output[g] |= True if S is None else (S.T @ np.ones(S.shape[0])) > 0
         roles = [ms.unit_roles(in_deg[g], out_deg[g], g == 0, is_output[g])
                  for g in range(len(sizes))]
 
-        params_eff = self._effective_params_per_layer(resolution)
+        params_eff = self.engine(resolution).effective_params()
         eff_masks = None if resolution == "channel" else self.effective_masks_numpy(resolution)
         rows = [dict(dict.fromkeys(METRIC_COLUMNS), name=self.group_names[0], kind="input",
                      shape=tuple(self.program.values[self.program.group_values[0]]),
@@ -677,15 +566,16 @@ class Topology:
         """
         import networkx as nx
 
-        total = sum(b.nnz for b in self._channel.blocks)
+        blocks = self.engine("channel").blocks
+        total = sum(b.nnz for b in blocks)
         if total > max_edges:
             raise ValueError(f"the channel graph has {total} edges, above max_edges={max_edges}; "
                              "to_networkx is meant for small networks (raise max_edges to insist)")
         G = nx.DiGraph()
         names = self.group_names
-        for g, n in self._channel.sizes.items():
+        for g, n in self._structure.sizes.items():
             G.add_nodes_from(((names[g], u), {"layer": g, "unit": u}) for u in range(n))
-        for b in self._channel.blocks:
+        for b in blocks:
             coo = b.matrix.tocoo()
             for r, c, v in zip(coo.row, coo.col, coo.data):
                 key = ((names[b.src], int(c)), (names[b.dst], int(r)))
@@ -698,43 +588,6 @@ class Topology:
     def __repr__(self) -> str:
         return (f"Topology({len(self.program.layers)} layers, {self.n_params} params, "
                 f"{self.n_unpruned} unpruned)")
-
-
-#: Elements per block when effective masks are assembled output unit by output unit.
-_EFFECTIVE_CHUNK = 1 << 22
-
-
-def _unit_effective(lm: LayerMask, layer, fin: np.ndarray, bout: np.ndarray) -> np.ndarray:
-    """Unpruned weights whose output unit reaches the outputs (``bout``) and whose input
-    unit is reached from the inputs (``fin``), where units are channels or features.
-
-    Built in blocks of output units, and only for output units that keep an unpruned
-    weight and reach the outputs: the result is allocated zeroed (untouched pages of a
-    huge, mostly pruned layer cost no memory) and no temporary is larger than a block.
-    """
-    shape = layer.weight_shape
-    O, per_group = shape[:2]
-    out_per_group = O // layer.groups
-    mask = lm.mask.reshape(O, -1).view(bool)  # 0/1 uint8: a view, not a copy
-    eff = np.zeros(mask.shape, dtype=bool)
-    rows = bout if lm.dense else bout & (np.diff(lm.indptr) > 0)
-    rows = np.flatnonzero(rows)
-    fin_g = fin.reshape(layer.groups, per_group)
-    kv = mask.shape[1] // per_group
-    step = max(1, _EFFECTIVE_CHUNK // max(1, mask.shape[1]))
-    for start in range(0, rows.size, step):
-        r = rows[start:start + step]
-        if r[-1] - r[0] + 1 == r.size:  # consecutive rows (dense layers): views, not copies
-            r = slice(int(r[0]), int(r[-1]) + 1)
-            groups = np.arange(r.start, r.stop) // out_per_group
-        else:
-            groups = r // out_per_group
-        keep = np.repeat(fin_g[groups], kv, axis=1) if kv > 1 else fin_g[groups]
-        if isinstance(r, slice):
-            np.logical_and(mask[r], keep, out=eff[r])
-        else:
-            eff[r] = mask[r] & keep
-    return eff.reshape(shape)
 
 
 def _weights_array(name: str, w, shape) -> np.ndarray:
@@ -761,15 +614,21 @@ class EdgeWeights:
     flat: dict
 
 
+def group_counts(engine: Engine, names: list[str], direction: str) -> dict[str, NodeCounts]:
+    """An engine's ``"forward"`` or ``"backward"`` counts as :class:`NodeCounts` per node
+    group name, each with its group's shape."""
+    table = engine.forward() if direction == "forward" else engine.backward()
+    return {name: NodeCounts(s.m.reshape(engine.group_shape(g)), s.e)
+            for g, (name, s) in enumerate(zip(names, table, strict=True))}
+
+
 class Flows:
     """Weighted path flows of a :class:`Topology` (see :meth:`Topology.flows`)."""
 
-    def __init__(self, topo: Topology, resolution: str, graph, fwd, bwd, weights):
+    def __init__(self, topo: Topology, engine: Engine):
         self.topology = topo
-        self.resolution = resolution
-        self._graph = graph
-        self._fwd, self._bwd = fwd, bwd
-        self._weights = weights
+        self.resolution = engine.resolution
+        self._engine = engine
 
     @property
     def blocks(self) -> list[Block]:
@@ -777,67 +636,41 @@ class Flows:
         if self.resolution != "channel":
             raise ValueError("weighted blocks exist at channel resolution; call "
                              "flows(weights, resolution='channel')")
-        return list(self._graph.blocks)
+        return list(self._engine.blocks)
 
     @property
     def log10_total(self) -> float:
         """log10 of the total flow ``R`` (the path count when all weights are 1)."""
-        if self.resolution == "channel":
-            return self._graph.log10_paths([self._fwd[g] for g in range(len(self._fwd))])
-        return log10_sum([self._fwd[v] for v in self.topology.program.outputs])
+        return self._engine.log10_total()
 
     @property
     def forward(self) -> dict[str, NodeCounts]:
         """Flow from the inputs into every node, per node group."""
-        return self.topology._node_counts(self.resolution, self._fwd)
+        return group_counts(self._engine, self.topology.group_names, "forward")
 
     @property
     def backward(self) -> dict[str, NodeCounts]:
         """Flow from every node to the outputs, per node group."""
-        return self.topology._node_counts(self.resolution, self._bwd)
+        return group_counts(self._engine, self.topology.group_names, "backward")
+
+    def layer_flows(self, layer: int) -> tuple[NodeCounts, NodeCounts]:
+        """``(into, out_of)``: the flow from the inputs into every input unit of ``layer``
+        (an index into :attr:`Topology.layers`) and from every output unit to the
+        outputs; per channel (or feature) at channel resolution, per element of the
+        layer's per-sample input and output at neuron resolution. At channel
+        resolution, the score of a weight of output ``o`` and input ``i`` is
+        ``log10 w + out_of.log10[o] + into.log10[layer.input_units()[o, i]]``."""
+        return self._engine.layer_flows(layer)
 
     def log10_through_weights(self) -> dict[str, np.ndarray]:
         """log10 of the flow through every weight element, ``w * dR/dw`` (SynFlow's
         score), with the weight's shape; ``-inf`` for pruned or pathless weights."""
-        topo = self.topology
-        out = {}
-        with np.errstate(divide="ignore"):
-            for i, (layer, lm) in enumerate(zip(topo.program.layers, topo._layer_masks)):
-                w = self._weights[i].reshape(layer.weight_shape)
-                mask = lm.mask.astype(bool)
-                logw = np.where(mask, np.log10(np.where(mask, w, 1.0)), -np.inf)
-                if self.resolution == "channel":
-                    fin = self._channel_input(i)
-                    bout = self._bwd[layer.group]
-                    lf = np.log10(fin.m) + fin.e * LOG10_2
-                    lb = np.log10(bout.m) + bout.e * LOG10_2
-                    if layer.kind == "Linear":
-                        score = logw + lb[:, None] + lf[None, :]
-                    else:
-                        O, per_group = layer.weight_shape[:2]
-                        cols = (np.arange(O) // (O // layer.groups))[:, None] * per_group \
-                            + np.arange(per_group)
-                        pair = lb[:, None] + lf[cols]
-                        score = logw + pair.reshape(pair.shape + (1,) * (w.ndim - 2))
-                else:
-                    vin, vout = topo._layer_io(i)
-                    fin, bout = self._fwd[vin], self._bwd[vout]
-                    if layer.kind == "Linear":
-                        lf = np.log10(fin.m) + fin.e * LOG10_2
-                        lb = np.log10(bout.m) + bout.e * LOG10_2
-                        score = logw + lb[:, None] + lf[None, :]
-                    else:
-                        flat, sums = self._graph.weight_flow(i, fin.m, bout.m)
-                        score = np.full(w.size, -np.inf)
-                        score[flat] = np.log10(sums) + (fin.e + bout.e) * LOG10_2
-                        score = score.reshape(w.shape) + logw
-                out[layer.param] = score
-        for name, m in topo._unused.items():
-            out[name] = np.full(m.shape, -np.inf)
+        program = self.topology.program
+        out = {layer.param: self._engine.log10_through_weights(i)
+               for i, layer in enumerate(program.layers)}
+        for name, shape in program.unused_params.items():  # off the traced graph: no flow
+            out[name] = np.full(shape, -np.inf)
         return out
-
-    def _channel_input(self, layer: int) -> Scaled:
-        return self._graph.layer_input_flow(layer, self._fwd)
 
 
 def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, *,

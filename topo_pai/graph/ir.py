@@ -50,6 +50,18 @@ class Layer:
         kh, kw = self.kernel_hw
         return kh * kw
 
+    @property
+    def out_per_group(self) -> int:
+        """Output units (channels, or features) per group."""
+        return self.weight_shape[0] // self.groups
+
+    def input_units(self) -> np.ndarray:
+        """The input unit (channel, or feature) each kernel reads: an ``(O, per_group)``
+        int array whose entry ``(o, i)`` is ``(o // out_per_group) * per_group + i``,
+        as a grouped conv reads input ``i`` of the group of output ``o``."""
+        O, per_group = self.weight_shape[:2]
+        return (np.arange(O) // self.out_per_group)[:, None] * per_group + np.arange(per_group)
+
 
 @dataclass(frozen=True)
 class Op:

@@ -16,6 +16,8 @@ once per trace and reused by :meth:`topo_pai.Topology.with_masks`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -23,6 +25,14 @@ from topo_pai.errors import UnsupportedOpError
 from topo_pai.graph.ir import Program, unit_factors
 
 StructureMap = dict  # group index -> scipy.sparse.csr_array | None
+
+
+class Structure(NamedTuple):
+    """The channel structure maps of a traced program (see :func:`build_structure`)."""
+
+    layer_inputs: list[StructureMap]  # per layer: the map of its input value
+    outputs: StructureMap  # the network output units (all outputs stacked)
+    sizes: dict[int, int]  # node group -> number of units
 
 
 def _dense(S, n):
@@ -85,8 +95,8 @@ def has_factors(program: Program) -> bool:
     return any(op.kind == "scale" for op in program.ops)
 
 
-def build_structure(program: Program, weighted: bool = False):
-    """Return ``(layer_inputs, outputs, sizes)``.
+def build_structure(program: Program, weighted: bool = False) -> Structure:
+    """Return the :class:`Structure` ``(layer_inputs, outputs, sizes)``.
 
     ``layer_inputs[l]`` is the structure map of layer ``l``'s input value;
     ``outputs`` that of the network output units (all outputs stacked). With
@@ -129,4 +139,4 @@ def build_structure(program: Program, weighted: bool = False):
             raise AssertionError(op.kind)
     outputs = _stack([maps[v] for v in program.outputs],
                      [program.values[v][0] for v in program.outputs], sizes)
-    return layer_inputs, outputs, sizes
+    return Structure(layer_inputs, outputs, sizes)

@@ -207,7 +207,7 @@ class _Tracer:
                 "the model has no Linear or Conv1d/Conv2d layer between its input and output; "
                 "there is nothing to count paths through"
             )
-        unused = {param_name(name): tuple(_weight_shape(m)) for name, m in self.prunable.items()
+        unused = {param_name(name): tuple(weight_shape(m)) for name, m in self.prunable.items()
                   if name not in self.used_modules}
         return Program(self.values, self.ops, self.layers, self.outputs, unused)
 
@@ -319,7 +319,7 @@ class _Tracer:
         self.used_modules.add(node.target)
         shape = self.shape(x)
         kind = type(mod).__name__ if not isinstance(mod, nn.Linear) else "Linear"
-        wshape = tuple(_weight_shape(mod))
+        wshape = tuple(weight_shape(mod))
         group = len(self.layers) + 1
         if isinstance(mod, nn.Linear):
             if len(shape) != 1:
@@ -790,7 +790,9 @@ def _stored_weight(mod):
     return mod.weight
 
 
-def _weight_shape(mod):
+def weight_shape(mod):
+    """The shape of a prunable module's weight (under pruning or parametrisation, of
+    the original it masks)."""
     return _stored_weight(mod).shape
 
 
@@ -921,4 +923,4 @@ def trace(model, input_shape) -> Program:
     return _Tracer(model, root, shape, prunable).run(graph)
 
 
-__all__ = ["trace", "prunable_modules", "check_untied", "param_name"]
+__all__ = ["trace", "prunable_modules", "check_untied", "param_name", "weight_shape"]

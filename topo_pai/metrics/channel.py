@@ -13,8 +13,18 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from topo_pai.graph.ir import Program
 from topo_pai.graph.masks import LayerMask
-from topo_pai.metrics.scaled import Scaled, combine, log10_sum, normalize
+from topo_pai.graph.structure import Structure, build_structure, has_factors
+from topo_pai.metrics import exact as X
+from topo_pai.metrics.engine import (
+    TableEngine,
+    linear_log10_scores,
+    log10_weights,
+    unit_effective,
+    weighted_layer_masks,
+)
+from topo_pai.metrics.scaled import NodeCounts, Scaled, combine, log10_sum, normalize
 
 
 class Block:
@@ -214,3 +224,98 @@ class ChannelGraph:
             else:
                 counts.append(int(lm.bilinear(bout, fin)))
         return counts
+
+
+class ChannelEngine(TableEngine):
+    """The channel-resolution :class:`~topo_pai.metrics.engine.Engine`: the paper's
+    channel multigraph, counted over :class:`ChannelGraph` (see the engine contract)."""
+
+    resolution = "channel"
+
+    def __init__(self, program: Program, structure: Structure, layer_masks: list[LayerMask],
+                 shared: dict, *, weights: list[np.ndarray] | None = None):
+        super().__init__()
+        self.program = program
+        self.structure = structure
+        self.layer_masks = layer_masks
+        self.weights = weights  # flat per layer, or None (unit weights)
+        self._shared = shared
+        self.graph = ChannelGraph(structure.sizes, None, structure.layer_inputs,
+                                  structure.outputs, layer_masks)
+        self.group_keys = list(range(len(program.layers) + 1))
+        self._group_values = program.group_values
+
+    @property
+    def blocks(self) -> list[Block]:
+        return self.graph.blocks
+
+    def group_shape(self, group: int) -> tuple[int, ...]:
+        return (self.program.values[self._group_values[group]][0],)
+
+    def _propagate_forward(self) -> dict:
+        return dict(enumerate(self.graph.forward()))
+
+    def _propagate_backward(self) -> dict:
+        return dict(enumerate(self.graph.backward()))
+
+    def _exact_reach(self) -> tuple[dict, dict]:
+        return (dict(enumerate(self.graph.reach_forward())),
+                dict(enumerate(self.graph.reach_backward())))
+
+    def log10_total(self) -> float:
+        return self.graph.log10_paths(self.forward())
+
+    def exact_total(self) -> int:
+        return X.channel_exact(self.graph)
+
+    def exact_cost(self, log10_total: float) -> tuple[float, float]:
+        return X.estimate(self.program, self.layer_masks, self.resolution, log10_total,
+                          self.graph.n_block_entries(), self.graph.sizes)
+
+    def effective_params(self) -> list[int]:
+        return self.graph.effective_params(*self.reach)
+
+    def layer_reach(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        rf, rb = self.reach
+        return (self.graph.layer_input_reach(layer, rf) > 0,
+                rb[self.program.layers[layer].group] > 0)
+
+    def effective_mask(self, layer: int) -> np.ndarray:
+        fin, bout = self.layer_reach(layer)
+        return unit_effective(self.layer_masks[layer], self.program.layers[layer], fin, bout)
+
+    def _layer_scaled(self, layer: int) -> tuple[Scaled, Scaled]:
+        """Scaled flows into the layer's input units and out of its output units."""
+        return (self.graph.layer_input_flow(layer, self.fwd),
+                self.bwd[self.program.layers[layer].group])
+
+    def layer_input_counts(self, layer: int) -> NodeCounts:
+        s = self.graph.layer_input_flow(layer, self.fwd)
+        return NodeCounts(s.m, s.e)
+
+    def layer_flows(self, layer: int) -> tuple[NodeCounts, NodeCounts]:
+        fin, bout = self._layer_scaled(layer)
+        return NodeCounts(fin.m, fin.e), NodeCounts(bout.m, bout.e)
+
+    def log10_through_weights(self, layer: int) -> np.ndarray:
+        fin, bout = self._layer_scaled(layer)
+        spec = self.program.layers[layer]
+        logw = log10_weights(self.layer_masks[layer],
+                             None if self.weights is None else self.weights[layer])
+        if spec.kind == "Linear":
+            return linear_log10_scores(logw, fin, bout)
+        pair = bout.log10()[:, None] + fin.log10()[spec.input_units()]
+        return logw + pair.reshape(pair.shape + (1,) * (logw.ndim - 2))
+
+    def with_weights(self, weights: list[np.ndarray]) -> ChannelEngine:
+        return ChannelEngine(self.program, self._weighted_structure(),
+                             weighted_layer_masks(self.program.layers, self.layer_masks, weights),
+                             self._shared, weights=weights)
+
+    def _weighted_structure(self) -> Structure:
+        """Structure maps whose products by constants carry ``|factor|`` (built once per
+        trace; the counting maps when the model has no constant factors)."""
+        if "weighted" not in self._shared:
+            self._shared["weighted"] = (build_structure(self.program, weighted=True)
+                                        if has_factors(self.program) else self.structure)
+        return self._shared["weighted"]

@@ -16,7 +16,15 @@ import numpy as np
 from topo_pai.graph.ir import Layer, Program, spatial3
 from topo_pai.graph.masks import LayerMask
 from topo_pai.kernels import propagate as K
-from topo_pai.metrics.scaled import Scaled, combine, normalize
+from topo_pai.metrics import exact as X
+from topo_pai.metrics.engine import (
+    TableEngine,
+    linear_log10_scores,
+    log10_weights,
+    unit_effective,
+    weighted_layer_masks,
+)
+from topo_pai.metrics.scaled import NodeCounts, Scaled, combine, log10_sum, normalize
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,7 @@ def conv_elements(layer: Layer, lm: LayerMask, plan: ConvPlan) -> ConvElements:
     index = np.int32 if plan.C * plan.plane < 2 ** 31 else np.int64
     flat_index = np.int32 if mask.shape[0] < 2 ** 31 else np.int64  # a layer may be that large
     flat, ptr_o, nz_i, src = K.mask_elements(
-        mask, counts, K.count_words(counts, KH * KW), O, per_group, KH * KW, O // layer.groups,
+        mask, counts, K.count_words(counts, KH * KW), O, per_group, KH * KW, layer.out_per_group,
         plan.plane, tap_offsets(plan, (KH, KW)), np.zeros(1, dtype=index),
         np.zeros(1, dtype=flat_index))
     ptr_i, by_i_o, by_i_src, order = K.by_input(ptr_o, nz_i, src, plan.C,
@@ -205,7 +213,9 @@ class NeuronGraph:
         self.p = program
         self.layer_masks = layer_masks
         self.weights = weights
-        self._elements: dict[int, ConvElements] = {} if elements is None else elements
+        # Per conv layer, built on first use; ``elements`` shares another graph's cache
+        # (one over the same masks).
+        self.elements_cache: dict[int, ConvElements] = {} if elements is None else elements
         self.integer = weights is None  # plain path counts: see scaled.normalize
         self._values: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._plans: dict[int, ConvPlan] = {}
@@ -244,10 +254,10 @@ class NeuronGraph:
         return self._values[layer]
 
     def elements(self, layer: int) -> ConvElements:
-        if layer not in self._elements:
-            self._elements[layer] = conv_elements(self.p.layers[layer], self.layer_masks[layer],
-                                                  self.plan(layer))
-        return self._elements[layer]
+        if layer not in self.elements_cache:
+            self.elements_cache[layer] = conv_elements(self.p.layers[layer],
+                                                       self.layer_masks[layer], self.plan(layer))
+        return self.elements_cache[layer]
 
     def size(self, vid: int) -> int:
         return math.prod(self.p.values[vid])
@@ -406,6 +416,15 @@ class NeuronGraph:
             return g * self.factors(op)
         raise AssertionError(op.kind)  # pragma: no cover
 
+    # -- reachability (0/1 arithmetic, exact) -----------------------------------------
+    def reach_forward(self) -> dict[int, np.ndarray]:
+        """Per value: 1 where a unit is reached from the input, else 0."""
+        return {v: s.m for v, s in self.forward(saturate=True).items()}
+
+    def reach_backward(self) -> dict[int, np.ndarray]:
+        """Per value: 1 where a unit reaches the output, else 0."""
+        return {v: s.m for v, s in self.backward(saturate=True).items()}
+
     # -- effectiveness ---------------------------------------------------------------
     def _planes(self, layer: int, fin: np.ndarray, bout: np.ndarray):
         return self.plan(layer), self.in_planes(layer, fin), self.out_rows(layer, bout)
@@ -427,3 +446,110 @@ class NeuronGraph:
         if plan.n:
             K.plane_weight_flow(fq, bq, plan.ostride, plan.n, el.ptr_o, el.src, sums)
         return el.flat, sums
+
+
+class NeuronEngine(TableEngine):
+    """The neuron-resolution :class:`~topo_pai.metrics.engine.Engine`: the spatially
+    unrolled graph, propagated op by op over :class:`NeuronGraph` (see the engine
+    contract). Its tables hold every value of the program, keyed by value id."""
+
+    resolution = "neuron"
+
+    def __init__(self, program: Program, structure, layer_masks: list[LayerMask], shared: dict,
+                 *, weights: list[np.ndarray] | None = None,
+                 elements: dict[int, ConvElements] | None = None):
+        super().__init__()
+        del structure, shared  # the unrolled graph needs neither
+        self.program = program
+        self.layer_masks = layer_masks
+        self.graph = NeuronGraph(program, layer_masks, weights, elements)
+        self.group_keys = program.group_values
+
+    def group_shape(self, group: int) -> tuple[int, ...]:
+        return tuple(self.program.values[self.group_keys[group]])
+
+    def _propagate_forward(self) -> dict:
+        return self.graph.forward()
+
+    def _propagate_backward(self) -> dict:
+        return self.graph.backward()
+
+    def _exact_reach(self) -> tuple[dict, dict]:
+        return self.graph.reach_forward(), self.graph.reach_backward()
+
+    def _io(self, layer: int) -> tuple[int, int]:
+        op = self.program.layer_ops[layer]
+        return op.inputs[0], op.output
+
+    def log10_total(self) -> float:
+        fwd = self.fwd
+        return log10_sum([fwd[v] for v in self.program.outputs])
+
+    def exact_total(self) -> int:
+        return X.neuron_exact(self.program, self.layer_masks)
+
+    def exact_cost(self, log10_total: float) -> tuple[float, float]:
+        return X.estimate(self.program, self.layer_masks, self.resolution, log10_total, 0)
+
+    def _flags(self, layer: int):
+        rf, rb = self.reach
+        vin, vout = self._io(layer)
+        return self.graph.effective_flags(layer, rf[vin], rb[vout])
+
+    def effective_params(self) -> list[int]:
+        rf, rb = self.reach
+        counts = []
+        for i, (layer, lm) in enumerate(zip(self.program.layers, self.layer_masks)):
+            if layer.kind == "Linear":
+                vin, vout = self._io(i)
+                counts.append(int(lm.bilinear(rb[vout], rf[vin])))
+            else:
+                counts.append(int(self._flags(i)[1].sum()))
+        return counts
+
+    def effective_mask(self, layer: int) -> np.ndarray:
+        spec, lm = self.program.layers[layer], self.layer_masks[layer]
+        if spec.kind == "Linear":
+            rf, rb = self.reach
+            vin, vout = self._io(layer)
+            return unit_effective(lm, spec, rf[vin] > 0, rb[vout] > 0)
+        flat, flags = self._flags(layer)
+        eff = np.zeros(lm.mask.size, dtype=bool)
+        eff[flat] = flags.astype(bool)
+        return eff.reshape(lm.mask.shape)
+
+    def layer_reach(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        rf, rb = self.reach
+        vin, vout = self._io(layer)
+        shape_in, shape_out = self.program.values[vin], self.program.values[vout]
+        return ((rf[vin].reshape(shape_in[0], -1) > 0).any(axis=1),
+                (rb[vout].reshape(shape_out[0], -1) > 0).any(axis=1))
+
+    def layer_input_counts(self, layer: int) -> NodeCounts:
+        vin, _ = self._io(layer)
+        f = self.fwd[vin]
+        return NodeCounts(f.m.reshape(self.program.values[vin][0], -1).sum(axis=1), f.e)
+
+    def layer_flows(self, layer: int) -> tuple[NodeCounts, NodeCounts]:
+        vin, vout = self._io(layer)
+        fin, bout = self.fwd[vin], self.bwd[vout]
+        return (NodeCounts(fin.m.reshape(self.program.values[vin]), fin.e),
+                NodeCounts(bout.m.reshape(self.program.values[vout]), bout.e))
+
+    def log10_through_weights(self, layer: int) -> np.ndarray:
+        vin, vout = self._io(layer)
+        fin, bout = self.fwd[vin], self.bwd[vout]
+        weights = self.graph.weights
+        logw = log10_weights(self.layer_masks[layer], None if weights is None else weights[layer])
+        if self.program.layers[layer].kind == "Linear":
+            return linear_log10_scores(logw, fin, bout)
+        flat, sums = self.graph.weight_flow(layer, fin.m, bout.m)
+        score = np.full(logw.size, -np.inf)
+        score[flat] = Scaled(sums, fin.e + bout.e).log10()
+        return score.reshape(logw.shape) + logw
+
+    def with_weights(self, weights: list[np.ndarray]) -> NeuronEngine:
+        # The weighted graph shares the unweighted one's conv elements (same masks).
+        return NeuronEngine(self.program, None,
+                            weighted_layer_masks(self.program.layers, self.layer_masks, weights),
+                            {}, weights=weights, elements=self.graph.elements_cache)

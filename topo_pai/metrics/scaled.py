@@ -41,9 +41,19 @@ class Scaled:
     zero: bool = False  # known to be all zeros (lets sums skip it)
     hi: float | None = None  # an upper bound on max(m) in the slack window (None: unknown)
 
+    def log10(self) -> np.ndarray:
+        """log10 of every count, ``log10(m) + e * log10(2)`` (``-inf`` where it is zero)."""
+        with np.errstate(divide="ignore"):
+            return np.log10(self.m) + self.e * LOG10_2
+
     def log10_total(self) -> float:
-        total = 0.0 if self.zero else float(self.m.sum())
-        return -math.inf if total == 0.0 else math.log10(total) + self.e * LOG10_2
+        """log10 of the sum of the counts (``-inf`` when it is zero)."""
+        return log10_scaled(0.0 if self.zero else float(self.m.sum()), self.e)
+
+
+def log10_scaled(mantissa: float, e: int) -> float:
+    """log10 of the non-negative scalar ``mantissa * 2**e`` (``-inf`` when it is zero)."""
+    return -math.inf if mantissa == 0.0 else math.log10(mantissa) + e * LOG10_2
 
 
 def _scale(arr: np.ndarray, shift: int) -> None:
@@ -148,7 +158,7 @@ def log10_sum(parts: list[Scaled]) -> float:
         return -math.inf
     e_max = max(e for _, e in totals)
     s = sum(math.ldexp(t, e - e_max) for t, e in totals)
-    return math.log10(s) + e_max * LOG10_2
+    return log10_scaled(s, e_max)
 
 
 @dataclass(frozen=True)
@@ -165,8 +175,7 @@ class NodeCounts:
     @property
     def log10(self) -> np.ndarray:
         """log10 of every count (``-inf`` where the count is zero)."""
-        with np.errstate(divide="ignore"):
-            return np.log10(self.mantissa) + self.exponent * LOG10_2
+        return Scaled(self.mantissa, self.exponent).log10()
 
     @property
     def log10_total(self) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numbers
 
 from topo_pai.npb.pruner import npb_masks
+from topo_pai.pruners.methods import synflow_scores
 from topo_pai.pruners.registry import Method, register_method
 from topo_pai.pruners.select import rng_for, top_k
 
@@ -45,8 +46,6 @@ def _npb(ctx, budgets, **options):
 def _synflow_widen(ctx, masks, delta_t=10, max_t=None, resolution="neuron"):
     """SynFlow scores, except on rounds ``t`` with ``t % delta_t == 0`` (and
     ``t <= max_t`` when given), which use seeded uniform random scores."""
-    from topo_pai.pruners.methods import _synflow_scores
-
     for name, value in (("delta_t", delta_t), ("max_t", max_t)):
         if value is None and name == "max_t":
             continue
@@ -58,7 +57,7 @@ def _synflow_widen(ctx, masks, delta_t=10, max_t=None, resolution="neuron"):
     if t % int(delta_t) == 0 and (max_t is None or t <= int(max_t)):
         return {n: rng_for(ctx.seed, f"widen{t}", n).random(ctx.abs_weights()[n].shape)
                 for n in ctx.active_names}
-    return _synflow_scores(ctx, masks, resolution=resolution)
+    return synflow_scores(ctx, masks, resolution=resolution)
 
 
 register_method(Method(

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from topo_pai.metrics.degrees import FAN_FIELDS, fan_stats
+from topo_pai.metrics.scaled import log10_scaled
 from topo_pai.npb.solver import NODE_VARIANTS, TAU_FAIR, solve_layer
 
 VARIANTS = ("balanced", "official")
@@ -286,8 +287,7 @@ def npb_masks(topo, weights_abs: dict[str, np.ndarray], budgets: dict[str, int],
         masks[layer.param] = _place(M, weights_abs[layer.param], layer, opts["placement"], rng)
         r = np.concatenate([s.row_sums for s in parts])
         mass = float(np.dot(counts.mantissa, r))
-        log10_out = (math.log10(mass) + counts.exponent * math.log10(2.0)) if mass > 0 \
-            else -math.inf
+        log10_out = log10_scaled(mass, counts.exponent)
         rows.append(dict(
             name=layer.param, budget=n, K=k, n_in=len(counts.mantissa),
             n_out=layer.weight_shape[0], effective_in=sum(s.n_eff_in for s in parts),
@@ -340,9 +340,7 @@ def relocate_ineffective(topo, masks: dict[str, np.ndarray], weights_abs: dict[s
         if n_free == 0:
             continue
         fin, bout = current.layer_reach(idx, resolution)
-        O, per_group = layer.weight_shape[:2]
-        cols = (np.arange(O) // (O // layer.groups))[:, None] * per_group + np.arange(per_group)
-        ok = bout[:, None] & fin[cols]
+        ok = bout[:, None] & fin[layer.input_units()]
         ok = ok.reshape(ok.shape + (1,) * (kept.ndim - 2))
         cand = np.flatnonzero((~kept & ok).reshape(-1))
         if cand.size == 0:

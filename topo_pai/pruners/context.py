@@ -9,50 +9,22 @@ import copy
 import fnmatch
 import operator
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from topo_pai.errors import InputShapeError, NoPrunableLayerError, UncoveredWeightsWarning
+from topo_pai.errors import InputShapeError, UncoveredWeightsWarning
+from topo_pai.pruners.targets import Target, prunable_targets
+from topo_pai.pruners.torch_masks import strip_reparametrization
 
-
-@dataclass(frozen=True)
-class Target:
-    """One prunable weight: the ``weight`` of a Linear or Conv1d/Conv2d module."""
-
-    param: str  # e.g. "layer1.0.conv1.weight"
-    module: str  # e.g. "layer1.0.conv1"
-    shape: tuple[int, ...]
-
-    @property
-    def numel(self) -> int:
-        return int(np.prod(self.shape))
+__all__ = ["PruneContext", "Target", "check_batches", "effective_weight", "iter_batches",
+           "prunable_targets", "resolve_exclude"]
 
 
 def _torch():
     import torch
 
     return torch
-
-
-def prunable_targets(model) -> list[Target]:
-    """Prunable weights of ``model`` in ``named_modules`` order."""
-    from topo_pai.graph.trace import _weight_shape, check_untied, param_name, prunable_modules
-
-    torch = _torch()
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    modules = prunable_modules(model)
-    check_untied(modules)  # tied weights would get one mask per layer: refused, as in from_torch
-    out = []
-    for name, mod in modules.items():
-        out.append(Target(param_name(name), name, tuple(int(s) for s in _weight_shape(mod))))
-    if not out:
-        raise NoPrunableLayerError(
-            f"{type(model).__name__} has no Linear or Conv1d/Conv2d layer, so there is no weight "
-            "to prune")
-    return out
 
 
 def effective_weight(module):
@@ -242,8 +214,6 @@ class PruneContext:
         """A private deep copy of the model whose prunable weights are plain Parameters
         holding the effective weights (pruning reparametrisations baked in)."""
         if self._plain is None:
-            from topo_pai.pruners.torch_masks import _strip
-
             # A pruned module keeps its masked weight as a plain (non-leaf) attribute that
             # deepcopy refuses; it is recomputed below, so copy it as None.
             memo: dict[int, Any] = {}
@@ -253,7 +223,7 @@ class PruneContext:
                     memo[id(mod.__dict__["weight"])] = None
             net = copy.deepcopy(self.model, memo)
             for t in self.targets:
-                _strip(net.get_submodule(t.module), keep_mask=True)
+                strip_reparametrization(net.get_submodule(t.module), keep_mask=True)
             for p in net.parameters():
                 p.requires_grad_(False)
             self._plain = net

@@ -153,7 +153,7 @@ def _grasp_scores(ctx, masks, temperature=200.0):
 
 # -- topology-based scores ---------------------------------------------------------------
 
-def _synflow_scores(ctx, masks, resolution="neuron"):
+def synflow_scores(ctx, masks, resolution="neuron"):
     """SynFlow (Tanaka et al. 2020): ``|w ⊙ ∂R/∂w|`` with ``R = 1ᵀ(∏|W|)1`` the
     path flow of the masked network under weights ``|w|``, as ``log10`` computed
     overflow-free by :meth:`topo_pai.Topology.flows` (``-inf`` where a weight is
@@ -179,9 +179,7 @@ def _synflow_scores(ctx, masks, resolution="neuron"):
         prepared = ctx.cache["edge_weights"] = topo.edge_weights(ctx.abs_weights())
     flows = topo.flows(prepared, resolution)
     if resolution == "channel":
-        fast = _channel_log_scores(ctx, topo, flows)
-        if fast is not None:
-            return fast
+        return _channel_log_scores(ctx, topo, flows)
     scores = flows.log10_through_weights()
     return {n: scores[n] for n in ctx.active_names}
 
@@ -218,45 +216,33 @@ def _channel_log_scores(ctx, topo, flows):
     with ``log10|w|`` computed once per pruning run instead of once per round.
 
     ``log10_through_weights`` spends most of a SynFlow round on ``log10`` of every
-    weight; here the score is assembled from the same per-unit log flows with the
-    same float operations in the same order, so the two agree bit for bit
-    (tested). Scores of pruned weights are left finite: the caller never reads
-    them. Returns ``None`` (use the public method) if the Flows internals differ.
+    weight; here the score is assembled from the same per-unit log flows
+    (:meth:`~topo_pai.topology.Flows.layer_flows`) with the same float operations
+    in the same order, so the two agree bit for bit (tested). Scores of pruned
+    weights are left finite: the caller never reads them.
     """
-    from topo_pai.metrics.scaled import LOG10_2
-
-    try:
-        channel_input, bwd = flows._channel_input, flows._bwd
-        layers = topo.layers
-    except AttributeError:  # pragma: no cover - guards against core refactors
-        return None
     logw = _log10_abs_weights(ctx)
     buffers = ctx.cache.setdefault("synflow scores", {})
     active = set(ctx.active_names)
     out = {}
-    with np.errstate(divide="ignore"):
-        for i, layer in enumerate(layers):
-            if layer.param not in active:
-                continue
-            fin, bout = channel_input(i), bwd[layer.group]
-            lf = np.log10(fin.m) + fin.e * LOG10_2
-            lb = np.log10(bout.m) + bout.e * LOG10_2
-            lw = logw[layer.param]
-            # One buffer per layer for the whole run: fresh 100 MB arrays every round
-            # would cost page faults. Only the last round's scores outlive their round.
-            score = buffers.get(layer.param)
-            if score is None:
-                score = buffers[layer.param] = np.empty(lw.shape)
-            if layer.kind == "Linear":  # (lw + lb) + lf, the order of the public method
-                _linear_scores(lw, lb, lf, score)
-            else:
-                n_out, per_group = layer.weight_shape[:2]
-                cols = (np.arange(n_out) // (n_out // layer.groups))[:, None] * per_group \
-                    + np.arange(per_group)
-                pair = lb[:, None] + lf[cols]
-                _kernel_scores(lw.reshape(-1), pair.reshape(-1), layer.kernel_volume,
-                               score.reshape(-1))
-            out[layer.param] = score
+    for i, layer in enumerate(topo.layers):
+        if layer.param not in active:
+            continue
+        fin, bout = flows.layer_flows(i)
+        lf, lb = fin.log10, bout.log10
+        lw = logw[layer.param]
+        # One buffer per layer for the whole run: fresh 100 MB arrays every round
+        # would cost page faults. Only the last round's scores outlive their round.
+        score = buffers.get(layer.param)
+        if score is None:
+            score = buffers[layer.param] = np.empty(lw.shape)
+        if layer.kind == "Linear":  # (lw + lb) + lf, the order of the public method
+            _linear_scores(lw, lb, lf, score)
+        else:
+            pair = lb[:, None] + lf[layer.input_units()]
+            _kernel_scores(lw.reshape(-1), pair.reshape(-1), layer.kernel_volume,
+                           score.reshape(-1))
+        out[layer.param] = score
     for n in active - set(out):  # prunable weights off the traced graph carry no flow
         out[n] = np.full(logw[n].shape, -np.inf)
     return out
@@ -311,7 +297,7 @@ register_method(Method("iter_snip", "iterative", _snip_scores, needs_data=True,
 register_method(Method("grasp", "score", _grasp_scores, needs_data=True,
                        options={"temperature": 200.0},
                        summary="keep high w * Hg, i.e. remove high -w * Hg (Wang et al. 2020)"))
-register_method(Method("synflow", "iterative", _synflow_scores,
+register_method(Method("synflow", "iterative", synflow_scores,
                        options={"rounds": 100, "resolution": "neuron"},
                        summary="log10 |w * dR/dw| path flow, `rounds` rounds (Tanaka et al. 2020); "
                                "resolution='channel' is a faster variant"))

@@ -1094,7 +1094,7 @@ def _abs_weights_array(name: str, w, shape) -> np.ndarray:
 
 def _build(topo, abs_weights: Mapping[str, Any]) -> _WalkGraph:
     layers = topo.layers
-    channel = topo._channel
+    channel = topo.channel_structure
     n_groups = len(layers) + 1
     sizes = [int(channel.sizes[g]) for g in range(n_groups)]
     goff = np.zeros(n_groups + 1, dtype=np.int64)
@@ -1112,7 +1112,7 @@ def _build(topo, abs_weights: Mapping[str, Any]) -> _WalkGraph:
     allowed = np.concatenate([np.asarray(masks[layer.param], dtype=np.uint8).reshape(-1)
                               for layer in layers])
     l_pgi = np.array([layer.weight_shape[1] for layer in layers], dtype=np.int64)
-    l_opg = np.array([layer.weight_shape[0] // layer.groups for layer in layers], dtype=np.int64)
+    l_opg = np.array([layer.out_per_group for layer in layers], dtype=np.int64)
     l_kv = np.array([layer.kernel_volume for layer in layers], dtype=np.int64)
 
     blocks = topo.flows({layer.param: f.reshape(layer.weight_shape)

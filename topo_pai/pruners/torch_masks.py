@@ -13,6 +13,7 @@ import torch
 
 from topo_pai.errors import MaskError
 from topo_pai.graph.masks import check_mask_value
+from topo_pai.pruners.targets import prunable_targets
 
 METHODS = ("prune", "parametrize")
 
@@ -53,7 +54,7 @@ def _mask_kind(module) -> str | None:
     return None
 
 
-def _strip(module, keep_mask: bool) -> None:
+def strip_reparametrization(module, keep_mask: bool) -> None:
     """Remove a weight reparametrisation, leaving a plain Parameter ``weight``.
 
     ``keep_mask`` bakes the masked value in; otherwise the original (dense)
@@ -101,8 +102,6 @@ def _own_class(module) -> None:
 
 
 def _modules_by_param(model) -> dict:
-    from topo_pai.pruners.context import prunable_targets
-
     return {t.param: (t, model.get_submodule(t.module)) for t in prunable_targets(model)}
 
 
@@ -181,7 +180,7 @@ def apply_masks(model, masks: Mapping, method: str = "prune"):
             raise ValueError("the weight already has a parametrisation that is not a topo_pai "
                              "mask; remove it first")
         if kind is not None:
-            _strip(mod, keep_mask=False)
+            strip_reparametrization(mod, keep_mask=False)
         if method == "prune":
             prune.custom_from_mask(mod, "weight", mask)
         else:
@@ -206,7 +205,7 @@ def remove_masks(model):
     """Drop every mask attached by :func:`apply_masks` (or ``torch.nn.utils.prune``)
     **in place**, restoring the original dense weights; return the model."""
     for mod in _masked_modules(model):
-        _strip(mod, keep_mask=False)
+        strip_reparametrization(mod, keep_mask=False)
     return model
 
 
@@ -214,7 +213,7 @@ def bake_masks(model):
     """Make pruning permanent **in place**: ``weight = weight * mask`` as a plain
     Parameter, reparametrisation removed; return the model."""
     for mod in _masked_modules(model):
-        _strip(mod, keep_mask=True)
+        strip_reparametrization(mod, keep_mask=True)
     return model
 
 
