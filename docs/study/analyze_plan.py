@@ -238,7 +238,7 @@ def figures_a(rows) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from topo_pai.plotting import method_style, plot_node_path_plane
+    from topo_pai.plotting import plot_node_path_plane
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig = plot_node_path_plane(sparse, model="resnet20")
     fig.savefig(FIGURES / "node_path_plane.png", dpi=110, bbox_inches="tight")
@@ -247,15 +247,16 @@ def figures_a(rows) -> list[str]:
     groups = defaultdict(list)
     for r in rows:
         groups[r["arm"]].append(r)
-    names = sorted(groups)
-    for arm in names:
+    markers = "os^vD<>pP*Xh"
+    for k, arm in enumerate(sorted(groups)):
         rs = groups[arm]
-        base = arm.replace("+shuffle", "")
-        color, marker = method_style(base, [a.replace("+shuffle", "") for a in names])[:2]
-        ax.scatter([100 * (1 - r["effective_params"] / r["total_params"]) for r in rs],
-                   [100 * r["accuracy"] for r in rs], color=color, marker=marker,
+        color = plt.get_cmap("tab10")(k % 10)
+        ax.scatter([100 * r["effective_params"] / r["total_params"] for r in rs],
+                   [100 * r["accuracy"] for r in rs], color=color, marker=markers[k % 12],
                    facecolors="none" if "+shuffle" in arm else color, label=arm, s=28)
-    ax.set_xlabel("effective sparsity (%)")
+    ax.set_xscale("log")
+    ax.invert_xaxis()  # sparser to the right
+    ax.set_xlabel("effective density (%) = 100 − effective sparsity, log scale")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("ResNet-20 (w8) on Fashion-MNIST: accuracy against effective sparsity")
     ax.legend(fontsize=7, ncol=2)
