@@ -460,3 +460,25 @@ def test_stall_fill_and_max_walks(r20):
     masks, stats = P.phew_run(topo, aw, _uniform_budgets(aw, 0.1), seed=0, max_walks=10)
     assert stats.stop_reason == "max_walks" and stats.walks == 10
     assert {k: int(m.sum()) for k, m in masks.items()} == _uniform_budgets(aw, 0.1)
+
+
+def test_progress_is_reported_without_changing_the_masks(caplog):
+    """PHEW's walks run in one numba loop; it reports the weights placed every
+    PROGRESS_EVERY walks on the ``topo_pai.prune`` logger (the CLI draws it as a bar)."""
+    import logging
+
+    import topo_pai
+    from topo_pai.models import resnet20
+    from topo_pai.pruners import phew
+
+    model = resnet20(width=8)
+    quiet = topo_pai.prune(model, "phew", 0.5, input_shape=(3, 32, 32))
+    with caplog.at_level(logging.INFO, logger="topo_pai.prune"):
+        loud = topo_pai.prune(model, "phew", 0.5, input_shape=(3, 32, 32))
+    recs = [r for r in caplog.records if getattr(r, "desc", None) == "phew"]
+    total = sum(int(m.sum()) for m in loud.values())
+    assert len(recs) >= 2 and phew.PROGRESS_EVERY > 0
+    done = [r.round for r in recs]
+    assert done == sorted(done) and all(r.rounds == recs[0].rounds for r in recs)
+    assert done[-1] <= recs[0].rounds <= total  # budgets of the layers PHEW walks
+    assert all((quiet[k] == loud[k]).all() for k in quiet)

@@ -349,8 +349,9 @@ class _ProgressHandler(logging.Handler):
             return
         if self.bar is None:
             from tqdm import tqdm
-            self.bar = tqdm(total=rounds, desc=record.getMessage().split(" round")[0],
-                            unit="round", file=sys.stderr, leave=False)
+            desc = getattr(record, "desc", None) or record.getMessage().split(" round")[0]
+            self.bar = tqdm(total=rounds, desc=desc, unit=getattr(record, "unit", "round"),
+                            file=sys.stderr, leave=False)
         self.bar.update(record.round - self.bar.n)
         if record.round >= rounds:
             self.bar.close()

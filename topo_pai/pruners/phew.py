@@ -93,6 +93,7 @@ A topology that already carries masks restricts PHEW to its unpruned weights.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,9 +106,31 @@ from topo_pai.checks import check_int, check_number
 from topo_pai.kernels.propagate import group_by
 
 _JIT = {"nogil": True, "cache": True}
+#: Walks between two progress records (an ``objmode`` call each: negligible next to the walks).
+PROGRESS_EVERY = 4096
+#: The same logger and record attributes as the rounds of iterative methods
+#: (``topo_pai.pruners.api.progress_log``), so the command line draws PHEW's bar too.
+_progress_log = logging.getLogger("topo_pai.prune")
+
+
+def _report_progress(count, budget) -> None:
+    """Called from the walk loop (``numba.objmode``): weights placed so far of the budget."""
+    if _progress_log.isEnabledFor(logging.INFO):
+        done, total = int(count.sum()), int(budget.sum())
+        _progress_log.info("phew: %d of %d weights placed", done, total,
+                           extra={"round": done, "rounds": total, "desc": "phew",
+                                  "unit": "weight"})
+
 
 ELEMENT_MODES = {"sample": 0, "largest": 1}
 STOP_REASONS = ("budgets_reached", "no_open_path", "stalled", "max_walks")
+
+
+@numba.njit(cache=True)  # no nogil: the object-mode block needs the GIL anyway
+def _progress(count, budget):
+    # a function of its own: an objmode block inside the large walk loop breaks codegen
+    with numba.objmode():
+        _report_progress(count, budget)
 
 
 # One 16-byte record per position of the forward (out-edge) or backward
@@ -913,7 +936,11 @@ def _run(rng, mode, stall_window, min_added, max_walks, n_input, term_nodes, max
     fi = -1
     bi = -1
     reason = 0
+    next_report = PROGRESS_EVERY
     while True:
+        if walks >= next_report:
+            next_report = walks + PROGRESS_EVERY
+            _progress(count, budget)
         if n_open == 0:
             reason = 0
             break
@@ -994,6 +1021,8 @@ def _run(rng, mode, stall_window, min_added, max_walks, n_input, term_nodes, max
                 break
             win_walks = 0
             win_added = 0
+    if next_report > PROGRESS_EVERY:  # progress was reported: report where it ended
+        _progress(count, budget)
     stats[0] = walks
     stats[1] = n_fwd
     stats[2] = n_bwd
