@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from topo_pai.summary import RowTable
+
 #: Keys of every row (``None`` where a key does not apply: the input row has no layer graph,
 #: the weighted trio is ``None`` unless weights were given, and every spectral key is ``None``
 #: with ``spectra=False``).
@@ -42,7 +44,7 @@ def _fmt(v) -> str:
 
 
 @dataclass
-class MetricsTable:
+class MetricsTable(RowTable):
     """Graph measures of a masked network: rows (one per node group: the input,
     then each layer) and network totals. ``docs/metrics.md`` defines every key.
 
@@ -57,19 +59,6 @@ class MetricsTable:
     totals: dict
     resolution: str
     weighted: bool
-
-    def to_records(self) -> list[dict]:
-        """The rows as a list of plain dicts (e.g. for ``pandas.DataFrame``)."""
-        return [dict(r) for r in self.rows]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self):
-        return iter(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
 
     def __str__(self) -> str:
         cols = [(h, k) for h, k in _PRINTED

@@ -43,8 +43,28 @@ def _cell(row: dict, keys) -> str:
     return "/".join(f"{row[k]:g}" for k in keys)  # medians are whole or half units
 
 
+class RowTable:
+    """A table held as ``rows`` (one dict per row): length, iteration and indexing
+    read the rows. Shared by :class:`Summary` and ``MetricsTable``."""
+
+    rows: list[dict]
+
+    def to_records(self) -> list[dict]:
+        """The rows as a list of plain dicts (e.g. for ``pandas.DataFrame``)."""
+        return [dict(r) for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+
 @dataclass
-class Summary:
+class Summary(RowTable):
     """Rows (one per node group: the input, then each layer) and network totals.
 
     Columns (:data:`COLUMNS`): ``shape`` (the weight's), ``in_shape`` and
@@ -69,10 +89,6 @@ class Summary:
     totals: dict
     resolution: str
 
-    def to_records(self) -> list[dict]:
-        """The rows as a list of plain dicts (e.g. for ``pandas.DataFrame``)."""
-        return [dict(r) for r in self.rows]
-
     def to_dataframe(self):
         """The rows as a ``pandas.DataFrame`` indexed by layer name (needs pandas)."""
         try:
@@ -96,15 +112,6 @@ class Summary:
         align = ["---" if j < 4 else "---:" for j in range(len(head))]
         lines = ["| " + " | ".join(row) + " |" for row in [head, align] + cells]
         return "\n".join(lines) + "\n\n" + self._totals_line()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __iter__(self):
-        return iter(self.rows)
-
-    def __getitem__(self, i):
-        return self.rows[i]
 
     def __str__(self) -> str:
         cells = [tuple(h for h, _ in _PRINTED)] + [
