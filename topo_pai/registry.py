@@ -29,6 +29,7 @@ from typing import Any, Generic, TypeVar
 from topo_pai.checks import did_you_mean
 
 T = TypeVar("T")
+_RAISE = object()
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,11 @@ class Registry(Generic[T]):
                              f"Available {self.kind}s: {', '.join(names)}{self._hint}")
         return self._entries[found]
 
-    def get(self, name) -> T:
-        """The object registered as ``name`` (see :meth:`entry`)."""
+    def get(self, name, default=_RAISE) -> T:
+        """The object registered as ``name`` (see :meth:`entry`); ``default`` instead of
+        the error when given (as ``dict.get``)."""
+        if default is not _RAISE and name not in self:
+            return default
         return self.entry(name).value
 
     def canonical(self, name) -> str:

@@ -236,7 +236,7 @@ def load_masks(path, *, from_zeros: bool = False, model=None) -> Masks:
     """Read masks from a ``.pt``/``.pth`` or ``.npz`` file: :meth:`Masks.load` (see there
     for the formats). Returns a :class:`Masks` (bool tensors on the CPU).
 
-    >>> import tempfile, os, torch
+    >>> import tempfile, os, torch, torch.nn.utils.prune
     >>> from topo_pai import load_masks
     >>> net = torch.nn.Linear(2, 1)
     >>> _ = torch.nn.utils.prune.l1_unstructured(net, "weight", amount=1)

@@ -66,8 +66,8 @@ def numeric_array(name: str, m, what: str = "mask") -> np.ndarray:
         if t.dtype in (torch.float16, torch.bfloat16):
             t = t.float()
         if t.is_complex():
-            raise MaskError(f"{what} for '{name}' is complex; {what}s hold real numbers "
-                            f"(masks: only 0 and 1)")
+            raise MaskError(f"{what} for '{name}' is complex; give real numbers (a mask "
+                            "holds only 0 and 1)")
         arr = t.numpy()
     elif isinstance(m, np.ndarray):
         arr = m
@@ -77,8 +77,8 @@ def numeric_array(name: str, m, what: str = "mask") -> np.ndarray:
     if arr.dtype == np.float16:
         arr = arr.astype(np.float32)
     elif arr.dtype.kind == "c":
-        raise MaskError(f"{what} for '{name}' is complex; {what}s hold real numbers "
-                        f"(masks: only 0 and 1)")
+        raise MaskError(f"{what} for '{name}' is complex; give real numbers (a mask "
+                        "holds only 0 and 1)")
     elif arr.dtype.kind not in "biuf":
         raise MaskError(f"{what} for '{name}' has dtype {arr.dtype}; use a bool, integer or "
                         "float array of 0s and 1s")
@@ -98,7 +98,7 @@ def bad_value(name: str, flat: np.ndarray, shape) -> MaskError:
     neither 0 nor 1, naming its index."""
     bad = int(np.flatnonzero((flat != 0) & (flat != 1))[0])
     where = np.unravel_index(bad, tuple(shape)) if len(shape) else ()
-    return MaskError(f"mask for '{name}' holds {flat[bad]!r} at index "
+    return MaskError(f"mask for '{name}' holds {flat[bad].item()!r} at index "
                      f"{tuple(int(i) for i in where)}, a value other than 0 and 1; masks must "
                      "hold only 0 and 1 (bool, or 0/1 numbers; no NaN)")
 
