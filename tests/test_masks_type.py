@@ -18,7 +18,7 @@ from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 
 import topo_pai  # noqa: E402
-from topo_pai import Masks, MaskError  # noqa: E402
+from topo_pai import MaskError, Masks  # noqa: E402
 from topo_pai.masks.validate import abs_weights_array  # noqa: E402
 
 

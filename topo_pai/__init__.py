@@ -49,7 +49,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "from_torch", "Masks", "Topology", "PathCount", "NodeCounts", "Summary", "MetricsTable", "TopoPaiError", "MaskError",
+    "from_torch", "Masks", "Topology", "PathCount", "NodeCounts", "Summary", "MetricsTable",
+    "TopoPaiError", "MaskError",
     "InputShapeError", "TraceError", "UnsupportedOpError", "NoPrunableLayerError",
     "PathCountTooLarge", "prune", "available_methods", "apply_masks", "remove_masks",
     "bake_masks", "read_masks", "save_masks", "load_masks", "UncoveredWeightsWarning",

@@ -48,7 +48,6 @@ from topo_pai.checks import check_bool, check_number
 from topo_pai.registry import Registry
 
 
-
 def check_allocation_options(options: Mapping) -> dict:
     """Allocation options (fields of :class:`ERKOptions`, :class:`UniformPlusOptions`)
     validated, as plain Python values.

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections.abc import Mapping
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 

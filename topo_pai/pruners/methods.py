@@ -8,19 +8,18 @@ Every function here reads the model through a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataclasses import dataclass
-from typing import Any
-
 from topo_pai.checks import check_int, check_number
 from topo_pai.pruners.registry import Method, register_method
 from topo_pai.pruners.select import rng_for, top_k
 from topo_pai.topology import RESOLUTIONS
-
 
 # -- options: one frozen dataclass per method, validated when built -------------------------
 
