@@ -106,11 +106,24 @@ def test_models_and_datasets_keep_their_names_and_options():
     ("grasp", {"temperature": -1.0}, "temperature"),
     ("synflow_widen", {"delta_t": 0}, "delta_t must be a positive int"),
     ("synflow_widen", {"max_t": True}, "max_t must be a positive int or None"),
+])
+def test_bad_option_values_are_refused_by_the_methods_dataclass(method, options, match):
+    m = get_method(method)
+    with pytest.raises(ValueError, match=match):
+        m.make_params(options)
+    with pytest.raises(ValueError, match=match):
+        prune_with_scores(mlp(), method, 0.5, input_shape=(6,), data=(torch.randn(4, 6),
+                          torch.tensor([0, 1, 2, 0])), **options)
+    check_options(method, **options)  # names only: values are checked when a run builds them
+
+
+@pytest.mark.parametrize("method,options,match", [
     ("random", {"allocation_power": 1}, r"unknown option\(s\) 'allocation_power' for method "
                                         r"'random'.*valid options: erk_include_kernel"),
     ("snip", {"round": 3}, r"for method 'snip'.*valid options: .*max_batches"),
+    ("synflow", {"resolutoin": "channel"}, r"for method 'synflow'; Did you mean 'resolution'"),
 ])
-def test_bad_options_are_refused_before_a_model_is_seen(method, options, match):
+def test_unknown_options_are_refused_before_a_model_is_seen(method, options, match):
     with pytest.raises(ValueError, match=match):
         check_options(method, **options)
 

@@ -106,7 +106,10 @@ class _Options:
     data: DataOptions
 
 
-def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool) -> _Options:
+def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool,
+                   method_values: bool = True) -> _Options:
+    """Split and build the option dataclasses; ``method_values=False`` checks only the
+    names of the method's options (their values are checked when a run builds them)."""
     method_names = m.entry.option_names()
     data_names = _DATA_FIELDS if needs_data else []
     alloc_owners = A.allocation_options()
@@ -125,8 +128,9 @@ def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool) 
                              f"allocation is {allocation_spec!r}")
     alloc_params = None if alloc is None else alloc.make_params(
         {k: v for k, v in options.items() if k in alloc_owners})
+    method_options = {k: v for k, v in options.items() if k in method_names}
     return _Options(
-        method=m.make_params({k: v for k, v in options.items() if k in method_names}),
+        method=m.make_params(method_options) if method_values else None,
         forwarded={k: v for k, v in options.items() if k in unknown},
         allocation=alloc_params,
         data=DataOptions(**{k: v for k, v in options.items() if k in data_names}))
@@ -271,6 +275,7 @@ def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] 
                 kept = k_r if b_r is None else sum(b_r.values())
                 progress_log.info("%s round %d/%d: %d weights kept", m.name, r, rounds, kept,
                                   extra={"round": r, "rounds": rounds})
+        ctx.round = 0  # outside rounds again (a ratios: ranking runs before the method)
         if alive is not None:  # report weights pruned in earlier rounds as -inf
             scores = {n: np.where(alive[n], s, -np.inf) for n, s in scores.items()}
     else:
@@ -310,7 +315,7 @@ def _check_allocation_spec(spec) -> None:
                          "'ratios:<method>' (e.g. 'ratios:snip') or a dict name -> density")
 
 
-def _plan(method, scope, allocation, options: dict):
+def _plan(method, scope, allocation, options: dict, method_values: bool = True):
     """What can be checked without the model: the method, scope, allocation and options."""
     m = get_method(method)
     if scope not in SCOPES:
@@ -326,7 +331,8 @@ def _plan(method, scope, allocation, options: dict):
     _check_allocation_spec(spec)
     ratio = _ratio_method(spec)
     needs_data = m.needs_data or (ratio is not None and ratio.needs_data)
-    return m, spec, ratio, needs_data, _split_options(m, options, spec, needs_data)
+    return m, spec, ratio, needs_data, _split_options(m, options, spec, needs_data,
+                                                      method_values)
 
 
 def check_options(method: str, *, scope: str = "global", allocation=None, **options) -> None:
@@ -340,7 +346,7 @@ def check_options(method: str, *, scope: str = "global", allocation=None, **opti
     ...
     ValueError: max_batches must be an int >= 1, got 0; None reads every batch of data
     """
-    _plan(method, scope, allocation, options)
+    _plan(method, scope, allocation, options, method_values=False)
 
 
 def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=None,
