@@ -537,7 +537,7 @@ def test_iterative_schedule(small, monkeypatch, scope):
         seen.append(None if masks is None else {k: v.copy() for k, v in masks.items()})
         return m.fn(ctx, masks, **opts)
 
-    monkeypatch.setitem(registry._REGISTRY, "synflow", dataclasses.replace(m, fn=spy))
+    monkeypatch.setitem(registry.METHODS, "synflow", dataclasses.replace(m, fn=spy))
     T, d = 4, 0.01
     r = prune_with_scores(small, "synflow", 1 - d, input_shape=SHAPE, rounds=T, scope=scope)
     assert len(seen) == T and seen[0] is None

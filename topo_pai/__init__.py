@@ -7,19 +7,14 @@ input-to-output paths survive, and which nodes and weights lie on one.
 >>> sorted(topo_pai.__all__)[:2]
 ['InputShapeError', 'MaskError']
 
-Heavy dependencies (torch, numba) load on first use, not on import.
+Heavy dependencies (torch, numba) load on first use, not on import, and importing
+topo_pai leaves the environment alone: set ``OMP_WAIT_POLICY=PASSIVE`` yourself before
+torch is imported (the ``topo-pai`` command, the demo, the tests and the benchmarks do).
 """
 
 from __future__ import annotations
 
-import os
-
-# Must precede torch's first import: with the default ACTIVE policy, idle OpenMP
-# threads spin and make torch 5-60x slower on machines with few shared cores.
-# setdefault, so a user's explicit choice wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from topo_pai.errors import (  # noqa: E402
+from topo_pai.errors import (
     InputShapeError,
     MaskError,
     NoPrunableLayerError,
@@ -34,6 +29,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "from_torch": "topo_pai.topology",
+    "Masks": "topo_pai.masks",
     "Topology": "topo_pai.topology",
     "PathCount": "topo_pai.topology",
     "NodeCounts": "topo_pai.metrics.scaled",
@@ -53,7 +49,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "from_torch", "Topology", "PathCount", "NodeCounts", "Summary", "MetricsTable", "TopoPaiError", "MaskError",
+    "from_torch", "Masks", "Topology", "PathCount", "NodeCounts", "Summary", "MetricsTable",
+    "TopoPaiError", "MaskError",
     "InputShapeError", "TraceError", "UnsupportedOpError", "NoPrunableLayerError",
     "PathCountTooLarge", "prune", "available_methods", "apply_masks", "remove_masks",
     "bake_masks", "read_masks", "save_masks", "load_masks", "UncoveredWeightsWarning",

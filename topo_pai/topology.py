@@ -39,17 +39,17 @@ import numpy as np
 from topo_pai.coverage import Uncovered, warn_uncovered
 from topo_pai.errors import MaskError, PathCountTooLarge
 from topo_pai.graph.ir import Program
-from topo_pai.graph.masks import (
-    LayerMask,
-    attached_masks,
-    check_mask_value,
-    layer_mask,
-    scan,
-    validate_keys,
-)
+from topo_pai.graph.masks import LayerMask, attached_masks, layer_mask, scan, validate_keys
 from topo_pai.graph.structure import Structure, build_structure
 from topo_pai.graph.trace import trace
 from topo_pai.kernels import propagate as K
+from topo_pai.masks.mask import Masks
+from topo_pai.masks.validate import (
+    abs_weights_array,
+    check_mapping,
+    check_mask_value,
+    parameter_names,
+)
 from topo_pai.metrics import exact as X
 from topo_pai.metrics.channel import Block, ChannelEngine
 from topo_pai.metrics.degrees import FAN_FIELDS, fan_stats
@@ -156,9 +156,7 @@ class Topology:
                shared: dict | None = None) -> "Topology":
         if masks is None:
             masks = {}
-        if not isinstance(masks, Mapping):
-            raise MaskError(f"masks must be a mapping from parameter name to a 0/1 tensor, got "
-                            f"{type(masks).__name__}")
+        check_mapping(masks)
         validate_keys(masks, program, param_names)
         for name, m in masks.items():
             check_mask_value(name, m)
@@ -309,11 +307,13 @@ class Topology:
             out[name] = np.zeros(m.shape, dtype=bool)
         return out
 
-    def effective_masks(self, resolution: str = "channel") -> dict:
-        """Bool torch tensors marking the effective weights of every prunable weight."""
+    def effective_masks(self, resolution: str = "channel") -> Masks:
+        """Bool torch tensors marking the effective weights of every prunable weight, as
+        :class:`~topo_pai.Masks`."""
         import torch
 
-        return {k: torch.from_numpy(v) for k, v in self.effective_masks_numpy(resolution).items()}
+        return Masks._trusted({k: torch.from_numpy(v)
+                               for k, v in self.effective_masks_numpy(resolution).items()})
 
     def forward_counts(self, resolution: str = "channel") -> dict[str, NodeCounts]:
         """Paths from the inputs to every node, per node group (overflow-safe)."""
@@ -338,7 +338,7 @@ class Topology:
         for layer in self.program.layers:
             w = weights.get(layer.param)
             flat[layer.param] = (np.ones(int(np.prod(layer.weight_shape))) if w is None
-                                 else _weights_array(layer.param, w, layer.weight_shape))
+                                 else abs_weights_array(layer.param, w, layer.weight_shape))
         return EdgeWeights(flat)
 
     def flows(self, weights: Mapping[str, Any] | None = None,
@@ -590,22 +590,6 @@ class Topology:
                 f"{self.n_unpruned} unpruned)")
 
 
-def _weights_array(name: str, w, shape) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(w, torch.Tensor):
-            w = w.detach().cpu().double().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    arr = np.asarray(w, dtype=np.float64)
-    if arr.shape != tuple(shape):
-        raise MaskError(f"weights for '{name}' have shape {arr.shape}, expected {tuple(shape)}")
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise MaskError(f"weights for '{name}' must be finite and non-negative (pass |w|)")
-    return np.ascontiguousarray(arr).reshape(-1)
-
-
 @dataclass(frozen=True)
 class EdgeWeights:
     """Validated flat float64 edge weights per prunable weight (see
@@ -724,8 +708,6 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
     structure = build_structure(program)
     if masks is None:
         masks = attached_masks(model)
-    param_names = {name for name, _ in model.named_parameters()}
-    param_names |= {name.removesuffix("_orig") for name in param_names}
-    topo = Topology._build(program, structure, masks, param_names, index_dtype)
+    topo = Topology._build(program, structure, masks, parameter_names(model), index_dtype)
     topo._shared["uncovered"] = warn_uncovered(model)
     return topo

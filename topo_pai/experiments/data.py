@@ -24,7 +24,6 @@ Dataset(name='synthetic', split='train', n=60, input_shape=(1, 8, 8), num_classe
 
 from __future__ import annotations
 
-import difflib
 import functools
 import gzip
 import math
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from topo_pai.errors import TopoPaiError
+from topo_pai.registry import Registry, params_from_signature, squash
 
 __all__ = ["Dataset", "DatasetNotFoundError", "available_datasets", "load_dataset", "read_idx"]
 
@@ -61,7 +61,6 @@ _SYNTHETIC_SEED = 0x70B0_DA7A
 _SYNTHETIC_DEFAULT_N = {"train": 2048, "test": 512}
 
 _SPLITS = ("train", "test")
-_NAMES = ("fashion-mnist", "digits", "synthetic")
 
 
 class DatasetNotFoundError(TopoPaiError, FileNotFoundError):
@@ -501,26 +500,33 @@ def _load_synthetic(split, limit, seed, input_shape=(1, 28, 28), num_classes=10,
 # public entry points
 # ---------------------------------------------------------------------------
 
+#: The offline datasets: each loader takes ``(split, root, limit, seed, **options)``, its
+#: entry's params are the options it takes (only the synthetic data have any).
+DATASETS = Registry("dataset", key=squash)
+DATASETS.register("fashion-mnist", lambda split, root, limit, seed:
+                  _load_fashion(split, root, limit, seed), summary="Fashion-MNIST (Debian files)")
+DATASETS.register("digits", lambda split, root, limit, seed: _load_digits(split, limit, seed),
+                  summary="scikit-learn's 8x8 digits, fixed 80/20 split")
+DATASETS.register("synthetic", lambda split, root, limit, seed, **options:
+                  _load_synthetic(split, limit, seed, **options),
+                  params=params_from_signature(_load_synthetic, ("split", "limit", "seed"),
+                                               "SyntheticOptions"),
+                  summary="Gaussian noise around fixed class prototypes")
+
+
 def available_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`.
 
     >>> available_datasets()
     ['fashion-mnist', 'digits', 'synthetic']
     """
-    return list(_NAMES)
+    return DATASETS.names()
 
 
 def _canonical_name(name) -> str:
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a str, got {type(name).__name__}")
-    squashed = {"".join(ch for ch in k if ch.isalnum()): k for k in _NAMES}
-    key = squashed.get("".join(ch for ch in name.lower() if ch.isalnum()))
-    if key is None:
-        close = difflib.get_close_matches(name.lower(), _NAMES, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown dataset {name!r}.{hint} Available datasets: "
-                         f"{', '.join(_NAMES)}")
-    return key
+    return DATASETS.canonical(name)
 
 
 def load_dataset(name: str, split: str = "train", *, root=None, limit: int | None = None,
@@ -582,18 +588,11 @@ def load_dataset(name: str, split: str = "train", *, root=None, limit: int | Non
     key = _canonical_name(name)
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if key != "synthetic" and kwargs:
-        raise TypeError(f"load_dataset({key!r}) got unexpected keyword argument(s) "
-                        f"{', '.join(map(repr, sorted(kwargs)))}; only 'synthetic' takes "
-                        "input_shape, num_classes, n and noise")
-    if key == "fashion-mnist":
-        return _load_fashion(split, root, limit, seed)
-    if key == "digits":
-        return _load_digits(split, limit, seed)
-    allowed = {"input_shape", "num_classes", "n", "noise"}
-    unknown = sorted(set(kwargs) - allowed)
+    entry = DATASETS.entry(key)
+    allowed = entry.option_names()
+    unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise TypeError(f"load_dataset('synthetic') got unexpected keyword argument(s) "
-                        f"{', '.join(map(repr, unknown))}; it accepts "
-                        f"{', '.join(sorted(allowed))}")
-    return _load_synthetic(split, limit, seed, **kwargs)
+        takes = f"it accepts {', '.join(sorted(allowed))}" if allowed else "it takes no options"
+        raise TypeError(f"load_dataset({key!r}) got unexpected keyword argument(s) "
+                        f"{', '.join(map(repr, unknown))}; {takes}")
+    return entry.value(split, root, limit, seed, **kwargs)

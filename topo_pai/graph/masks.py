@@ -1,6 +1,7 @@
 """Mask intake: find, validate and compact the masks of every prunable layer.
 
-One pass over each mask (a numba kernel) validates that it holds only 0 and 1,
+The checks and their messages are :mod:`topo_pai.masks.validate`'s (the one mask
+validator); here one pass over each mask (a numba kernel) checks that it holds only 0 and 1,
 copies it to ``uint8`` (so later edits of the caller's tensors cannot change a
 Topology) and counts the unpruned elements of every kernel, which are the
 channel-level edge multiplicities.
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from topo_pai.errors import MaskError
 from topo_pai.graph.ir import Layer, Program
 from topo_pai.kernels import propagate as K
+from topo_pai.masks.validate import bad_value, check_keys, check_shape, numeric_array
 
 #: A layer's multiplicity matrix is kept as dense per-kernel counts (no index
 #: arrays) when at least this fraction of its kernels is non-empty: a dense entry
@@ -137,84 +138,18 @@ def attached_masks(model) -> dict:
     return found
 
 
-def check_mask_value(name: str, m, what: str = "mask") -> None:
-    """Refuse a mask (or edge weights: ``what``) that holds no dense values: ``None``, a
-    sparse tensor, a tensor on the meta device. A weight left out of the masks is
-    dense; a weight given ``None`` is a mistake, not a request for a dense mask."""
-    if m is None:
-        raise MaskError(f"{what} for '{name}' is None; give a 0/1 tensor or array of the "
-                        f"weight's shape, or leave '{name}' out to keep it dense")
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return
-    if isinstance(m, torch.Tensor):
-        if m.layout != torch.strided:
-            raise MaskError(f"{what} for '{name}' is a sparse tensor (layout {m.layout}); pass "
-                            "a dense one, e.g. mask.to_dense()")
-        if m.device.type == "meta":
-            raise MaskError(f"{what} for '{name}' is on the meta device, so it holds no values; "
-                            "pass a tensor with real values (on the CPU or an accelerator)")
-
-
 def _flat_numpy(name: str, m) -> np.ndarray:
-    try:
-        import torch
-
-        is_tensor = isinstance(m, torch.Tensor)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        is_tensor = False
-    if is_tensor:
-        t = m.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        if t.dtype in (torch.float16, torch.bfloat16):
-            t = t.float()
-        if t.is_complex():
-            raise MaskError(f"mask for '{name}' is complex; masks must hold only 0 and 1")
-        arr = t.numpy()
-    else:
-        arr = np.asarray(m)
-    if arr.dtype == np.bool_:
-        arr = arr.view(np.uint8)
-    elif arr.dtype == np.float16:
-        arr = arr.astype(np.float32)
-    elif arr.dtype.kind not in "biuf":
-        raise MaskError(f"mask for '{name}' has dtype {arr.dtype}; use a bool, integer or float "
-                        "array of 0s and 1s")
-    return np.ascontiguousarray(arr).reshape(-1)
+    return np.ascontiguousarray(numeric_array(name, m)).reshape(-1)
 
 
-def validate_keys(masks: dict, program: Program, param_names: set[str]) -> None:
+def validate_keys(masks, program: Program, param_names: set[str]) -> None:
+    """Refuse every key of ``masks`` that is not a prunable weight of ``program``."""
     prunable = {layer.param for layer in program.layers} | set(program.unused_params)
-    for key in masks:
-        if key in prunable:
-            continue
-        if isinstance(key, str) and (key.endswith("_orig") or ".parametrizations." in key):
-            base = key.replace(".parametrizations.", ".").removesuffix("_orig")
-            base = base.removesuffix(".original")
-            raise MaskError(f"mask key '{key}' names a re-parametrised tensor; use the weight's "
-                            f"name '{base}' instead")
-        if key in param_names:
-            raise MaskError(f"mask key '{key}' is a parameter but not a prunable weight: only the "
-                            "weights of Linear and Conv1d/Conv2d layers carry edges. Drop it.")
-        sample = ", ".join(sorted(prunable)[:6])
-        raise MaskError(f"mask key '{key}' is not a parameter of the model. Prunable weights "
-                        f"are e.g.: {sample}{', ...' if len(prunable) > 6 else ''}")
+    check_keys(masks, prunable, param_names)
 
 
 def _check_shape(name: str, m, shape) -> None:
-    got = tuple(getattr(m, "shape", np.shape(m)))
-    if got != tuple(shape):
-        raise MaskError(f"mask for '{name}' has shape {got} but the parameter has shape "
-                        f"{tuple(shape)}")
-
-
-def _bad_value(name: str, flat: np.ndarray, shape) -> MaskError:
-    bad = int(np.flatnonzero((flat != 0) & (flat != 1))[0])
-    where = np.unravel_index(bad, shape)
-    return MaskError(f"mask for '{name}' holds {flat[bad]!r} at index "
-                     f"{tuple(int(i) for i in where)}; masks must hold only 0 and 1 (no NaN)")
+    check_shape(name, getattr(m, "shape", np.shape(m)), shape)
 
 
 def scan(name: str, m, shape: tuple[int, ...], group_size: int, per_group_in: int,
@@ -224,7 +159,7 @@ def scan(name: str, m, shape: tuple[int, ...], group_size: int, per_group_in: in
     flat = _flat_numpy(name, m)
     out = np.empty(flat.shape[0], dtype=np.uint8)
     if K.validate_copy(flat, out):
-        raise _bad_value(name, flat, shape)
+        raise bad_value(name, flat, shape)
     csr = K.kernel_csr(out, group_size, per_group_in, out_per_group, np.zeros(1, dtype=index_dtype))
     return out.reshape(shape), csr
 
@@ -256,7 +191,7 @@ def layer_mask(layer: Layer, in_units: int, m, index_dtype) -> LayerMask:
             counts = np.empty(n_kernels, dtype=np.uint8 if group_size < 256 else np.int32)
             bad, nonempty, ones = K.validate_kernel_counts(flat, group_size, mask, counts)
         if bad:
-            raise _bad_value(layer.param, flat, shape)
+            raise bad_value(layer.param, flat, shape)
     return LayerMask(mask.reshape(shape), int(ones), shape=(out_units, in_units), counts=counts,
                      per_group_in=per_group_in, out_per_group=out_per_group,
                      index_dtype=index_dtype, nnz=int(nonempty))

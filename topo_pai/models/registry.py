@@ -7,8 +7,6 @@ name architectures as plain strings.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -17,24 +15,17 @@ from topo_pai.models.convnet import conv2, conv4, conv6
 from topo_pai.models.lenet import lenet5, lenet_300_100
 from topo_pai.models.resnet import resnet18, resnet20, resnet32, resnet50, resnet56
 from topo_pai.models.vgg import vgg11, vgg16, vgg19
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "lenet_300_100": lenet_300_100,
-    "lenet5": lenet5,
-    "conv2": conv2,
-    "conv4": conv4,
-    "conv6": conv6,
-    "resnet20": resnet20,
-    "resnet32": resnet32,
-    "resnet56": resnet56,
-    "resnet18": resnet18,
-    "resnet50": resnet50,
-    "vgg11": vgg11,
-    "vgg16": vgg16,
-    "vgg19": vgg19,
-}
+from topo_pai.registry import Registry, params_from_signature, squash
 
 _COMMON = ("in_channels", "num_classes", "input_size")
+
+#: The reference architectures, by name (case, ``-`` and ``_`` ignored on lookup); each
+#: entry's params are the builder's own options (``width``, ``batch_norm``).
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", key=squash)
+for _fn in (lenet_300_100, lenet5, conv2, conv4, conv6, resnet20, resnet32, resnet56, resnet18,
+            resnet50, vgg11, vgg16, vgg19):
+    MODELS.register(_fn.__name__, _fn, params=params_from_signature(_fn, _COMMON),
+                    summary=(_fn.__doc__ or "").strip().split("\n")[0])
 
 
 def available_models() -> list[str]:
@@ -43,19 +34,7 @@ def available_models() -> list[str]:
     >>> available_models()[:3]
     ['lenet_300_100', 'lenet5', 'conv2']
     """
-    return list(_REGISTRY)
-
-
-def _squash(name: str) -> str:
-    # "LeNet-300-100", "lenet_300_100" and "LeNet-5"/"lenet5" name the same models
-    return "".join(ch for ch in name.lower() if ch.isalnum())
-
-
-_BY_SQUASHED = {_squash(k): k for k in _REGISTRY}
-
-
-def _canonical(name: str) -> str:
-    return _BY_SQUASHED.get(_squash(name), name)
+    return MODELS.names()
 
 
 def model_options(name: str) -> list[str]:
@@ -64,20 +43,13 @@ def model_options(name: str) -> list[str]:
     >>> model_options("conv4"), model_options("vgg16")
     (['width'], ['batch_norm'])
     """
-    fn = _lookup(name)
-    return [p for p in inspect.signature(fn).parameters if p not in _COMMON]
+    return _entry(name).option_names()
 
 
-def _lookup(name: str) -> Callable[..., nn.Module]:
+def _entry(name: str):
     if not isinstance(name, str):
         raise TypeError(f"model name must be a str, got {type(name).__name__}")
-    key = _canonical(name)
-    if key in _REGISTRY:
-        return _REGISTRY[key]
-    close = difflib.get_close_matches(name.strip().lower(), list(_REGISTRY), n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown model {name!r}.{hint} Available models: "
-                     f"{', '.join(_REGISTRY)}")
+    return MODELS.entry(name)
 
 
 def get_model(name: str, *, in_channels: int = 3, num_classes: int = 10, input_size=32,
@@ -124,12 +96,13 @@ def get_model(name: str, *, in_channels: int = 3, num_classes: int = 10, input_s
     ...
     ValueError: unknown model 'resnt20'. Did you mean 'resnet20'? Available models: lenet_300_100, ...
     """
-    fn = _lookup(name)
-    options = model_options(name)
+    entry = _entry(name)
+    options = entry.option_names()
     unknown = sorted(set(kwargs) - set(options))
     if unknown:
         accepted = ", ".join(options) if options else "no extra options"
         raise TypeError(f"get_model({name!r}) got unexpected keyword argument(s) "
-                        f"{', '.join(map(repr, unknown))}; {_canonical(name)} accepts "
+                        f"{', '.join(map(repr, unknown))}; {entry.name} accepts "
                         f"in_channels, num_classes, input_size and: {accepted}")
-    return fn(in_channels=in_channels, num_classes=num_classes, input_size=input_size, **kwargs)
+    return entry.value(in_channels=in_channels, num_classes=num_classes, input_size=input_size,
+                       **kwargs)

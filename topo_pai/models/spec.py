@@ -154,11 +154,11 @@ def resolve_callable(spec: ModelSpec):
 def check_model_spec(text) -> ModelSpec:
     """Parse ``text`` and check what can be checked without building: a zoo name is known
     (with a did-you-mean), a file exists."""
-    from topo_pai.models.registry import _lookup
+    from topo_pai.models.registry import MODELS
 
     spec = parse_model_spec(text)
     if spec.is_zoo:
-        _lookup(spec.target)
+        MODELS.entry(spec.target)
     elif spec.kind == FILE and not Path(spec.target).is_file():
         raise FileNotFoundError(f"model {spec.text!r}: file {spec.target!r} does not exist")
     return spec

@@ -12,26 +12,59 @@
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 from topo_pai.npb.pruner import npb_masks
-from topo_pai.pruners.methods import synflow_scores
-from topo_pai.pruners.registry import Method, register_method
+from topo_pai.pruners.methods import check_resolution, check_rounds, synflow_scores
+from topo_pai.pruners.registry import Method, MethodOutput, register_method
 from topo_pai.pruners.select import rng_for, top_k
 
-NPB_OPTIONS = {"alpha": 0.01, "beta": 1.0, "K": None, "tau": None, "node": "degree",
-               "p_in": "channel", "placement": "magnitude", "repair": True,
-               "variant": "balanced"}
+
+@dataclass(frozen=True)
+class NPBOptions:
+    """``npb``'s options, as :func:`topo_pai.npb.pruner.npb_masks` takes them (it
+    validates them with the problem it solves; see there)."""
+
+    alpha: float = 0.01
+    beta: float = 1.0
+    K: int | None = None
+    tau: float | None = None
+    node: str = "degree"
+    p_in: str = "channel"
+    placement: str = "magnitude"
+    repair: bool = True
+    variant: str = "balanced"
+
+
+@dataclass(frozen=True)
+class SynflowWidenOptions:
+    """``synflow_widen``: SynFlow's options, and which rounds score at random (every
+    ``delta_t``-th, up to round ``max_t`` when given)."""
+
+    rounds: int = 100
+    delta_t: int = 10
+    max_t: int | None = None
+    resolution: str = "neuron"
+
+    def __post_init__(self):
+        object.__setattr__(self, "rounds", check_rounds(self.rounds))
+        check_resolution(self.resolution)
+        for name in ("delta_t", "max_t"):
+            value = getattr(self, name)
+            if value is None and name == "max_t":
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"synflow_widen option {name} must be a positive int"
+                                 f"{' or None' if name == 'max_t' else ''}, got {value!r}")
 
 
 def _npb(ctx, budgets, **options):
-    """NPB masks for the framework's per-layer budgets (the balance report is kept in
-    ``ctx.cache["report"]``, which ``prune_with_scores`` returns as ``.report``)."""
-    opts = {**NPB_OPTIONS, **options}
+    """NPB masks for the framework's per-layer budgets, with the balance report, which
+    ``prune_with_scores`` returns as ``.report``."""
     topo = ctx.topology()
     on_graph = {layer.param for layer in topo.layers}
     wanted = {t.param: int(budgets[t.param]) for t in ctx.active if t.param in on_graph}
-    masks, report = npb_masks(topo, ctx.abs_weights(), wanted, seed=ctx.seed, **opts)
-    ctx.cache["report"] = report
+    masks, report = npb_masks(topo, ctx.abs_weights(), wanted, seed=ctx.seed, **options)
     out = {}
     for t in ctx.active:
         if t.param in masks:
@@ -40,20 +73,13 @@ def _npb(ctx, budgets, **options):
             keep = top_k(ctx.abs_weights()[t.param].reshape(-1), int(budgets[t.param]),
                          rng_for(ctx.seed, "npb", t.param))
             out[t.param] = keep.reshape(t.shape)
-    return out
+    return MethodOutput(out, report)
 
 
 def _synflow_widen(ctx, masks, delta_t=10, max_t=None, resolution="neuron"):
-    """SynFlow scores, except on rounds ``t`` with ``t % delta_t == 0`` (and
+    """SynFlow scores, except on rounds ``t = ctx.round`` with ``t % delta_t == 0`` (and
     ``t <= max_t`` when given), which use seeded uniform random scores."""
-    for name, value in (("delta_t", delta_t), ("max_t", max_t)):
-        if value is None and name == "max_t":
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"synflow_widen option {name} must be a positive int"
-                             f"{' or None' if name == 'max_t' else ''}, got {value!r}")
-    t = ctx.cache.get("synflow_widen_round", 0) + 1
-    ctx.cache["synflow_widen_round"] = t
+    t = ctx.round
     if t % int(delta_t) == 0 and (max_t is None or t <= int(max_t)):
         return {n: rng_for(ctx.seed, f"widen{t}", n).random(ctx.abs_weights()[n].shape)
                 for n in ctx.active_names}
@@ -61,11 +87,11 @@ def _synflow_widen(ctx, masks, delta_t=10, max_t=None, resolution="neuron"):
 
 
 register_method(Method(
-    "npb", "masks", _npb, default_allocation="erk", options=dict(NPB_OPTIONS),
+    "npb", "masks", _npb, default_allocation="erk", params=NPBOptions,
     summary="Node-Path Balancing: exact per-layer node/path optimum on ERK budgets "
             "(variant='official' for the official objective)"))
 register_method(Method(
     "synflow_widen", "iterative", _synflow_widen, randomized=True,
-    options={"rounds": 100, "delta_t": 10, "max_t": None, "resolution": "neuron"},
+    params=SynflowWidenOptions,
     summary="SynFlow with random scores every delta_t-th round (reconstruction of the "
             "ICLR paper's naive method)"))

@@ -37,19 +37,20 @@ a dict
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from topo_pai.checks import check_bool, check_number
-
-NAMED_ALLOCATIONS = ("uniform", "uniform+", "erk", "erk+")
-ALLOCATION_OPTIONS = {"erk_power": 1.0, "erk_include_kernel": True, "last_layer_min_density": 0.2}
+from topo_pai.registry import Registry
 
 
 def check_allocation_options(options: Mapping) -> dict:
-    """The allocation options (:data:`ALLOCATION_OPTIONS`) validated, as plain Python values.
+    """Allocation options (fields of :class:`ERKOptions`, :class:`UniformPlusOptions`)
+    validated, as plain Python values.
 
     ``erk_power`` is a finite number ``>= 0`` (1 is ERK, 0 is uniform),
     ``erk_include_kernel`` a bool and ``last_layer_min_density`` a number in ``[0, 1]``.
@@ -259,3 +260,79 @@ def counts_from_densities(sizes: Mapping[str, int], densities: Mapping[str, floa
     counts = largest_remainder([sizes[k] * densities[k] for k in names],
                                [sizes[k] for k in names], total)
     return dict(zip(names, counts))
+
+
+# -- the registry of named allocations: one signature for all -----------------------------
+#: ``fn(shapes, density, order, params) -> {name: density}``: ``shapes`` of the pruned
+#: layers, the overall ``density``, ``order()`` giving the first and last pruned layer in
+#: topological order (``None`` when not pruned; computed only when asked for) and the
+#: allocation's options (its params dataclass, or ``None``).
+AllocationFn = Callable[[Mapping[str, Sequence[int]], float, Callable, object], dict]
+
+
+@dataclass(frozen=True)
+class _Validated:
+    def __post_init__(self):
+        for k, v in check_allocation_options(dataclasses.asdict(self)).items():
+            object.__setattr__(self, k, v)
+
+
+@dataclass(frozen=True)
+class UniformPlusOptions(_Validated):
+    """Options of ``"uniform+"``."""
+
+    last_layer_min_density: float = 0.2
+
+
+@dataclass(frozen=True)
+class ERKOptions(_Validated):
+    """Options of ``"erk"`` and ``"erk+"``."""
+
+    erk_power: float = 1.0
+    erk_include_kernel: bool = True
+
+
+def _sizes(shapes) -> dict[str, int]:
+    return {n: int(np.prod(s, dtype=np.int64)) for n, s in shapes.items()}
+
+
+def _uniform(shapes, density, order, params) -> dict[str, float]:
+    return {n: density for n in shapes}
+
+
+def _uniform_plus(shapes, density, order, params: UniformPlusOptions) -> dict[str, float]:
+    first, last = order()
+    return uniform_plus_densities(_sizes(shapes), density, first=first, last=last,
+                                  last_min_density=params.last_layer_min_density)
+
+
+def _erk(shapes, density, order, params: ERKOptions) -> dict[str, float]:
+    return erk_densities(shapes, density, power=params.erk_power,
+                         include_kernel=params.erk_include_kernel)
+
+
+def _erk_plus(shapes, density, order, params: ERKOptions) -> dict[str, float]:
+    _, last = order()
+    return erk_densities(shapes, density, power=params.erk_power,
+                         include_kernel=params.erk_include_kernel,
+                         dense=() if last is None else (last,))
+
+
+#: The named allocations (besides ``"ratios:<method>"`` and ``{name: density}``).
+ALLOCATIONS: Registry[AllocationFn] = Registry("allocation")
+ALLOCATIONS.register("uniform", _uniform, summary="the same density in every layer")
+ALLOCATIONS.register("uniform+", _uniform_plus, params=UniformPlusOptions,
+                     summary="first layer dense, last at least last_layer_min_density")
+ALLOCATIONS.register("erk", _erk, params=ERKOptions, summary="Erdős–Rényi-kernel")
+ALLOCATIONS.register("erk+", _erk_plus, params=ERKOptions,
+                     summary="Erdős–Rényi-kernel, last layer dense")
+NAMED_ALLOCATIONS = tuple(ALLOCATIONS.names())
+
+
+def allocation_options() -> dict[str, list[str]]:
+    """Every allocation option name to the allocations that take it."""
+    out: dict[str, list[str]] = {}
+    for entry in ALLOCATIONS.entries():
+        for name in entry.option_names():
+            out.setdefault(name, []).append(entry.name)
+    return out

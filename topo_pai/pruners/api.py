@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -14,15 +14,14 @@ import torch
 
 from topo_pai.checks import check_bool, check_int, did_you_mean
 from topo_pai.coverage import warn_uncovered
-from topo_pai.graph.masks import check_mask_value
+from topo_pai.errors import MaskError
+from topo_pai.masks.mask import Masks, as_masks
 from topo_pai.pruners import allocation as A
 from topo_pai.pruners.context import PruneContext, prunable_targets, resolve_exclude
-from topo_pai.pruners.registry import Method, get_method
+from topo_pai.pruners.registry import Method, MethodOutput, get_method
 from topo_pai.pruners.select import check_finite_or_inf, rng_for, select_top
 
 SCOPES = ("global", "layer")
-#: Options of every data-dependent method (read by the gradient scores).
-DATA_OPTIONS = {"max_batches": None, "loss": None, "train_mode": False}
 
 
 @dataclass
@@ -31,7 +30,7 @@ class PruneResult:
 
     Attributes
     ----------
-    masks : dict
+    masks : Masks
         ``{param: bool tensor}`` for every prunable weight (excluded ones all True).
     scores : dict or None
         The scores of the last scoring round for the pruned (non-excluded) layers,
@@ -48,7 +47,7 @@ class PruneResult:
         channels, paths, objective and its bound; prints as a table).
     """
 
-    masks: dict
+    masks: Masks
     scores: dict | None
     budgets: dict | None
     method: str
@@ -70,43 +69,71 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
-def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool):
-    """Method options (with defaults), allocation options and data options."""
-    valid = dict(m.options)
-    if needs_data:
-        valid.update(DATA_OPTIONS)
-    valid.update(A.ALLOCATION_OPTIONS)
+@dataclass(frozen=True)
+class DataOptions:
+    """Options of every data-dependent method (read by the gradient scores)."""
+
+    max_batches: int | None = None
+    loss: Callable | None = None
+    train_mode: bool = False
+
+    def __post_init__(self):
+        if self.max_batches is not None:
+            object.__setattr__(self, "max_batches", check_int(
+                "max_batches", self.max_batches, minimum=1, hint="None reads every batch of data"))
+        object.__setattr__(self, "train_mode", check_bool("train_mode", self.train_mode))
+        if self.loss is not None and not callable(self.loss):
+            raise ValueError(f"loss must be a callable (logits, y) -> scalar loss, or None for "
+                             f"cross-entropy; got {self.loss!r}")
+
+
+_DATA_FIELDS = [f.name for f in fields(DataOptions)]
+
+
+def _fields_of(params) -> dict[str, Any]:
+    """A params dataclass as ``{field: value}`` (shallow: option values are not copied)."""
+    return {} if params is None else {f.name: getattr(params, f.name) for f in fields(params)}
+
+
+@dataclass(frozen=True)
+class _Options:
+    """``prune``'s keyword options split by the dataclass that declares each: the method's
+    params (plus options a forwarding method passes on), the allocation's and the data's."""
+
+    method: Any
+    forwarded: dict
+    allocation: Any
+    data: DataOptions
+
+
+def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool,
+                   method_values: bool = True) -> _Options:
+    """Split and build the option dataclasses; ``method_values=False`` checks only the
+    names of the method's options (their values are checked when a run builds them)."""
+    method_names = m.entry.option_names()
+    data_names = _DATA_FIELDS if needs_data else []
+    alloc_owners = A.allocation_options()
+    valid = [*method_names, *data_names, *alloc_owners]
     unknown = [k for k in options if k not in valid]
     if unknown and not m.forwards_options:
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
                          f"{m.name!r};{did_you_mean(unknown[0], valid)} valid options: "
                          f"{', '.join(sorted(valid)) or 'none'}")
     spec = allocation_spec if isinstance(allocation_spec, str) else None
+    alloc = A.ALLOCATIONS.entry(spec) if spec in A.ALLOCATIONS else None
     for key in options:
-        if key.startswith("erk_") and spec not in ("erk", "erk+"):
-            raise ValueError(f"option {key!r} applies to allocation 'erk'/'erk+', but the "
+        if key in alloc_owners and (alloc is None or key not in alloc.option_names()):
+            owners = "/".join(map(repr, alloc_owners[key]))
+            raise ValueError(f"option {key!r} applies to allocation {owners}, but the "
                              f"allocation is {allocation_spec!r}")
-        if key == "last_layer_min_density" and spec != "uniform+":
-            raise ValueError(f"option 'last_layer_min_density' applies to allocation 'uniform+', "
-                             f"but the allocation is {allocation_spec!r}")
-    method_opts = {k: options.get(k, v) for k, v in m.options.items()}
-    method_opts.update({k: v for k, v in options.items() if k in unknown})
-    alloc_opts = A.check_allocation_options(
-        {k: options.get(k, v) for k, v in A.ALLOCATION_OPTIONS.items()})
-    data_opts = _check_data_options({k: options.get(k, v) for k, v in DATA_OPTIONS.items()})
-    return method_opts, alloc_opts, data_opts
-
-
-def _check_data_options(opts: dict) -> dict:
-    out = dict(opts)
-    if out["max_batches"] is not None:
-        out["max_batches"] = check_int("max_batches", out["max_batches"], minimum=1,
-                                       hint="None reads every batch of data")
-    out["train_mode"] = check_bool("train_mode", out["train_mode"])
-    if out["loss"] is not None and not callable(out["loss"]):
-        raise ValueError(f"loss must be a callable (logits, y) -> scalar loss, or None for "
-                         f"cross-entropy; got {out['loss']!r}")
-    return out
+    alloc_params = None if alloc is None else alloc.make_params(
+        {k: v for k, v in options.items() if k in alloc_owners})
+    method_options = {k: v for k, v in options.items() if k in method_names}
+    return _Options(
+        method=m.make_params(method_options) if method_values else None,
+        forwarded={k: v for k, v in options.items() if k in unknown},
+        allocation=alloc_params,
+        data=DataOptions(**{k: v for k, v in options.items() if k in data_names}))
 
 
 def _needs_data_message(m: Method, via: str = "") -> str:
@@ -132,7 +159,7 @@ def _order_in_topology(ctx) -> tuple[str | None, str | None]:
     return (first if first in active else None), (last if last in active else None)
 
 
-def _resolve_allocation(spec, ctx: PruneContext, sparsity: float, aopts: dict) -> dict[str, int]:
+def _resolve_allocation(spec, ctx: PruneContext, sparsity: float, params) -> dict[str, int]:
     sizes = ctx.sizes
     total = sum(sizes.values())
     keep = A.n_keep(total, sparsity)
@@ -161,24 +188,10 @@ def _resolve_allocation(spec, ctx: PruneContext, sparsity: float, aopts: dict) -
         return A.counts_from_densities(sizes, dens, keep)
     ratio = _ratio_method(spec)
     if ratio is not None:
-        result = _run(ratio, ctx, sparsity, None, {k: v for k, v in ratio.options.items()})
+        result = _run(ratio, ctx, sparsity, None, ratio.make_params({}), {})
         return {n: int(np.count_nonzero(result.masks[n])) for n in sizes}
-    if spec == "uniform":
-        dens = {n: density for n in sizes}
-    elif spec == "uniform+":
-        first, last = _order_in_topology(ctx)
-        dens = A.uniform_plus_densities(sizes, density, first=first, last=last,
-                                        last_min_density=float(aopts["last_layer_min_density"]))
-    elif spec in ("erk", "erk+"):
-        shapes = {t.param: t.shape for t in ctx.active}
-        dense = ()
-        if spec == "erk+":
-            _, last = _order_in_topology(ctx)
-            dense = () if last is None else (last,)
-        dens = A.erk_densities(shapes, density, power=float(aopts["erk_power"]),
-                               include_kernel=bool(aopts["erk_include_kernel"]), dense=dense)
-    else:  # _check_allocation_spec let only the names above through
-        raise AssertionError(f"allocation {spec!r} passed the checks but is not handled")
+    shapes = {t.param: t.shape for t in ctx.active}
+    dens = A.ALLOCATIONS.get(spec)(shapes, density, lambda: _order_in_topology(ctx), params)
     return A.counts_from_densities(sizes, dens, keep)
 
 
@@ -220,16 +233,26 @@ def _round_half_up(x: float) -> int:
 progress_log = logging.getLogger("topo_pai.prune")
 
 
+def _call(m: Method, ctx: PruneContext, arg, opts: dict, reports: list):
+    """Call the method; keep the report of a :class:`MethodOutput`, return its result."""
+    out = m.fn(ctx, arg, **opts)
+    if isinstance(out, MethodOutput):
+        reports.append(out.report)
+        return out.result
+    return out
+
+
 def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] | None,
-         method_opts: dict) -> PruneResult:
+         params, forwarded: dict) -> PruneResult:
     sizes = ctx.sizes
     total = sum(sizes.values())
     keep = A.n_keep(total, sparsity)
+    opts = {**_fields_of(params), **forwarded}
+    reports: list = []
     if m.kind == "score":
-        scores = _scores_checked(m, m.fn(ctx, None, **method_opts), ctx)
+        scores = _scores_checked(m, _call(m, ctx, None, opts, reports), ctx)
         masks = _select(scores, None, budgets, keep, ctx.seed, "once")
     elif m.kind == "iterative":
-        opts = dict(method_opts)
         rounds = check_int("rounds", opts.pop("rounds"), minimum=1)
         masks = None  # everything alive before the first round
         workspace: dict = {}
@@ -237,7 +260,8 @@ def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] 
         scores = {}
         for r in range(1, rounds + 1):
             alive = masks
-            scores = _scores_checked(m, m.fn(ctx, alive, **opts), ctx)
+            ctx.round = r
+            scores = _scores_checked(m, _call(m, ctx, alive, opts, reports), ctx)
             frac = r / rounds
             if budgets is None:
                 k_r = keep if r == rounds else _round_half_up(total * density ** frac)
@@ -251,12 +275,13 @@ def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] 
                 kept = k_r if b_r is None else sum(b_r.values())
                 progress_log.info("%s round %d/%d: %d weights kept", m.name, r, rounds, kept,
                                   extra={"round": r, "rounds": rounds})
+        ctx.round = 0  # outside rounds again (a ratios: ranking runs before the method)
         if alive is not None:  # report weights pruned in earlier rounds as -inf
             scores = {n: np.where(alive[n], s, -np.inf) for n, s in scores.items()}
     else:
         if budgets is None:
             raise RuntimeError(f"method {m.name!r} builds masks and needs layer budgets")
-        raw = m.fn(ctx, budgets, **method_opts)
+        raw = _call(m, ctx, budgets, opts, reports)
         masks = {}
         for t in ctx.active:
             arr = np.asarray(raw[t.param]).astype(bool, copy=False)
@@ -274,21 +299,23 @@ def _run(m: Method, ctx: PruneContext, sparsity: float, budgets: dict[str, int] 
         arr = masks.get(t.param)
         out[t.param] = (torch.ones(t.shape, dtype=torch.bool) if arr is None
                         else torch.from_numpy(np.ascontiguousarray(arr, dtype=bool)))
-    return PruneResult(out, scores, budgets, m.name, sparsity, ctx.cache.get("report"))
+    return PruneResult(Masks._trusted(out), scores, budgets, m.name, sparsity,
+                       reports[-1] if reports else None)
 
 
 def _check_allocation_spec(spec) -> None:
     if spec is None or isinstance(spec, Mapping) or _ratio_method(spec) is not None:
         return
+    names = A.ALLOCATIONS.names()
     if not isinstance(spec, str):
-        raise ValueError(f"allocation must be one of {', '.join(A.NAMED_ALLOCATIONS)}, "
+        raise ValueError(f"allocation must be one of {', '.join(names)}, "
                          f"'ratios:<method>' or a dict name -> density; got {spec!r}")
-    if spec not in A.NAMED_ALLOCATIONS:
-        raise ValueError(f"unknown allocation {spec!r}; valid: {', '.join(A.NAMED_ALLOCATIONS)}, "
+    if spec not in A.ALLOCATIONS:
+        raise ValueError(f"unknown allocation {spec!r}; valid: {', '.join(names)}, "
                          "'ratios:<method>' (e.g. 'ratios:snip') or a dict name -> density")
 
 
-def _plan(method, scope, allocation, options: dict):
+def _plan(method, scope, allocation, options: dict, method_values: bool = True):
     """What can be checked without the model: the method, scope, allocation and options."""
     m = get_method(method)
     if scope not in SCOPES:
@@ -304,8 +331,8 @@ def _plan(method, scope, allocation, options: dict):
     _check_allocation_spec(spec)
     ratio = _ratio_method(spec)
     needs_data = m.needs_data or (ratio is not None and ratio.needs_data)
-    method_opts, alloc_opts, data_opts = _split_options(m, options, spec, needs_data)
-    return m, spec, ratio, needs_data, method_opts, alloc_opts, data_opts
+    return m, spec, ratio, needs_data, _split_options(m, options, spec, needs_data,
+                                                      method_values)
 
 
 def check_options(method: str, *, scope: str = "global", allocation=None, **options) -> None:
@@ -319,7 +346,7 @@ def check_options(method: str, *, scope: str = "global", allocation=None, **opti
     ...
     ValueError: max_batches must be an int >= 1, got 0; None reads every batch of data
     """
-    _plan(method, scope, allocation, options)
+    _plan(method, scope, allocation, options, method_values=False)
 
 
 def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=None,
@@ -328,8 +355,7 @@ def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=
     """Like :func:`prune`, but return a :class:`PruneResult` with the scores too."""
     sparsity = _check_sparsity(sparsity)
     seed = _check_seed(seed)
-    m, spec, ratio, needs_data, method_opts, alloc_opts, data_opts = _plan(
-        method, scope, allocation, options)
+    m, spec, ratio, needs_data, opts = _plan(method, scope, allocation, options)
     if data is None:
         if m.needs_data:
             raise ValueError(_needs_data_message(m))
@@ -341,17 +367,17 @@ def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=
     active = [t for t in targets if t.param not in excluded]
     if not active:
         raise ValueError(f"exclude={exclude!r} leaves no prunable weight to prune")
-    ctx = PruneContext(model, targets, active, seed, input_shape, data,
-                       {**data_opts, **alloc_opts})
+    ctx = PruneContext(model, targets, active, seed, input_shape, data, _fields_of(opts.data))
     if needs_data:
         ctx.batches()  # read and check the data before any scoring work
     if m.budgets_from_option is not None:
-        budgets = _budgets_from_masks(m, ctx, method_opts.get(m.budgets_from_option), sparsity)
+        budgets = _budgets_from_masks(m, ctx, getattr(opts.method, m.budgets_from_option),
+                                      sparsity)
     elif spec is None:
         budgets = None
     else:
-        budgets = _resolve_allocation(spec, ctx, sparsity, alloc_opts)
-    return _run(m, ctx, sparsity, budgets, method_opts)
+        budgets = _resolve_allocation(spec, ctx, sparsity, opts.allocation)
+    return _run(m, ctx, sparsity, budgets, opts.method, opts.forwarded)
 
 
 def _budgets_from_masks(m: Method, ctx: PruneContext, masks, sparsity: float) -> dict[str, int]:
@@ -359,26 +385,12 @@ def _budgets_from_masks(m: Method, ctx: PruneContext, masks, sparsity: float) ->
     if masks is None:
         raise ValueError(f"method {m.name!r} needs the option {opt}= (the masks to shuffle, e.g. "
                          "the output of topo_pai.prune)")
-    if not isinstance(masks, Mapping):
-        raise ValueError(f"option {opt!r} must be a dict param name -> mask, got "
-                         f"{type(masks).__name__}")
-    known = {t.param: t for t in ctx.targets}
-    unknown = [k for k in masks if k not in known]
-    if unknown:
-        raise ValueError(f"option {opt!r} names {unknown[:5]}, which are not prunable weights")
-    for name, arr in masks.items():
-        check_mask_value(name, arr)  # None, sparse or meta: an error, never "dense"
-    budgets = {}
-    for t in ctx.active:
-        arr = masks.get(t.param)
-        if arr is None:  # left out: dense
-            budgets[t.param] = t.numel
-            continue
-        arr = arr.detach().cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
-        if arr.shape != t.shape:
-            raise ValueError(f"mask for '{t.param}' in option {opt!r} has shape {arr.shape}, "
-                             f"expected {t.shape}")
-        budgets[t.param] = int(np.count_nonzero(arr))
+    try:  # None, sparse, meta, 0/1, keys and shapes: the one mask validator
+        masks = as_masks(masks, model=ctx.model)
+    except MaskError as exc:
+        raise MaskError(f"option {opt!r}: {exc}") from None
+    budgets = {t.param: t.numel if t.param not in masks else int(masks[t.param].sum())
+               for t in ctx.active}  # a layer left out is dense
     total = sum(ctx.sizes.values())
     want = A.n_keep(total, sparsity)
     got = sum(budgets.values())
@@ -390,7 +402,7 @@ def _budgets_from_masks(m: Method, ctx: PruneContext, masks, sparsity: float) ->
 
 
 def prune(model, method: str, sparsity: float, *, input_shape, data=None, seed: int = 0,
-          scope: str = "global", allocation=None, exclude=(), **options) -> dict:
+          scope: str = "global", allocation=None, exclude=(), **options) -> Masks:
     """Prune ``model`` at initialisation; return its masks (the model is not modified).
 
     Parameters
@@ -438,9 +450,10 @@ def prune(model, method: str, sparsity: float, *, input_shape, data=None, seed: 
 
     Returns
     -------
-    dict
+    Masks
         ``{param name: bool tensor}`` (CPU, the weight's shape) for every
-        prunable weight (Linear, Conv1d, Conv2d), excluded ones all ``True``.
+        prunable weight (Linear, Conv1d, Conv2d), excluded ones all ``True``
+        (a :class:`~topo_pai.Masks`, a ``dict``).
 
     Raises
     ------

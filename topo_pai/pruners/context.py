@@ -145,7 +145,14 @@ class PruneContext:
     input_shape : tuple
     data : object or None
     options : dict
-        Allocation and generic options (``max_batches``, ``loss``, ``train_mode``).
+        The data options (``max_batches``, ``loss``, ``train_mode``; see
+        :class:`topo_pai.pruners.api.DataOptions`).
+    round : int
+        The round of an iterative method (1, 2, ...), set by the shared loop before
+        each call; 0 outside rounds.
+    cache : dict
+        A per-run memo for the scoring functions (derived values only, never state a
+        result depends on: that is passed explicitly).
     """
 
     def __init__(self, model, targets, active, seed, input_shape, data, options):
@@ -161,7 +168,8 @@ class PruneContext:
         self._abs: dict[str, np.ndarray] | None = None
         self._plain = None
         self._batches = None
-        self.cache: dict[str, Any] = {}  # per-run memo for the scoring functions
+        self.round = 0
+        self.cache: dict[str, Any] = {}
 
     @property
     def active_names(self) -> list[str]:

@@ -8,14 +8,80 @@ Every function here reads the model through a
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from topo_pai.checks import check_number
+from topo_pai.checks import check_int, check_number
 from topo_pai.pruners.registry import Method, register_method
 from topo_pai.pruners.select import rng_for, top_k
+from topo_pai.topology import RESOLUTIONS
+
+# -- options: one frozen dataclass per method, validated when built -------------------------
+
+def check_rounds(rounds) -> int:
+    return check_int("rounds", rounds, minimum=1)
+
+
+def check_resolution(resolution) -> str:
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"resolution must be {' or '.join(map(repr, RESOLUTIONS))}, got "
+                         f"{resolution!r}")
+    return resolution
+
+
+@dataclass(frozen=True)
+class IterSnipOptions:
+    """``iter_snip``: the number of scoring rounds."""
+
+    rounds: int = 100
+
+    def __post_init__(self):
+        object.__setattr__(self, "rounds", check_rounds(self.rounds))
+
+
+@dataclass(frozen=True)
+class GraspOptions:
+    """``grasp``: the logits are divided by ``temperature``."""
+
+    temperature: float = 200.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "temperature", check_number(
+            "temperature", self.temperature, minimum=0.0, min_open=True,
+            hint="the logits are divided by it (default 200)"))
+
+
+@dataclass(frozen=True)
+class SynflowOptions:
+    """``synflow``: rounds, and the graph the flow is taken on (``"neuron"``: the
+    published method; ``"channel"``: the faster variant)."""
+
+    rounds: int = 100
+    resolution: str = "neuron"
+
+    def __post_init__(self):
+        object.__setattr__(self, "rounds", check_rounds(self.rounds))
+        check_resolution(self.resolution)
+
+
+@dataclass(frozen=True)
+class ShuffleOptions:
+    """``shuffle``: the masks whose per-layer counts are kept (checked against the model
+    by ``prune``)."""
+
+    masks: Any = None
+
+
+@dataclass(frozen=True)
+class PhewOptions:
+    """``phew`` declares no options of its own here: they go to
+    ``topo_pai.pruners.phew.phew_masks``, which validates them (``element``,
+    ``stall_window``, ``min_yield``, ``max_walks``)."""
 
 
 def _random_scores(ctx, masks):
@@ -122,8 +188,6 @@ def _grasp_scores(ctx, masks, temperature=200.0):
     absolute value: scores are signed), exactly what the Synaptic-Flow code keeps.
     """
     del masks
-    temperature = check_number("temperature", temperature, minimum=0.0, min_open=True,
-                               hint="the logits are divided by it (default 200)")
     net, ws = _leaf_weights(ctx, None)
     dev = _device(net)
     loss_fn = _loss_fn(ctx)
@@ -167,10 +231,7 @@ def synflow_scores(ctx, masks, resolution="neuron"):
     multigraph (a conv kernel's edge weight is the sum of its kept ``|w|``, a
     pool links channel ``c`` to ``c``); its masks differ from the published
     method's."""
-    from topo_pai.topology import RESOLUTIONS
-
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution must be 'channel' or 'neuron', got {resolution!r}")
+    check_resolution(resolution)
     topo = ctx.topology()
     if masks is not None:
         topo = topo.with_masks(masks)
@@ -292,19 +353,19 @@ register_method(Method("magnitude", "score", _magnitude_scores, summary="|w|, gl
 register_method(Method("snip", "score", _snip_scores, needs_data=True,
                        summary="|g * w| on data (Lee et al. 2019)"))
 register_method(Method("iter_snip", "iterative", _snip_scores, needs_data=True,
-                       options={"rounds": 100},
+                       params=IterSnipOptions,
                        summary="SNIP re-scored over `rounds` rounds, exponential schedule"))
 register_method(Method("grasp", "score", _grasp_scores, needs_data=True,
-                       options={"temperature": 200.0},
+                       params=GraspOptions,
                        summary="keep high w * Hg, i.e. remove high -w * Hg (Wang et al. 2020)"))
 register_method(Method("synflow", "iterative", synflow_scores,
-                       options={"rounds": 100, "resolution": "neuron"},
+                       params=SynflowOptions,
                        summary="log10 |w * dR/dw| path flow, `rounds` rounds (Tanaka et al. 2020); "
                                "resolution='channel' is a faster variant"))
 register_method(Method("phew", "masks", _phew_masks, randomized=True, default_allocation="erk",
-                       forwards_options=True,
+                       forwards_options=True, params=PhewOptions,
                        summary="biased random walks on |w| (Patil & Dovrolis 2021); ERK budgets; "
                                "options go to phew_masks (element, stall_window, min_yield, max_walks)"))
 register_method(Method("shuffle", "masks", _shuffle_masks, randomized=True,
-                       options={"masks": None}, budgets_from_option="masks",
+                       params=ShuffleOptions, budgets_from_option="masks",
                        summary="permute the kept positions of `masks` within each layer"))

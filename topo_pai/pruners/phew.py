@@ -104,6 +104,7 @@ import scipy.sparse as sp
 
 from topo_pai.checks import check_int, check_number
 from topo_pai.kernels.propagate import group_by
+from topo_pai.masks.validate import abs_weights_array
 
 _JIT = {"nogil": True, "cache": True}
 #: Walks between two progress records (an ``objmode`` call each: negligible next to the walks).
@@ -1105,22 +1106,6 @@ class _WalkGraph:
         return int(self.goff[-1])
 
 
-def _abs_weights_array(name: str, w, shape) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(w, torch.Tensor):
-            w = w.detach().cpu().double().numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
-    arr = np.asarray(w, dtype=np.float64)
-    if arr.shape != tuple(shape):
-        raise ValueError(f"abs_weights['{name}'] has shape {arr.shape}, expected {tuple(shape)}")
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ValueError(f"abs_weights['{name}'] must be finite and non-negative (pass |w|)")
-    return np.ascontiguousarray(arr).reshape(-1)
-
-
 def _build(topo, abs_weights: Mapping[str, Any]) -> _WalkGraph:
     layers = topo.layers
     channel = topo.channel_structure
@@ -1133,7 +1118,7 @@ def _build(topo, abs_weights: Mapping[str, Any]) -> _WalkGraph:
     missing = [layer.param for layer in layers if layer.param not in abs_weights]
     if missing:
         raise KeyError(f"abs_weights lacks {missing}")
-    flat = [_abs_weights_array(layer.param, abs_weights[layer.param], layer.weight_shape)
+    flat = [abs_weights_array(layer.param, abs_weights[layer.param], layer.weight_shape)
             for layer in layers]
     l_woff = np.zeros(len(layers) + 1, dtype=np.int64)
     l_woff[1:] = np.cumsum([f.size for f in flat])

@@ -13,18 +13,53 @@ Kinds
 ``"iterative"``
     The same signature, called once per round with the current masks (dict of
     bool arrays, excluded layers absent); the shared loop prunes along the
-    exponential schedule ``density_t = density ** (t / rounds)``.
+    exponential schedule ``density_t = density ** (t / rounds)`` and sets
+    ``ctx.round`` (1, 2, ...) before each call. Its ``rounds`` option is the loop's.
 ``"masks"``
     ``fn(ctx, budgets, **options) -> {param: bool array}`` meeting every
     layer's integer budget exactly (PHEW, shuffle).
+
+Any kind may return a :class:`MethodOutput` instead, to hand back its own account of
+the run (NPB's balance report), which ``prune_with_scores`` returns as ``.report``.
+
+Options are a frozen dataclass declared beside each method (``params``): keyword
+options of :func:`~topo_pai.prune` map to its fields, which validate themselves; the
+function is called with the fields as keyword arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from topo_pai.registry import Entry, Registry
 
 KINDS = ("score", "iterative", "masks")
+
+
+@dataclass(frozen=True)
+class MethodOutput:
+    """What a method may return instead of a plain mapping: its result (scores or
+    masks) and its own account of the run (``report``, e.g. NPB's balance report)."""
+
+    result: Mapping
+    report: Any = None
+
+
+def options_dataclass(name: str, options: Mapping[str, Any]) -> type:
+    """A frozen dataclass whose fields are ``options`` (name to default), for methods
+    registered with an ``options`` dict instead of a ``params`` dataclass."""
+    def default(v):
+        if isinstance(v, (list, dict, set)):
+            return field(default_factory=lambda v=v: copy.deepcopy(v))
+        return field(default=v)
+
+    cls_name = "".join(part.capitalize() for part in name.split("_")) + "Options"
+    return dataclasses.make_dataclass(cls_name, [(k, Any, default(v)) for k, v in options.items()],
+                                      frozen=True)
 
 
 @dataclass(frozen=True)
@@ -44,8 +79,13 @@ class Method:
     randomized : bool
         Whether the masks depend on ``seed`` beyond tie-breaking (random,
         PHEW, shuffle): tests check that another seed gives other masks.
+    params : dataclass type, optional
+        The method's options (hyperparameters): a frozen dataclass whose fields have
+        defaults and validate themselves in ``__post_init__``; ``prune(**options)``
+        overrides them by name.
     options : dict
-        Option name to default value; ``prune(**options)`` may override them.
+        Option name to default value, for a method registered without ``params``
+        (a dataclass is made from it); with ``params``, its defaults (filled in).
     default_allocation : str or None
         Layer budgets used when neither ``allocation`` nor ``scope="layer"`` is
         given; ``None`` means one global threshold over the scores.
@@ -55,7 +95,7 @@ class Method:
         For ``"masks"`` methods that keep given masks' per-layer counts (shuffle):
         the option holding those masks; ``allocation`` and ``scope`` then do not apply.
     forwards_options : bool
-        Pass options not in ``options`` through to ``fn`` (which validates them).
+        Pass options not in ``params`` through to ``fn`` (which validates them).
     """
 
     name: str
@@ -68,8 +108,17 @@ class Method:
     summary: str = ""
     budgets_from_option: str | None = None
     forwards_options: bool = False
+    params: type | None = None
 
     def __post_init__(self):
+        if self.params is None:
+            object.__setattr__(self, "params", options_dataclass(self.name, self.options))
+        else:
+            defaults = self.entry.defaults()
+            if self.options and self.options != defaults:  # (dataclasses.replace passes both)
+                raise ValueError(f"method {self.name!r}: give its options as params (a "
+                                 "dataclass) or as options (a dict of defaults), not both")
+            object.__setattr__(self, "options", defaults)
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if (self.kind == "masks" and self.default_allocation is None
@@ -77,8 +126,20 @@ class Method:
             raise ValueError(f"method {self.name!r} builds masks for layer budgets, so it needs "
                              "a default_allocation (e.g. 'erk')")
 
+    @property
+    def entry(self) -> Entry:
+        """The method as a registry entry (its name, itself, its params dataclass)."""
+        return Entry(self.name, self, self.params, self.summary)
 
-_REGISTRY: dict[str, Method] = {}
+    def make_params(self, options: Mapping[str, Any]):
+        """The method's params dataclass from keyword ``options`` (unknown ones refused,
+        naming the method and listing the valid options)."""
+        return self.entry.make_params(dict(options), owner=f"method {self.name!r}")
+
+
+#: The registered pruning methods.
+METHODS: Registry[Method] = Registry(
+    "pruning method", hint=" (or register one with topo_pai.pruners.register_method)")
 
 
 def register_method(method: Method, *, overwrite: bool = False) -> Method:
@@ -89,11 +150,8 @@ def register_method(method: Method, *, overwrite: bool = False) -> Method:
     """
     if not isinstance(method, Method):
         raise TypeError(f"register_method expects a Method, got {type(method).__name__}")
-    if method.name in _REGISTRY and not overwrite:
-        raise ValueError(f"a method named {method.name!r} is already registered; pass "
-                         "overwrite=True to replace it")
-    _REGISTRY[method.name] = method
-    return method
+    return METHODS.register(method.name, method, params=method.params, summary=method.summary,
+                            overwrite=overwrite)
 
 
 def available_methods() -> list[str]:
@@ -104,29 +162,22 @@ def available_methods() -> list[str]:
     True
     """
     _ensure_builtins()
-    return sorted(_REGISTRY)
+    return sorted(METHODS.names())
 
 
 def get_method(name) -> Method:
     """The registered :class:`Method` called ``name``; ``ValueError`` listing the valid
     names otherwise."""
     _ensure_builtins()
-    if not isinstance(name, str) or name not in _REGISTRY:
-        from topo_pai.checks import did_you_mean
-
-        raise ValueError(f"unknown pruning method {name!r};{did_you_mean(name, _REGISTRY)} "
-                         f"valid methods are: "
-                         f"{', '.join(sorted(_REGISTRY))} (or register one with "
-                         "topo_pai.pruners.register_method)")
-    return _REGISTRY[name]
+    return METHODS.get(name)
 
 
 def describe_methods() -> str:
     """A one-line-per-method table: name, kind, data, options and their defaults."""
     _ensure_builtins()
     lines = []
-    for name in sorted(_REGISTRY):
-        m = _REGISTRY[name]
+    for name in sorted(METHODS.names()):
+        m = METHODS.get(name)
         opts = ", ".join(f"{k}={v!r}" for k, v in m.options.items()) or "-"
         data = "data" if m.needs_data else "data-free"
         lines.append(f"{name:<10} {m.kind:<9} {data:<9} {opts}  -- {m.summary}")

@@ -8,11 +8,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 
-from topo_pai.errors import MaskError
-from topo_pai.graph.masks import check_mask_value
+from topo_pai.masks.mask import Masks
 from topo_pai.pruners.targets import prunable_targets
 
 METHODS = ("prune", "parametrize")
@@ -105,25 +103,6 @@ def _modules_by_param(model) -> dict:
     return {t.param: (t, model.get_submodule(t.module)) for t in prunable_targets(model)}
 
 
-def _mask_tensor(name: str, m, shape, device):
-    check_mask_value(name, m)
-    if isinstance(m, np.ndarray):
-        m = torch.from_numpy(np.ascontiguousarray(m))
-    if not isinstance(m, torch.Tensor):
-        raise MaskError(f"mask for '{name}' must be a torch tensor or numpy array, got "
-                        f"{type(m).__name__}")
-    if tuple(m.shape) != tuple(shape):
-        raise MaskError(f"mask for '{name}' has shape {tuple(m.shape)} but the weight has shape "
-                        f"{tuple(shape)}")
-    if m.dtype != torch.bool:
-        if m.is_complex() or m.is_floating_point() and bool(torch.isnan(m).any()):
-            raise MaskError(f"mask for '{name}' holds NaN or complex values; masks hold 0 and 1")
-        if bool(((m != 0) & (m != 1)).any()):
-            raise MaskError(f"mask for '{name}' holds values other than 0 and 1")
-        m = m != 0
-    return m.detach().to(device=device, copy=True)
-
-
 def apply_masks(model, masks: Mapping, method: str = "prune"):
     """Attach ``masks`` to ``model`` **in place**; return the model.
 
@@ -131,9 +110,10 @@ def apply_masks(model, masks: Mapping, method: str = "prune"):
     ----------
     model : torch.nn.Module
         Modified in place: each masked weight is reparametrised.
-    masks : mapping
+    masks : Masks or mapping
         Parameter name (e.g. ``"layer1.0.conv1.weight"``) to a bool/0-1 tensor or
-        array of the weight's shape, as returned by :func:`topo_pai.prune`.
+        array of the weight's shape, as returned by :func:`topo_pai.prune`
+        (validated as :class:`~topo_pai.Masks` against ``model``).
     method : {"prune", "parametrize"}
         ``"prune"``: ``torch.nn.utils.prune.custom_from_mask`` (``weight_orig``
         parameter, ``weight_mask`` buffer, forward pre-hook).
@@ -158,22 +138,15 @@ def apply_masks(model, masks: Mapping, method: str = "prune"):
     """
     if method not in METHODS:
         raise ValueError(f"method must be 'prune' or 'parametrize', got {method!r}")
-    if not isinstance(masks, Mapping):
-        raise MaskError(f"masks must be a mapping from parameter name to a mask, got "
-                        f"{type(masks).__name__}")
     from torch.nn.utils import parametrize, prune
 
+    checked = Masks(masks, model=model)  # a copy: the model never shares the caller's tensors
     by_param = _modules_by_param(model)
     prepared = []
-    for name, m in masks.items():
-        if name not in by_param:
-            sample = ", ".join(list(by_param)[:5])
-            raise MaskError(f"mask key {name!r} is not a prunable weight of the model (Linear/Conv "
-                            f"weights, e.g. {sample}{', ...' if len(by_param) > 5 else ''})")
-        target, mod = by_param[name]
+    for name, m in checked.items():
+        _, mod = by_param[name]
         w = getattr(mod, "weight_orig", None)
-        device = (w if w is not None else mod.weight).device
-        prepared.append((mod, _mask_tensor(name, m, target.shape, device)))
+        prepared.append((mod, m.to(device=(w if w is not None else mod.weight).device)))
     for mod, mask in prepared:  # validate everything before touching the model
         kind = _mask_kind(mod)
         if kind is None and parametrize.is_parametrized(mod, "weight"):
@@ -227,8 +200,9 @@ def baked_copy(model):
     return bake_masks(copy.deepcopy(model, memo))
 
 
-def read_masks(model) -> dict:
-    """The masks attached to ``model`` by either method, as ``{param: bool tensor}`` (CPU).
+def read_masks(model) -> Masks:
+    """The masks attached to ``model`` by either method, as :class:`~topo_pai.Masks`
+    (``{param: bool tensor}`` on the CPU).
 
     ``topo_pai.from_torch(model, None, ...)`` reads the same masks by itself.
     """
@@ -243,4 +217,4 @@ def read_masks(model) -> dict:
                 if _is_weight_mask(p):
                     m = p.mask if m is None else (m & p.mask)
             out[name] = m.detach().cpu().clone()
-    return out
+    return Masks._trusted(out)

@@ -1,0 +1,206 @@
+"""The mask file formats: ``.pt`` (torch) or ``.npz`` (numpy) files, chosen by suffix.
+
+:meth:`topo_pai.Masks.save` and :meth:`topo_pai.Masks.load` (and :func:`topo_pai.save_masks`,
+:func:`topo_pai.load_masks`) read and write through this module.
+
+Both formats hold a plain ``{param name: bool array}`` mapping, readable
+without topo_pai: ``torch.load(path, weights_only=True)`` or ``numpy.load(path)``.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from topo_pai.errors import MaskError
+from topo_pai.masks.validate import check_mapping, mask_array
+
+SUFFIXES = (".pt", ".pth", ".npz")
+
+
+def check_suffix(path) -> str:
+    suffix = Path(os.fspath(path)).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"mask files must end in .pt, .pth (torch) or .npz (numpy); got "
+                         f"{os.fspath(path)!r}")
+    return suffix
+
+
+def write(arrays: Mapping[str, np.ndarray], path) -> Path:
+    """Write validated bool arrays to ``path`` (.pt/.pth or .npz, by suffix); return the
+    path. :meth:`topo_pai.Masks.save` (and :func:`topo_pai.save_masks`) call this."""
+    suffix = check_suffix(path)
+    path = Path(os.fspath(path))
+    if suffix == ".npz":
+        # Written entry by entry (as numpy.savez does) so that no mask name can clash
+        # with a keyword of numpy.savez.
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, arr in arrays.items():
+                with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+    else:
+        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, path)
+    return path
+
+
+#: The formats :func:`load_masks` recognises, as named in its messages.
+FORMAT_MASKS = "a {name: 0/1 mask} mapping"
+FORMAT_PRUNE = "a state_dict of a model pruned with torch.nn.utils.prune (*_orig and *_mask keys)"
+FORMAT_PARAMETRIZE = ("a state_dict of a model parametrised with torch.nn.utils.parametrize "
+                      "(*.parametrizations.* keys)")
+FORMAT_ZEROS = "a {name: weight} mapping whose zeros are the pruned entries"
+
+_PARAMETRIZED = ".parametrizations."
+
+
+def _read_raw(path):
+    suffix = check_suffix(path)
+    if suffix == ".npz":
+        try:
+            with np.load(os.fspath(path), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except ValueError as exc:
+            raise MaskError(f"{os.fspath(path)!r} holds something other than plain arrays: "
+                            f"{exc}") from exc
+        except zipfile.BadZipFile as exc:
+            raise MaskError(f"{os.fspath(path)!r} is not an .npz file: {exc}") from exc
+    try:
+        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise MaskError(f"{os.fspath(path)!r} is not a mask file torch can load safely: "
+                        f"{type(exc).__name__}: {exc}") from exc
+
+
+def guess_format(raw: Mapping) -> str:
+    """Which of the formats :func:`load_masks` reads ``raw`` is (one of the ``FORMAT_*``
+    strings), judged by its keys: ``*_orig`` with ``*_mask`` keys are a pruned state_dict,
+    ``*.parametrizations.*`` keys a parametrised one, anything else a plain mapping.
+
+    >>> import torch
+    >>> guess_format({"fc.weight_orig": torch.ones(1), "fc.weight_mask": torch.ones(1)})[:30]
+    'a state_dict of a model pruned'
+    """
+    keys = [k for k in raw if isinstance(k, str)]
+    if any(k.endswith("_mask") and k[:-len("_mask")] + "_orig" in raw for k in keys):
+        return FORMAT_PRUNE
+    if any(_PARAMETRIZED in k for k in keys):
+        return FORMAT_PARAMETRIZE
+    return FORMAT_MASKS
+
+
+def _tensor_entries(raw: Mapping, source: str, fmt: str) -> dict:
+    """The entries of ``raw`` with their names checked, values as given."""
+    out = {}
+    for name, v in raw.items():
+        if not isinstance(name, str) or not name:
+            raise MaskError(f"{source}: mask names must be non-empty strings, got {name!r} "
+                            f"(format guessed: {fmt})")
+        out[name] = v
+    return out
+
+
+def _mask_or_error(name, m, source: str, fmt: str, hint: str = "") -> np.ndarray:
+    try:
+        return mask_array(name, m)
+    except MaskError as exc:
+        raise MaskError(f"{source}: key '{name}': {exc} (format guessed: {fmt}){hint}") from None
+
+
+def _from_prune(raw: dict, source: str) -> dict:
+    out = {}
+    for key in raw:
+        if key.endswith("_orig") and key[:-len("_orig")] + "_mask" not in raw:
+            raise MaskError(f"{source}: key '{key}' has no matching "
+                            f"'{key[:-len('_orig')]}_mask' (format guessed: {FORMAT_PRUNE})")
+    for key, v in raw.items():
+        if key.endswith("_mask") and key[:-len("_mask")] + "_orig" in raw:
+            base = key[:-len("_mask")]
+            out[base] = _mask_or_error(key, v, source, FORMAT_PRUNE)
+    return out
+
+
+def _from_parametrize(raw: dict, source: str) -> dict:
+    """Masks of the parametrised tensors: every tensor a parametrisation of ``T`` holds with
+    the shape of ``T``'s original (several act as their product, as a chain applies them)."""
+    out = {}
+    originals = {k[:-len(".original")]: v for k, v in raw.items()
+                 if _PARAMETRIZED in k and k.endswith(".original")}
+    for prefix, original in originals.items():
+        owner, _, tensor = prefix.partition(_PARAMETRIZED)
+        base = f"{owner}.{tensor}"
+        held = [k for k in raw if k.startswith(prefix + ".") and k != prefix + ".original"
+                and isinstance(raw[k], (torch.Tensor, np.ndarray))
+                and tuple(raw[k].shape) == tuple(original.shape)]
+        if not held:
+            raise MaskError(f"{source}: key '{prefix}.original' is a parametrised tensor whose "
+                            f"parametrisations hold no mask of its shape, so its pruned entries "
+                            f"are unknown (format guessed: {FORMAT_PARAMETRIZE}); save the "
+                            "masks themselves (topo_pai.save_masks(topo_pai.read_masks(model), "
+                            "path))")
+        mask = None
+        for k in held:
+            m = _mask_or_error(k, raw[k], source, FORMAT_PARAMETRIZE)
+            mask = m if mask is None else mask & m
+        out[base] = mask
+    return out
+
+
+def _from_zeros(raw: dict, source: str) -> dict:
+    """Masks that are the non-zeros of every tensor of two or more dimensions (the shape
+    of Linear and Conv weights; 1-d biases and norm parameters and 0-d counters are not
+    masks)."""
+    out = {}
+    for name, w in raw.items():
+        if not isinstance(w, (torch.Tensor, np.ndarray)):
+            raise MaskError(f"{source}: key '{name}' holds {type(w).__name__}, not a tensor "
+                            f"(format guessed: {FORMAT_ZEROS})")
+        if w.ndim < 2:
+            continue
+        if isinstance(w, torch.Tensor):
+            w = w.detach().cpu()
+            if w.is_complex() or w.dtype in (torch.float16, torch.bfloat16):
+                w = w.to(torch.complex64 if w.is_complex() else torch.float32)
+            w = w.numpy()
+        if w.dtype.kind not in "biufc":
+            raise MaskError(f"{source}: key '{name}' has dtype {w.dtype}, not a number "
+                            f"(format guessed: {FORMAT_ZEROS})")
+        if w.dtype.kind in "fc" and not np.all(np.isfinite(w)):
+            raise MaskError(f"{source}: key '{name}' holds NaN or infinite values, so its zeros "
+                            f"are not a mask (format guessed: {FORMAT_ZEROS})")
+        out[name] = w != 0
+    return out
+
+
+def masks_from_mapping(raw, *, from_zeros: bool = False, source: str = "masks") -> dict:
+    """Masks ``{param: bool array}`` read from ``raw`` in any format :func:`load_masks` reads.
+
+    ``source`` names where ``raw`` came from in error messages.
+    """
+    check_mapping(raw, source)
+    fmt = guess_format(raw)
+    if from_zeros and fmt == FORMAT_MASKS:
+        fmt = FORMAT_ZEROS
+    raw = _tensor_entries(raw, source, fmt)
+    if fmt == FORMAT_PRUNE:
+        return _from_prune(raw, source)
+    if fmt == FORMAT_PARAMETRIZE:
+        return _from_parametrize(raw, source)
+    if fmt == FORMAT_ZEROS:
+        return _from_zeros(raw, source)
+    hint = ("; if these are weights whose zeros are the pruned entries, pass from_zeros=True "
+            "(--masks-from-zeros on the command line)")
+    return {name: _mask_or_error(name, m, source, fmt, hint) for name, m in raw.items()}
+
+
+def read(path, *, from_zeros: bool = False) -> dict[str, np.ndarray]:
+    """The masks in ``path`` as validated bool arrays, in any format
+    :meth:`topo_pai.Masks.load` reads (see there)."""
+    return masks_from_mapping(_read_raw(path), from_zeros=from_zeros,
+                              source=repr(os.fspath(path)))
