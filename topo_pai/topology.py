@@ -450,10 +450,10 @@ class Topology:
         |w|}``, as for :meth:`flows`) the spectral gap is also taken on ``|w|``
         summed per kernel. ``resolution`` applies to the effective counts
         (parameters, kernels, nodes, paths); the layer graphs are the channel
-        graph's. The singular values cost one sparse SVD per layer (two with
-        weights), a few hundred products with the layer's matrix each, where
-        every other measure is O(non-zeros); ``spectra=False`` leaves them out
-        (their columns and totals are then ``None``).
+        graph's. The singular values cost one small eigenproblem per layer (two
+        with weights; see :func:`topo_pai.metrics.measures.top_singular_values`),
+        where every other measure is O(non-zeros); ``spectra=False`` leaves them
+        out (their columns and totals are then ``None``).
 
         Examples
         --------
