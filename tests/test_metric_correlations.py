@@ -59,3 +59,15 @@ def test_recorded_columns_are_used_and_failures_are_reported():
                                                         method="random", shuffled=False,
                                                         sparsity=0.9, seed=0))
     assert not bad["reproduced"] and bad["error"]
+
+
+def test_code_of_record_is_imported_from_its_export(tmp_path, monkeypatch):
+    """The re-pruning subprocess imports topo_pai from the exported commit even when the
+    study script runs from the repository root (where `python -c` would find today's)."""
+    code = tmp_path / "export"
+    (code / "topo_pai").mkdir(parents=True)
+    (code / "topo_pai" / "__init__.py").write_text("")
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # the repository root
+    proc = mc.run_with_code(code, ["-c", "import topo_pai; print(topo_pai.__file__)"])
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).resolve() == (code / "topo_pai" / "__init__.py").resolve()

@@ -450,10 +450,10 @@ class Topology:
         |w|}``, as for :meth:`flows`) the spectral gap is also taken on ``|w|``
         summed per kernel. ``resolution`` applies to the effective counts
         (parameters, kernels, nodes, paths); the layer graphs are the channel
-        graph's. The singular values cost one sparse SVD per layer (two with
-        weights), a few hundred products with the layer's matrix each, where
-        every other measure is O(non-zeros); ``spectra=False`` leaves them out
-        (their columns and totals are then ``None``).
+        graph's. The singular values cost one small eigenproblem per layer (two
+        with weights; see :func:`topo_pai.metrics.measures.top_singular_values`),
+        where every other measure is O(non-zeros); ``spectra=False`` leaves them
+        out (their columns and totals are then ``None``).
 
         Examples
         --------
@@ -472,10 +472,10 @@ class Topology:
             weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights))
         layers, sizes = self.program.layers, self.channel_structure.sizes
         mats = [self.layer_matrix(i) for i in range(len(layers))]
+        degree_pairs = [ms.degrees(M) for M in mats]  # once per layer: reused below
         in_deg = {0: np.zeros(sizes[0])}
         col_sums = []
-        for i, M in enumerate(mats):
-            r, c = ms.degrees(M)
+        for i, (r, c) in enumerate(degree_pairs):
             in_deg[i + 1] = r
             col_sums.append(c)
         out_deg = {g: np.zeros(n) for g, n in sizes.items()}
@@ -501,7 +501,7 @@ class Topology:
                      out_units=int(sizes[0]), **roles[0])]
         for i, (layer, lm, M) in enumerate(zip(layers, self._layer_masks, mats)):
             W = None if prepared is None else self.layer_matrix(i, prepared)
-            row = ms.bipartite_measures(M, W, spectra)
+            row = ms.bipartite_measures(M, W, spectra, degree_pair=degree_pairs[i])
             if resolution == "channel":
                 fin, bout = self.layer_reach(i, "channel")
                 row["effective_kernels"] = ms.effective_kernels(M, fin, bout)
@@ -510,7 +510,7 @@ class Topology:
                 row["effective_kernels"] = int(eff_masks[layer.param].reshape(
                     O, per_group, -1).any(axis=2).sum())
             sink = (in_deg[i + 1] > 0) & (out_deg[i + 1] == 0) & ~is_output[i + 1]
-            row.update(ms.lost_edges(M, input_has_in[i], sink))
+            row.update(ms.lost_edges(M, input_has_in[i], sink, degree_pair=degree_pairs[i]))
             row.update(roles[i + 1])
             row.update(name=self.group_names[i + 1], kind=layer.kind,
                        shape=tuple(layer.weight_shape), in_units=int(M.shape[1]),

@@ -110,8 +110,10 @@ def _rebuild_and_measure(cfg_dict: dict, row: dict) -> dict:
 #: Run by the code of record (its own ``topo_pai`` first on the path): prune one trial as
 #: that code's ``run_trial`` did, and save the masks and initial weights.
 _OLD_CODE_SCRIPT = """
-import json, sys, numpy as np, torch
+import json, os, sys, numpy as np, torch
 import topo_pai
+if not os.path.abspath(topo_pai.__file__).startswith(os.getcwd() + os.sep):
+    sys.exit(f"imported {topo_pai.__file__}, not the code of record in {os.getcwd()}")
 from topo_pai.experiments.sweep import SweepConfig, Trial, _datasets
 from topo_pai.experiments.training import seed_everything
 from topo_pai.models import get_model
@@ -168,10 +170,22 @@ def _export_code(commit: str) -> Path:
     return target
 
 
+def run_with_code(code: Path, args: list[str]):
+    """``python *args`` importing ``topo_pai`` from ``code`` (an exported commit).
+
+    It runs *in* ``code``: ``python -c`` puts the working directory first on
+    ``sys.path``, ahead of ``PYTHONPATH``, so run from the repository root it would
+    import today's ``topo_pai`` instead of the code of record."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(code))
+    return subprocess.run([sys.executable, *args], env=env, cwd=str(code),
+                          capture_output=True, text=True)
+
+
 def _measure_with_code(cfg_dict: dict, row: dict, commit: str) -> dict:
     """Re-prune ``row``'s trial with the code of ``commit`` (in a subprocess), then measure
     the masks with today's code."""
-    import subprocess
     import tempfile
 
     import torch
@@ -184,10 +198,8 @@ def _measure_with_code(cfg_dict: dict, row: dict, commit: str) -> dict:
     code = _export_code(commit)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "masks.npz"
-        env = dict(os.environ, PYTHONPATH=str(code))
-        proc = subprocess.run([sys.executable, "-c", _OLD_CODE_SCRIPT, json.dumps(cfg_dict),
-                               json.dumps(row), str(path)], env=env, capture_output=True,
-                              text=True)
+        proc = run_with_code(code, ["-c", _OLD_CODE_SCRIPT, json.dumps(cfg_dict),
+                                    json.dumps(row), str(path)])
         if proc.returncode != 0 or not path.exists():
             return dict(trial_id=row["trial_id"], reproduced=False, options=None,
                         error=proc.stderr[-500:])
@@ -195,7 +207,7 @@ def _measure_with_code(cfg_dict: dict, row: dict, commit: str) -> dict:
             masks = {k[2:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("m:")}
             state = {k[2:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("w:")}
     cfg = SweepConfig.from_dict(cfg_dict)
-    train_set, _ = _datasets(cfg, None)
+    train_set = _datasets(cfg, None)[0]  # today's: (train, val, test)
     shape = train_set.input_shape
     model = get_model(row["model"], in_channels=shape[0], num_classes=train_set.num_classes,
                       input_size=tuple(shape[1:]), **cfg.model_kwargs.get(row["model"], {}))

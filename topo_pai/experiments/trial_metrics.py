@@ -2,7 +2,7 @@
 
 :func:`metric_columns` turns :meth:`topo_pai.Topology.metrics` totals into the
 flat columns a sweep row carries when its configuration sets ``metrics = true``
-(:data:`METRIC_COLUMNS`; the spectral gaps cost one sparse SVD per layer, so they
+(:data:`METRIC_COLUMNS`; the spectral gaps cost an eigenproblem per layer, so they
 are opt-in). The weighted spectral gap is taken on ``|w|`` of the model's
 weights as pruned, i.e. at initialisation.
 

@@ -39,21 +39,59 @@ import math
 import numpy as np
 import scipy.sparse as sp
 
-#: Blocks with at most this many entries, or with a side shorter than 3 (where
-#: ARPACK cannot find two singular values), take a dense SVD of the block itself.
+#: Blocks with at most this many entries, or with a side shorter than 3, take a dense
+#: SVD of the block itself.
 DENSE_SVD_MAX_ENTRIES = 4096
-#: A block larger than this many entries whose sparse SVD does not converge is
-#: refused rather than densified (8 bytes an entry).
+#: A block larger than this many entries that the iterative route cannot settle
+#: (no convergence, or a ``mu_hat`` below :data:`SQUARING_FLOOR`) is refused rather
+#: than densified (8 bytes an entry).
 DENSE_SVD_FALLBACK_MAX_ENTRIES = 1 << 25
+#: The block Lanczos iteration stops when both Ritz pairs ``(theta, v)`` of the Gram
+#: matrix ``G`` have ``||G v - theta v|| <= GRAM_RESIDUAL_TOL * theta_1``.
+GRAM_RESIDUAL_TOL = 1e-10
+#: Below this ``mu_hat / mu0`` the rounding of the Gram matrix (``eps * mu0^2``) may
+#: be a visible part of ``mu_hat^2``; such blocks take a direct SVD of the block.
+SQUARING_FLOOR = 1e-6
+#: The Krylov basis is capped at this many vectors; a block that needs more takes
+#: ``scipy.sparse.linalg.svds``.
+LANCZOS_MAX_COLUMNS = 600
+#: Blocks with at least this fraction of non-zeros and at most
+#: :data:`DENSE_OPERAND_MAX_ENTRIES` entries are multiplied as dense arrays
+#: (one BLAS pass beats the sparse gather there).
+DENSE_OPERAND_MIN_DENSITY = 0.25
+DENSE_OPERAND_MAX_ENTRIES = 1 << 22
+#: Blocks whose shorter side is at most this (and with at most
+#: :data:`DENSE_OPERAND_MAX_ENTRIES` entries) form the dense Gram matrix (``side^2``
+#: entries, one BLAS product) and take its top two eigenvectors from LAPACK
+#: (``syevr``); longer sides take block Lanczos, which never forms it.
+GRAM_MAX_SIDE = 512
 
 
 def top_singular_values(matrix) -> tuple[float, float]:
     """The two largest singular values ``(mu0, mu_hat)`` of a sparse matrix.
 
-    ``scipy.sparse.linalg.svds`` (ARPACK, a fixed start vector, so the result
-    is deterministic) on the CSR block; tiny blocks (see
-    :data:`DENSE_SVD_MAX_ENTRIES`) take a dense SVD of the block. Missing
-    singular values are 0.
+    Both are square roots of the two largest eigenvalues of the Gram matrix
+    ``G = B^T B`` of the block's shorter side (``B`` is the block or its
+    transpose, ``k x k`` for ``k = min(C_in, C_out)``), found in one of two ways:
+
+    * ``k <= GRAM_MAX_SIDE`` (:data:`GRAM_MAX_SIDE`; every channel block of the
+      usual CNNs but their widest): ``G`` is formed densely (one BLAS product)
+      and LAPACK's ``syevr`` returns its top two eigenvectors;
+    * otherwise :func:`gram_top_ritz_vectors`, block Lanczos on ``G`` without
+      forming it (each step multiplies by ``B`` and ``B^T``), stopped when both
+      Ritz residuals are at most :data:`GRAM_RESIDUAL_TOL` times the largest
+      Ritz value.
+
+    Either way the two vectors ``V`` are orthonormal, and the reported values
+    are the singular values of ``B V`` (no squaring there; each is at most the
+    true one of its rank, by interlacing). Squaring does cost precision when
+    ``mu_hat`` is far below ``mu0``: below :data:`SQUARING_FLOOR` times ``mu0``
+    (a rank-one block, say), and when Lanczos does not converge within
+    :data:`LANCZOS_MAX_COLUMNS` vectors, the block takes a direct SVD (dense
+    LAPACK, or ``scipy.sparse.linalg.svds`` on blocks too large to densify).
+    Tiny blocks (see :data:`DENSE_SVD_MAX_ENTRIES`) take a dense SVD of the
+    block. The start block is seeded, so results are deterministic; BLAS runs
+    on one thread here. Missing singular values are 0.
 
     >>> import scipy.sparse as sp
     >>> top_singular_values(sp.csr_array(np.ones((3, 4))))  # rank one: sqrt(12), 0
@@ -67,18 +105,135 @@ def top_singular_values(matrix) -> tuple[float, float]:
         return 0.0, 0.0
     if min(m, n) < 3 or m * n <= DENSE_SVD_MAX_ENTRIES:
         return _dense_top_two(A)
+    B = A if m >= n else A.T.tocsr()  # G = B^T B is min(m, n) square
+    k = B.shape[1]
+    dense = m * n <= DENSE_OPERAND_MAX_ENTRIES
+    with _one_blas_thread():
+        if dense and k <= GRAM_MAX_SIDE:
+            from scipy.linalg import eigh
+
+            D = B.toarray()
+            V = eigh(D.T @ D, subset_by_index=[k - 2, k - 1], driver="evr")[1]
+            times = D.__matmul__
+        else:
+            if dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n:
+                D = B.toarray()
+                gram, times = (lambda X: D.T @ (D @ X)), D.__matmul__
+            else:
+                BT = B.T.tocsr()
+                gram, times = (lambda X: _csr_times(BT, _csr_times(B, X))), \
+                    (lambda X: _csr_times(B, X))
+            V = gram_top_ritz_vectors(gram, k)
+        if V is not None:
+            s = np.linalg.svd(times(V), compute_uv=False)
+            mu0, mu_hat = float(s[0]), float(s[1])
+            if mu_hat >= SQUARING_FLOOR * mu0:
+                return _clean(mu0, mu_hat)
+        return _direct_top_two(A)
+
+
+def _csr_times(A, X):
+    # one sparse product per column: scipy's multi-vector CSR kernel is slower here
+    return np.column_stack([A @ X[:, j] for j in range(X.shape[1])])
+
+
+def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
+                          max_columns: int | None = None):
+    """Two orthonormal Ritz vectors (``k x 2``) of the largest eigenvalues of a
+    symmetric positive semidefinite operator, or ``None`` without convergence.
+
+    ``gram(X)`` multiplies a ``k x b`` array. Block Lanczos with block size 2 and
+    two passes of classical Gram-Schmidt against the whole basis; directions of
+    a new block with norm at most ``1e-12`` times the largest Ritz value are
+    dropped (an invariant subspace: the block shrinks, and the iteration ends
+    when nothing is left or the basis spans all ``k`` dimensions, where the
+    Ritz values are exact). The Ritz residual of ``y`` is ``||W y_last||`` for
+    the projected new block ``W``, exact with full reorthogonalisation; the
+    iteration stops when both are at most ``tol`` (default
+    :data:`GRAM_RESIDUAL_TOL`) times the largest Ritz value, so each Ritz value
+    is within that distance of an eigenvalue (and, by interlacing, at most the
+    eigenvalue of its rank).
+
+    >>> G = np.diag([5.0, 4.0, 4.0, 1.0, 0.5])
+    >>> V = gram_top_ritz_vectors(lambda X: G @ X, 5)
+    >>> np.round(np.diag(V.T @ G @ V), 12)
+    array([5., 4.])
+    """
+    from scipy.linalg import eig_banded
+
+    tol = GRAM_RESIDUAL_TOL if tol is None else tol
+    max_columns = min(k, LANCZOS_MAX_COLUMNS if max_columns is None else max_columns)
+    basis = np.empty((max_columns, k))  # one basis vector a row
+    H = np.zeros((max_columns + 4, max_columns))  # padded: band columns read 4 rows
+    band = np.zeros((4, max_columns))  # H's lower band (block tridiagonal, blocks <= 2)
+    basis[:2] = np.linalg.qr(np.random.default_rng(0).standard_normal((k, 2)))[0].T
+    start, stop, step, scale = 0, 2, 0, 0.0
+    while True:
+        Qt = basis[:stop]
+        W = gram(basis[start:stop].T)
+        C = Qt @ W
+        W -= Qt.T @ C
+        C2 = Qt @ W  # second pass: full reorthogonalisation
+        W -= Qt.T @ C2
+        C += C2
+        H[:stop, start:stop] = C
+        H[start:stop, :start] = C[:start].T
+        H[start:stop, start:stop] = (C[start:] + C[start:].T) / 2
+        for j in range(max(0, start - 3), stop):
+            band[:, j] = H[j:j + 4, j]
+        step += 1
+        # the Ritz values move little between steps: test every other step
+        if step <= 4 or step % 2 == 0 or stop == k:
+            theta, Y = eig_banded(band[:, :stop], lower=True, select="i",
+                                  select_range=(stop - 2, stop - 1))
+            theta, Y = theta[::-1], Y[:, ::-1]
+            scale = max(float(theta[0]), 0.0)
+            residual = np.linalg.norm(W @ Y[start:stop], axis=0)
+            if stop == k or np.all(residual <= tol * scale):
+                return Qt.T @ Y
+        U, sv, _ = np.linalg.svd(W, full_matrices=False)
+        keep = sv > 1e-12 * scale
+        if not keep.any():
+            theta, Y = eig_banded(band[:, :stop], lower=True, select="i",
+                                  select_range=(stop - 2, stop - 1))
+            return Qt.T @ Y[:, ::-1]
+        nxt = U[:, keep][:, :k - stop]
+        if stop + nxt.shape[1] > max_columns:
+            return None
+        basis[stop:stop + nxt.shape[1]] = nxt.T
+        start, stop = stop, stop + nxt.shape[1]
+
+
+def _direct_top_two(A) -> tuple[float, float]:
+    """A direct SVD: dense LAPACK where the block may be densified, else ARPACK."""
+    m, n = A.shape
+    if m * n <= DENSE_SVD_FALLBACK_MAX_ENTRIES:
+        return _dense_top_two(A)
     from scipy.sparse.linalg import ArpackNoConvergence, svds
 
     v0 = np.random.default_rng(0).standard_normal(min(m, n))
     try:
         s = svds(A, k=2, v0=v0, return_singular_vectors=False)
     except ArpackNoConvergence:
-        if m * n > DENSE_SVD_FALLBACK_MAX_ENTRIES:
-            raise ValueError(f"the sparse SVD of a {m}x{n} block did not converge, and the "
-                             "block is too large for a dense SVD") from None
-        return _dense_top_two(A)
+        raise ValueError(f"the sparse SVD of a {m}x{n} block did not converge, and the "
+                         "block is too large for a dense SVD") from None
     s = np.sort(np.abs(s))[::-1]
     return _clean(float(s[0]), float(s[1]))
+
+
+_BLAS_CONTROLLER = []
+
+
+def _one_blas_thread():
+    """Pin BLAS to one thread: these products are small, and on shared cores a
+    second BLAS thread made them many times slower. (The controller is made
+    once, after numpy's and scipy's BLAS are loaded: finding them costs ms.)"""
+    if not _BLAS_CONTROLLER:
+        import scipy.linalg  # noqa: F401  (loads scipy's own BLAS)
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
 def _dense_top_two(A) -> tuple[float, float]:
@@ -96,8 +251,17 @@ def _clean(mu0: float, mu_hat: float) -> tuple[float, float]:
 def degrees(matrix) -> tuple[np.ndarray, np.ndarray]:
     """``(in_degree, out_degree)``: row sums (per output unit) and column sums (per
     input unit) of a non-negative multiplicity matrix, as float64."""
-    A = sp.csr_array(matrix, dtype=np.float64)
-    return np.asarray(A.sum(axis=1)).ravel(), np.asarray(A.sum(axis=0)).ravel()
+    A = _csr(matrix)
+    rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))
+    return (np.bincount(rows, weights=A.data, minlength=A.shape[0]).astype(np.float64),
+            np.bincount(A.indices, weights=A.data, minlength=A.shape[1]).astype(np.float64))
+
+
+def _csr(matrix):
+    """``matrix`` as a float64 CSR array, without a copy when it already is one."""
+    if isinstance(matrix, sp.csr_array) and matrix.dtype == np.float64:
+        return matrix
+    return sp.csr_array(matrix, dtype=np.float64)
 
 
 def kept_degree_stats(degree: np.ndarray) -> tuple[float, float]:
@@ -130,7 +294,8 @@ def _sqrt_minus_one(d: float) -> float:
     return math.sqrt(d - 1.0) if d >= 1.0 else 0.0
 
 
-def bipartite_measures(matrix, weighted=None, spectra: bool = True) -> dict:
+def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
+                       degree_pair=None) -> dict:
     """The measures of one layer graph (see the module docstring).
 
     Parameters
@@ -144,6 +309,8 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True) -> dict:
     spectra : bool
         Take the singular values (default). Without them ``mu0``, ``mu_hat``,
         both gaps and the weighted trio are ``None`` and the rest costs O(nnz).
+    degree_pair : tuple of arrays, optional
+        ``degrees(matrix)`` when the caller has it already.
 
     Returns
     -------
@@ -159,14 +326,17 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True) -> dict:
     >>> round(m["mu0"] ** 2, 9), m["mu_hat"], round(m["ramanujan_gap"], 9)  # 1 + sqrt(2)
     (6.0, 0.0, 2.414213562)
     """
-    A = sp.csr_array(matrix, dtype=np.float64)
-    A.eliminate_zeros()
-    in_deg, out_deg = degrees(A)
+    A = _csr(matrix)
+    if A.nnz and not A.data.all():  # explicit zeros are not edges
+        A = A.copy()
+        A.eliminate_zeros()
+        degree_pair = None
+    in_deg, out_deg = degrees(A) if degree_pair is None else degree_pair
     min_in, mean_in = kept_degree_stats(in_deg)
     min_out, mean_out = kept_degree_stats(out_deg)
     mu0, mu_hat = top_singular_values(A) if spectra else (None, None)
     out = dict(
-        kernels=int(A.nnz), edges=float(A.sum()),
+        kernels=int(A.nnz), edges=float(A.data.sum()),
         kept_inputs=int(np.count_nonzero(out_deg)), kept_outputs=int(np.count_nonzero(in_deg)),
         min_in_degree=min_in, mean_in_degree=mean_in,
         min_out_degree=min_out, mean_out_degree=mean_out,
@@ -209,7 +379,8 @@ def unit_roles(in_degree: np.ndarray, out_degree: np.ndarray, is_input: bool,
                 disconnected_units=int(isolated.sum()))
 
 
-def lost_edges(matrix, input_has_in: np.ndarray, output_is_sink: np.ndarray) -> dict:
+def lost_edges(matrix, input_has_in: np.ndarray, output_is_sink: np.ndarray, *,
+               degree_pair=None) -> dict:
     """Edges of one layer that touch a source or a sink unit (Cunegatti et al.).
 
     ``lost_in_edges``: edges (with multiplicity) leaving an input unit that has
@@ -219,7 +390,7 @@ def lost_edges(matrix, input_has_in: np.ndarray, output_is_sink: np.ndarray) -> 
     >>> lost_edges(np.array([[1, 2], [3, 0]]), np.array([True, False]), np.array([False, True]))
     {'lost_in_edges': 2.0, 'lost_out_edges': 3.0}
     """
-    in_deg, out_deg = degrees(matrix)
+    in_deg, out_deg = degrees(matrix) if degree_pair is None else degree_pair
     return dict(lost_in_edges=float(out_deg[~np.asarray(input_has_in, bool)].sum()),
                 lost_out_edges=float(in_deg[np.asarray(output_is_sink, bool)].sum()))
 
@@ -234,9 +405,9 @@ def effective_kernels(matrix, fin: np.ndarray, bout: np.ndarray) -> int:
     2
     """
     A = sp.csr_array(matrix)
-    A.eliminate_zeros()
     rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))
-    return int(np.count_nonzero(np.asarray(bout, bool)[rows] & np.asarray(fin, bool)[A.indices]))
+    edge = (A.data != 0) & np.asarray(bout, bool)[rows] & np.asarray(fin, bool)[A.indices]
+    return int(np.count_nonzero(edge))
 
 
 def sparsity_and_compression(params: int, kept: int) -> tuple[float, float]:

@@ -1,0 +1,177 @@
+"""The routes of topo_pai.metrics.measures.top_singular_values (dense Gram + LAPACK,
+block Lanczos on a dense or a sparse operand, the direct-SVD fallbacks) against
+dense LAPACK SVDs of the block and closed forms, on the cases where they differ from
+a plain SVD: clustered and repeated top spectra, rank-deficient blocks, a tiny
+mu_hat, 1xN / Nx1 and empty blocks."""
+
+import numpy as np
+import pytest
+import scipy.linalg as sl
+import scipy.sparse as sp
+
+from topo_pai.metrics import measures as ms
+
+ROUTES = ["gram-eigh", "lanczos-dense", "lanczos-sparse"]
+
+
+@pytest.fixture(params=ROUTES)
+def route(request, monkeypatch):
+    """Force one route on blocks of any size (the defaults pick by size)."""
+    monkeypatch.setattr(ms, "DENSE_SVD_MAX_ENTRIES", 0)
+    if request.param != "gram-eigh":
+        monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 0)
+    if request.param == "lanczos-dense":
+        monkeypatch.setattr(ms, "DENSE_OPERAND_MIN_DENSITY", 0.0)
+    if request.param == "lanczos-sparse":
+        monkeypatch.setattr(ms, "DENSE_OPERAND_MAX_ENTRIES", 0)
+    return request.param
+
+
+@pytest.fixture
+def direct_calls(monkeypatch):
+    """Counts the calls of the direct-SVD fallback."""
+    calls = []
+    real = ms._direct_top_two
+
+    def spy(A):
+        calls.append(A.shape)
+        return real(A)
+
+    monkeypatch.setattr(ms, "_direct_top_two", spy)
+    return calls
+
+
+def _svd_oracle(B):
+    s = sl.svdvals(np.asarray(B, dtype=np.float64))
+    return float(s[0]), float(s[1]) if s.size > 1 else 0.0
+
+
+def _with_spectrum(m, n, sigma, seed):
+    """A dense m x n matrix with the given leading singular values (random singular
+    vectors; the remaining ones are 0)."""
+    rng = np.random.default_rng(seed)
+    U = np.linalg.qr(rng.standard_normal((m, len(sigma))))[0]
+    V = np.linalg.qr(rng.standard_normal((n, len(sigma))))[0]
+    return (U * np.asarray(sigma, dtype=np.float64)) @ V.T
+
+
+@pytest.mark.parametrize("shape", [(60, 45), (45, 60), (130, 7)])
+def test_random_blocks_against_lapack(route, shape):
+    rng = np.random.default_rng(sum(shape))
+    B = (rng.random(shape) < 0.3) * rng.integers(1, 9, shape)
+    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B))
+    e0, e1 = _svd_oracle(B)
+    assert mu0 == pytest.approx(e0, rel=1e-12)
+    assert mu_hat == pytest.approx(e1, rel=1e-10)
+
+
+def test_clustered_top_spectrum(route):
+    """sigma_2 and sigma_3 a hair apart (the case that made ARPACK slow): the second
+    value is still sigma_2, to rounding."""
+    sigma = [10.0, 4.0, 4.0 - 1e-7, 3.99, 3.9] + list(np.linspace(3.8, 0.1, 40))
+    B = _with_spectrum(70, 55, sigma, seed=1)
+    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B))
+    assert mu0 == pytest.approx(10.0, rel=1e-12)
+    assert mu_hat == pytest.approx(4.0, rel=1e-10)
+
+
+@pytest.mark.parametrize("inner", [(20, 15), (1, 30), (30, 1)])
+def test_repeated_top_value_two_equal_components(route, inner):
+    """Two equal components: sigma_1 has multiplicity two, so mu_hat = mu0 (block
+    Lanczos with block size 2 must not miss the second copy)."""
+    rng = np.random.default_rng(7)
+    R = rng.integers(1, 5, inner).astype(float)
+    B = sl.block_diag(R, R, 0.5 * R)
+    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B))
+    top = np.linalg.norm(R, 2)
+    assert mu0 == pytest.approx(top, rel=1e-12)
+    assert mu_hat == pytest.approx(top, rel=1e-10)
+
+
+def test_depthwise_diagonal_block(route):
+    """A depthwise layer's channel block is diagonal: all singular values are the
+    multiplicities, sorted."""
+    d = np.full(40, 9.0)
+    d[5] = 7.0
+    mu0, mu_hat = ms.top_singular_values(sp.diags_array(d).tocsr())
+    assert (mu0, mu_hat) == pytest.approx((9.0, 9.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_rank_deficient(route, direct_calls, rank):
+    """Rank 1 has mu_hat = 0 exactly (through the direct fallback, since the Gram
+    route leaves sigma_2 at rounding level); ranks 2 and 3 the exact sigma_2."""
+    rng = np.random.default_rng(rank)
+    B = rng.integers(0, 3, (50, rank)) @ rng.integers(1, 3, (rank, 40))
+    B[:, 0] = 0  # an empty column as well
+    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B.astype(float)))
+    e0, e1 = _svd_oracle(B)
+    assert mu0 == pytest.approx(e0, rel=1e-12)
+    if rank == 1:
+        assert mu_hat == 0.0
+        assert direct_calls  # decided by the direct SVD, not by the squared route
+    else:
+        assert mu_hat == pytest.approx(e1, rel=1e-9)
+
+
+def test_tiny_mu_hat_takes_the_direct_svd(route, direct_calls):
+    """sigma_2 / sigma_1 = 1e-9: below the squaring floor, the direct SVD recovers it
+    to relative precision (squared, it would be lost under eps * sigma_1^2)."""
+    B = _with_spectrum(40, 30, [1.0, 1e-9], seed=3)
+    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B))
+    assert direct_calls == [(40, 30)]
+    assert mu0 == pytest.approx(1.0, rel=1e-12)
+    assert mu_hat == pytest.approx(1e-9, rel=1e-5)
+
+
+def test_mu_hat_above_the_floor_stays_on_the_fast_route(route, direct_calls):
+    B = _with_spectrum(40, 30, [1.0, 1e-3, 1e-4], seed=4)
+    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B))
+    assert not direct_calls
+    assert (mu0, mu_hat) == pytest.approx((1.0, 1e-3), rel=1e-9)
+
+
+def test_lanczos_without_convergence_falls_back(monkeypatch, direct_calls):
+    monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 0)
+    monkeypatch.setattr(ms, "LANCZOS_MAX_COLUMNS", 4)
+    rng = np.random.default_rng(9)
+    B = (rng.random((90, 80)) < 0.2) * 1.0
+    assert ms.top_singular_values(sp.csr_array(B)) == pytest.approx(_svd_oracle(B), rel=1e-12)
+    assert direct_calls == [(90, 80)]
+
+
+@pytest.mark.parametrize("shape", [(1, 5000), (5000, 1), (2, 3000), (3000, 2)])
+def test_thin_blocks(shape):
+    rng = np.random.default_rng(0)
+    B = (rng.random(shape) < 0.1) * rng.integers(1, 4, shape)
+    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B))
+    e0, e1 = _svd_oracle(B)
+    assert mu0 == pytest.approx(e0, rel=1e-12)
+    assert mu_hat == (0.0 if 1 in shape else pytest.approx(e1, rel=1e-12))
+
+
+@pytest.mark.parametrize("shape", [(1000, 1000), (0, 700), (700, 0), (3, 5000)])
+def test_empty_blocks(shape):
+    assert ms.top_singular_values(sp.csr_array(shape)) == (0.0, 0.0)
+
+
+def test_gram_top_ritz_vectors_closed_form():
+    """A diagonal operator with a clustered and a repeated eigenvalue: the two Ritz
+    vectors span the top eigenvalues' space, and an exhausted Krylov space (k = 6)
+    still returns them."""
+    d = np.array([5.0, 3.0, 3.0 - 1e-9, 1.0, 0.5, 0.25])
+    V = ms.gram_top_ritz_vectors(lambda X: d[:, None] * X, 6)
+    assert np.allclose(V.T @ V, np.eye(2), atol=1e-13)
+    assert np.diag(V.T @ (d[:, None] * V)) == pytest.approx([5.0, 3.0], rel=1e-9)
+    d = np.concatenate([[4.0, 4.0], np.linspace(3, 0, 300)])
+    V = ms.gram_top_ritz_vectors(lambda X: d[:, None] * X, d.size)
+    assert np.diag(V.T @ (d[:, None] * V)) == pytest.approx([4.0, 4.0], rel=1e-10)
+    assert ms.gram_top_ritz_vectors(lambda X: d[:, None] * X, d.size, max_columns=4) is None
+
+
+def test_deterministic_and_input_untouched(route):
+    rng = np.random.default_rng(5)
+    A = sp.csr_array((rng.random((120, 90)) < 0.3).astype(float))
+    before = A.copy()
+    assert ms.top_singular_values(A) == ms.top_singular_values(A)
+    assert (A != before).nnz == 0 and A.has_canonical_format == before.has_canonical_format
