@@ -22,6 +22,7 @@ from torch import nn  # noqa: E402
 import topo_pai  # noqa: E402
 from topo_pai.models import resnet20  # noqa: E402
 from topo_pai.pruners import phew as P  # noqa: E402
+from topo_pai.pruners.phew import geometry, pruner  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # models
@@ -224,9 +225,9 @@ class RefGraph:
 
 
 def _prepared(topo, aw, budgets):
-    graph = P._build(topo, aw)
-    state = P._initial_state(graph, budgets)
-    assert P._prepare_tables(graph, state)
+    graph = geometry.build_walk_graph(topo, aw)
+    state = pruner.initial_state(graph, budgets)
+    assert pruner.prepare_tables(graph, state)
     return graph, state
 
 
@@ -253,7 +254,7 @@ def test_walk_kernel_matches_python_reference(model_name, mode, tiny, r20):
         rand = rng.random(2 * graph.max_steps + 2)
         if trial % 10 == 0:
             _unkeep_all(state, ref)
-        path, elems, added, _ = P._walk_once(graph, state, forward, start, rand, mode)
+        path, elems, added, _ = pruner.walk_once(graph, state, forward, start, rand, mode)
         want_path, want_elems = ref.walk(forward, start, rand, largest=mode == 1)
         assert list(path) == want_path
         assert list(elems) == want_elems
@@ -271,7 +272,7 @@ def test_paired_walk_kernel_matches_python_reference(model_name, mode, tiny, r20
         fstart, bstart = int(rng.integers(ref.n_input)), int(rng.choice(outputs))
         rand = rng.random(4 * graph.max_steps + 4)
         _unkeep_all(state, ref)
-        (fp, fe), (bp, be), _, _ = P._walk_pair_once(graph, state, fstart, bstart, rand, mode)
+        (fp, fe), (bp, be), _, _ = pruner.walk_pair_once(graph, state, fstart, bstart, rand, mode)
         (wfp, wfe), (wbp, wbe) = ref.walk_pair(fstart, bstart, rand, largest=mode == 1)
         assert (list(fp), list(fe), list(bp), list(be)) == (wfp, wfe, wbp, wbe)
 
