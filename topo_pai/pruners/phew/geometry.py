@@ -86,16 +86,15 @@ class WalkGraph:
 
 
 @numba.njit(inline="always", **_JIT)
-def kernel_base(o, c, layer, l_woff, l_pgi, l_opg, l_kv):
-    """Flat index of the first element of kernel ``w[o, i]`` of ``layer``, where
-    ``c`` is the input unit (numbered across groups) and ``i`` its index within
-    ``o``'s conv group."""
-    pgi = l_pgi[layer]
-    opg = l_opg[layer]
+def kernel_offset(o, c, woff, pgi, opg, kv):
+    """Flat index of the first element of kernel ``w[o, i]`` of a layer whose weights
+    start at ``woff``, where ``c`` is the input unit (numbered across groups) and ``i``
+    its index within ``o``'s conv group. Scalars only: numba counts references to the
+    arrays an inlined function receives, once per call of the walks' hot loop."""
     i = c
     if o >= opg:  # grouped conv: input units are numbered across groups
         i -= (o // opg) * pgi
-    return l_woff[layer] + (o * pgi + i) * l_kv[layer]
+    return woff + (o * pgi + i) * kv
 
 
 @numba.njit(**_JIT)

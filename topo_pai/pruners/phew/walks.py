@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from topo_pai.pruners.phew.alias import node_table
-from topo_pai.pruners.phew.geometry import edge_kept, kernel_base, span
+from topo_pai.pruners.phew.geometry import edge_kept, kernel_offset, span
 
 _JIT = {"nogil": True, "cache": True}
 #: Walks between two progress records (an ``objmode`` call each: negligible next to the walks).
@@ -110,8 +110,8 @@ def choose_element(o, c, blk, u, mode, geo, wk, wbits, allowed, dense):
     """
     if mode == 0 and dense and geo.b_st[blk] < 0:  # the common case: one whole kernel
         layer = geo.b_layer[blk]
-        base = kernel_base(np.int64(o), np.int64(c), layer, geo.l_woff, geo.l_pgi, geo.l_opg,
-                           geo.l_kv)
+        base = kernel_offset(np.int64(o), np.int64(c), geo.l_woff[layer], geo.l_pgi[layer],
+                             geo.l_opg[layer], geo.l_kv[layer])
         return kernel_draw(base, geo.l_kv[layer], u, wk)
     st_idx = geo.st_idx
     ident, k0, k1, g0, kbase, pgi, kv = span(o, c, blk, geo)
@@ -174,31 +174,6 @@ def choose_element(o, c, blk, u, mode, geo, wk, wbits, allowed, dense):
     return last
 
 
-@numba.njit(inline="always", **_JIT)
-def step_element(o, c, b, v, fast, mode, b_layer, b_st, l_woff, l_pgi, l_opg, l_kv, geo, wk,
-                 wbits, allowed, dense, count, budget, full):
-    """The element a step along channel edge ``(c -> o)`` of block ``b`` keeps, drawn
-    with the uniform ``v`` (-1 when the layer is full, or the edge has no allowed
-    element): ``(element, elements added, the layer became full)``. The common
-    element draw (``fast``: one whole kernel, all allowed) is inlined."""
-    layer = b_layer[b]
-    if full[layer]:
-        return -1, 0, False
-    if fast and b_st[b] < 0:
-        elem = kernel_draw(kernel_base(o, c, layer, l_woff, l_pgi, l_opg, l_kv), l_kv[layer],
-                           v, wk)
-    else:
-        elem = choose_element(o, c, b, v, mode, geo, wk, wbits, allowed, dense)
-    if elem < 0 or wbits[elem] < 0:
-        return elem, 0, False
-    wbits[elem] = wbits[elem] | KEPT_BIT
-    count[layer] += 1
-    if count[layer] >= budget[layer]:
-        full[layer] = 1
-        return elem, 1, True
-    return elem, 1, False
-
-
 @numba.njit(**_JIT)
 def walk(forward, start, rand, rng, ptr, rec, ntot, terminal, n_input, b_layer, b_st, l_woff,
          l_pgi, l_opg, l_kv, b_soff, b_doff, geo, wk, wbits, allowed, dense, count, budget, full,
@@ -212,10 +187,12 @@ def walk(forward, start, rand, rng, ptr, rec, ntot, terminal, n_input, b_layer, 
     step, the chosen element to ``elems`` (-1 when the layer was already full).
     Returns ``(steps, elements added, some layer became full)``.
 
-    Hot loop: every array comes unpacked and the draws are inlined
-    (:func:`alias_slot`, :func:`step_element`), so that numba emits no reference
-    counting per step; the next step's record is read before the current step's
-    element is chosen, so that their cache misses overlap.
+    Hot loop: every array comes unpacked, and the draws (:func:`alias_slot`,
+    :func:`kernel_draw`, :func:`~.geometry.kernel_offset`) are inlined and receive
+    at most one array, so that numba emits almost no reference counting per step
+    (passing the step's dozen arrays to one inlined helper made PHEW twice as
+    slow); the next step's record is read before the current step's element is
+    chosen, so that their cache misses overlap.
     """
     fast = mode == 0 and dense
     draw = rand.shape[0] == 0
@@ -269,11 +246,22 @@ def walk(forward, start, rand, rng, ptr, rec, ntot, terminal, n_input, b_layer, 
         else:
             o = node - b_doff[b]
             c = nxt - b_soff[b]
-        elem, n_added, n_filled = step_element(o, c, b, v, fast, mode, b_layer, b_st, l_woff,
-                                               l_pgi, l_opg, l_kv, geo, wk, wbits, allowed,
-                                               dense, count, budget, full)
-        added += n_added
-        filled = filled or n_filled
+        layer = b_layer[b]
+        elem = -1
+        if not full[layer]:
+            if fast and b_st[b] < 0:  # one whole kernel, all allowed
+                base = kernel_offset(o, c, l_woff[layer], l_pgi[layer], l_opg[layer],
+                                     l_kv[layer])
+                elem = kernel_draw(base, l_kv[layer], v, wk)
+            else:
+                elem = choose_element(o, c, b, v, mode, geo, wk, wbits, allowed, dense)
+            if elem >= 0 and wbits[elem] >= 0:
+                wbits[elem] = wbits[elem] | KEPT_BIT
+                count[layer] += 1
+                added += 1
+                if count[layer] >= budget[layer]:
+                    full[layer] = 1
+                    filled = True
         elems[steps] = elem
         steps += 1
         path[steps] = nxt
@@ -303,7 +291,7 @@ def walk_pair(fstart, bstart, rand, rng, fptr, frec, fntot, bptr, brec, bntot, t
     ``elems[w]`` and ``steps_out[w]`` are as in :func:`walk` for walk ``w``
     (0 forward, 1 backward). Returns ``(elements added, some layer became
     full)``. The two walks' steps are written out side by side on purpose (see
-    :func:`walk`); their draws are the shared inlined functions.
+    :func:`walk`); their draws are the same inlined functions.
     """
     fast = mode == 0 and dense
     draw = rand.shape[0] == 0
@@ -419,22 +407,48 @@ def walk_pair(fstart, bstart, rand, rng, fptr, frec, fntot, bptr, brec, bntot, t
                     b_blk, b_ablk = brec[s].blk, brec[s].ablk
         # -- phase 2: the forward walk's element, then the backward walk's -------------
         if a_on:
-            elem, n_added, n_filled = step_element(
-                a_nxt - b_doff[a_b], a_node - b_soff[a_b], a_b, a_vc, fast, mode, b_layer, b_st,
-                l_woff, l_pgi, l_opg, l_kv, geo, wk, wbits, allowed, dense, count, budget, full)
-            added += n_added
-            filled = filled or n_filled
+            o = a_nxt - b_doff[a_b]
+            c = a_node - b_soff[a_b]
+            layer = b_layer[a_b]
+            elem = -1
+            if not full[layer]:
+                if fast and b_st[a_b] < 0:  # one whole kernel, all allowed
+                    base = kernel_offset(o, c, l_woff[layer], l_pgi[layer], l_opg[layer],
+                                         l_kv[layer])
+                    elem = kernel_draw(base, l_kv[layer], a_vc, wk)
+                else:
+                    elem = choose_element(o, c, a_b, a_vc, mode, geo, wk, wbits, allowed, dense)
+                if elem >= 0 and wbits[elem] >= 0:
+                    wbits[elem] = wbits[elem] | KEPT_BIT
+                    count[layer] += 1
+                    added += 1
+                    if count[layer] >= budget[layer]:
+                        full[layer] = 1
+                        filled = True
             elems[0, a_steps] = elem
             a_steps += 1
             paths[0, a_steps] = a_nxt
             a_node = a_nxt
             a_on = a_go
         if b_on:
-            elem, n_added, n_filled = step_element(
-                b_node - b_doff[b_b], b_nxt - b_soff[b_b], b_b, b_vc, fast, mode, b_layer, b_st,
-                l_woff, l_pgi, l_opg, l_kv, geo, wk, wbits, allowed, dense, count, budget, full)
-            added += n_added
-            filled = filled or n_filled
+            o = b_node - b_doff[b_b]
+            c = b_nxt - b_soff[b_b]
+            layer = b_layer[b_b]
+            elem = -1
+            if not full[layer]:
+                if fast and b_st[b_b] < 0:  # one whole kernel, all allowed
+                    base = kernel_offset(o, c, l_woff[layer], l_pgi[layer], l_opg[layer],
+                                         l_kv[layer])
+                    elem = kernel_draw(base, l_kv[layer], b_vc, wk)
+                else:
+                    elem = choose_element(o, c, b_b, b_vc, mode, geo, wk, wbits, allowed, dense)
+                if elem >= 0 and wbits[elem] >= 0:
+                    wbits[elem] = wbits[elem] | KEPT_BIT
+                    count[layer] += 1
+                    added += 1
+                    if count[layer] >= budget[layer]:
+                        full[layer] = 1
+                        filled = True
             elems[1, b_steps] = elem
             b_steps += 1
             paths[1, b_steps] = b_nxt
@@ -452,7 +466,7 @@ def close_layer(layer, edges, enabled, geo, wbits, fdirty, bdirty):
     ends of every edge it drops get their transition tables rebuilt."""
     e_o, e_c, e_block, l_e0 = edges
     b_st, b_soff, b_doff = geo.b_st, geo.b_soff, geo.b_doff
-    kv = geo.l_kv[layer]
+    woff, pgi, opg, kv = geo.l_woff[layer], geo.l_pgi[layer], geo.l_opg[layer], geo.l_kv[layer]
     for e in range(l_e0[layer], l_e0[layer + 1]):
         if not enabled[e]:
             continue
@@ -460,7 +474,7 @@ def close_layer(layer, edges, enabled, geo, wbits, fdirty, bdirty):
         o = np.int64(e_o[e])
         c = np.int64(e_c[e])
         if b_st[blk] < 0:  # one kernel, scanned here (the common case)
-            base = kernel_base(o, c, layer, geo.l_woff, geo.l_pgi, geo.l_opg, geo.l_kv)
+            base = kernel_offset(o, c, woff, pgi, opg, kv)
             kept = False
             for t in range(base, base + kv):
                 if wbits[t] < 0:
