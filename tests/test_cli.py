@@ -156,7 +156,7 @@ def test_output_and_input_paths_are_checked_before_any_work(argv, match, tmp_pat
     (tmp_path / "results.json").write_text("[]")
     import topo_pai.cli as cli
     from topo_pai.experiments import sweep
-    from topo_pai import plotting
+    from topo_pai.experiments import plotting
     monkeypatch.setattr(cli, "_model_and_shape", _boom)
     monkeypatch.setattr(sweep, "run_sweep", _boom)
     monkeypatch.setattr(sweep, "pending_trials", _boom)
@@ -222,7 +222,7 @@ def test_help_documents_debugging_exit_codes_and_the_lock(capsys):
 
 
 def test_analyze_json_is_strict_and_writes_no_path_as_in_results_json(tmp_path, capsys):
-    from topo_pai.experiments.sweep import _json_safe
+    from topo_pai.experiments.store import _json_safe
 
     torch.manual_seed(0)
     model = topo_pai.models.get_model("lenet_300_100", in_channels=1, input_size=28)

@@ -149,7 +149,7 @@ def test_progress_lines(capsys):
 def test_curves_feed_the_plots(tmp_path):
     mpl = pytest.importorskip("matplotlib")
     mpl.use("Agg")
-    from topo_pai.plotting import plot_node_path_curves
+    from topo_pai.experiments.plotting import plot_node_path_curves
 
     rows = node_path_curves(tiny, ["random", "npb"], [0.5, 0.9], input_shape=SHAPE)
     fig = plot_node_path_curves(rows, layout="both")

@@ -24,7 +24,7 @@ distributed = pytest.importorskip(
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from topo_pai.experiments import distributed as dist_engine
+from topo_pai.experiments.executors import dask as dist_engine
 from topo_pai.experiments.distributed import ClusterResourceError, local_cluster
 from topo_pai.experiments.sweep import SweepConfig, SweepError, run_sweep
 

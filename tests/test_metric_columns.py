@@ -78,7 +78,7 @@ def test_plot_metric_vs_accuracy_cli(tmp_path, capsys):
 def test_plot_metric_vs_accuracy_values(tmp_path):
     import matplotlib
     matplotlib.use("Agg")
-    from topo_pai.plotting import plot_metric_vs_accuracy
+    from topo_pai.experiments.plotting import plot_metric_vs_accuracy
     fig = plot_metric_vs_accuracy(_results_with_metric(tmp_path / "r"), "mean_ramanujan_gap")
     titles = sorted(ax.get_title() for ax in fig.axes if ax.get_title())
     assert titles == ["90%: Spearman ρ = +1.00 (n=3)", "99%: Spearman ρ = +1.00 (n=3)"]

@@ -1,4 +1,4 @@
-"""topo_pai.plotting: the drawn data equal the aggregated records; bad input fails clearly."""
+"""topo_pai.experiments.plotting: the drawn data equal the aggregated records; bad input fails clearly."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ mpl = pytest.importorskip("matplotlib")
 mpl.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from topo_pai import plotting as P  # noqa: E402
+from topo_pai.experiments import plotting as P  # noqa: E402
 
 INF = float("-inf")
 

@@ -10,6 +10,7 @@ import pytest
 
 import topo_pai
 from topo_pai.experiments import sweep as S
+from topo_pai.experiments.executors import local as local_executor
 from topo_pai.experiments.sweep import (COLUMNS, ResultsStore, SweepConfig, SweepConfigMismatch,
                                         SweepError, SweepLocked, read_results, run_sweep)
 
@@ -65,7 +66,7 @@ def test_resume_skips_finished_trials(tmp_path, monkeypatch):
     assert len(read_results(out / "results.jsonl")) == 5
     calls = []
     real = S.run_trial
-    monkeypatch.setattr(S, "run_trial", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(local_executor, "run_trial", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     rows = run_sweep(cfg, out, progress=False)
     assert len(calls) == 7 and len(rows) == 12
     calls.clear()
@@ -154,7 +155,7 @@ def test_unknown_names(kind, change, tmp_path):
 ])
 def test_method_options_are_checked_before_any_trial(options, match, tmp_path, monkeypatch):
     """They failed every trial of the method, one at a time, after the sweep had started."""
-    monkeypatch.setattr(S, "run_trial", lambda *a, **k: pytest.fail("a trial ran"))
+    monkeypatch.setattr(local_executor, "run_trial", lambda *a, **k: pytest.fail("a trial ran"))
     with pytest.raises(ValueError, match=match):
         run_sweep(SweepConfig(**{**TINY, "method_options": options}), tmp_path / "s",
                   progress=False)
@@ -247,7 +248,7 @@ def test_reordering_the_grid_is_the_same_configuration(tmp_path, monkeypatch):
     cfg = SweepConfig(**{**TINY, "shuffled": ()})
     rows = run_sweep(cfg, out, progress=False)
     calls = []
-    monkeypatch.setattr(S, "run_trial", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(local_executor, "run_trial", lambda *a, **k: calls.append(a))
     again = SweepConfig(**{**TINY, "shuffled": (), "sparsities": (0.99, 0.5), "seeds": (1, 0),
                            "methods": ("synflow", "random")})
     assert again.same_as(cfg) and again.fingerprint() == cfg.fingerprint()

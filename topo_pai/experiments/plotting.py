@@ -20,10 +20,10 @@ marker on the bottom edge of its panel, never silently dropped.
 
 The axes follow the paper (Pham et al., NeurIPS 2023): x is the natural log of
 the effective nodes (channels), y is log10 of the effective paths. matplotlib
-is imported only when a figure is drawn, so ``import topo_pai.plotting`` works
+is imported only when a figure is drawn, so ``import topo_pai.experiments.plotting`` works
 without it.
 
->>> from topo_pai.plotting import aggregate
+>>> from topo_pai.experiments.plotting import aggregate
 >>> rows = [dict(method="snip", sparsity=0.9, seed=s, effective_nodes=100,
 ...              log10_paths=p, accuracy=a) for s, p, a in [(0, 10.0, 0.8), (1, 12.0, 0.9)]]
 >>> g = aggregate(rows)[0]
@@ -42,6 +42,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from topo_pai.experiments.schema import BOOL_COLUMNS, FLOAT_COLUMNS, INT_COLUMNS
 
 __all__ = [
     "aggregate",
@@ -62,20 +64,13 @@ _NO_PATH_MARKER = "v"
 NODE_AXIS = "ln(effective nodes)"
 PATH_AXIS = "log10(effective paths)"
 
-_BOOL_COLUMNS = {"shuffled"}
-_INT_COLUMNS = {"seed", "effective_nodes", "n_nodes", "effective_params", "unpruned_params",
-                "total_params", "flops", "dense_flops", "epochs", "threads"}
-_FLOAT_COLUMNS = {"sparsity", "log10_paths", "accuracy", "test_loss", "prune_seconds",
-                  "train_seconds"}
-
-
 # ------------------------------------------------------------------------ loading
 def _plt():
     try:
         import matplotlib
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - exercised only without matplotlib
-        raise ImportError("topo_pai.plotting needs matplotlib: pip install topo_pai[plot] "
+        raise ImportError("topo_pai.experiments.plotting needs matplotlib: pip install topo_pai[plot] "
                           "(or pip install matplotlib)") from exc
     del matplotlib
     return plt
@@ -123,11 +118,11 @@ def _parse_int(v, column):
 def _typed(row: Mapping) -> dict:
     out = {}
     for k, v in row.items():
-        if k in _BOOL_COLUMNS:
+        if k in BOOL_COLUMNS:
             out[k] = _parse_bool(v, k)
-        elif k in _INT_COLUMNS:
+        elif k in INT_COLUMNS:
             out[k] = _parse_int(v, k)
-        elif k in _FLOAT_COLUMNS:
+        elif k in FLOAT_COLUMNS:
             out[k] = _parse_float(v, k)
         else:
             out[k] = v
@@ -229,7 +224,7 @@ def _require(rows: list[dict], columns: Iterable[str], what: str) -> None:
     missing = [c for c in columns if any(c not in r for r in rows)]
     if missing:
         raise ValueError(f"{what} needs the column(s) {', '.join(missing)} in every record "
-                         f"(see topo_pai.plotting); missing: {missing}")
+                         f"(see topo_pai.experiments.plotting); missing: {missing}")
 
 
 def _one_model(rows: list[dict], model) -> list[dict]:
@@ -905,7 +900,7 @@ def plot_node_path_curves(records, *, layout="plane", ax=None, model=None, annot
 
 def plot_metric_vs_accuracy(records, metric: str, *, model=None):
     """Accuracy against any numeric column (e.g. a graph measure of
-    :data:`topo_pai.experiments.trial_metrics.METRIC_COLUMNS`, ``log10_paths`` or
+    :data:`topo_pai.experiments.schema.METRIC_COLUMNS`, ``log10_paths`` or
     ``effective_nodes``): one panel per sparsity, one point per trial, coloured by
     method (shuffled variants hollow), with the panel's Spearman rank correlation.
 

@@ -18,7 +18,7 @@ at the end. To use several machines, start a scheduler and one worker per GPU
 How it works
 ------------
 * Every pending trial becomes one Dask task running
-  :func:`topo_pai.experiments.sweep.run_trial_dict`, which declares
+  :func:`topo_pai.experiments.trial.run_trial_dict`, which declares
   ``SweepConfig.resources`` (e.g. ``{"GPU": 1}``): the scheduler only gives it
   to a worker started with at least those resources (``dask worker --resources
   "GPU=1"``), one trial per unit. A sweep whose resources no connected worker
@@ -27,7 +27,7 @@ How it works
 * Results stream back with :func:`distributed.as_completed`; this process is
   the only writer of the results table and appends each row (fsync'ed) the
   moment its trial finishes, under the same rules as the local engine
-  (:mod:`topo_pai.experiments.sweep`): it holds the directory's lock,
+  (:mod:`topo_pai.experiments.store`): it holds the directory's lock,
   ``results.jsonl`` is the source of truth and the csv/json tables are
   exported from it. Killing a worker, or this process, loses only the trials
   still running. On Ctrl-C the trials not yet finished are cancelled on the
@@ -57,6 +57,8 @@ import traceback
 import uuid
 
 from topo_pai.errors import TopoPaiError
+from topo_pai.experiments.executors.progress import progress_bar
+from topo_pai.experiments.trial import run_trial_dict
 
 #: Environment of the local cluster's worker processes, set before they import torch.
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -252,13 +254,11 @@ def _run(client, cfg, pending, store, *, data_root, device, retries, resources,
          progress) -> dict[str, str]:
     from distributed import as_completed
 
-    from topo_pai.experiments.sweep import _bar, run_trial_dict
-
     cfg_dict = cfg.to_dict()
     # The run token keeps two sweeps on one shared scheduler from sharing the results of
     # equally named trials of different configurations.
     token = uuid.uuid4().hex[:8]
-    bar = _bar(len(pending), progress)
+    bar = progress_bar(len(pending), progress)
     futures = {}
     failed: dict[str, str] = {}
     try:
