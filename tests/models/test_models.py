@@ -20,7 +20,7 @@ import topo_pai
 from topo_pai.models import available_models, get_model, model_options
 from topo_pai.models.resnet import CifarResNet
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: oracles
 import oracles as O
 
 REQUIRED = {"lenet_300_100", "lenet5", "conv4", "conv6", "resnet20", "resnet32", "resnet56",

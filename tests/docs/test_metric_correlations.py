@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "docs" / "study"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "docs" / "study"))
 import metric_correlations as mc  # noqa: E402
 
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import topo_pai
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: oracles
 import oracles as O
 
 pytestmark = [

@@ -330,7 +330,7 @@ def _python_blocks(path):
 @pytest.mark.parametrize("doc", ["docs/metrics.md"])
 def test_documentation_examples_run(doc):
     import pathlib
-    root = pathlib.Path(__file__).resolve().parent.parent
+    root = pathlib.Path(__file__).resolve().parents[2]
     blocks = _python_blocks(root / doc)
     assert blocks
     for block in blocks:

@@ -20,10 +20,10 @@ from topo_pai.cli import main  # noqa: E402
 from topo_pai.compaction import _Adapter, _BiasMap  # noqa: E402
 from topo_pai.models import get_model  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
 import own_models  # noqa: E402
 
-OWN = str(Path(__file__).parent / "own_models.py")
+OWN = str(Path(__file__).parent.parent / "own_models.py")
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 

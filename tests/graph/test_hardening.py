@@ -28,7 +28,7 @@ from torch import nn
 import topo_pai
 from topo_pai import MaskError, PathCountTooLarge, TraceError, UnsupportedOpError
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: oracles
 import oracles as O
 
 RESOLUTIONS = ("channel", "neuron")

@@ -19,7 +19,7 @@ pytest.importorskip("ipykernel", reason="ipykernel is not installed (pip install
 pytest.importorskip("matplotlib", reason="the notebooks draw with matplotlib "
                     "(pip install topo_pai[plot])")
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 @pytest.fixture

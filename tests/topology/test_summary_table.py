@@ -17,7 +17,7 @@ from torch import nn  # noqa: E402
 import topo_pai  # noqa: E402
 from topo_pai.summary import COLUMNS  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
 import own_models  # noqa: E402
 
 SHAPE = (3, 8, 8)

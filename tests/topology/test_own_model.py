@@ -17,7 +17,7 @@ import topo_pai  # noqa: E402
 from topo_pai.cli import main  # noqa: E402
 from topo_pai.models.spec import build_model, check_input_shape, parse_model_spec  # noqa: E402
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent.parent  # tests/: own_models.py
 OWN = str(HERE / "own_models.py")
 SHAPE = (3, 8, 8)
 

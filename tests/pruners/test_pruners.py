@@ -109,7 +109,7 @@ def n_total(masks):
 def test_every_method_has_a_config():
     missing = sorted(set(available_methods()) - set(METHOD_CONFIGS))
     assert not missing, (f"registered methods without a test configuration: {missing}; add them "
-                         "to METHOD_CONFIGS in tests/test_pruners.py")
+                         "to METHOD_CONFIGS in tests/pruners/test_pruners.py")
     for name in available_methods():
         assert METHOD_CONFIGS[name][0] == get_method(name).needs_data
 
@@ -617,7 +617,7 @@ def test_synflow_scores_are_topology_flows(factory, shape):
 
 def test_synflow_neuron_resolution():
     """The default resolution is the published (neuron) one; its scores are the
-    unrolled graph's flows (an independent float64 torch oracle: tests/test_synflow.py)."""
+    unrolled graph's flows (an independent float64 torch oracle: tests/pruners/test_synflow.py)."""
     assert get_method("synflow").options["resolution"] == "neuron"
     assert get_method("synflow_widen").options["resolution"] == "neuron"
     torch.manual_seed(0)
