@@ -466,7 +466,7 @@ RECIPE_DEFAULTS = {
 
 
 def _sweep_config(args):
-    from topo_pai.experiments.sweep import SweepConfig
+    from topo_pai.experiments.config import SweepConfig
 
     given = [k for k in RECIPE_DEFAULTS if getattr(args, k) is not None]
     if args.config:
@@ -519,7 +519,7 @@ def _finite(value) -> bool:
 
 
 def cmd_plot(args) -> int:
-    from topo_pai import plotting
+    from topo_pai.experiments import plotting
 
     src = Path(args.results)
     if not src.exists():

@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     results = Path(argv[0]) if argv else HERE / "results"
     import matplotlib
     matplotlib.use("Agg")
-    from topo_pai import plotting
+    from topo_pai.experiments import plotting
 
     records = plotting.load_results(results / "results.json")
     if not records:

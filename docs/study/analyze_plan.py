@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from topo_pai.experiments.stats import COLLAPSE_BELOW, compare_arms, holm  # noqa: E402
-from topo_pai.experiments.sweep import rows_to_records  # noqa: E402
+from topo_pai.experiments.store import rows_to_records  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESNET = HERE / "resnet20" / "results"
@@ -238,7 +238,7 @@ def figures_a(rows) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from topo_pai.plotting import plot_node_path_plane
+    from topo_pai.experiments.plotting import plot_node_path_plane
     FIGURES.mkdir(parents=True, exist_ok=True)
     fig = plot_node_path_plane(sparse, model="resnet20")
     fig.savefig(FIGURES / "node_path_plane.png", dpi=110, bbox_inches="tight")

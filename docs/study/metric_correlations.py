@@ -5,7 +5,7 @@ default: every study results directory listed in ``STUDIES``). Two steps:
 
 1. **Measures** (cached, resumable). The studies did not save their masks, so every
    trial's masks are rebuilt by re-running its seeded initialisation and pruning
-   (:func:`topo_pai.experiments.trial_metrics.rebuild_trial`; nothing is trained) and
+   (:func:`topo_pai.experiments.trial.rebuild_trial`; nothing is trained) and
    kept only when they reproduce the trial's recorded effective nodes, effective
    parameters and log10 paths exactly. Methods changed since a study ran are retried
    with the options that recreate the old method (``LEGACY_OPTIONS``). Each trial's
@@ -71,7 +71,7 @@ FEATURE_SETS = {
 def _measure(cfg_dict: dict, row: dict) -> dict:
     """The measures of ``row``'s trial: its own columns when the sweep recorded them
     (``metrics = true``), else from masks rebuilt and checked against the row."""
-    from topo_pai.experiments.trial_metrics import METRIC_COLUMNS
+    from topo_pai.experiments.schema import METRIC_COLUMNS
 
     if all(c in row for c in METRIC_COLUMNS):
         return dict(trial_id=row["trial_id"], reproduced=True, options={"recorded": True},
@@ -85,8 +85,8 @@ def _measure(cfg_dict: dict, row: dict) -> dict:
 
 def _rebuild_and_measure(cfg_dict: dict, row: dict) -> dict:
     import topo_pai
-    from topo_pai.experiments.sweep import SweepConfig, Trial
-    from topo_pai.experiments.trial_metrics import matches_row, metric_columns, rebuild_trial
+    from topo_pai.experiments.config import SweepConfig, Trial
+    from topo_pai.experiments.trial import matches_row, metric_columns, rebuild_trial
 
     cfg = SweepConfig.from_dict(cfg_dict)
     trial = Trial(row["model"], row["method"], bool(row["shuffled"]), float(row["sparsity"]),
@@ -191,8 +191,8 @@ def _measure_with_code(cfg_dict: dict, row: dict, commit: str) -> dict:
     import torch
 
     import topo_pai
-    from topo_pai.experiments.sweep import SweepConfig, _datasets
-    from topo_pai.experiments.trial_metrics import matches_row, metric_columns
+    from topo_pai.experiments.config import SweepConfig
+    from topo_pai.experiments.trial import matches_row, metric_columns, trial_datasets
     from topo_pai.models import get_model
 
     code = _export_code(commit)
@@ -207,7 +207,7 @@ def _measure_with_code(cfg_dict: dict, row: dict, commit: str) -> dict:
             masks = {k[2:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("m:")}
             state = {k[2:]: torch.from_numpy(z[k]) for k in z.files if k.startswith("w:")}
     cfg = SweepConfig.from_dict(cfg_dict)
-    train_set = _datasets(cfg, None)[0]  # today's: (train, val, test)
+    train_set = trial_datasets(cfg, None)[0]  # today's: (train, val, test)
     shape = train_set.input_shape
     model = get_model(row["model"], in_channels=shape[0], num_classes=train_set.num_classes,
                       input_size=tuple(shape[1:]), **cfg.model_kwargs.get(row["model"], {}))

@@ -1,4 +1,7 @@
-"""Experiment helpers built on topo_pai: offline datasets (:mod:`.data`).
+"""Experiments built on topo_pai: offline datasets (:mod:`.data`), masked training
+(:mod:`.training`), sweeps (:mod:`.sweep`, with :mod:`.schema`, :mod:`.config`,
+:mod:`.trial`, :mod:`.store` and :mod:`.executors`), data-free node-path curves
+(:mod:`.curves`), paired statistics (:mod:`.stats`) and the plots (:mod:`.plotting`).
 
 Nothing here is imported by the topo_pai core; submodules load on first use.
 

@@ -6,7 +6,7 @@ and the log10 number of effective paths -- the two axes of the paper's
 node-path plane -- plus the parameter and FLOP counts of the effective
 subnetwork. Nothing is trained, so the ``accuracy`` column is ``None``; the
 rows use the same columns as the results table of a sweep, so
-:mod:`topo_pai.plotting` draws both.
+:mod:`topo_pai.experiments.plotting` draws both.
 
 A method name ending in ``"+shuffle"`` (e.g. ``"snip+shuffle"``) is the
 layerwise-shuffled variant of Frankle et al. (2021): prune with the method, then
@@ -30,39 +30,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-SHUFFLE_SUFFIX = "+shuffle"
-
-#: Columns of one trial row, in order (shared with the sweep's results table).
-RESULT_COLUMNS = (
-    "trial_id", "model", "dataset", "method", "shuffled", "sparsity", "seed",
-    "effective_nodes", "n_nodes", "log10_paths", "effective_params", "unpruned_params",
-    "total_params", "flops", "accuracy",
-)
+# the row format is defined in schema; its names stay importable from here (public since v0.1)
+from topo_pai.experiments.schema import (RESULT_COLUMNS, SHUFFLE_SUFFIX,  # noqa: F401
+                                         format_sparsity, trial_id)
 
 #: Size of the synthetic proxy batch given to data-dependent methods when no data is passed.
 PROXY_BATCH = 64
-
-
-def format_sparsity(sparsity: float) -> str:
-    """The shortest text that reads back as exactly ``sparsity`` (``repr``), with
-    whole numbers and ``-0.0`` written as ints: distinct sparsities never share a text.
-
-    >>> format_sparsity(0.99), format_sparsity(0.0), format_sparsity(0.1234567)
-    ('0.99', '0', '0.1234567')
-    """
-    x = float(sparsity)
-    return str(int(x)) if x.is_integer() else repr(x)
-
-
-def trial_id(model: str, method: str, shuffled: bool, sparsity: float, seed: int) -> str:
-    """The id of one trial, shared by sweeps and curves:
-    ``model/method[+shuffle]/s<sparsity>/seed<seed>``.
-
-    >>> trial_id("lenet5", "snip", True, 0.99, 1)
-    'lenet5/snip+shuffle/s0.99/seed1'
-    """
-    tag = f"{method}{SHUFFLE_SUFFIX}" if shuffled else method
-    return f"{model}/{tag}/s{format_sparsity(sparsity)}/seed{seed}"
 
 
 def parse_method(name: str) -> tuple[str, bool]:

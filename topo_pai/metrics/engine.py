@@ -9,7 +9,7 @@ implementation of a resolution (a torch engine running per-layer torch ops on
 the model's device is planned) drops in by implementing :class:`Engine` and
 being registered in ``topo_pai.topology.ENGINES``. A factory there may also
 choose among implementations itself (per layer, by density); ``Topology`` never
-looks past the protocol (tested in ``tests/test_engine.py`` with a proxy that
+looks past the protocol (tested in ``tests/metrics/test_engine.py`` with a proxy that
 exposes nothing else). The channel engine also offers ``blocks``, the explicit
 CSR blocks behind ``Topology.blocks``, which belong to that resolution only.
 

@@ -146,7 +146,7 @@ def register_method(method: Method, *, overwrite: bool = False) -> Method:
     """Add ``method`` to the registry (``overwrite=True`` to replace a name).
 
     A newly registered method also needs a configuration in the invariant
-    suite (``tests/test_pruners.py``); the suite fails until it has one.
+    suite (``tests/pruners/test_pruners.py``); the suite fails until it has one.
     """
     if not isinstance(method, Method):
         raise TypeError(f"register_method expects a Method, got {type(method).__name__}")

@@ -1,0 +1,263 @@
+"""The topo-pai command end to end: prune, analyze, a tiny training sweep, plot; and its errors."""
+
+import json
+
+import pytest
+import torch
+
+import topo_pai
+from topo_pai.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_prune_then_analyze(tmp_path, capsys):
+    masks = tmp_path / "m.pt"
+    code, out, _ = run(capsys, "prune", "resnet20", "synflow", "99%", "--out", str(masks),
+                       "--model-arg", "width=4", "--option", "rounds=10")
+    assert code == 0 and "totals (channel resolution)" in out
+    loaded = topo_pai.load_masks(masks)
+    kept = sum(int(m.sum()) for m in loaded.values())
+    assert kept == round(0.01 * sum(m.numel() for m in loaded.values()))
+    code, out, _ = run(capsys, "analyze", "resnet20", "--model-arg", "width=4", "--masks",
+                       str(masks), "--json", "--resolution", "both")
+    report = json.loads(out)
+    torch.manual_seed(0)
+    model = topo_pai.models.get_model("resnet20", width=4)
+    topo = topo_pai.from_torch(model, loaded, input_shape=(3, 32, 32))
+    for res in ("channel", "neuron"):
+        t = report[res]["totals"]
+        assert t["log10_paths"] == pytest.approx(topo.count_paths(res).log10)
+        assert t["effective_params"] == topo.effective_params(res)
+        assert t["effective_flops"] == topo.effective_flops(res)
+        assert len(report[res]["rows"]) == len(topo.layers) + 1
+
+
+def test_prune_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    out.write_bytes(b"keep me")
+    code, _, err = run(capsys, "prune", "lenet_300_100", "random", "0.9", "--out", str(out),
+                       "--input-shape", "1,28,28")
+    assert code == 2 and "refusing to overwrite" in err
+    assert out.read_bytes() == b"keep me"
+
+
+def test_data_methods_need_a_dataset(tmp_path, capsys):
+    code, _, err = run(capsys, "prune", "lenet5", "snip", "0.9", "--out", str(tmp_path / "m.pt"))
+    assert code == 2 and "--dataset" in err
+
+
+def test_masks_that_do_not_fit_the_model(tmp_path, capsys):
+    masks = tmp_path / "m.pt"
+    assert main(["prune", "lenet5", "random", "0.5", "--out", str(masks), "--input-shape",
+                 "1,28,28"]) == 0
+    capsys.readouterr()
+    code, _, err = run(capsys, "analyze", "lenet_300_100", "--masks", str(masks),
+                       "--input-shape", "1,28,28")
+    assert code == 2 and "MaskError" in err and "conv1.weight" in err
+    code, _, err = run(capsys, "analyze", "lenet5", "--masks", str(masks), "--input-shape",
+                       "1,28,28", "--model-arg", "width=2")
+    assert code == 2 and "shape" in err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["analyze", "lenet6"], "unknown model"),
+    (["prune", "lenet5", "snipp", "0.5", "--out", "x.pt"], "snipp"),
+    (["analyze", "lenet5", "--dataset", "cifar10"], "unknown dataset"),
+])
+def test_unknown_names(argv, match, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and match in err
+
+
+def test_tiny_sweep_with_training_then_plot(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--models", "lenet_300_100", "--dataset", "synthetic", "--methods",
+            "random,synflow", "--shuffled", "synflow", "--sparsities", "0.5,99%", "--seeds", "0",
+            "--epochs", "1", "--batch-size", "32", "--train-limit", "256", "--test-limit",
+            "128", "--out", str(out), "--quiet"]
+    code, text, _ = run(capsys, *argv)
+    assert code == 0 and "6 to run" in text
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 6 and all(r["accuracy"] is not None for r in rows)
+    assert {r["sparsity"] for r in rows} == {0.5, 0.99}
+    epochs = [json.loads(x) for x in (out / "epochs.jsonl").read_text().splitlines()]
+    assert sorted(e["trial_id"] for e in epochs) == sorted(r["trial_id"] for r in rows)
+    for e in epochs:
+        row = next(r for r in rows if r["trial_id"] == e["trial_id"])
+        assert [h["epoch"] for h in e["history"]] == [1]
+        assert e["history"][-1]["test_acc"] == row["accuracy"]
+    code, text, _ = run(capsys, *argv)  # resumed: nothing left to do
+    assert "6 already in" in text and "0 to run" in text
+    bigger = [a if a != "0" else "0,1" for a in argv]
+    code, _, err = run(capsys, *bigger)
+    assert code == 2 and "different configuration" in err
+    code, text, _ = run(capsys, "plot", str(out))
+    names = {p.name for p in (out / "figures").glob("*.png")}
+    assert code == 0 and names == {"node_path_plane.png", "accuracy_vs_sparsity.png",
+                                   "shuffled_vs_original.png"}
+    assert all((out / "figures" / n).stat().st_size > 10_000 for n in names)
+
+
+def test_console_script_is_installed():
+    from importlib.metadata import entry_points
+    eps = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert eps.get("topo-pai") == "topo_pai.cli:main"
+
+
+# ------------------------------------------------------------------ issue 12: the CLI's edges
+@pytest.mark.parametrize("text, value", [("0.9", 0.9), ("90%", 0.9), ("99.68%", 0.9968),
+                                         ("0%", 0.0), ("0", 0.0), (" 0.5 ", 0.5)])
+def test_sparsity_as_fraction_or_percentage(text, value):
+    from topo_pai.cli import parse_sparsity
+    assert parse_sparsity(text) == pytest.approx(value, abs=0, rel=1e-15)
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("1", "1%"), ("1.0", "1%"), ("99", "99%"), ("100%", "100%)"), ("-0.1", "0.9 or 90%"),
+    ("nan", "0.9 or 90%"), ("inf", "0.9 or 90%"), ("150%", "[0%, 100%)"), ("abc", "90%"),
+])
+def test_bare_sparsities_of_one_or_more_are_refused_with_a_hint(text, hint, tmp_path, capsys):
+    """'1' and '1.0' used to be read as 1 %."""
+    out = tmp_path / "m.pt"
+    with pytest.raises(SystemExit) as exit_:
+        main(["prune", "lenet_300_100", "random", text, "--input-shape", "1,28,28", "--out",
+              str(out)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and hint in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def _boom(*args, **kwargs):
+    raise AssertionError("work started before the command line was checked")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["prune", "lenet5", "random", "0.9", "--out", "{tmp}/missing/m.pt"], "does not exist"),
+    (["prune", "lenet5", "random", "0.9", "--out", "{tmp}"], "is a directory"),
+    (["prune", "lenet5", "random", "0.9", "--out", "{tmp}/m.txt"], ".pt"),
+    (["prune", "lenet5", "random", "0.9", "--out", "{tmp}/file/m.pt"], "not a directory"),
+    (["sweep", "--models", "lenet5", "--methods", "random", "--sparsities", "0.9", "--out",
+      "{tmp}/file"], "is a file"),
+    (["sweep", "--models", "lenet5", "--methods", "random", "--sparsities", "0.9", "--out",
+      "{tmp}/file/sub"], "is a file"),
+    (["plot", "{tmp}/nothing"], "does not exist"),
+    (["plot", "{tmp}/results.json", "--out", "{tmp}/file"], "is a file"),
+    (["analyze", "lenet5", "--masks", "{tmp}/missing.pt"], "does not exist"),
+])
+def test_output_and_input_paths_are_checked_before_any_work(argv, match, tmp_path, capsys,
+                                                            monkeypatch):
+    (tmp_path / "file").write_text("not a directory")
+    (tmp_path / "results.json").write_text("[]")
+    import topo_pai.cli as cli
+    from topo_pai.experiments import sweep
+    from topo_pai.experiments import plotting
+    monkeypatch.setattr(cli, "_model_and_shape", _boom)
+    monkeypatch.setattr(sweep, "run_sweep", _boom)
+    monkeypatch.setattr(sweep, "pending_trials", _boom)
+    monkeypatch.setattr(plotting, "load_results", _boom)
+    code, _, err = run(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2 and match in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["analyze", "lenet5", "--model-arg", "depth=3"], "depth"),
+    (["analyze", "lenet5", "--model-arg", "width"], "KEY=VALUE"),
+    (["prune", "lenet5", "random", "0.9", "--out", "{tmp}/m.pt", "--option", "allocation=erk",
+      "--option", "erk_power=-1"], "erk_power"),
+    (["prune", "lenet5", "synflow", "0.9", "--out", "{tmp}/m.pt", "--option", "rounds=0"],
+     "rounds"),
+    (["prune", "lenet5", "grasp", "0.9", "--dataset", "synthetic", "--out", "{tmp}/m.pt",
+      "--option", "temperature=0"], "temperature"),
+    (["sweep", "--config", "{tmp}/bad.toml", "--out", "{tmp}/s"], "bad.toml"),
+    (["sweep", "--config", "{tmp}/ok.toml", "--epochs", "3", "--out", "{tmp}/s"],
+     "drop --epochs"),
+    (["sweep", "--models", "lenet5", "--methods", "random", "--sparsities", "0.9",
+      "--epochs", "1", "--lr", "-1", "--out", "{tmp}/s"], "lr"),
+    (["sweep", "--models", "lenet5", "--out", "{tmp}/s"], "--sparsities"),
+    (["plot", "{tmp}/results.json"], "results"),
+])
+def test_user_mistakes_print_one_line_and_exit_2(argv, match, tmp_path, capsys, monkeypatch):
+    (tmp_path / "bad.toml").write_text("models = [\n")
+    (tmp_path / "ok.toml").write_text('models = ["lenet5"]\nsparsities = [0.9]\n')
+    (tmp_path / "results.json").write_text('{"no": "rows"}')
+    code, _, err = run(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2 and match in err and "Traceback" not in err, err
+    assert err.startswith("topo-pai: error: ")
+    monkeypatch.setenv("TOPO_PAI_DEBUG", "1")  # the traceback, for a bug report
+    with pytest.raises(Exception):  # noqa: B017
+        main([a.format(tmp=tmp_path) for a in argv])
+
+
+def test_internal_errors_exit_1_without_a_traceback(capsys, monkeypatch):
+    import topo_pai.cli as cli
+
+    def broken(args):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(cli, "cmd_models", broken)
+    code, _, err = run(capsys, "models")
+    assert code == 1 and "internal error: RuntimeError: a bug" in err
+    assert "Traceback" not in err and "TOPO_PAI_DEBUG=1" in err
+    monkeypatch.setenv("TOPO_PAI_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["models"])
+
+
+def test_help_documents_debugging_exit_codes_and_the_lock(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert exit_.value.code == 0 and "TOPO_PAI_DEBUG=1" in text and "exit status" in text
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "sweep.lock" in text and "second sweep on the same --out is refused" in text
+    assert "TOPO_PAI_DEBUG=1" in text
+
+
+def test_analyze_json_is_strict_and_writes_no_path_as_in_results_json(tmp_path, capsys):
+    from topo_pai.experiments.store import _json_safe
+
+    torch.manual_seed(0)
+    model = topo_pai.models.get_model("lenet_300_100", in_channels=1, input_size=28)
+    masks = {k: torch.ones_like(v, dtype=torch.bool) for k, v in model.state_dict().items()
+             if k.endswith("weight")}
+    masks["fc2.weight"][:] = False  # no path survives
+    topo_pai.save_masks(masks, tmp_path / "m.npz")
+    code, out, _ = run(capsys, "analyze", "lenet_300_100", "--input-shape", "1,28,28",
+                       "--masks", str(tmp_path / "m.npz"), "--json", "--resolution", "both")
+
+    def refuse(name):
+        raise ValueError(f"not strict JSON: {name}")
+    report = json.loads(out, parse_constant=refuse)  # -Infinity / NaN would raise
+    for res in ("channel", "neuron"):
+        assert report[res]["totals"]["log10_paths"] == _json_safe(float("-inf")) == "-inf"
+        assert float(report[res]["totals"]["log10_paths"]) == float("-inf")
+        assert report[res]["totals"]["effective_params"] == 0
+
+
+def test_sweep_cli_refuses_a_directory_in_use_and_accepts_a_reordered_grid(tmp_path, capsys):
+    from topo_pai.cli import _sweep_config, build_parser
+    from topo_pai.experiments.sweep import ResultsStore
+
+    out = tmp_path / "s"
+    argv = ["sweep", "--models", "lenet_300_100", "--dataset", "synthetic", "--methods",
+            "random", "--sparsities", "0.5,90%", "--seeds", "0,1", "--out", str(out), "--quiet"]
+    with ResultsStore(out, _sweep_config(build_parser().parse_args(argv))):
+        code, _, err = run(capsys, *argv)
+    assert code == 2 and "another sweep is running" in err and "Traceback" not in err
+    code, text, _ = run(capsys, *argv)
+    assert code == 0 and "4 to run" in text
+    reordered = [a if a != "0.5,90%" else "0.9,0.5" for a in argv]
+    reordered = [a if a != "0,1" else "1,0" for a in reordered]
+    code, text, err = run(capsys, *reordered)
+    assert code == 0 and "4 already in" in text and "0 to run" in text, err
+    (out / "config.json").write_text("{")
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "config.json" in err and "corrupt" in err

@@ -1,0 +1,337 @@
+"""Graph measures (topo_pai.metrics.measures, Topology.metrics) against closed forms,
+dense eigendecompositions of the full bipartite adjacency, and brute force over the
+networkx channel graph."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg as sl
+import scipy.sparse as sp
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import topo_pai
+from topo_pai.errors import MaskError
+from topo_pai.metrics import measures as ms
+from topo_pai.metrics_table import COLUMNS, TOTALS, MetricsTable
+
+
+def _adjacency_oracle(B):
+    """mu0 and mu_hat from the dense (m+n)^2 bipartite adjacency: its two largest
+    eigenvalues (the spectrum is +-sigma and zeros, so the second largest is sigma_2)."""
+    B = np.asarray(B, dtype=np.float64)
+    m, n = B.shape
+    A = np.zeros((m + n, m + n))
+    A[:m, m:] = B
+    A[m:, :m] = B.T
+    ev = sl.eigvalsh(A)
+    return ev[-1], ev[-2]
+
+
+# ------------------------------------------------------------------ closed forms
+@pytest.mark.parametrize("a,b,k", [(3, 4, 1), (5, 2, 9), (1, 6, 1), (6, 1, 3), (70, 80, 2)])
+def test_complete_bipartite(a, b, k):
+    """K_{a,b} with every edge of multiplicity k: sigma_1 = k sqrt(ab), sigma_2 = 0,
+    degrees k*a (outputs) and k*b (inputs)."""
+    m = ms.bipartite_measures(k * np.ones((b, a)))
+    assert m["mu0"] == pytest.approx(k * math.sqrt(a * b), rel=1e-12)
+    assert m["mu_hat"] == pytest.approx(0.0, abs=1e-9 * m["mu0"])
+    assert (m["min_in_degree"], m["mean_in_degree"]) == (k * a, k * a)
+    assert (m["min_out_degree"], m["mean_out_degree"]) == (k * b, k * b)
+    assert m["ramanujan_gap"] == pytest.approx(
+        math.sqrt(k * b - 1) + math.sqrt(k * a - 1) - m["mu_hat"])
+    assert m["kernels"] == a * b and m["edges"] == k * a * b
+
+
+def _circulant(n, d, shift=0):
+    M = np.zeros((n, n))
+    for o in range(n):
+        for j in range(d):
+            M[o, (o + j + shift) % n] = 1
+    return M
+
+
+@pytest.mark.parametrize("n,d", [(7, 3), (12, 4), (80, 5), (101, 9)])
+def test_d_regular_circulant(n, d):
+    """A circulant d-regular bipartite graph: sigma_1 = d and the other singular values
+    are |sum_j w^(kj)| = |sin(pi k d / n) / sin(pi k / n)| (k = 1..n-1)."""
+    m = ms.bipartite_measures(_circulant(n, d))
+    k = np.arange(1, n)
+    second = np.max(np.abs(np.sin(np.pi * k * d / n) / np.sin(np.pi * k / n)))
+    assert m["mu0"] == pytest.approx(d, rel=1e-10)
+    assert m["mu_hat"] == pytest.approx(second, rel=1e-8)
+    assert m["ramanujan_gap"] == pytest.approx(2 * math.sqrt(d - 1) - second, rel=1e-8)
+    assert m["min_in_degree"] == m["mean_in_degree"] == d
+
+
+def test_disjoint_union():
+    """Singular values of a disjoint union are the union of the parts': two equal
+    components give mu_hat = mu0 (no gap); unequal ones the smaller part's top value."""
+    K = np.ones((4, 5))
+    two = sl.block_diag(K, K)
+    m = ms.bipartite_measures(two)
+    assert m["mu0"] == pytest.approx(math.sqrt(20)) and m["mu_hat"] == pytest.approx(math.sqrt(20))
+    assert m["spectral_gap"] == pytest.approx(0.0, abs=1e-9)
+    big = sl.block_diag(_circulant(80, 5), np.ones((3, 3)))  # sigma: 5 (circulant) vs 3
+    m = ms.bipartite_measures(big)
+    assert m["mu0"] == pytest.approx(5.0) and m["mu_hat"] == pytest.approx(
+        max(3.0, ms.bipartite_measures(_circulant(80, 5))["mu_hat"]))
+
+
+@pytest.mark.parametrize("B", [np.zeros((4, 6)), np.zeros((0, 3)), np.ones((1, 1)),
+                               np.array([[0, 2, 0, 1]]), np.array([[0], [3], [1]]),
+                               np.outer([1, 0, 1, 1], [1, 1, 0, 1, 0])])
+def test_tiny_layers_are_well_defined(B):
+    m = ms.bipartite_measures(B)
+    for k, v in m.items():
+        assert v is None or math.isfinite(v), k
+    if B.size == 0 or not B.any():
+        assert m["mu0"] == m["mu_hat"] == m["ramanujan_gap"] == 0.0
+        assert m["min_in_degree"] == m["mean_out_degree"] == 0.0
+    else:  # one row, one column or rank one: sigma_2 = 0 exactly
+        assert m["mu_hat"] == 0.0
+        assert m["mu0"] == pytest.approx(np.linalg.norm(B, 2))
+
+
+# ------------------------------------------------------------- dense oracles
+@settings(max_examples=15)
+@given(m=st.integers(3, 40), n=st.integers(3, 40), density=st.floats(0.05, 1.0),
+       seed=st.integers(0, 2**16), force_sparse=st.booleans())
+def test_spectra_against_dense_adjacency(m, n, density, seed, force_sparse):
+    rng = np.random.default_rng(seed)
+    B = (rng.random((m, n)) < density) * rng.integers(1, 10, (m, n))
+    old = ms.DENSE_SVD_MAX_ENTRIES
+    ms.DENSE_SVD_MAX_ENTRIES = 0 if force_sparse else old  # ARPACK even on small blocks
+    try:
+        mu0, mu_hat = ms.top_singular_values(sp.csr_array(B))
+    finally:
+        ms.DENSE_SVD_MAX_ENTRIES = old
+    e0, e1 = _adjacency_oracle(B)
+    assert mu0 == pytest.approx(max(e0, 0.0), abs=1e-8 * max(1.0, e0))
+    assert mu_hat == pytest.approx(max(e1, 0.0), abs=1e-7 * max(1.0, e0))
+    assert mu0 >= mu_hat >= 0
+
+
+def test_spectra_large_block_against_dense():
+    rng = np.random.default_rng(3)
+    B = (rng.random((90, 120)) < 0.1) * rng.integers(1, 5, (90, 120))
+    assert B.size > ms.DENSE_SVD_MAX_ENTRIES
+    e0, e1 = _adjacency_oracle(B)
+    assert ms.top_singular_values(sp.csr_array(B)) == pytest.approx((e0, e1), rel=1e-9)
+
+
+def test_spectra_deterministic():
+    rng = np.random.default_rng(5)
+    B = sp.csr_array((rng.random((200, 150)) < 0.3).astype(float))
+    assert ms.top_singular_values(B) == ms.top_singular_values(B)
+
+
+# ------------------------------------------------------------ Topology.metrics
+def _conv_net():
+    return nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1, groups=3), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(6 * 2 * 2, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def _random_masks(model, density, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {n: (torch.rand(p.shape, generator=g) < density).float()
+            for n, p in model.named_parameters() if p.dim() > 1}
+
+
+def _kernel_matrix(mask, groups):
+    """Dense M of a weight mask: kept elements per kernel, groups expanded."""
+    mask = np.asarray(mask)
+    O, per = mask.shape[:2]
+    counts = mask.reshape(O, per, -1).sum(axis=2)
+    M = np.zeros((O, per * groups))
+    for o in range(O):
+        g = o // (O // groups)
+        M[o, g * per:(g + 1) * per] = counts[o]
+    return M
+
+
+@pytest.mark.parametrize("density,seed", [(1.0, 0), (0.5, 1), (0.25, 2), (0.1, 3)])
+def test_topology_metrics_against_oracles(density, seed):
+    torch.manual_seed(seed)
+    net = _conv_net()
+    masks = _random_masks(net, density, seed)
+    weights = {n: p.detach().abs() for n, p in net.named_parameters() if n in masks}
+    before = {n: w.clone() for n, w in weights.items()}
+    topo = topo_pai.from_torch(net, masks, input_shape=(2, 4, 4))
+    table = topo.metrics(weights=weights)
+    assert isinstance(table, MetricsTable) and table.weighted
+    assert all(torch.equal(before[n], weights[n]) for n in weights)  # inputs untouched
+    assert [r["name"] for r in table] == topo.group_names
+    assert all(set(r) == set(COLUMNS) for r in table) and set(table.totals) == set(TOTALS)
+    eff_masks = topo.effective_masks_numpy("channel")
+    for layer, row in zip(topo.layers, table.rows[1:]):
+        mask = masks[layer.param].numpy()
+        M = _kernel_matrix(mask, layer.groups)
+        W = _kernel_matrix(mask * weights[layer.param].double().numpy(), layer.groups)
+        e0, e1 = _adjacency_oracle(M)
+        assert row["mu0"] == pytest.approx(e0, abs=1e-9) and row["mu_hat"] == pytest.approx(
+            max(e1, 0), abs=1e-7)
+        w0, w1 = _adjacency_oracle(W)
+        assert row["weighted_spectral_gap"] == pytest.approx(w0 - max(w1, 0), abs=1e-7)
+        rows_kept = M.sum(1)[M.sum(1) > 0]
+        cols_kept = M.sum(0)[M.sum(0) > 0]
+        if rows_kept.size:
+            assert row["mean_in_degree"] == pytest.approx(rows_kept.mean())
+            assert row["min_out_degree"] == cols_kept.min()
+            assert row["ramanujan_gap"] == pytest.approx(
+                math.sqrt(cols_kept.mean() - 1) + math.sqrt(rows_kept.mean() - 1) - row["mu_hat"])
+        eff = eff_masks[layer.param]
+        O, per = eff.shape[:2]
+        assert row["effective_kernels"] == int(eff.reshape(O, per, -1).any(2).sum())
+        assert row["effective_params"] == int(eff.sum())
+        assert row["effective_sparsity"] == pytest.approx(1 - eff.sum() / mask.size)
+    t = table.totals
+    assert t["effective_params"] == topo.effective_params()
+    assert t["effective_sparsity"] == pytest.approx(1 - topo.effective_params() / topo.n_params)
+    assert t["log10_paths"] == topo.count_paths().log10
+    _check_roles_against_networkx(topo, table)
+
+
+def _check_roles_against_networkx(topo, table):
+    """Sink/source/disconnected units and lost edges by brute force on the channel
+    graph (no residual adds here, so every layer input unit is one group unit)."""
+    G = topo.to_networkx()
+    names = topo.group_names
+    last = len(names) - 1
+    indeg = {u: sum(G.edges[e]["multiplicity"] for e in G.in_edges(u)) for u in G}
+    outdeg = {u: sum(G.edges[e]["multiplicity"] for e in G.out_edges(u)) for u in G}
+    for g, row in enumerate(table.rows):
+        units = [u for u in G if G.nodes[u]["layer"] == g]
+        sink = sum(indeg[u] > 0 and outdeg[u] == 0 and g != last for u in units)
+        source = sum(indeg[u] == 0 and outdeg[u] > 0 and g != 0 for u in units)
+        isolated = sum(indeg[u] == 0 and outdeg[u] == 0 for u in units)
+        assert (row["sink_units"], row["source_units"], row["disconnected_units"]) == (
+            sink, source, isolated), names[g]
+        if g == 0:
+            continue
+        lost_in = sum(G.edges[a, b]["multiplicity"] for a, b in G.in_edges(units)
+                      if G.nodes[a]["layer"] != 0 and indeg[a] == 0)
+        lost_out = sum(G.edges[a, b]["multiplicity"] for a, b in G.in_edges(units)
+                       if g != last and outdeg[b] == 0)
+        assert (row["lost_in_edges"], row["lost_out_edges"]) == (lost_in, lost_out), names[g]
+
+
+def test_complete_conv_layer_closed_form():
+    """A dense 3x3 conv a -> b channels: M = 9 * ones, sigma_1 = 9 sqrt(ab)."""
+    net = nn.Sequential(nn.Conv2d(3, 5, 3))
+    row = topo_pai.from_torch(net, input_shape=(3, 5, 5)).metrics()[1]
+    assert row["mu0"] == pytest.approx(9 * math.sqrt(15))
+    assert row["mu_hat"] == pytest.approx(0.0, abs=1e-9)
+    assert (row["mean_in_degree"], row["mean_out_degree"]) == (27.0, 45.0)
+    assert row["ramanujan_gap"] == pytest.approx(math.sqrt(44) + math.sqrt(26))
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (5, 1), (1, 1)])
+def test_tiny_and_empty_layers_through_topology(shape):
+    fan_in, fan_out = shape
+    net = nn.Sequential(nn.Linear(fan_in, fan_out), nn.ReLU(), nn.Linear(fan_out, 2))
+    empty = {"0.weight": torch.zeros(fan_out, fan_in)}
+    for masks in ({}, empty):
+        for weights in (None, {"2.weight": torch.rand(2, fan_out)}):
+            table = topo_pai.from_torch(net, masks, input_shape=(fan_in,)).metrics(weights)
+            for r in table.rows:
+                for k, v in r.items():
+                    assert not (isinstance(v, float) and math.isnan(v)), (k, r)
+            for k, v in table.totals.items():
+                assert not (isinstance(v, float) and math.isnan(v)), k
+    t = topo_pai.from_torch(net, empty, input_shape=(fan_in,)).metrics().totals
+    assert t["effective_params"] == 0 and t["effective_compression"] == math.inf
+    assert t["effective_sparsity"] == 1.0
+
+
+def test_neuron_resolution_effective_counts():
+    net = _conv_net()
+    masks = _random_masks(net, 0.15, 7)
+    topo = topo_pai.from_torch(net, masks, input_shape=(2, 4, 4))
+    table = topo.metrics(resolution="neuron")
+    eff = topo.effective_masks_numpy("neuron")
+    assert table.totals["effective_params"] == topo.effective_params("neuron")
+    for layer, row in zip(topo.layers, table.rows[1:]):
+        O, per = eff[layer.param].shape[:2]
+        assert row["effective_kernels"] == int(eff[layer.param].reshape(O, per, -1).any(2).sum())
+    assert "neuron resolution" in str(table)
+
+
+def test_residual_lost_edges_count_a_fed_input_unit_as_fed():
+    """After an add, a layer input unit has an in-edge when either summand does: the
+    skip branch alone keeps its out-edges from being lost."""
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+            self.b = nn.Linear(3, 3)
+            self.c = nn.Linear(3, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.c(h + self.b(h))
+
+    net = Res()
+    masks = {"b.weight": torch.zeros(3, 3)}  # b's units are sources of nothing: no in-edges
+    table = topo_pai.from_torch(net, masks, input_shape=(3,)).metrics()
+    rows = {r["name"]: r for r in table}
+    assert rows["b"]["source_units"] == 3  # no in-edges, but c reads them
+    assert rows["c"]["lost_in_edges"] == 0.0  # every input unit of c is fed through a
+
+
+def test_bad_input():
+    net = nn.Sequential(nn.Linear(3, 2))
+    topo = topo_pai.from_torch(net, input_shape=(3,))
+    with pytest.raises(ValueError, match="resolution"):
+        topo.metrics(resolution="pixel")
+    with pytest.raises(MaskError, match="shape"):
+        topo.metrics(weights={"0.weight": torch.ones(3, 3)})
+    with pytest.raises(MaskError, match="non-negative"):
+        topo.metrics(weights={"0.weight": -torch.ones(2, 3)})
+
+
+def test_str_and_records():
+    net = _conv_net()
+    table = topo_pai.from_torch(net, _random_masks(net, 0.3, 0), input_shape=(2, 4, 4)).metrics()
+    text = str(table)
+    assert "Ramanujan gap" in text and "w. spectral gap" not in text
+    assert table.to_records()[2]["name"] == "2"
+    assert table.totals["mean_weighted_spectral_gap"] is None
+
+
+def test_without_spectra_everything_else_is_unchanged():
+    net = _conv_net()
+    topo = topo_pai.from_torch(net, _random_masks(net, 0.3, 4), input_shape=(2, 4, 4))
+    weights = {n: p.detach().abs() for n, p in net.named_parameters() if p.dim() > 1}
+    full, cheap = topo.metrics(weights), topo.metrics(weights, spectra=False)
+    spectral = {"mu0", "mu_hat", "spectral_gap", "ramanujan_gap", "weighted_mu0",
+                "weighted_mu_hat", "weighted_spectral_gap"}
+    for a, b in zip(full.rows[1:], cheap.rows[1:]):
+        assert all(b[k] is None for k in spectral)
+        assert {k: v for k, v in a.items() if k not in spectral} == {
+            k: v for k, v in b.items() if k not in spectral}
+    for k in ("mean_ramanujan_gap", "min_ramanujan_gap", "mean_spectral_gap",
+              "mean_weighted_spectral_gap"):
+        assert cheap.totals[k] is None and full.totals[k] is not None
+    assert "Ramanujan gap" in str(cheap)
+
+
+def _python_blocks(path):
+    text = open(path, encoding="utf-8").read()
+    return [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+
+
+@pytest.mark.parametrize("doc", ["docs/metrics.md"])
+def test_documentation_examples_run(doc):
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parents[2]
+    blocks = _python_blocks(root / doc)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, doc, "exec"), {})

@@ -1,0 +1,352 @@
+"""The results of one sweep directory: its files, its lock and how they stay consistent.
+
+A sweep directory holds
+
+* ``config.json``: the :class:`SweepConfig` that created it. A later run must
+  ask for the same set of trials with the same recipe (the order of the grid's
+  lists does not matter); another configuration is refused
+  (:class:`SweepConfigMismatch`), never mixed in or overwritten.
+* ``results.jsonl``: the single source of truth, one JSON line per finished
+  trial, appended and fsync'ed as each trial finishes. A killed sweep loses
+  only the trials still running; the next run skips every trial in the table.
+  Should a trial id appear twice, the first row counts (with a warning); a line
+  cut short by a kill is ignored and its trial runs again.
+* ``results.csv`` and ``results.json``: the same rows sorted by trial id,
+  exported from ``results.jsonl`` (atomically) when a run starts, after every
+  trial and when a run ends -- also when nothing was left to run -- so a kill
+  between a row's append and its export is repaired by the next run.
+  Non-finite numbers are written as the strings ``"-inf"``, ``"inf"`` and
+  ``"nan"`` in the JSON files (``float()`` reads them back).
+* ``epochs.jsonl``: the per-epoch training metrics of every trained trial
+  (``{"trial_id": ..., "history": [{epoch, lr, train_loss, train_acc, test_loss,
+  test_acc, seconds}, ...]}``), exactly one record per row of ``results.jsonl``:
+  a trial's record is written before its row, and records without a row (their
+  trial was killed and runs again) are dropped when the next run starts.
+* ``failures.jsonl``: the error of every failed attempt (such trials are retried
+  by the next run).
+* ``sweep.lock``: one sweep at a time. A run holds an exclusive lock on it
+  (``flock``, released by the operating system even after ``kill -9``); a second
+  run on the same directory is refused at once with :class:`SweepLocked`,
+  naming the process that holds it. The file itself stays and means nothing.
+
+Rows hold the columns of :data:`topo_pai.experiments.schema.COLUMNS` (and the
+measure columns when present); this module is the only writer of these files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+from topo_pai.errors import TopoPaiError
+from topo_pai.experiments.config import SweepConfig, Trial
+from topo_pai.experiments.schema import COLUMNS, METRIC_COLUMNS, NONFINITE_COLUMNS, table_columns
+
+#: Test hook, inert unless set: ``"<point>:<n>"`` makes this process SIGKILL itself the
+#: n-th time it reaches ``point`` of :meth:`ResultsStore.add` (see ``_crash_point``).
+CRASH_ENV = "TOPO_PAI_TEST_CRASH_AT"
+
+
+class SweepConfigMismatch(TopoPaiError, ValueError):
+    """The sweep directory holds results of a different configuration."""
+
+
+class SweepLocked(TopoPaiError, RuntimeError):
+    """Another sweep is running on the same directory."""
+
+
+def _json_safe(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return repr(v)  # "-inf", "inf", "nan": JSON has no literal for them
+    return v
+
+
+def _from_json(k, v):
+    if k in NONFINITE_COLUMNS and isinstance(v, str):
+        return float(v)
+    return v
+
+
+def _crash_point(point: str) -> None:
+    """Test hook: SIGKILL this process the n-th time it passes ``point`` if
+    ``$TOPO_PAI_TEST_CRASH_AT`` is ``"<point>:<n>"``; does nothing otherwise."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    where, _, count = spec.partition(":")
+    if where != point:
+        return
+    left = int(count or 1) - 1
+    os.environ[CRASH_ENV] = f"{where}:{left}"
+    if left <= 0:
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` in one step: readers and a kill see old or new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _append(path: Path, record: dict) -> None:
+    """Append one JSON line and fsync it; end a line cut short by a kill first."""
+    torn = False
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    with open(path, "a", encoding="utf-8") as f:
+        if torn:
+            f.write("\n")
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_lines(path: Path):
+    """``(line number, object)`` for each line of ``path`` that parses; lines cut short by a
+    kill (or otherwise not JSON) are skipped."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def read_results(path, *, warn: bool = True) -> dict[str, dict]:
+    """The rows of a ``results.jsonl`` by trial id: the first row of each id wins.
+
+    Lines cut short by a kill are skipped (their trials run again). With ``warn``,
+    rows that repeat an id or lack one are reported in one :class:`UserWarning`.
+    Columns added in later versions are ``None`` in older rows.
+    """
+    path = Path(path)
+    rows: dict[str, dict] = {}
+    repeated: dict[str, list[int]] = {}
+    malformed: list[int] = []
+    for number, obj in _json_lines(path):
+        if not isinstance(obj, dict) or not isinstance(obj.get("trial_id"), str):
+            malformed.append(number)
+            continue
+        tid = obj["trial_id"]
+        if tid in rows:
+            repeated.setdefault(tid, []).append(number)
+            continue
+        rows[tid] = {k: _from_json(k, obj.get(k))
+                     for k in COLUMNS + tuple(c for c in METRIC_COLUMNS if c in obj)}
+    if warn and (repeated or malformed):
+        parts = []
+        if repeated:
+            shown = ", ".join(f"{t!r} (again on line(s) {', '.join(map(str, n))})"
+                              for t, n in list(repeated.items())[:3])
+            parts.append(f"{len(repeated)} trial id(s) appear more than once, e.g. {shown}; "
+                         "the first row of each is kept and the others ignored")
+        if malformed:
+            parts.append(f"line(s) {', '.join(map(str, malformed[:5]))} are not result rows "
+                         "and are ignored")
+        warnings.warn(f"{path}: " + "; ".join(parts), UserWarning, stacklevel=2)
+    return rows
+
+
+def _read_stored_config(path: Path) -> SweepConfig:
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(stored, dict) or not isinstance(stored.get("config"), dict):
+            raise ValueError("it holds no 'config' object")
+        return SweepConfig.from_dict(stored["config"])
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise SweepConfigMismatch(
+            f"the sweep's configuration file {str(path)!r} is corrupt ({exc}); restore it, or "
+            "start a new --out directory") from None
+
+
+def check_same_config(directory: Path, cfg: SweepConfig) -> bool:
+    """Raise unless ``directory`` is empty of results or holds ``cfg``'s; True if it has
+    a config.json."""
+    config_path = directory / "config.json"
+    if config_path.exists():
+        have = _read_stored_config(config_path)
+        if not have.same_as(cfg):
+            raise SweepConfigMismatch(
+                f"sweep directory {str(directory)!r} holds results from a different "
+                f"configuration (differs in {have.differences(cfg)}); refusing to mix or "
+                "overwrite them. Use a new --out directory, or delete this one to start over")
+        return True
+    if (directory / "results.jsonl").exists() or any(directory.glob("results.*")):
+        raise SweepConfigMismatch(
+            f"sweep directory {str(directory)!r} holds results but no config.json; refusing "
+            "to overwrite them. Use a new --out directory")
+    return False
+
+
+class _DirectoryLock:
+    """An exclusive, non-blocking lock on ``path`` that the OS drops when the process dies."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not truncated: the holder's note
+        try:
+            self._lock(fd)
+        except OSError:
+            os.close(fd)
+            try:
+                holder = path.read_text(encoding="utf-8").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
+            self._fd = None
+            raise SweepLocked(
+                f"another sweep is running on {str(path.parent)!r} ({holder}); two sweeps on "
+                "one directory would run trials twice. Wait for it to finish, or use another "
+                "--out directory") from None
+        self._fd = fd
+        note = (f"pid {os.getpid()} on {socket.gethostname()}, since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+        os.ftruncate(fd, 0)
+        os.write(fd, note.encode())
+
+    @staticmethod
+    def _lock(fd: int) -> None:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            import msvcrt
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    __del__ = release
+
+
+class ResultsStore:
+    """The results table of one sweep directory (see the module docs).
+
+    Opening it takes the directory's lock (:class:`SweepLocked` if another sweep
+    holds it), checks or writes ``config.json``, drops epoch records without a
+    result row and exports ``results.csv``/``results.json``. Use it as a context
+    manager, or call :meth:`close`, to release the lock.
+    """
+
+    def __init__(self, out_dir, cfg: SweepConfig):
+        self.dir = Path(out_dir)
+        self.cfg = cfg
+        if self.dir.exists() and not self.dir.is_dir():
+            raise SweepConfigMismatch(f"sweep directory {str(self.dir)!r} is a file; pass a "
+                                      "directory (it is created if missing)")
+        if self.dir.exists():
+            check_same_config(self.dir, cfg)  # before the lock file is made; again under it
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _DirectoryLock(self.dir / "sweep.lock")
+        try:
+            self.config_path = self.dir / "config.json"
+            self.jsonl = self.dir / "results.jsonl"
+            self.epochs = self.dir / "epochs.jsonl"
+            if not check_same_config(self.dir, cfg):
+                _atomic_write(self.config_path, json.dumps(
+                    {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}, indent=2) + "\n")
+            self._rows = read_results(self.jsonl)
+            self._drop_orphan_epochs()
+            self.export()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the directory's lock (the rows stay readable)."""
+        self._lock.release()
+
+    def __enter__(self) -> "ResultsStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def rows(self) -> list[dict]:
+        return sorted(self._rows.values(), key=lambda r: r["trial_id"])
+
+    def done(self) -> set[str]:
+        return set(self._rows)
+
+    def _drop_orphan_epochs(self) -> None:
+        """Keep one epochs record per result row: drop those of trials that have no row (a
+        kill came between the two appends, or cut the row short) and repeats."""
+        if not self.epochs.exists():
+            return
+        kept, seen, changed = [], set(), False
+        for _, rec in _json_lines(self.epochs):
+            tid = rec.get("trial_id") if isinstance(rec, dict) else None
+            if tid in self._rows and tid not in seen:
+                seen.add(tid)
+                kept.append(json.dumps(rec) + "\n")
+            else:
+                changed = True
+        text = "".join(kept)
+        if changed or text != self.epochs.read_text(encoding="utf-8", errors="replace"):
+            _atomic_write(self.epochs, text)
+
+    def add(self, row: dict) -> bool:
+        """Record one finished trial; False (and nothing written) if it is already there.
+
+        Its epochs record is appended first and its row second: the row commits
+        the trial, so a kill between the two leaves a record the next run drops."""
+        missing = [c for c in COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"result row lacks columns {missing}")
+        if row["trial_id"] in self._rows:
+            return False
+        if row.get("history"):
+            _append(self.epochs, {"trial_id": row["trial_id"], "history": row["history"]})
+        _crash_point("before-row")
+        keys = table_columns([row])
+        _append(self.jsonl, {k: _json_safe(row[k]) for k in keys})
+        self._rows[row["trial_id"]] = {k: row[k] for k in keys}
+        _crash_point("after-row")
+        self.export()
+        return True
+
+    def record_failure(self, trial: Trial, error: str) -> None:
+        _append(self.dir / "failures.jsonl",
+                {"trial_id": trial.trial_id, "time": time.time(), "error": error})
+
+    def export(self) -> None:
+        """Rewrite ``results.csv`` and ``results.json`` from the table (sorted by trial id)."""
+        import csv
+        import io
+
+        rows = self.rows
+        columns = table_columns(rows)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in columns})
+        _atomic_write(self.dir / "results.csv", buf.getvalue())
+        _crash_point("between-exports")
+        _atomic_write(self.dir / "results.json", json.dumps(
+            [{k: _json_safe(r.get(k)) for k in columns} for r in rows], indent=1) + "\n")
+
+
+def rows_to_records(rows: Iterable[dict]) -> list[dict]:
+    """Rows with ``-inf``/``nan`` strings turned back into floats (for JSON loaded elsewhere)."""
+    return [{k: _from_json(k, v) for k, v in r.items()} for r in rows]
