@@ -50,6 +50,8 @@ import topo_pai  # noqa: E402
 from topo_pai.metrics.torch_neuron import TORCH_MIN_DENSITY  # noqa: E402
 
 LAYERS = {
+    "conv 16ch 32x32": (lambda: nn.Conv2d(16, 16, 3, padding=1, bias=False), (16, 32, 32)),
+    "conv 64ch 8x8": (lambda: nn.Conv2d(64, 64, 3, padding=1, bias=False), (64, 8, 8)),
     "conv 64ch 64x64": (lambda: nn.Conv2d(64, 64, 3, padding=1, bias=False), (64, 64, 64)),
     "conv 128ch 32x32": (lambda: nn.Conv2d(128, 128, 3, padding=1, bias=False), (128, 32, 32)),
     "conv 256ch 16x16": (lambda: nn.Conv2d(256, 256, 3, padding=1, bias=False), (256, 16, 16)),

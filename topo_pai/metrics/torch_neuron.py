@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 
+from topo_pai.errors import UnsupportedOpError
 from topo_pai.graph.ir import Program, spatial3
 from topo_pai.graph.masks import LayerMask
 from topo_pai.kernels import propagate as K
@@ -56,6 +57,12 @@ from topo_pai.metrics.scaled import (
 )
 
 _INT64_MAX = torch.iinfo(torch.int64).max
+
+
+def _unsupported(op) -> UnsupportedOpError:
+    return UnsupportedOpError(
+        f"the torch engine cannot propagate the {op.kind!r} op at fx node '{op.fx_node}'; "
+        "use engine='numba' or report the model")
 
 
 @dataclass
@@ -198,6 +205,16 @@ class ConvGeometry:
                            self.stride, self.padding, self.dilation, self.groups)
         return self.unpad(gin).reshape(-1)
 
+    def backward_and_through(self, g: torch.Tensor, w: torch.Tensor,
+                             x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`backward` and :meth:`through` in one call, sharing the unfolded input
+        (as autograd computes both gradients of a conv)."""
+        xp = self.pad(x.view(1, self.C, self.H, self.W))
+        gin, through, _ = torch.ops.aten.convolution_backward(
+            g.view(1, self.O, self.OH, self.OW), xp, w.view(self.weight4), None, self.stride,
+            self.padding, self.dilation, False, (0, 0), self.groups, (True, True, False))
+        return self.unpad(gin).reshape(-1), through
+
     def through(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Per weight element, the sum over output positions of ``x[in] * g[out]``."""
         x = self.pad(x.view(1, self.C, self.H, self.W))
@@ -259,6 +276,7 @@ class TorchNeuronEngine:
         self._bwd: dict[int, TScaled] | None = None
         self._reach: tuple[dict, dict] | None = None
         self._tables: dict[str, list[Scaled]] = {}
+        self._through: dict[int, tuple[torch.Tensor, int]] = {}  # from the backward pass
 
     # -- helpers ---------------------------------------------------------------------------
     def _ops_context(self):
@@ -337,7 +355,7 @@ class TorchNeuronEngine:
             f = np.asarray(op.attrs["factor"], dtype=np.float64)
             f = (f != 0).astype(np.float64) if unit else np.abs(f)
             flat = np.ascontiguousarray(np.broadcast_to(f, self.program.values[op.output]))
-            self._factors[key] = torch.from_numpy(flat.reshape(-1)).to(self.device)
+            self._factors[key] = torch.from_numpy(flat.reshape(-1).copy()).to(self.device)
         return self._factors[key]
 
     def _size(self, vid: int) -> int:
@@ -378,7 +396,7 @@ class TorchNeuronEngine:
             return x.view(shape).sum(dim=tuple(op.attrs["axes"])).reshape(-1)
         if op.kind == "scale":
             return x * self._factor(op, unit)
-        raise AssertionError(op.kind)  # pragma: no cover
+        raise _unsupported(op)
 
     def _op_backward(self, op, g: torch.Tensor, unit: bool) -> torch.Tensor:
         if op.kind == "layer":
@@ -395,7 +413,7 @@ class TorchNeuronEngine:
             return g.view(kept).expand(in_shape).reshape(-1)
         if op.kind == "scale":
             return g * self._factor(op, unit)
-        raise AssertionError(op.kind)  # pragma: no cover
+        raise _unsupported(op)
 
     # -- propagation --------------------------------------------------------------------
     def _forward(self, saturate: bool) -> dict[int, TScaled]:
@@ -451,9 +469,21 @@ class TorchNeuronEngine:
                             normalize(piece.reshape(-1).clone(), g.e, g.risky))
                     continue
                 v = op.inputs[0]
-                parts.setdefault(v, []).append(
-                    normalize(self._op_backward(op, g.m, saturate), g.e, g.risky))
+                if op.kind == "layer" and not saturate and self._fuses(op.attrs["layer"]):
+                    # Weighted flows: the flow through every weight now, with the input
+                    # gradient, as SynFlow's scores will ask for it (one conv call, not two).
+                    layer, x = op.attrs["layer"], self._fwd[v]
+                    gin, through = self._geometry(layer).backward_and_through(
+                        g.m, self._weight(layer, False), x.m)
+                    self._through[layer] = (through, x.e + g.e)
+                else:
+                    gin = self._op_backward(op, g.m, saturate)
+                parts.setdefault(v, []).append(normalize(gin, g.e, g.risky))
         return grad
+
+    def _fuses(self, layer: int) -> bool:
+        return (self.weights is not None and layer not in self.numba_layers
+                and self.program.layers[layer].kind != "Linear")
 
     def _propagate(self) -> None:
         if self._fwd is None:
@@ -580,8 +610,11 @@ class TorchNeuronEngine:
             score[flat] = Scaled(sums, fin.e + bout.e).log10()
             return score.reshape(logw.shape) + logw
         with torch.no_grad(), self._ops_context():
-            score = self._geometry(layer).through(fin.m, bout.m).reshape(-1)
-            score.log10_().add_((fin.e + bout.e) * LOG10_2)
+            through, e = self._through.pop(layer, (None, fin.e + bout.e))
+            if through is None:
+                through = self._geometry(layer).through(fin.m, bout.m)
+            score = through.reshape(-1)
+            score.log10_().add_(e * LOG10_2)
             if self.weights is not None:
                 score.add_(self._on_device(layer, "log10 w"))
             score.masked_fill_(self._weight(layer, True).reshape(-1) == 0, -math.inf)
