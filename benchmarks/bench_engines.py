@@ -5,22 +5,21 @@ Run from the repository root::
 
     . .venv/bin/activate
     export OMP_WAIT_POLICY=PASSIVE
-    python benchmarks/bench_engines.py            # full run (~3 min on 2 shared cores)
-    python benchmarks/bench_engines.py --quick    # two layers, fewer densities (~1 min)
+    python benchmarks/bench_engines.py            # full run (~5 min on 2 shared cores)
+    python benchmarks/bench_engines.py --quick    # fewer densities (~2 min)
 
-Workload: single conv layers with the geometries of ResNet-18 at 64x64 (3x3, stride
-1, padding 1: 64 channels at 64x64, 128 at 32x32, 256 at 16x16, 512 at 8x8) and one
-Linear layer (512 -> 200), each traced as a one-layer model, at densities 1 ... 0.01
-(Bernoulli masks, seed 0), with ``|w|`` as edge weights. A cell is the best of 3
-wall-clock times of one weighted-flow query at neuron resolution, as SynFlow asks
-it every round: ``topo.flows(|w|, "neuron").log10_through_weights()`` (forward and
-backward flows and the flow through every weight), on ``engine="numba"`` and
-``engine="torch"``. The table gives both times and their ratio; the crossover of a
-layer is the lowest density at which torch is at least as fast. ``engine="auto"``
-uses one density for every layer (``TORCH_MIN_DENSITY`` in
-``topo_pai/metrics/torch_neuron.py``): both costs scale with the output positions,
-Numba's with the kept weights and torch's with all of them, so their ratio depends on
-the density far more than on the geometry.
+Workload: ResNet-20 (input 3x32x32) and ResNet-18 with the Tiny-ImageNet stem (input
+3x64x64), built after ``torch.manual_seed(0)``, with Bernoulli masks (seed 0) at one
+density for every layer, and ``|w|`` as edge weights. A cell is the best of 2
+wall-clock times of one weighted-flow query at neuron resolution, as SynFlow asks it
+every round, on masks it has not seen before:
+``topo.with_masks(masks).flows(|w|, "neuron").log10_through_weights()`` (the masks'
+intake, forward and backward flows and the flow through every weight; the Numba engine
+also lists the kept elements of every conv), on ``engine="numba"`` and
+``engine="torch"``. The crossover of a model is the lowest density at which torch is at
+least as fast. ``engine="auto"`` compares the network's work-weighted density (kept
+weights times their output positions, over all weights times them; here the density
+itself) with ``TORCH_MIN_DENSITY`` in ``topo_pai/metrics/torch_neuron.py``.
 
 The full run writes ``benchmarks/results_engines.md``; ``--quick`` writes
 ``benchmarks/results_engines_quick.md``.
@@ -41,85 +40,78 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import topo_pai  # noqa: E402
 from topo_pai.metrics.torch_neuron import TORCH_MIN_DENSITY  # noqa: E402
+from topo_pai.models import resnet18, resnet20  # noqa: E402
 
-LAYERS = {
-    "conv 16ch 32x32": (lambda: nn.Conv2d(16, 16, 3, padding=1, bias=False), (16, 32, 32)),
-    "conv 64ch 8x8": (lambda: nn.Conv2d(64, 64, 3, padding=1, bias=False), (64, 8, 8)),
-    "conv 64ch 64x64": (lambda: nn.Conv2d(64, 64, 3, padding=1, bias=False), (64, 64, 64)),
-    "conv 128ch 32x32": (lambda: nn.Conv2d(128, 128, 3, padding=1, bias=False), (128, 32, 32)),
-    "conv 256ch 16x16": (lambda: nn.Conv2d(256, 256, 3, padding=1, bias=False), (256, 16, 16)),
-    "conv 512ch 8x8": (lambda: nn.Conv2d(512, 512, 3, padding=1, bias=False), (512, 8, 8)),
-    "linear 512->200": (lambda: nn.Linear(512, 200, bias=False), (512,)),
-}
-QUICK_LAYERS = ("conv 64ch 64x64", "conv 512ch 8x8")
-DENSITIES = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
-QUICK_DENSITIES = (1.0, 0.3, 0.1, 0.03)
-REPEAT = 3
+MODELS = {"ResNet-20": (resnet20, (3, 32, 32)), "ResNet-18 (64x64)": (resnet18, (3, 64, 64))}
+DENSITIES = (1.0, 0.3, 0.1, 0.05, 0.02, 0.01)
+QUICK_DENSITIES = (1.0, 0.1, 0.02)
+REPEAT = 2
 
 
 def time_flows(model, masks, shape, engine: str) -> float:
     topo = topo_pai.from_torch(model, masks, shape, engine=engine)
-    weights = topo.edge_weights({"weight": model.weight.detach().abs()})
+    absw = {n: model.get_parameter(n).detach().abs() for n in masks}
+    weights = topo.edge_weights(absw)
     best = float("inf")
     for _ in range(REPEAT):
         t = time.perf_counter()
-        topo.flows(weights, "neuron").log10_through_weights()
+        topo.with_masks(masks).flows(weights, "neuron").log10_through_weights()
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def bernoulli(model, density: float) -> dict:
+    rng = np.random.default_rng(0)
+    names = [n for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1]
+    return {n: torch.from_numpy((rng.random(tuple(model.get_parameter(n).shape)) < density)
+                                .astype(np.float32)) for n in names}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
-    layers = QUICK_LAYERS if args.quick else tuple(LAYERS)
     densities = QUICK_DENSITIES if args.quick else DENSITIES
-    torch.manual_seed(0)
-    # Compile the Numba kernels outside the timing.
-    warm = nn.Conv2d(2, 2, 3, padding=1)
-    time_flows(warm, {"weight": torch.ones_like(warm.weight)}, (2, 5, 5), "numba")
-    start = time.time()
-    load0 = os.getloadavg()
+    warm = resnet18(input_size=8)  # Numba compilation outside the timing
+    time_flows(warm, bernoulli(warm, 0.5), (3, 8, 8), "numba")
+    start, load0 = time.time(), os.getloadavg()
     rows, crossover = [], {}
-    for name in layers:
-        make, shape = LAYERS[name]
+    for name, (make, shape) in MODELS.items():
+        torch.manual_seed(0)
         model = make()
-        rng = np.random.default_rng(0)
         for d in densities:
-            mask = torch.from_numpy((rng.random(tuple(model.weight.shape)) < d).astype(np.float32))
-            t_numba = time_flows(model, {"weight": mask}, shape, "numba")
-            t_torch = time_flows(model, {"weight": mask}, shape, "torch")
+            masks = bernoulli(model, d)
+            t_numba = time_flows(model, masks, shape, "numba")
+            t_torch = time_flows(model, masks, shape, "torch")
             rows.append((name, d, t_numba, t_torch))
             if t_torch <= t_numba:
                 crossover[name] = d
-            print(f"{name:18s} density {d:5.2f}: numba {t_numba:.4f} s, torch {t_torch:.4f} s, "
+            print(f"{name} density {d:5.2f}: numba {t_numba:.3f} s, torch {t_torch:.3f} s, "
                   f"numba/torch {t_numba / t_torch:.2f}", flush=True)
     lines = [
         "# Engine crossover: Numba kernels vs torch dense ops (weighted flows, neuron resolution)",
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
         f"- machine: `{platform.platform()}` / {platform.processor() or platform.machine()}",
-        f"- python {platform.python_version()}, torch {torch.__version__}, "
-        f"numpy {np.__version__}",
+        f"- python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}",
         f"- CPUs: os.cpu_count()={os.cpu_count()}, torch threads={torch.get_num_threads()}, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
         f"- mode: {'quick' if args.quick else 'full'}; best of {REPEAT} per cell; "
-        f"`flows(|w|, 'neuron').log10_through_weights()` on a one-layer model",
+        "`with_masks(masks).flows(|w|, 'neuron').log10_through_weights()`",
         "",
-        "| layer | density | numba | torch | numba / torch |",
+        "| model | density | numba | torch | numba / torch |",
         "|---|---|---|---|---|",
     ]
     for name, d, tn, tt in rows:
-        lines.append(f"| {name} | {d:g} | {tn:.4f} s | {tt:.4f} s | {tn / tt:.2f} |")
-    lines += ["", "Lowest density at which torch is at least as fast (per layer): "
-              + ", ".join(f"{n}: {crossover.get(n, 'never')}" for n in layers) + ".",
+        lines.append(f"| {name} | {d:g} | {tn:.3f} s | {tt:.3f} s | {tn / tt:.2f} |")
+    lines += ["", "Lowest density at which torch is at least as fast: "
+              + ", ".join(f"{n}: {crossover.get(n, 'never')}" for n in MODELS) + ". "
               f"`engine=\"auto\"` uses TORCH_MIN_DENSITY = {TORCH_MIN_DENSITY}.", "",
               f"Load average (1 / 5 / 15 min) at start: {tuple(round(x, 2) for x in load0)}; "
               f"at end: {tuple(round(x, 2) for x in os.getloadavg())}; total wall time "

@@ -31,7 +31,11 @@ import topo_pai  # noqa: E402
 from own_models import CatNet, ResDepthNet  # noqa: E402
 from topo_pai.metrics import torch_neuron  # noqa: E402
 from topo_pai.metrics.neuron import NeuronEngine  # noqa: E402
-from topo_pai.metrics.torch_neuron import AutoNeuronEngine, TorchNeuronEngine  # noqa: E402
+from topo_pai.metrics.torch_neuron import (  # noqa: E402
+    AutoNeuronEngine,
+    TorchNeuronEngine,
+    work_density,
+)
 from topo_pai.models import resnet20  # noqa: E402
 from topo_pai.pruners import prune_with_scores  # noqa: E402
 
@@ -110,13 +114,14 @@ def test_torch_engine_equals_numba_on_random_architectures(data):
 
 @SETTINGS
 @given(st.data())
-def test_auto_mix_equals_numba_on_random_architectures(data):
-    """``engine="auto"`` with the crossover at 0.5: layers on both sides of it mix."""
+def test_auto_equals_numba_on_random_architectures(data):
+    """``engine="auto"`` with the crossover at 0.5: masks on both sides of it."""
     spec, shape = data.draw(O.specs(min_spatial=3, min_blocks=2), label="spec")
     model = O.build_torch(spec, shape)
     masks = O.masks_for(model, data.draw)
     rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
-    with mock.patch.object(torch_neuron, "TORCH_MIN_DENSITY", 0.5):
+    with mock.patch.object(torch_neuron, "TORCH_MIN_DENSITY", 0.5), \
+            mock.patch.object(torch_neuron, "TORCH_LAYER_WORK", 0):
         assert_engines_agree(model, masks, shape, _abs_weights(model, masks, rng), other="auto")
 
 
@@ -194,7 +199,7 @@ def test_reachability_is_exact_when_counts_span_more_than_float64():
     cut["200.weight"][0, 0] = 0  # the one-path lane ends at layer 200
     got = topo_pai.from_torch(model, cut, (16,), engine="torch")
     assert got.effective_nodes("neuron") == 15 * (depth + 1)  # the whole lane is cut off
-    assert got.effective_params("neuron") == [15 * 15] * depth
+    assert got.effective_params("neuron") == 15 * 15 * depth
 
 
 # ---------------------------------------------------------------------------
@@ -207,6 +212,7 @@ def _bernoulli(model, density, seed=0):
                                 .astype(np.float32)) for n in O.prunable_weight_names(model)}
 
 
+@mock.patch.object(torch_neuron, "TORCH_LAYER_WORK", 0)  # tiny layers: density alone
 def test_engine_option_selects_the_implementation():
     model = ResDepthNet()
     masks = _bernoulli(model, 0.6)
@@ -218,9 +224,8 @@ def test_engine_option_selects_the_implementation():
     assert type(auto.engine("neuron")) is AutoNeuronEngine  # counts on Numba
     flows = auto.flows(absw, "neuron")._engine
     assert type(flows) is TorchNeuronEngine and flows.device == torch.device("cpu")
-    assert flows.numba_layers == frozenset()  # density 0.6 >= TORCH_MIN_DENSITY everywhere
     sparse = topo_pai.from_torch(model, _bernoulli(model, 0.02), (3, 6, 6))
-    assert type(sparse.flows(absw, "neuron")._engine) is NeuronEngine  # every layer sparse
+    assert type(sparse.flows(absw, "neuron")._engine) is NeuronEngine
     with_masks = auto.with_masks(masks)  # the choice travels with the trace
     assert type(with_masks.engine("neuron")) is AutoNeuronEngine
     torch_topo = topo_pai.from_torch(model, masks, (3, 6, 6), engine="torch")
@@ -270,9 +275,9 @@ def test_cuda_model_runs_the_torch_engine_on_its_device():
     sb = gpu.flows(absw, "neuron").log10_through_weights()
     for k in sa:
         _same_log10(sa[k], sb[k], k)
-    auto = topo_pai.from_torch(gpu_model, masks, (3, 9, 7))
-    engine = auto.flows(absw, "neuron")._engine
-    assert engine.device.type == "cuda" and engine.numba_layers == frozenset()
+    auto = topo_pai.from_torch(gpu_model, _bernoulli(model, 0.01), (3, 9, 7))
+    engine = auto.flows(absw, "neuron")._engine  # sparse, but on the GPU: torch
+    assert type(engine) is TorchNeuronEngine and engine.device.type == "cuda"
 
 
 @CUDA
@@ -315,3 +320,13 @@ def test_synflow_on_a_deep_chain_overflows_the_float64_loop_but_not_ours():
     absw = {n: p.detach().abs() for n, p in model.named_parameters() if n.endswith("weight")}
     log10_r = topo_pai.from_torch(model, None, (8,)).flows(absw, "neuron").log10_total
     assert 308.3 < log10_r < 400  # R itself, past float64, held overflow-free
+
+
+def test_work_density_weights_layers_by_their_output_positions():
+    """A 1x1 conv over 8x8 positions (64 weights, 64 positions) at density 1/4 and a
+    Linear head (2 x 512 weights, 1 position) dense: (16*64 + 1024) / (64*64 + 1024)."""
+    model = nn.Sequential(nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8 * 8 * 8, 2))
+    mask = torch.zeros(8, 8, 1, 1)
+    mask[:, :2] = 1
+    topo = topo_pai.from_torch(model, {"0.weight": mask}, (8, 8, 8))
+    assert work_density(topo.program, topo._layer_masks) == (16 * 64 + 1024) / (64 * 64 + 1024)

@@ -8,10 +8,8 @@ layer is a matrix-vector product; a pool is ``P_h X P_w^T`` with 0/1 window
 matrices; sums, concatenations and constant factors as elsewhere. Dense kernels
 cost the same at any density, so this engine wins on dense layers and loses on
 sparse ones, where the Numba engine's cost follows the kept weights
-(:mod:`topo_pai.metrics.neuron`). A layer listed in ``numba_layers`` runs the
-Numba engine's kernels instead (CPU only, on numpy views of the same memory):
-that is how ``engine="auto"`` mixes the two per layer (see
-:func:`neuron_engine` and ``docs/architecture.md``).
+(:mod:`topo_pai.metrics.neuron`); ``engine="auto"`` chooses between the two by
+the network's density (:func:`prefers_torch`, ``docs/architecture.md``).
 
 Counts stay overflow-free as in :mod:`topo_pai.metrics.scaled`: a float64
 mantissa tensor plus one Python-int power-of-two exponent per value, rescaled
@@ -40,13 +38,8 @@ from topo_pai.graph.ir import Program, spatial3
 from topo_pai.graph.masks import LayerMask
 from topo_pai.kernels import propagate as K
 from topo_pai.metrics import exact as X
-from topo_pai.metrics.engine import (
-    EngineOptions,
-    linear_log10_scores,
-    log10_weights,
-    weighted_layer_masks,
-)
-from topo_pai.metrics.neuron import NeuronEngine, NeuronGraph
+from topo_pai.metrics.engine import EngineOptions, linear_log10_scores, log10_weights
+from topo_pai.metrics.neuron import NeuronEngine
 from topo_pai.metrics.scaled import (
     LOG10_2,
     RISKY_BITS,
@@ -247,29 +240,21 @@ class TorchNeuronEngine:
     """The neuron-resolution :class:`~topo_pai.metrics.engine.Engine` on torch ops
     (see the module docstring and the engine contract).
 
-    ``device``: where tensors live (the model's device). ``numba_layers``: layer
-    indices that run the Numba kernels instead (CPU only). ``weights``: flat float64
+    ``device``: where tensors live (the model's device). ``weights``: flat float64
     edge weights per layer (:meth:`with_weights`), ``None`` for path counts.
     """
 
     resolution = "neuron"
 
     def __init__(self, program: Program, structure, layer_masks: list[LayerMask], shared: dict,
-                 *, device=None, numba_layers=frozenset(), weights: list[np.ndarray] | None = None,
-                 elements: dict | None = None):
+                 *, device=None, weights: list[np.ndarray] | None = None):
         del structure  # the unrolled graph needs no channel maps
         self.program = program
         self.layer_masks = layer_masks
         self.shared = shared
         self.device = torch.device("cpu" if device is None else device)
-        self.numba_layers = frozenset(numba_layers)
-        if self.numba_layers and self.device.type != "cpu":
-            raise ValueError("numba_layers run on the CPU only; the engine's device is "
-                             f"{self.device}")
         self.weights = weights
         self.group_keys = program.group_values
-        self._elements = {} if elements is None else elements  # Numba conv elements cache
-        self._graphs: dict[bool, NeuronGraph] = {}
         self._layer_weights: dict[tuple[int, bool], torch.Tensor] = {}
         self._factors: dict[tuple[int, bool], torch.Tensor] = {}
         self._fwd: dict[int, TScaled] | None = None
@@ -283,25 +268,6 @@ class TorchNeuronEngine:
         if self.device.type == "cuda":  # sums of products only: no FFT / Winograd residue
             return torch.backends.cudnn.flags(enabled=False)
         return contextlib.nullcontext()
-
-    def _graph(self, unit: bool) -> NeuronGraph:
-        """The Numba engine's op graph over the same masks (``unit``: 0/1 weights)."""
-        if unit not in self._graphs:
-            if unit or self.weights is None:
-                self._graphs[unit] = NeuronGraph(self.program, self.layer_masks, None,
-                                                 self._elements)
-            else:  # weighted multiplicities only where the graph multiplies by them
-                linear = [i for i in sorted(self.numba_layers)
-                          if self.program.layers[i].kind == "Linear"]
-                masks = list(self.layer_masks)
-                weighted = weighted_layer_masks([self.program.layers[i] for i in linear],
-                                                [masks[i] for i in linear],
-                                                [self.weights[i] for i in linear])
-                for i, lm in zip(linear, weighted):
-                    masks[i] = lm
-                self._graphs[unit] = NeuronGraph(self.program, masks, self.weights,
-                                                 self._elements)
-        return self._graphs[unit]
 
     def _geometry(self, layer: int) -> ConvGeometry:
         key = ("torch conv geometry", layer)
@@ -364,10 +330,6 @@ class TorchNeuronEngine:
     # -- ops ---------------------------------------------------------------------------
     def _layer_forward(self, layer: int, x: torch.Tensor, unit: bool) -> torch.Tensor:
         spec = self.program.layers[layer]
-        if layer in self.numba_layers:
-            op = self.program.layer_ops[layer]
-            out = self._graph(unit)._forward_op(op, x.numpy(), self._size(op.output))
-            return torch.from_numpy(out)
         w = self._weight(layer, unit)
         if spec.kind == "Linear":
             return torch.mv(w, x)
@@ -375,10 +337,6 @@ class TorchNeuronEngine:
 
     def _layer_backward(self, layer: int, g: torch.Tensor, unit: bool) -> torch.Tensor:
         spec = self.program.layers[layer]
-        if layer in self.numba_layers:
-            op = self.program.layer_ops[layer]
-            out = self._graph(unit)._backward_op(op, g.numpy(), self._size(op.inputs[0]))
-            return torch.from_numpy(out)
         w = self._weight(layer, unit)
         if spec.kind == "Linear":
             return torch.mv(w.t(), g)
@@ -482,8 +440,7 @@ class TorchNeuronEngine:
         return grad
 
     def _fuses(self, layer: int) -> bool:
-        return (self.weights is not None and layer not in self.numba_layers
-                and self.program.layers[layer].kind != "Linear")
+        return self.weights is not None and self.program.layers[layer].kind != "Linear"
 
     def _propagate(self) -> None:
         if self._fwd is None:
@@ -562,11 +519,6 @@ class TorchNeuronEngine:
         mask = self._weight(layer, True) > 0
         if spec.kind == "Linear":
             return mask & (bout[:, None] > 0) & (fin[None, :] > 0)
-        if layer in self.numba_layers:
-            flat, flags = self._graph(True).effective_flags(layer, fin.numpy(), bout.numpy())
-            eff = np.zeros(mask.numel(), dtype=bool)
-            eff[flat] = flags.astype(bool)
-            return torch.from_numpy(eff).view(mask.shape)
         with torch.no_grad(), self._ops_context():
             through = self._geometry(layer).through(fin, bout)
         return mask & (through.view(mask.shape) > 0)
@@ -600,15 +552,9 @@ class TorchNeuronEngine:
         vin, vout = self._io(layer)
         fin, bout = self.fwd[vin], self.bwd[vout]
         spec, lm = self.program.layers[layer], self.layer_masks[layer]
-        if spec.kind == "Linear" or layer in self.numba_layers:
-            logw = log10_weights(lm, None if self.weights is None else self.weights[layer])
         if spec.kind == "Linear":
+            logw = log10_weights(lm, None if self.weights is None else self.weights[layer])
             return linear_log10_scores(logw, fin.to_scaled(), bout.to_scaled())
-        if layer in self.numba_layers:
-            flat, sums = self._graph(False).weight_flow(layer, fin.m.numpy(), bout.m.numpy())
-            score = np.full(logw.size, -np.inf)
-            score[flat] = Scaled(sums, fin.e + bout.e).log10()
-            return score.reshape(logw.shape) + logw
         with torch.no_grad(), self._ops_context():
             through, e = self._through.pop(layer, (None, fin.e + bout.e))
             if through is None:
@@ -622,30 +568,54 @@ class TorchNeuronEngine:
 
     def with_weights(self, weights: list[np.ndarray]) -> TorchNeuronEngine:
         return TorchNeuronEngine(self.program, None, self.layer_masks, self.shared,
-                                 device=self.device, numba_layers=self.numba_layers,
-                                 weights=weights, elements=self._elements)
+                                 device=self.device, weights=weights)
 
 
-#: Density (kept / all elements of a layer's weight) from which ``engine="auto"`` runs a
-#: layer's weighted flows on torch's dense ops instead of the Numba kernels, on the CPU.
-#: Measured by ``benchmarks/bench_engines.py`` (see docs/architecture.md, "Engines").
-TORCH_MIN_DENSITY = 0.15
+#: The cost model behind ``engine="auto"`` for weighted flows on the CPU, fitted to
+#: ``benchmarks/results_engines.md`` (ResNet-20 and ResNet-18 at 64x64, densities
+#: 1 ... 0.01): the Numba kernels cost about ``kept_work`` (kept weights times the
+#: output positions each slides over), torch's dense ops about
+#: ``TORCH_MIN_DENSITY * total_work`` (the same over all weights) plus a fixed cost per
+#: layer worth ``TORCH_LAYER_WORK`` units of Numba work (small float64 convolutions
+#: spend most of their time outside the arithmetic). Torch runs when it is the cheaper.
+#: One choice per network, not per layer: alternating Numba's and torch's thread pools
+#: within one pass slowed torch's convolutions 3-4x on the shared CPUs measured here.
+TORCH_MIN_DENSITY = 0.1
+TORCH_LAYER_WORK = 1e6
 
 
-def torch_layers(layer_masks: list[LayerMask], device) -> frozenset[int]:
-    """Layers whose flows ``engine="auto"`` computes with torch ops: all of them on an
-    accelerator, those at density >= :data:`TORCH_MIN_DENSITY` on the CPU."""
+def layer_work(program: Program, layer_masks: list[LayerMask]) -> tuple[int, int]:
+    """``(kept_work, total_work)``: kept weights and all weights, each times the output
+    positions of its layer, summed over layers."""
+    kept = total = 0
+    for i, lm in enumerate(layer_masks):
+        out = program.values[program.layer_ops[i].output]
+        positions = math.prod(out[1:]) if len(out) > 1 else 1
+        kept += lm.unpruned * positions
+        total += lm.mask.size * positions
+    return kept, total
+
+
+def work_density(program: Program, layer_masks: list[LayerMask]) -> float:
+    """``kept_work / total_work`` (:func:`layer_work`; 1.0 without weights)."""
+    kept, total = layer_work(program, layer_masks)
+    return kept / total if total else 1.0
+
+
+def prefers_torch(program: Program, layer_masks: list[LayerMask], device) -> bool:
+    """Whether ``engine="auto"`` computes weighted flows with :class:`TorchNeuronEngine`:
+    always on an accelerator; on the CPU where the cost model of
+    :data:`TORCH_MIN_DENSITY` and :data:`TORCH_LAYER_WORK` finds it cheaper."""
     if torch.device(device).type != "cpu":
-        return frozenset(range(len(layer_masks)))
-    return frozenset(i for i, lm in enumerate(layer_masks)
-                     if lm.mask.size and lm.unpruned >= TORCH_MIN_DENSITY * lm.mask.size)
+        return True
+    kept, total = layer_work(program, layer_masks)
+    return kept >= TORCH_MIN_DENSITY * total + TORCH_LAYER_WORK * len(layer_masks)
 
 
 class AutoNeuronEngine(NeuronEngine):
     """``engine="auto"`` at neuron resolution: path counts and reachability on the Numba
-    engine (its cost follows the kept weights), weighted flows (:meth:`with_weights`)
-    on :class:`TorchNeuronEngine` with each layer on torch or on the Numba kernels by
-    its density (:func:`torch_layers`)."""
+    engine (its cost follows the kept weights), weighted flows (:meth:`with_weights`) on
+    :class:`TorchNeuronEngine` where :func:`prefers_torch` says so."""
 
     def __init__(self, program: Program, structure, layer_masks: list[LayerMask], shared: dict,
                  *, device=None):
@@ -654,13 +624,10 @@ class AutoNeuronEngine(NeuronEngine):
         self.device = torch.device("cpu" if device is None else device)
 
     def with_weights(self, weights: list[np.ndarray]):
-        dense = torch_layers(self.layer_masks, self.device)
-        if not dense:
+        if not prefers_torch(self.program, self.layer_masks, self.device):
             return super().with_weights(weights)
-        numba_layers = frozenset(range(len(self.layer_masks))) - dense
         return TorchNeuronEngine(self.program, None, self.layer_masks, self.shared,
-                                 device=self.device, numba_layers=numba_layers,
-                                 weights=weights, elements=self.graph.elements_cache)
+                                 device=self.device, weights=weights)
 
 
 def neuron_engine(program: Program, structure, layer_masks: list[LayerMask], shared: dict, *,
