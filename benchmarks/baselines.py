@@ -1,4 +1,10 @@
-"""Baseline (a) of the benchmark: the float64 forward/backward "probe".
+"""Baselines timed against topo_pai in the same run.
+
+* :func:`float64_probe` (``bench_core.py``): the float64 forward/backward "probe";
+* :func:`float64_synflow` (``bench_pruners.py``): an independent float64 torch SynFlow
+  loop, as published (Tanaka et al. 2020), with a global top-k every round.
+
+The float64 forward/backward "probe".
 
 This is how the official NPB code (``Utils/metrics.py: measure_node_path``)
 and SynFlow-style scripts obtain path counts, effective parameters and
@@ -50,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["ProbeResult", "float64_probe", "prunable_weight_names"]
+__all__ = ["ProbeResult", "float64_probe", "float64_synflow", "prunable_weight_names"]
 
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -327,3 +333,61 @@ def float64_probe(model: nn.Module, masks: dict, input_shape: tuple) -> ProbeRes
         nodes = sum(int(f.sum()) for f in node_flags.values())
         nodes += int((out_units != 0).any(dim=1).sum())
     return ProbeResult(float(total.item()), eff_params, nodes, unpruned, per_layer)
+
+
+# ---------------------------------------------------------------------------
+# SynFlow as a plain float64 torch loop
+# ---------------------------------------------------------------------------
+
+def float64_synflow(model: nn.Module, sparsity: float, input_shape: tuple,
+                    rounds: int = 100) -> dict[str, torch.Tensor]:
+    """SynFlow (Tanaka et al. 2020) as the published code runs it, in plain float64 torch.
+
+    The model is copied to float64 in eval mode with every parameter replaced by its
+    absolute value (the published ``linearize``); each round pushes one all-ones input,
+    takes ``R = sum(outputs)``, back-propagates, scores every Linear/Conv weight by
+    ``|w * dR/dw|``, keeps the global top ``round(n * density**(r / rounds))`` scores
+    (``torch.topk`` over all weights at once, the exponential schedule of the paper)
+    and multiplies the weights by the new masks in place. Two choices make it count
+    what topo_pai counts, so that single-shot masks are equal (tested): biases are
+    zeroed and every BatchNorm gets ``eps = 0`` (with fresh statistics it is then the
+    identity). Nothing guards against overflow: on a deep network ``R`` becomes
+    ``inf`` and the scores ``nan``, as in the published code.
+
+    Returns the masks ``{weight name: bool tensor}`` of the Linear/Conv weights.
+    """
+    net = copy.deepcopy(model).double().eval()
+    weights: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+        for name, mod in net.named_modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.eps = 0.0
+            if isinstance(mod, _PRUNABLE):
+                if mod.bias is not None:
+                    mod.bias.zero_()
+                weights[f"{name}.weight" if name else "weight"] = mod.weight
+    leaves = {id(w) for w in weights.values()}
+    for p in net.parameters():
+        p.requires_grad_(id(p) in leaves)
+    names = list(weights)
+    sizes = [weights[n].numel() for n in names]
+    total = sum(sizes)
+    keep = min(total, max(0, int(math.floor((1.0 - sparsity) * total + 0.5))))
+    density = keep / total
+    ones = torch.ones((1,) + tuple(input_shape), dtype=torch.float64)
+    masks = {n: torch.ones_like(weights[n], dtype=torch.bool) for n in names}
+    for r in range(1, rounds + 1):
+        for w in weights.values():
+            w.grad = None
+        net(ones).sum().backward()
+        scores = torch.cat([(weights[n].grad * weights[n]).abs().reshape(-1) for n in names])
+        k = keep if r == rounds else int(math.floor(total * density ** (r / rounds) + 0.5))
+        chosen = torch.zeros(total, dtype=torch.bool)
+        chosen[torch.topk(scores, k, sorted=False).indices] = True
+        with torch.no_grad():
+            for n, part in zip(names, torch.split(chosen, sizes)):
+                masks[n] = part.view(weights[n].shape)
+                weights[n].mul_(masks[n])
+    return masks

@@ -53,15 +53,16 @@ from topo_pai.masks.validate import (
 from topo_pai.metrics import exact as X
 from topo_pai.metrics.channel import Block, ChannelEngine
 from topo_pai.metrics.degrees import FAN_FIELDS, fan_stats
-from topo_pai.metrics.engine import Engine, EngineFactory
-from topo_pai.metrics.neuron import NeuronEngine
+from topo_pai.metrics.engine import Engine, EngineFactory, EngineOptions
+from topo_pai.metrics.torch_neuron import neuron_engine
 from topo_pai.metrics.scaled import NodeCounts
 from topo_pai.metrics_table import COLUMNS as METRIC_COLUMNS
 from topo_pai.metrics_table import MetricsTable
 from topo_pai.summary import Summary
 
-#: The engine of each resolution (see :mod:`topo_pai.metrics.engine` for the contract).
-ENGINES: dict[str, EngineFactory] = {"channel": ChannelEngine, "neuron": NeuronEngine}
+#: The engine factory of each resolution (see :mod:`topo_pai.metrics.engine` for the
+#: contract); ``neuron_engine`` picks the Numba or the torch engine by ``EngineOptions``.
+ENGINES: dict[str, EngineFactory] = {"channel": ChannelEngine, "neuron": neuron_engine}
 RESOLUTIONS = tuple(ENGINES)
 
 
@@ -140,8 +141,9 @@ class Topology:
 
     def __init__(self, program: Program, structure, layer_masks: list[LayerMask],
                  unused_masks: dict[str, np.ndarray], param_names: set[str], index_dtype,
-                 shared: dict | None = None):
+                 shared: dict | None = None, engine_options: EngineOptions | None = None):
         self.program = program
+        self._engine_options = EngineOptions() if engine_options is None else engine_options
         self._structure = structure
         self._shared = {} if shared is None else shared  # per-trace caches
         self._layer_masks = layer_masks
@@ -153,7 +155,8 @@ class Topology:
     # -- construction ---------------------------------------------------------------
     @classmethod
     def _build(cls, program, structure, masks, param_names, index_dtype,
-               shared: dict | None = None) -> "Topology":
+               shared: dict | None = None,
+               engine_options: EngineOptions | None = None) -> "Topology":
         if masks is None:
             masks = {}
         check_mapping(masks)
@@ -176,7 +179,8 @@ class Topology:
                 unused[name] = scan(name, masks[name], shape, 1, 1, 1)[0]
             else:
                 unused[name] = np.ones(shape, dtype=np.uint8)
-        return cls(program, structure, layer_masks, unused, param_names, index_dtype, shared)
+        return cls(program, structure, layer_masks, unused, param_names, index_dtype, shared,
+                   engine_options)
 
     def with_masks(self, masks: Mapping[str, Any] | None) -> "Topology":
         """A new Topology for other masks on the same model, without tracing again.
@@ -184,7 +188,7 @@ class Topology:
         A prunable weight missing from ``masks`` is dense.
         """
         return Topology._build(self.program, self._structure, masks, self._param_names,
-                               self._index_dtype, self._shared)
+                               self._index_dtype, self._shared, self._engine_options)
 
     # -- structure ----------------------------------------------------------------------
     @property
@@ -251,7 +255,8 @@ class Topology:
         engine = self._engines.get(resolution)
         if engine is None:
             engine = self._engines[resolution] = ENGINES[resolution](
-                self.program, self._structure, self._layer_masks, self._shared)
+                self.program, self._structure, self._layer_masks, self._shared,
+                options=self._engine_options)
         return engine
 
     # -- queries --------------------------------------------------------------------------
@@ -658,7 +663,7 @@ class Flows:
 
 
 def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, *,
-               index_dtype=None) -> Topology:
+               index_dtype=None, engine: str = "auto") -> Topology:
     """Trace ``model`` with torch.fx and build the layered DAG of its masks.
 
     Parameters
@@ -681,6 +686,16 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
         Shape of one input sample, without the batch dimension, e.g. ``(3, 32, 32)``.
     index_dtype : {None, numpy.int32, numpy.int64}
         Index dtype of the CSR blocks (default int32).
+    engine : {"auto", "numba", "torch"}
+        How neuron-resolution queries compute. ``"numba"``: sparse Numba kernels on the
+        CPU, whose cost follows the kept weights. ``"torch"``: torch's dense conv, linear
+        and pool ops in float64 on the model's device (CPU or CUDA), whose cost does not
+        depend on the density. ``"auto"`` (default): path counts and reachability on
+        Numba; weighted flows (:meth:`Topology.flows`, SynFlow) per layer on torch where
+        the layer's density reaches ``topo_pai.metrics.torch_neuron.TORCH_MIN_DENSITY``
+        (a measured crossover; every layer when the model is on a GPU), on Numba
+        elsewhere. All give the same results up to float64 rounding, and exactly the
+        same reachability. Channel resolution always runs its sparse engine.
 
     Returns
     -------
@@ -704,10 +719,23 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
     if input_shape is None:
         raise InputShapeError("input_shape is required: the shape of one input sample without "
                               "the batch dimension, e.g. input_shape=(3, 32, 32)")
+    EngineOptions(engine)  # a bad choice is refused before the (longer) trace
     program = trace(model, input_shape)
+    options = EngineOptions(engine, _model_device(model))
     structure = build_structure(program)
     if masks is None:
         masks = attached_masks(model)
-    topo = Topology._build(program, structure, masks, parameter_names(model), index_dtype)
+    topo = Topology._build(program, structure, masks, parameter_names(model), index_dtype,
+                           engine_options=options)
     topo._shared["uncovered"] = warn_uncovered(model)
     return topo
+
+
+def _model_device(model) -> str:
+    """The device of the model's first parameter or buffer (``"cpu"`` if it has none, or
+    if it lives on the meta device, which tracing refuses with its own message)."""
+    import itertools
+
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return "cpu" if t.device.type == "meta" else str(t.device)
+    return "cpu"

@@ -15,7 +15,10 @@ from torch import nn
 
 import topo_pai
 from topo_pai import topology
+from topo_pai.metrics.channel import ChannelEngine
 from topo_pai.metrics.engine import Engine
+from topo_pai.metrics.neuron import NeuronEngine
+from topo_pai.metrics.torch_neuron import AutoNeuronEngine, TorchNeuronEngine
 from topo_pai.metrics.scaled import NodeCounts, Scaled, log10_scaled
 
 PROTOCOL = sorted(name for name, _ in inspect.getmembers(Engine, inspect.isfunction)
@@ -118,21 +121,22 @@ def test_topology_asks_engines_only_what_the_protocol_names(monkeypatch, resolut
     want = _answers(topo_pai.from_torch(model, masks, SHAPE), resolution, absw)
     real = topology.ENGINES[resolution]
     monkeypatch.setitem(topology.ENGINES, resolution,
-                        lambda *args: ProtocolOnly(real(*args)))
+                        lambda *args, **kwargs: ProtocolOnly(real(*args, **kwargs)))
     got = _answers(topo_pai.from_torch(model, masks, SHAPE), resolution, absw)
     _same(want, got)
 
 
-@pytest.mark.parametrize("resolution", ["channel", "neuron"])
-def test_engines_implement_the_protocol(resolution):
-    engine = topology.ENGINES[resolution]
+@pytest.mark.parametrize("resolution, engine, choice", [
+    ("channel", ChannelEngine, "auto"), ("neuron", NeuronEngine, "numba"),
+    ("neuron", AutoNeuronEngine, "auto"), ("neuron", TorchNeuronEngine, "torch")])
+def test_engines_implement_the_protocol(resolution, engine, choice):
     for name in PROTOCOL:
         assert callable(getattr(engine, name, None)), f"{engine.__name__} lacks {name}"
         want = list(inspect.signature(getattr(Engine, name)).parameters)
         assert list(inspect.signature(getattr(engine, name)).parameters) == want, name
-    topo = topo_pai.from_torch(Net(), None, SHAPE)
+    topo = topo_pai.from_torch(Net(), None, SHAPE, engine=choice)
     assert topo.engine(resolution).resolution == resolution
-    assert isinstance(topo.engine(resolution), engine)
+    assert type(topo.engine(resolution)) is engine
     assert topo.engine(resolution) is topo.engine(resolution)  # built once
     with pytest.raises(ValueError, match="resolution"):
         topo.engine("pixel")

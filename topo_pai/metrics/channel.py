@@ -233,7 +233,8 @@ class ChannelEngine(TableEngine):
     resolution = "channel"
 
     def __init__(self, program: Program, structure: Structure, layer_masks: list[LayerMask],
-                 shared: dict, *, weights: list[np.ndarray] | None = None):
+                 shared: dict, *, weights: list[np.ndarray] | None = None, options=None):
+        del options  # one implementation (sparse) at channel resolution, on the CPU
         super().__init__()
         self.program = program
         self.structure = structure

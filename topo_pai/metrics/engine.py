@@ -2,26 +2,30 @@
 
 An *engine* counts the paths of one masked network at one resolution
 (``"channel"``: :class:`~topo_pai.metrics.channel.ChannelEngine`; ``"neuron"``:
-:class:`~topo_pai.metrics.neuron.NeuronEngine`) and answers every per-group and
-per-layer question from those counts. ``Topology`` holds one engine per
-resolution and delegates to it without knowing which it is, so another
-implementation of a resolution (a torch engine running per-layer torch ops on
-the model's device is planned) drops in by implementing :class:`Engine` and
-being registered in ``topo_pai.topology.ENGINES``. A factory there may also
-choose among implementations itself (per layer, by density); ``Topology`` never
+:class:`~topo_pai.metrics.neuron.NeuronEngine` on Numba kernels, or
+:class:`~topo_pai.metrics.torch_neuron.TorchNeuronEngine` on torch ops on the
+model's device) and answers every per-group and per-layer question from those
+counts. ``Topology`` holds one engine per resolution and delegates to it
+without knowing which it is, so another implementation of a resolution drops in
+by implementing :class:`Engine` and being registered in
+``topo_pai.topology.ENGINES``. A factory there may also choose among
+implementations itself (``neuron_engine`` does, per layer, by density, under
+``engine="auto"``); ``Topology`` never
 looks past the protocol (tested in ``tests/metrics/test_engine.py`` with a proxy that
 exposes nothing else). The channel engine also offers ``blocks``, the explicit
 CSR blocks behind ``Topology.blocks``, which belong to that resolution only.
 
 Contract
 --------
-**Construction.** ``factory(program, structure, layer_masks, shared)``: the
+**Construction.** ``factory(program, structure, layer_masks, shared, options=...)``: the
 traced :class:`~topo_pai.graph.ir.Program`, its channel structure maps
 (:class:`~topo_pai.graph.structure.Structure`), the validated
 :class:`~topo_pai.graph.masks.LayerMask` of every layer in ``program.layers``
-order, and a dict the engine may use to cache what depends on the architecture
-only (it is shared by every ``Topology.with_masks`` sibling of one trace). An
-engine computes lazily, caches its results, and never modifies its inputs.
+order, a dict the engine may use to cache what depends on the architecture
+only (it is shared by every ``Topology.with_masks`` sibling of one trace), and
+the :class:`EngineOptions` of the trace (``from_torch(..., engine=...)`` and the
+model's device). An engine computes lazily, caches its results, and never
+modifies its inputs.
 
 **Node groups.** Group ``0`` is the network input, group ``i + 1`` the output
 of layer ``i``. :meth:`Engine.group_shape` gives the shape of a group's units:
@@ -66,6 +70,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -139,8 +144,32 @@ class Engine(Protocol):
         docstring)."""
 
 
-#: How ``Topology`` builds an engine: ``factory(program, structure, layer_masks, shared)``.
+#: How ``Topology`` builds an engine:
+#: ``factory(program, structure, layer_masks, shared, options=EngineOptions(...))``.
 EngineFactory = Callable[..., Engine]
+
+#: The values of ``from_torch(..., engine=...)``.
+ENGINE_CHOICES = ("auto", "numba", "torch")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Which implementation a resolution's factory builds, and where it computes.
+
+    ``engine``: ``"numba"`` (the sparse kernels), ``"torch"`` (torch's dense ops, at
+    neuron resolution) or ``"auto"`` (each layer on the faster of the two, by its
+    density; see ``docs/architecture.md``). Channel resolution has only its sparse
+    engine and takes any choice. ``device``: the torch device of the torch engine
+    (the model's device).
+    """
+
+    engine: str = "auto"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.engine not in ENGINE_CHOICES:
+            raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINE_CHOICES))}, "
+                             f"got {self.engine!r}")
 
 
 class TableEngine(ABC):
