@@ -727,12 +727,15 @@ def test_phew_glue_passes_budgets_and_checks_them(small, monkeypatch):
     fake = types.ModuleType("topo_pai.pruners.phew")
     fake.phew_masks = fake_phew_masks
     monkeypatch.setitem(sys.modules, "topo_pai.pruners.phew", fake)
-    r = prune_with_scores(small, "phew", 0.9, input_shape=SHAPE, seed=7, walk_len=3,
+    r = prune_with_scores(small, "phew", 0.9, input_shape=SHAPE, seed=7, element="largest",
                           exclude=["fc"])
     erk = prune_with_scores(small, "random", 0.9, input_shape=SHAPE, allocation="erk",
                             exclude=["fc"])
     assert r.budgets == erk.budgets  # ERK by default
-    assert calls["seed"] == 7 and calls["options"] == {"walk_len": 3}
+    assert calls["seed"] == 7 and calls["options"] == {
+        "element": "largest", "stall_window": 10_000, "min_yield": 0.01, "max_walks": None}
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'walk_len' for method 'phew'"):
+        prune_with_scores(small, "phew", 0.9, input_shape=SHAPE, walk_len=3)
     assert isinstance(calls["topo"], topo_pai.Topology)
     assert calls["budgets"]["fc.weight"] == small.fc.weight.numel()  # excluded: dense
     u = prune_with_scores(small, "phew", 0.9, input_shape=SHAPE, allocation="uniform")

@@ -79,9 +79,15 @@ class ShuffleOptions:
 
 @dataclass(frozen=True)
 class PhewOptions:
-    """``phew`` declares no options of its own here: they go to
-    ``topo_pai.pruners.phew.phew_masks``, which validates them (``element``,
-    ``stall_window``, ``min_yield``, ``max_walks``)."""
+    """Options of ``phew``, passed on to ``topo_pai.pruners.phew.phew_masks`` (its
+    docstring defines them), which validates their values: ``element`` ("sample" or
+    "largest"), ``stall_window`` and ``min_yield`` (when to stop walking and fill by
+    ``|w|``), ``max_walks`` (a hard cap on the walks; None: none)."""
+
+    element: str = "sample"
+    stall_window: int = 10_000
+    min_yield: float = 0.01
+    max_walks: int | None = None
 
 
 def _random_scores(ctx, masks):
@@ -363,7 +369,7 @@ register_method(Method("synflow", "iterative", synflow_scores,
                        summary="log10 |w * dR/dw| path flow, `rounds` rounds (Tanaka et al. 2020); "
                                "resolution='channel' is a faster variant"))
 register_method(Method("phew", "masks", _phew_masks, randomized=True, default_allocation="erk",
-                       forwards_options=True, params=PhewOptions,
+                       params=PhewOptions,
                        summary="biased random walks on |w| (Patil & Dovrolis 2021); ERK budgets; "
                                "options go to phew_masks (element, stall_window, min_yield, max_walks)"))
 register_method(Method("shuffle", "masks", _shuffle_masks, randomized=True,
