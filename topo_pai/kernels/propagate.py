@@ -905,10 +905,9 @@ def complement_forward(xq, xsum, mask, counts, per_group, kk, out_per_group, tap
                 if counts[k] == kk:
                     continue
                 s = (g * per_group + i) * plane
-                for r in range(kk):
-                    if mask[k * kk + r] == 0:
-                        offs[m] = s + taps[r]
-                        m += 1
+                for r in range(kk):  # branch-free: random masks defeat prediction
+                    offs[m] = s + taps[r]
+                    m += mask[k * kk + r] == 0
             acc = np.zeros(n)
             _sum_spans(acc, 0, xq, offs, m, n)
             for j in range(n):
@@ -924,9 +923,8 @@ def complement_forward(xq, xsum, mask, counts, per_group, kk, out_per_group, tap
                     continue
                 s = (g * per_group + i) * plane
                 for r in range(kk):
-                    if mask[k * kk + r] != 0:
-                        offs[m] = s + taps[r]
-                        m += 1
+                    offs[m] = s + taps[r]
+                    m += mask[k * kk + r] != 0
             res[:] = 0.0
             _sum_spans(res, 0, xq, offs, m, n)
         for y in range(OH):
@@ -973,9 +971,8 @@ def complement_backward(gq, gsum, mask, counts, per_group, kk, out_per_group, ta
                 m = 0
                 for q in range(out_per_group):
                     k = (g * out_per_group + q) * per_group + il
-                    if counts[k] != kk and mask[k * kk + r] == 0:
-                        offs[m] = (g * out_per_group + q) * ostride
-                        m += 1
+                    offs[m] = (g * out_per_group + q) * ostride
+                    m += mask[k * kk + r] == 0
                 _sum_spans(acc, taps[r], gq, offs, m, n)
             for j in range(plane):
                 res[j] = full[g * plane + j] - acc[j]
@@ -989,9 +986,8 @@ def complement_backward(gq, gsum, mask, counts, per_group, kk, out_per_group, ta
                 m = 0
                 for q in range(out_per_group):
                     k = (g * out_per_group + q) * per_group + il
-                    if counts[k] != 0 and mask[k * kk + r] != 0:
-                        offs[m] = (g * out_per_group + q) * ostride
-                        m += 1
+                    offs[m] = (g * out_per_group + q) * ostride
+                    m += mask[k * kk + r] != 0
                 _sum_spans(res, taps[r], gq, offs, m, n)
         _planes_to_channel(res, i, H, W, sh, sw, ph, pw, Hq, Wq, gin, base)
 

@@ -205,7 +205,7 @@ def conv_backward(plan: ConvPlan, el: ConvElements, g: np.ndarray, val: np.ndarr
 #: layer's box filter minus the spans of the pruned elements, so the cost follows
 #: min(kept, pruned). Sparser layers use the element lists. The crossover is measured
 #: in docs/complement.md.
-COMPLEMENT_MIN_DENSITY = 0.25
+COMPLEMENT_MIN_DENSITY = 0.2
 #: Relative error a complement count may carry; channels whose proven bound exceeds it
 #: are recomputed by the direct sum (see :func:`complement_factor`).
 COMPLEMENT_REL_TOL = 2.0 ** -36
