@@ -105,7 +105,7 @@ def test_complement_kernels_match_exact_convs(data):
                                        max_size=C), label="input exponents"))
     mask = data.draw(near_full_masks((O_, C // groups, k, k), exps >= 30), label="mask")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="values"))
-    graph, plan, dc = _single_conv(C, O_, k, stride, pad, dil, groups, H, W, mask)
+    _, plan, dc = _single_conv(C, O_, k, stride, pad, dil, groups, H, W, mask)
     x = rng.integers(0, 4, (C, H, W)) * np.exp2(exps)[:, None, None]
     out, _ = N.complement_conv_forward(plan, dc, plan.to_planes(x.reshape(-1)),
                                        N.complement_factor())
@@ -145,7 +145,7 @@ def _weakest_paths_case():
 
 def test_weakest_paths_fall_back_and_stay_exact():
     C, O_, k, mask, x = _weakest_paths_case()
-    graph, plan, dc = _single_conv(C, O_, k, 1, 1, 1, 1, 5, 5, mask)
+    _, plan, dc = _single_conv(C, O_, k, 1, 1, 1, 1, 5, 5, mask)
     xq = plan.to_planes(x.reshape(-1))
     want = R.conv_forward(_exact_ints(x), mask, 1, (1, 1), (1, 1), (1, 1), (5, 5))
     out, fell = N.complement_conv_forward(plan, dc, xq, N.complement_factor())
@@ -162,7 +162,7 @@ def test_exact_mode_is_bit_exact_on_integer_counts():
     rng = np.random.default_rng(5)
     C, O_, k = 6, 5, 3
     mask = (rng.random((O_, C, k, k)) < 0.9).astype(np.uint8)
-    graph, plan, dc = _single_conv(C, O_, k, 2, 1, 1, 1, 7, 6, mask)
+    _, plan, dc = _single_conv(C, O_, k, 2, 1, 1, 1, 7, 6, mask)
     x = rng.integers(0, 2**40, (C, 7, 6)).astype(np.float64)
     out, fell = N.complement_conv_forward(plan, dc, plan.to_planes(x.reshape(-1)), 0.0)
     want = R.conv_forward(_exact_ints(x), mask, 1, plan.stride, plan.pad, plan.dilation,

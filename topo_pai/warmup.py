@@ -35,7 +35,7 @@ def warm() -> None:
         topo = topo_pai.from_torch(model, masks, input_shape=(3, 8, 8))
         for res in ("channel", "neuron"):
             topo.summary(res)
-            topo.count_paths(res).exact
+            _ = topo.count_paths(res).exact
             topo.effective_masks(res)
             topo.flows(weights, resolution=res).log10_through_weights()
 

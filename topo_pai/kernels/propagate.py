@@ -870,10 +870,11 @@ def complement_forward(xq, xsum, mask, counts, per_group, kk, out_per_group, tap
     ``xsum`` is :func:`channel_sums` of the planes ``xq``; ``counts`` (O * per_group)
     the unpruned elements per kernel and ``kept`` per output channel. A channel with
     fewer pruned than kept elements is the box filter of its group's ``xsum`` minus
-    the spans of its pruned elements; it is accepted where ``factor * (full + pruned)
-    <= result`` at every output position (``factor`` per term of the sums: see
-    :func:`topo_pai.metrics.neuron.complement_factor`; 0: the arithmetic is exact), else, or if it has more
-    pruned than kept elements, the channel is the direct sum of its kept elements.
+    the spans of its pruned elements; it is accepted where ``factor * M * (full +
+    pruned) <= result`` at every output position (``M``: terms per sum plus 2; see
+    :func:`topo_pai.metrics.neuron.complement_factor`; ``factor`` 0: the arithmetic is
+    exact), else, or if it has more pruned than kept elements, the channel is the
+    direct sum of its kept elements.
     ``fell_back[o]`` is set to 1 where a complement result was rejected.
     """
     n_out = kept.shape[0]

@@ -140,7 +140,7 @@ def complement_conv_forward(x, mask, groups, stride, pad, dil, out_hw):
 def complement_conv_backward(gout, mask, groups, stride, pad, dil, in_chw):
     """Transpose of :func:`complement_conv_forward` (as the complement kernels do it)."""
     O, per_group, KH, KW = mask.shape
-    C, H, W = in_chw
+    _, H, W = in_chw
     sums = gout.reshape((groups, O // groups) + gout.shape[1:]).sum(axis=1)
     box = conv_backward(sums, _box_of_groups(gout, groups, (KH, KW), mask.dtype), groups,
                         stride, pad, dil, (groups, H, W))

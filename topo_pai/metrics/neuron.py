@@ -334,7 +334,6 @@ def complement_effective(plan: ConvPlan, dc: DenseConv, fq: np.ndarray, bq: np.n
     return eff, int(row_counts.sum())
 
 
-
 class NeuronGraph:
     """Op-by-op propagation; ``weights`` (per layer, flat float64 over the weight's
     elements) turns path counts into path mass, as SynFlow's flows.
