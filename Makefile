@@ -17,6 +17,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet "torch>=2.2,<2.14"
 	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/python -m topo_pai.warmup  # compile the numba kernels into their cache once
 	touch $@
 
 install: $(VENV)/.installed

@@ -118,3 +118,31 @@ def pool_backward(gout, hwin, wwin, in_hw):
                 for c in cols:
                     gin[:, r, c] += gout[:, y, z]
     return gin
+
+
+def _box_of_groups(x, groups, kernel_hw, dtype):
+    """All-ones kernels, one per group: the conv a full layer's group computes."""
+    return np.ones((groups, 1) + tuple(kernel_hw), dtype=dtype)
+
+
+def complement_conv_forward(x, mask, groups, stride, pad, dil, out_hw):
+    """:func:`conv_forward` of a 0/1 ``mask`` computed as the complement kernels do:
+    the box filter of each group's channel sum (the full layer), repeated over the
+    group's output channels, minus the conv of the pruned elements."""
+    O, per_group, KH, KW = mask.shape
+    sums = x.reshape((groups, per_group) + x.shape[1:]).sum(axis=1)
+    box = conv_forward(sums, _box_of_groups(x, groups, (KH, KW), mask.dtype), groups, stride,
+                       pad, dil, out_hw)
+    full = np.repeat(box, O // groups, axis=0)
+    return full - conv_forward(x, 1 - mask, groups, stride, pad, dil, out_hw)
+
+
+def complement_conv_backward(gout, mask, groups, stride, pad, dil, in_chw):
+    """Transpose of :func:`complement_conv_forward` (as the complement kernels do it)."""
+    O, per_group, KH, KW = mask.shape
+    _, H, W = in_chw
+    sums = gout.reshape((groups, O // groups) + gout.shape[1:]).sum(axis=1)
+    box = conv_backward(sums, _box_of_groups(gout, groups, (KH, KW), mask.dtype), groups,
+                        stride, pad, dil, (groups, H, W))
+    full = np.repeat(box, per_group, axis=0)
+    return full - conv_backward(gout, 1 - mask, groups, stride, pad, dil, in_chw)

@@ -200,6 +200,140 @@ def conv_backward(plan: ConvPlan, el: ConvElements, g: np.ndarray, val: np.ndarr
     return gin
 
 
+#: Conv layers at least this dense (unpruned elements / weight elements) are counted by
+#: their complement in unweighted engines (path counts and reachability): the full
+#: layer's box filter minus the spans of the pruned elements, so the cost follows
+#: min(kept, pruned). Sparser layers use the element lists. The crossover is measured
+#: in docs/complement.md.
+COMPLEMENT_MIN_DENSITY = 0.2
+#: Relative error a complement count may carry; channels whose proven bound exceeds it
+#: are recomputed by the direct sum (see :func:`complement_factor`).
+COMPLEMENT_REL_TOL = 2.0 ** -36
+_UNIT_ROUNDOFF = 2.0 ** -53
+_EXACT_LIMIT = 2.0 ** 53  # integer sums below this are exact in float64
+
+
+def complement_factor(tol: float = COMPLEMENT_REL_TOL) -> float:
+    """Per-term factor ``c`` of the complement kernels' acceptance test
+    ``c * M * (full + pruned) <= result`` (``M``: the most terms of one sum plus 2).
+
+    Non-negative terms summed in any order carry an error of at most
+    ``gamma_M = M u / (1 - M u)`` times their exact sum (``u = 2**-53``). The full
+    map and the pruned sum are such sums, and their difference adds ``u`` of the
+    result, so ``|result - exact| <= 1.01 M u (full + pruned)`` while ``M u`` stays
+    below 1e-3; the test makes that at most ``tol * result``. A result that passes
+    is therefore within ``tol`` of the exact value and is zero exactly when the
+    exact value is (a positive bound cannot be at most ``tol`` times zero), which
+    keeps reachability read off these counts exact.
+    """
+    return 1.01 * _UNIT_ROUNDOFF / tol
+
+
+@dataclass
+class DenseConv:
+    """What the complement kernels read of a dense conv layer: the 0/1 mask (flat,
+    output-major) with its per-kernel unpruned counts, the unpruned elements of every
+    output and input channel, and the plan's geometry (tap offsets, the plane
+    positions that are image positions, the taps that meet the image)."""
+
+    mask: np.ndarray
+    counts: np.ndarray
+    kept_out: np.ndarray
+    kept_in: np.ndarray
+    taps: np.ndarray
+    on_plane: np.ndarray
+    out_valid: np.ndarray  # per output row position (row stride Wq): not a scratch column
+    tap_hits: np.ndarray
+    per_group: int
+    out_per_group: int
+    max_fan_in: int
+    max_fan_out: int
+
+
+def dense_conv(layer: Layer, lm: LayerMask, plan: ConvPlan) -> DenseConv:
+    O, per_group = layer.weight_shape[:2]
+    KH, KW = layer.kernel_hw
+    kk = KH * KW
+    mask = lm.mask.reshape(-1)
+    counts = lm.counts
+    if counts is None:  # a LayerMask built from CSR arrays only
+        counts = mask.reshape(O * per_group, kk).sum(axis=1, dtype=np.int32)
+    groups = layer.groups
+    opg = O // groups
+    kept_out = counts.reshape(O, per_group).sum(axis=1, dtype=np.int64)
+    kept_in = counts.reshape(groups, opg, per_group).sum(axis=1, dtype=np.int64).reshape(-1)
+    taps = tap_offsets(plan, (KH, KW))
+    (sh, sw), (ph, pw) = plan.stride, plan.pad
+    a = np.arange(sh)[:, None, None, None]
+    b = np.arange(sw)[None, :, None, None]
+    h = np.arange(plan.Hq)[None, None, :, None] * sh + a - ph
+    w = np.arange(plan.Wq)[None, None, None, :] * sw + b - pw
+    on_plane = ((h >= 0) & (h < plan.H) & (w >= 0) & (w < plan.W)).reshape(-1)
+    valid = (np.arange(plan.OH)[:, None] * plan.Wq + np.arange(plan.OW)[None, :]).reshape(-1)
+    tap_hits = np.array([on_plane[t + valid].any() for t in taps], dtype=np.uint8)
+    out_valid = np.zeros(plan.ostride, dtype=np.uint8)
+    out_valid[valid] = 1
+    return DenseConv(mask, counts, kept_out, kept_in, taps, on_plane.astype(np.uint8), out_valid,
+                     tap_hits, per_group, opg, int(kept_out.max(initial=0)),
+                     int(kept_in.max(initial=0)))
+
+
+def complement_conv_forward(plan: ConvPlan, dc: DenseConv, xq: np.ndarray,
+                            factor: float) -> tuple[np.ndarray, int]:
+    """The unit-weight conv of :func:`conv_forward` by the complement kernels, from the
+    input planes ``xq``; returns the flat (O, OH, OW) result and the number of output
+    channels whose complement failed the error bound (recomputed directly)."""
+    if plan.n == 0:
+        return np.zeros(plan.O * plan.OH * plan.OW), 0
+    groups = plan.C // dc.per_group
+    xsum = np.empty(groups * plan.plane)
+    K.channel_sums(xq, dc.per_group, plan.plane, xsum)
+    out = np.empty(plan.O * plan.OH * plan.OW)
+    fell = np.zeros(plan.O, dtype=np.uint8)
+    K.complement_forward(xq, xsum, dc.mask, dc.counts, dc.per_group, dc.taps.shape[0],
+                         dc.out_per_group, dc.taps, plan.plane, plan.n, plan.OH, plan.OW, plan.Wq,
+                         dc.kept_out, factor, out, fell)
+    return out, int(fell.sum())
+
+
+def complement_conv_backward(plan: ConvPlan, dc: DenseConv, gq: np.ndarray, factor: float,
+                             base: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """The transpose of :func:`complement_conv_forward` applied to the output rows
+    ``gq`` (plus ``base``); returns the flat (C, H, W) result and the number of input
+    channels recomputed directly."""
+    if plan.n == 0:
+        return (np.zeros(plan.C * plan.H * plan.W) if base is None else base.copy()), 0
+    groups = plan.C // dc.per_group
+    gsum = np.empty(groups * plan.ostride)
+    K.channel_sums(gq, dc.out_per_group, plan.ostride, gsum)
+    gin = np.empty(plan.C * plan.H * plan.W)
+    fell = np.zeros(plan.C, dtype=np.uint8)
+    K.complement_backward(gq, gsum, dc.mask, dc.counts, dc.per_group, dc.taps.shape[0],
+                          dc.out_per_group, dc.taps, plan.plane, plan.ostride, plan.n, dc.kept_in,
+                          factor, dc.on_plane, plan.H, plan.W, *plan.stride, *plan.pad, plan.Hq,
+                          plan.Wq, gin, _NO_BASE if base is None else base, fell)
+    return gin, int(fell.sum())
+
+
+def complement_effective(plan: ConvPlan, dc: DenseConv, fq: np.ndarray, bq: np.ndarray,
+                         flags: bool = True) -> tuple[np.ndarray, int]:
+    """The unpruned elements on a path, given the reachability planes ``fq`` and output
+    rows ``bq`` (positive: reached): flat uint8 flags over the weight's elements
+    (empty unless ``flags``) and their number."""
+    eff = np.zeros(dc.mask.shape[0] if flags else 0, dtype=np.uint8)
+    if plan.n == 0:
+        return eff, 0
+    in_full = np.empty(plan.C, dtype=np.uint8)
+    K.positive_rows(fq, plan.plane, dc.on_plane, in_full)
+    out_full = np.empty(plan.O, dtype=np.uint8)
+    K.positive_rows(bq, plan.ostride, dc.out_valid, out_full)
+    row_counts = np.empty(plan.O, dtype=np.int64)
+    K.mask_effective(fq, bq, dc.mask, dc.counts, dc.per_group, dc.taps.shape[0],
+                     dc.out_per_group, dc.taps, plan.plane, plan.ostride, plan.n, dc.tap_hits,
+                     in_full, out_full, dc.kept_out, eff, row_counts)
+    return eff, int(row_counts.sum())
+
+
 class NeuronGraph:
     """Op-by-op propagation; ``weights`` (per layer, flat float64 over the weight's
     elements) turns path counts into path mass, as SynFlow's flows.
@@ -209,7 +343,8 @@ class NeuronGraph:
     """
 
     def __init__(self, program: Program, layer_masks: list[LayerMask],
-                 weights: list[np.ndarray] | None = None, elements=None):
+                 weights: list[np.ndarray] | None = None, elements=None,
+                 complement_min_density: float | None = None):
         self.p = program
         self.layer_masks = layer_masks
         self.weights = weights
@@ -225,6 +360,14 @@ class NeuronGraph:
         self._in_planes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._out_rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._factors: dict[int, np.ndarray] = {}  # scale op output -> flat factors
+        # Conv layers counted by their complement (unweighted graphs only): layer ->
+        # DenseConv, built on first use; None: the layer uses its element lists.
+        self.complement_min_density = (COMPLEMENT_MIN_DENSITY if complement_min_density is None
+                                       else complement_min_density)
+        self._dense: dict[int, DenseConv | None] = {}
+        # Channels recomputed directly because their complement failed the error bound:
+        # (layer, "forward" | "backward") -> count, summed over the passes run so far.
+        self.fallbacks: dict[tuple[int, str], int] = {}
 
     def factors(self, op) -> np.ndarray:
         """Flat per-unit factors of a ``scale`` op: 0/1 for counts, ``|factor|`` for flows."""
@@ -262,6 +405,31 @@ class NeuronGraph:
     def size(self, vid: int) -> int:
         return math.prod(self.p.values[vid])
 
+    def dense(self, layer: int) -> DenseConv | None:
+        """The layer's :class:`DenseConv` if it is counted by its complement: a conv of
+        an unweighted graph whose density is at least ``complement_min_density``."""
+        if layer not in self._dense:
+            spec, lm = self.p.layers[layer], self.layer_masks[layer]
+            use = (self.weights is None and spec.kind != "Linear" and lm.mask.size > 0
+                   and lm.unpruned >= self.complement_min_density * lm.mask.size)
+            self._dense[layer] = dense_conv(spec, lm, self.plan(layer)) if use else None
+        return self._dense[layer]
+
+    def _exactness(self, x: Scaled, fan: int) -> float:
+        """The complement kernels' bound factor for input counts ``x`` through sums of at
+        most ``fan`` terms each: 0 (no test needed) when the sums are exact, i.e. the
+        mantissas are integer path counts (``e == 0``) whose largest sum stays below
+        2**53."""
+        if self.integer and x.e == 0:
+            hi = x.hi if x.hi is not None else float(x.m.max(initial=0.0))
+            if hi * fan < _EXACT_LIMIT:
+                return 0.0
+        return complement_factor()
+
+    def _record_fallbacks(self, layer: int, direction: str, n: int) -> None:
+        key = (layer, direction)
+        self.fallbacks[key] = self.fallbacks.get(key, 0) + n
+
     # -- forward -------------------------------------------------------------------
     def forward(self, saturate: bool = False) -> dict[int, Scaled]:
         val: dict[int, Scaled] = {}
@@ -284,10 +452,10 @@ class NeuronGraph:
                 out = normalize(cat, e, any(p.risky for p in parts), integer=self.integer)
             else:
                 x = val[op.inputs[0]]
-                out = normalize(self._forward_op(op, x.m, n), x.e, x.risky,
+                out = normalize(self._forward_op(op, x, n), x.e, x.risky,
                                 integer=self.integer, bound=self._bound(op, x.hi, "forward"))
             if saturate:
-                out = Scaled(np.minimum(np.ldexp(out.m, out.e), 1.0))
+                out = Scaled(np.minimum(np.ldexp(out.m, out.e), 1.0), hi=1.0)
             val[op.output] = out
         return val
 
@@ -300,16 +468,25 @@ class NeuronGraph:
         if op.kind == "scale":  # 0/1 factors never raise a count
             return hi
         if op.kind == "layer" and self.p.layers[op.attrs["layer"]].kind != "Linear":
-            el = self.elements(op.attrs["layer"])
+            layer = op.attrs["layer"]
+            el = self.dense(layer) or self.elements(layer)
             return hi * (el.max_fan_in if direction == "forward" else el.max_fan_out)
         return None
 
-    def _forward_op(self, op, x: np.ndarray, n: int):
+    def _forward_op(self, op, xs: Scaled, n: int):
+        x = xs.m
         if op.kind == "layer":
             layer = op.attrs["layer"]
             if self.p.layers[layer].kind == "Linear":
                 out = np.zeros(n)
                 self.layer_masks[layer].matvec(x, out)
+                return out
+            dc = self.dense(layer)
+            if dc is not None:
+                out, fell = complement_conv_forward(
+                    self.plan(layer), dc, self.in_planes(layer, x),
+                    self._exactness(xs, dc.per_group * dc.taps.shape[0]))
+                self._record_fallbacks(layer, "forward", fell)
                 return out
             vals, _ = self.element_values(layer)
             return conv_forward(self.plan(layer), self.elements(layer), x, vals,
@@ -354,7 +531,7 @@ class NeuronGraph:
         for op in reversed(self.p.ops):
             g = combine(parts.pop(op.output, []), self.size(op.output), integer=self.integer)
             if saturate:
-                g = Scaled(np.minimum(np.ldexp(g.m, g.e), 1.0))
+                g = Scaled(np.minimum(np.ldexp(g.m, g.e), 1.0), hi=1.0)
             grad[op.output] = g
             if op.kind == "input":
                 continue
@@ -378,23 +555,31 @@ class NeuronGraph:
                 # Another branch already sent its part (a residual block's input):
                 # the conv kernel adds it in the same pass instead of a separate sum.
                 other = pending.pop()
-                arr = self._backward_op(op, g.m, self.size(v), base=other.m)
+                arr = self._backward_op(op, g, self.size(v), base=other.m)
                 bound = self._bound(op, g.hi, "backward")
                 bound = None if bound is None or other.hi is None else bound + other.hi
                 pending.append(normalize(arr, g.e, g.risky or other.risky, integer=self.integer,
                                          bound=bound))
                 continue
-            pending.append(normalize(self._backward_op(op, g.m, self.size(v)), g.e, g.risky,
+            pending.append(normalize(self._backward_op(op, g, self.size(v)), g.e, g.risky,
                                      integer=self.integer, bound=self._bound(op, g.hi, "backward")))
         return grad
 
-    def _backward_op(self, op, g: np.ndarray, n: int, base: np.ndarray | None = None):
-        """The op's transpose applied to ``g`` (plus ``base``, for convs)."""
+    def _backward_op(self, op, gs: Scaled, n: int, base: np.ndarray | None = None):
+        """The op's transpose applied to ``gs`` (plus ``base``, for convs)."""
+        g = gs.m
         if op.kind == "layer":
             layer = op.attrs["layer"]
             if self.p.layers[layer].kind == "Linear":
                 gin = np.zeros(n)
                 self.layer_masks[layer].rmatvec(g, gin)
+                return gin
+            dc = self.dense(layer)
+            if dc is not None:
+                gin, fell = complement_conv_backward(
+                    self.plan(layer), dc, self.out_rows(layer, g),
+                    self._exactness(gs, dc.out_per_group * dc.taps.shape[0]), base)
+                self._record_fallbacks(layer, "backward", fell)
                 return gin
             _, vals = self.element_values(layer)
             return conv_backward(self.plan(layer), self.elements(layer), g, vals,
@@ -430,13 +615,27 @@ class NeuronGraph:
         return self.plan(layer), self.in_planes(layer, fin), self.out_rows(layer, bout)
 
     def effective_flags(self, layer: int, fin: np.ndarray, bout: np.ndarray):
-        """Per-layer effectiveness: flags per unpruned element (conv) or count (linear)."""
+        """A conv layer's effective elements as ``(flat, flags)``: uint8 flags of the
+        unpruned elements at the flat weight indices ``flat``, or, for a layer counted
+        by its complement, ``flat`` None and one flag per weight element."""
+        dc = self.dense(layer)
+        if dc is not None:
+            plan, fq, bq = self._planes(layer, fin, bout)
+            return None, complement_effective(plan, dc, fq, bq)[0]
         el = self.elements(layer)
         flags = np.zeros(el.flat.shape[0], dtype=np.uint8)
         plan, fq, bq = self._planes(layer, fin, bout)
         if plan.n:
             K.plane_effective(fq, bq, plan.ostride, plan.n, el.ptr_o, el.src, flags)
         return el.flat, flags
+
+    def effective_count(self, layer: int, fin: np.ndarray, bout: np.ndarray) -> int:
+        """Number of a conv layer's unpruned elements on a path."""
+        dc = self.dense(layer)
+        if dc is not None:
+            plan, fq, bq = self._planes(layer, fin, bout)
+            return complement_effective(plan, dc, fq, bq, flags=False)[1]
+        return int(np.count_nonzero(self.effective_flags(layer, fin, bout)[1]))
 
     def weight_flow(self, layer: int, fin: np.ndarray, bout: np.ndarray):
         """Per unpruned element: sum over positions of fin * bout (times nothing)."""
@@ -457,12 +656,17 @@ class NeuronEngine(TableEngine):
 
     def __init__(self, program: Program, structure, layer_masks: list[LayerMask], shared: dict,
                  *, weights: list[np.ndarray] | None = None,
-                 elements: dict[int, ConvElements] | None = None):
+                 elements: dict[int, ConvElements] | None = None,
+                 complement_min_density: float | None = None):
         super().__init__()
         del structure, shared  # the unrolled graph needs neither
         self.program = program
         self.layer_masks = layer_masks
-        self.graph = NeuronGraph(program, layer_masks, weights, elements)
+        # complement_min_density (default COMPLEMENT_MIN_DENSITY; 0: every conv, > 1:
+        # none) chooses which conv layers of unweighted engines are counted by their
+        # complement; an internal knob (the tests force each path with it).
+        self.graph = NeuronGraph(program, layer_masks, weights, elements,
+                                 complement_min_density)
         self.group_keys = program.group_values
 
     def group_shape(self, group: int) -> tuple[int, ...]:
@@ -504,7 +708,8 @@ class NeuronEngine(TableEngine):
                 vin, vout = self._io(i)
                 counts.append(int(lm.bilinear(rb[vout], rf[vin])))
             else:
-                counts.append(int(self._flags(i)[1].sum()))
+                vin, vout = self._io(i)
+                counts.append(self.graph.effective_count(i, rf[vin], rb[vout]))
         return counts
 
     def effective_mask(self, layer: int) -> np.ndarray:
@@ -514,6 +719,8 @@ class NeuronEngine(TableEngine):
             vin, vout = self._io(layer)
             return unit_effective(lm, spec, rf[vin] > 0, rb[vout] > 0)
         flat, flags = self._flags(layer)
+        if flat is None:
+            return flags.view(bool).reshape(lm.mask.shape)
         eff = np.zeros(lm.mask.size, dtype=bool)
         eff[flat] = flags.astype(bool)
         return eff.reshape(lm.mask.shape)

@@ -1,0 +1,52 @@
+"""Fill numba's on-disk cache, so that the first real call does not compile.
+
+``make install`` runs ``python -m topo_pai.warmup`` once. Numba compiles a kernel
+per argument types on its first call and, with ``cache=True``, stores the machine
+code next to the source (``__pycache__/*.nbi``, ``*.nbc``); compiling the kernels
+of a first analysis takes tens of seconds, loading them from the cache well under
+one. Types, not sizes, select the compiled code, so a small network that takes
+every common path (bool and float masks; sparse layers and dense ones, counted by
+their complement; both resolutions; exact counts, effective masks, SynFlow flows)
+compiles what a first analysis of a real one needs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def warm() -> None:
+    """Run the common queries on a small pruned ResNet-20 (see the module docstring)."""
+    import torch
+
+    import topo_pai
+    from topo_pai.models import resnet20
+
+    torch.manual_seed(0)
+    model = resnet20()
+    gen = torch.Generator().manual_seed(0)
+    sparse = {n: torch.rand(p.shape, generator=gen) < 0.1
+              for n, p in model.named_parameters() if p.dim() > 1}
+    dense = {n: (torch.rand(p.shape, generator=gen) < 0.9).float()
+             for n, p in model.named_parameters() if p.dim() > 1}
+    weights = {n: p.detach().abs() for n, p in model.named_parameters() if p.dim() > 1}
+    for masks in (sparse, dense):
+        topo = topo_pai.from_torch(model, masks, input_shape=(3, 8, 8))
+        for res in ("channel", "neuron"):
+            topo.summary(res)
+            _ = topo.count_paths(res).exact
+            topo.effective_masks(res)
+            topo.flows(weights, resolution=res).log10_through_weights()
+
+
+def main() -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP runtime
+    start = time.perf_counter()
+    warm()
+    print(f"numba cache warm ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
