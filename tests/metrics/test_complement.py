@@ -27,7 +27,7 @@ from topo_pai import topology
 from topo_pai.kernels import reference as R
 from topo_pai.metrics import neuron as N
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: oracles
 import oracles as O
 from test_against_oracles import check_against_dp
 
