@@ -657,9 +657,11 @@ class NeuronEngine(TableEngine):
     def __init__(self, program: Program, structure, layer_masks: list[LayerMask], shared: dict,
                  *, weights: list[np.ndarray] | None = None,
                  elements: dict[int, ConvElements] | None = None,
-                 complement_min_density: float | None = None):
+                 complement_min_density: float | None = None, options=None):
         super().__init__()
-        del structure, shared  # the unrolled graph needs neither
+        # the unrolled graph needs neither structure nor shared; options (EngineOptions)
+        # choose among implementations in neuron_engine, and this one runs on the CPU only
+        del structure, shared, options
         self.program = program
         self.layer_masks = layer_masks
         # complement_min_density (default COMPLEMENT_MIN_DENSITY; 0: every conv, > 1:
