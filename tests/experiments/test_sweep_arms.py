@@ -203,3 +203,7 @@ def test_rescale_refuses_a_mask_of_another_shape():
         rescale_kept_weights(net, {"weight": np.ones((4, 3))})
     with pytest.raises(KeyError, match="no parameter"):
         rescale_kept_weights(net, {"nope": np.ones((3, 4))})
+    with pytest.raises(ValueError, match=r"'weight' holds 0.5 at index \(0, 1\)"):
+        rescale_kept_weights(net, {"weight": np.array([[1, .5, 0, 1]] * 3)})
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        rescale_kept_weights(net, {"bias": np.ones(3)})

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from topo_pai.checks import check_bool, check_int, check_number
+from topo_pai.masks.validate import mask_array
 from topo_pai.pruners.torch_masks import apply_masks, read_masks
 
 logger = logging.getLogger("topo_pai.training")
@@ -236,10 +237,11 @@ def rescale_kept_weights(model: nn.Module, masks) -> dict[str, float]:
         if name not in params:
             raise KeyError(f"mask {name!r} names no parameter of the model")
         w = params[name]
-        keep = torch.as_tensor(mask).to(device=w.device).bool()
-        if keep.shape != w.shape or w.dim() < 2:
-            raise ValueError(f"mask {name!r} has shape {tuple(keep.shape)}; the weight has "
-                             f"{tuple(w.shape)} (a weight of at least 2 dimensions is needed)")
+        if w.dim() < 2:
+            raise ValueError(f"mask {name!r}: the parameter has shape {tuple(w.shape)}; "
+                             "rescaling needs a weight of at least 2 dimensions")
+        # the one mask validator (shape, and only 0 and 1: a 0.5 is refused, not rounded)
+        keep = torch.from_numpy(mask_array(name, mask, tuple(w.shape))).to(device=w.device)
         dense_fan_in = keep[0].numel()
         kept = keep.reshape(keep.shape[0], -1).sum(1)
         scale = torch.where(kept > 0, (dense_fan_in / kept.clamp(min=1).double()).sqrt(),
