@@ -205,7 +205,7 @@ class _Compactor:
 
         # attached masks act as their weights' zeros; the rebuilding runs on the CPU
         work = baked_copy(model).eval().cpu()
-        self.masks = {k: np.asarray(v, dtype=bool) for k, v in topo.masks.items()}
+        self.masks = {k: np.asarray(v, dtype=bool) for k, v in topo.masks_numpy.items()}
         with torch.no_grad():
             for name, m in self.masks.items():
                 mod = work.get_submodule(name.rpartition(".")[0])

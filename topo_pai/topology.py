@@ -223,8 +223,18 @@ class Topology:
         return self._shared.get("uncovered")
 
     @property
-    def masks(self) -> dict[str, np.ndarray]:
-        """The validated masks as read-only uint8 arrays (every prunable weight)."""
+    def masks(self) -> Masks:
+        """The validated masks of every prunable weight, as :class:`~topo_pai.Masks` (bool
+        tensors). They are copies: changing them leaves this topology as it is (use
+        :meth:`with_masks` for a new one). :attr:`masks_numpy` gives the stored arrays."""
+        import torch
+
+        return Masks._trusted({k: torch.from_numpy(v.astype(bool))
+                               for k, v in self.masks_numpy.items()})
+
+    @property
+    def masks_numpy(self) -> dict[str, np.ndarray]:
+        """The validated masks as read-only uint8 arrays: the stored ones, not copies."""
         out = {layer.param: lm.mask for layer, lm in zip(self.program.layers, self._layer_masks)}
         out.update(self._unused)
         for arr in out.values():

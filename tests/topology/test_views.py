@@ -230,7 +230,14 @@ def test_pathcount_float_and_repr():
     assert topo.n_nodes() == topo.n_nodes("channel") == 9
     assert topo.n_params == 18
     assert [lay.param for lay in topo.layers] == ["0.weight", "1.weight"]
-    ms = topo.masks
+    ms = topo.masks_numpy
     assert set(ms) == {"0.weight", "1.weight"}
     with pytest.raises(ValueError):
         ms["0.weight"][0, 0] = 0  # read-only
+    # the API-level view is a Masks of bool tensors, a copy: editing it changes nothing here
+    tm = topo.masks
+    assert isinstance(tm, topo_pai.Masks) and list(tm) == list(ms)
+    for k, v in tm.items():
+        assert v.dtype == torch.bool and np.array_equal(v.numpy(), ms[k].astype(bool))
+    tm["0.weight"].zero_()
+    assert topo.masks_numpy["0.weight"].all() and topo.count_paths().exact == 24

@@ -178,7 +178,7 @@ def build_walk_graph(topo, abs_weights: Mapping[str, Any]) -> WalkGraph:
             for layer in layers]
     l_woff = np.zeros(len(layers) + 1, dtype=np.int64)
     l_woff[1:] = np.cumsum([f.size for f in flat])
-    masks = topo.masks
+    masks = topo.masks_numpy
     allowed = np.concatenate([np.asarray(masks[layer.param], dtype=np.uint8).reshape(-1)
                               for layer in layers])
     l_pgi = np.array([layer.weight_shape[1] for layer in layers], dtype=np.int64)
