@@ -104,9 +104,11 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
     * two orthonormal vectors ``V`` approximate the top two eigenvectors of the
       Gram matrix ``G = B^T B`` of the block's shorter side (``B`` the block or its
       transpose, ``k x k`` with ``k = min(C_in, C_out)``): for ``k <=
-      GRAM_MAX_SIDE`` LAPACK's ``syevr`` on the dense ``G`` (:data:`GRAM_MAX_SIDE`),
-      otherwise block Lanczos on ``G`` without forming it
-      (:func:`gram_top_ritz_vectors`);
+      GRAM_MAX_SIDE`` LAPACK's ``syevr`` on the dense ``G`` (:data:`GRAM_MAX_SIDE`;
+      formed in float32 where that is exact, see :func:`_gram_matrix`), except on
+      blocks with at least :data:`DENSE_OPERAND_MIN_DENSITY` non-zeros and ``k >
+      LANCZOS_MIN_SIDE``; those, and longer sides, take block Lanczos on ``G``
+      without forming it (:func:`gram_top_ritz_vectors`);
     * the reported values ``s_1 >= s_2`` are the singular values of ``B V`` (no
       squaring), so ``s_i <= sigma_i`` by interlacing, and ``U = V Z`` (``Z`` the
       right singular vectors of ``B V``) are the Ritz vectors with Ritz values
