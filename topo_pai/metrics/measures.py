@@ -506,11 +506,10 @@ def effective_kernels(matrix, fin: np.ndarray, bout: np.ndarray) -> int:
     2
     """
     A = sp.csr_array(matrix)
-    edge = (A.data != 0) & np.asarray(fin, bool)[A.indices]
-    # kept-and-reached entries per row, from a running count read at the row bounds
-    running = np.concatenate(([0], np.cumsum(edge, dtype=np.int64)))
-    per_row = running[A.indptr[1:]] - running[A.indptr[:-1]]
-    return int(per_row[np.asarray(bout, bool)].sum())
+    # per row, the kept kernels whose input is reached: one CSR product (exact counts)
+    kept = sp.csr_array(((A.data != 0).astype(np.float64), A.indices, A.indptr), shape=A.shape)
+    per_row = kept @ np.asarray(fin, dtype=np.float64)
+    return int(round(float(per_row[np.asarray(bout, bool)].sum())))
 
 
 def sparsity_and_compression(params: int, kept: int) -> tuple[float, float]:
