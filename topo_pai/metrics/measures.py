@@ -113,8 +113,9 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
       squaring), so ``s_i <= sigma_i`` by interlacing, and ``U = V Z`` (``Z`` the
       right singular vectors of ``B V``) are the Ritz vectors with Ritz values
       ``s_i^2``;
-    * the residuals ``r_i = ||B^T B u_i - s_i^2 u_i||`` are computed explicitly from
-      the block. For a symmetric matrix, an eigenvalue ``lambda`` lies within
+    * the residuals ``r_i = ||G u_i - s_i^2 u_i||`` are computed explicitly (as
+      ``B^T (B u_i)``, or with the formed ``G`` on the ``syevr`` route, whose own
+      rounding is the "plus rounding" above). For a symmetric matrix, an eigenvalue ``lambda`` lies within
       ``r_i`` of the Ritz value ``s_i^2`` (the residual bound ``|theta - lambda| <=
       ||G u - theta u||``), so a singular value ``sigma`` lies within ``min(r_i /
       s_i, sqrt(r_i))`` of ``s_i`` (``|sigma - s| = |sigma^2 - s^2| / (sigma + s)``,
