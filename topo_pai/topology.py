@@ -454,7 +454,7 @@ class Topology:
         return sp.csr_array((data, lm.indices, lm.indptr), shape=lm.shape)
 
     def metrics(self, weights=None, resolution: str = "channel", *,
-                spectra: bool = True) -> MetricsTable:
+                spectra: bool = True, spectral_tol: float | None = None) -> MetricsTable:
         """Graph measures beyond nodes and paths, per layer and for the network.
 
         Effective sparsity and compression (Vysogorets & Kempe), effective kernels
@@ -470,6 +470,15 @@ class Topology:
         where every other measure is O(non-zeros); ``spectra=False`` leaves them
         out (their columns and totals are then ``None``).
 
+        Accuracy: every reported ``mu0`` and ``mu_hat`` (weighted ones too) is within
+        ``spectral_tol * mu0`` of the true value, by a residual certificate checked
+        before it is returned, and never above it (interlacing), so each gap is
+        within ``spectral_tol * mu0`` (the spectral gap within twice that).
+        ``spectral_tol`` defaults to ``1e-8``
+        (:data:`topo_pai.metrics.measures.SPECTRAL_TOL`); smaller is tighter and
+        costs more Lanczos steps, and a block that cannot be certified takes a
+        direct SVD. See ``docs/metrics.md`` for the proof and its one assumption.
+
         Examples
         --------
         >>> import torch, topo_pai
@@ -483,6 +492,8 @@ class Topology:
         from topo_pai.metrics import measures as ms
 
         _check_resolution(resolution)
+        if spectral_tol is not None:
+            spectral_tol = ms.check_spectral_tol(spectral_tol)
         prepared = None if weights is None else (
             weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights))
         layers, sizes = self.program.layers, self.channel_structure.sizes
@@ -516,7 +527,8 @@ class Topology:
                      out_units=int(sizes[0]), **roles[0])]
         for i, (layer, lm, M) in enumerate(zip(layers, self._layer_masks, mats)):
             W = None if prepared is None else self.layer_matrix(i, prepared)
-            row = ms.bipartite_measures(M, W, spectra, degree_pair=degree_pairs[i])
+            row = ms.bipartite_measures(M, W, spectra, degree_pair=degree_pairs[i],
+                                        spectral_tol=spectral_tol)
             if resolution == "channel":
                 fin, bout = self.layer_reach(i, "channel")
                 row["effective_kernels"] = ms.effective_kernels(M, fin, bout)

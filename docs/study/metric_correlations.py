@@ -485,8 +485,19 @@ def write_tables(studies) -> str:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    studies = [Path(a).resolve() for a in argv] if argv else STUDIES
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results_dirs", nargs="*", metavar="RESULTS_DIR",
+                    help="study results directories (each with config.json and "
+                         "results.jsonl); default: " + ", ".join(
+                             str(p.relative_to(HERE.parent.parent)) for p in STUDIES))
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    studies = [Path(a).resolve() for a in args.results_dirs] or STUDIES
+    for d in studies:
+        if not (d / "config.json").is_file() or not (d / "results.jsonl").is_file():
+            ap.error(f"{d} is not a study results directory (it needs config.json and "
+                     "results.jsonl)")
     workers = int(os.environ.get("STUDY_WORKERS", "2"))
     for d in studies:
         measure_study(d, workers=workers)

@@ -43,18 +43,22 @@ import scipy.sparse as sp
 #: SVD of the block itself.
 DENSE_SVD_MAX_ENTRIES = 4096
 #: A block larger than this many entries that the iterative route cannot settle
-#: (no convergence, or a ``mu_hat`` below :data:`SQUARING_FLOOR`) is refused rather
-#: than densified (8 bytes an entry).
+#: (no convergence, no certificate, or a ``mu_hat`` below :data:`SQUARING_FLOOR`) is
+#: refused rather than densified (8 bytes an entry).
 DENSE_SVD_FALLBACK_MAX_ENTRIES = 1 << 25
-#: The block Lanczos iteration stops when both Ritz pairs ``(theta, v)`` of the Gram
-#: matrix ``G`` have ``||G v - theta v|| <= GRAM_RESIDUAL_TOL * theta_1``.
-GRAM_RESIDUAL_TOL = 1e-10
+#: The default ``spectral_tol``: every reported ``mu0`` and ``mu_hat`` is within
+#: ``SPECTRAL_TOL * mu0`` of a singular value of the block (see
+#: :func:`top_singular_values` for the certificate).
+SPECTRAL_TOL = 1e-8
 #: Below this ``mu_hat / mu0`` the rounding of the Gram matrix (``eps * mu0^2``) may
 #: be a visible part of ``mu_hat^2``; such blocks take a direct SVD of the block.
 SQUARING_FLOOR = 1e-6
 #: The Krylov basis is capped at this many vectors; a block that needs more takes
-#: ``scipy.sparse.linalg.svds``.
+#: a direct SVD.
 LANCZOS_MAX_COLUMNS = 600
+#: Columns of the block Lanczos start block (at least 2, so that a doubled top
+#: singular value is not missed).
+LANCZOS_BLOCK = 2
 #: Blocks with at least this fraction of non-zeros and at most
 #: :data:`DENSE_OPERAND_MAX_ENTRIES` entries are multiplied as dense arrays
 #: (one BLAS pass beats the sparse gather there).
@@ -65,33 +69,71 @@ DENSE_OPERAND_MAX_ENTRIES = 1 << 22
 #: entries, one BLAS product) and take its top two eigenvectors from LAPACK
 #: (``syevr``); longer sides take block Lanczos, which never forms it.
 GRAM_MAX_SIDE = 512
+#: ... except blocks dense enough for :data:`DENSE_OPERAND_MIN_DENSITY` whose shorter
+#: side is above this: Lanczos on the dense block beats ``syevr`` there.
+LANCZOS_MIN_SIDE = 256
 
 
-def top_singular_values(matrix) -> tuple[float, float]:
+def check_spectral_tol(tol) -> float:
+    """``tol`` as a float, or a ``ValueError`` that says what is accepted.
+
+    >>> check_spectral_tol(1e-6)
+    1e-06
+    """
+    ok = (isinstance(tol, (int, float, np.floating, np.integer)) and not isinstance(tol, bool)
+          and math.isfinite(float(tol)) and 0.0 < float(tol) < 1.0)
+    if not ok:
+        raise ValueError(
+            f"spectral_tol must be a number with 0 < spectral_tol < 1, got {tol!r}: it bounds "
+            f"the error of mu0 and mu_hat relative to mu0 (default {SPECTRAL_TOL:g}; smaller "
+            "is tighter and slower)")
+    return float(tol)
+
+
+def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]:
     """The two largest singular values ``(mu0, mu_hat)`` of a sparse matrix.
 
-    Both are square roots of the two largest eigenvalues of the Gram matrix
-    ``G = B^T B`` of the block's shorter side (``B`` is the block or its
-    transpose, ``k x k`` for ``k = min(C_in, C_out)``), found in one of two ways:
+    Accuracy contract (``tol`` defaults to :data:`SPECTRAL_TOL`, ``1e-8``)::
 
-    * ``k <= GRAM_MAX_SIDE`` (:data:`GRAM_MAX_SIDE`; every channel block of the
-      usual CNNs but their widest): ``G`` is formed densely (one BLAS product)
-      and LAPACK's ``syevr`` returns its top two eigenvectors;
-    * otherwise :func:`gram_top_ritz_vectors`, block Lanczos on ``G`` without
-      forming it (each step multiplies by ``B`` and ``B^T``), stopped when both
-      Ritz residuals are at most :data:`GRAM_RESIDUAL_TOL` times the largest
-      Ritz value.
+        |mu0_reported - mu0| <= tol * mu0   and   |mu_hat_reported - mu_hat| <= tol * mu0
 
-    Either way the two vectors ``V`` are orthonormal, and the reported values
-    are the singular values of ``B V`` (no squaring there; each is at most the
-    true one of its rank, by interlacing). Squaring does cost precision when
-    ``mu_hat`` is far below ``mu0``: below :data:`SQUARING_FLOOR` times ``mu0``
-    (a rank-one block, say), and when Lanczos does not converge within
-    :data:`LANCZOS_MAX_COLUMNS` vectors, the block takes a direct SVD (dense
-    LAPACK, or ``scipy.sparse.linalg.svds`` on blocks too large to densify).
-    Tiny blocks (see :data:`DENSE_SVD_MAX_ENTRIES`) take a dense SVD of the
-    block. The start block is seeded, so results are deterministic; BLAS runs
-    on one thread here. Missing singular values are 0.
+    (plus rounding), and neither reported value exceeds the true one. Tiny blocks
+    and the direct fallback take LAPACK's SVD of the block, exact to rounding. The
+    others are certified before they are returned:
+
+    * two orthonormal vectors ``V`` approximate the top two eigenvectors of the
+      Gram matrix ``G = B^T B`` of the block's shorter side (``B`` the block or its
+      transpose, ``k x k`` with ``k = min(C_in, C_out)``): for ``k <=
+      GRAM_MAX_SIDE`` LAPACK's ``syevr`` on the dense ``G`` (:data:`GRAM_MAX_SIDE`;
+      formed in float32 where that is exact, see :func:`_gram_matrix`), except on
+      blocks with at least :data:`DENSE_OPERAND_MIN_DENSITY` non-zeros and ``k >
+      LANCZOS_MIN_SIDE``; those, and longer sides, take block Lanczos on ``G``
+      without forming it (:func:`gram_top_ritz_vectors`);
+    * the reported values ``s_1 >= s_2`` are the singular values of ``B V`` (no
+      squaring), so ``s_i <= sigma_i`` by interlacing, and ``U = V Z`` (``Z`` the
+      right singular vectors of ``B V``) are the Ritz vectors with Ritz values
+      ``s_i^2``;
+    * the residuals ``r_i = ||G u_i - s_i^2 u_i||`` are computed explicitly (as
+      ``B^T (B u_i)``, or with the formed ``G`` on the ``syevr`` route, whose own
+      rounding is the "plus rounding" above). For a symmetric matrix, an eigenvalue ``lambda`` lies within
+      ``r_i`` of the Ritz value ``s_i^2`` (the residual bound ``|theta - lambda| <=
+      ||G u - theta u||``), so a singular value ``sigma`` lies within ``min(r_i /
+      s_i, sqrt(r_i))`` of ``s_i`` (``|sigma - s| = |sigma^2 - s^2| / (sigma + s)``,
+      and ``|sigma - s|^2 <= |sigma^2 - s^2|``). The values are returned only when
+      both bounds are at most ``tol * s_1`` (``<= tol * mu0``); otherwise, and when
+      ``mu_hat`` is below :data:`SQUARING_FLOOR` times ``mu0``, the block takes a
+      direct SVD (dense LAPACK, or ``scipy.sparse.linalg.svds`` on blocks too large
+      to densify).
+
+    The certificate says that each value is that close to *a* singular value; that
+    it is the first and second one, rather than a later one, rests on the Krylov
+    space of the seeded random start block reaching the top two singular
+    directions, the assumption of every Krylov method (ARPACK's ``svds``
+    included); block size 2 keeps a doubled top value, and the residual stop
+    makes the iteration run well past the point where the top two stand out. The
+    tests compare against dense SVDs on blocks with clustered and repeated top
+    values. Results are deterministic; BLAS runs on one thread here. Missing
+    singular values are 0.
 
     >>> import scipy.sparse as sp
     >>> top_singular_values(sp.csr_array(np.ones((3, 4))))  # rank one: sqrt(12), 0
@@ -99,6 +141,7 @@ def top_singular_values(matrix) -> tuple[float, float]:
     >>> top_singular_values(sp.csr_array((0, 5)))
     (0.0, 0.0)
     """
+    tol = SPECTRAL_TOL if tol is None else check_spectral_tol(tol)
     A = sp.csr_array(matrix, dtype=np.float64)
     m, n = A.shape
     if A.nnz == 0 or m == 0 or n == 0:
@@ -109,27 +152,43 @@ def top_singular_values(matrix) -> tuple[float, float]:
     k = B.shape[1]
     dense = m * n <= DENSE_OPERAND_MAX_ENTRIES
     with _one_blas_thread():
-        if dense and k <= GRAM_MAX_SIDE:
+        dense_operand = dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n
+        if dense and k <= GRAM_MAX_SIDE and not (dense_operand and k > LANCZOS_MIN_SIDE):
             from scipy.linalg import eigh
 
+            G = _gram_matrix(B)
+            V = eigh(G, subset_by_index=[k - 2, k - 1], driver="evr")[1]
+            gram, times = G.__matmul__, B.__matmul__  # residual: the Gram matrix as formed
+        elif dense_operand:
             D = B.toarray()
-            V = eigh(D.T @ D, subset_by_index=[k - 2, k - 1], driver="evr")[1]
-            times = D.__matmul__
+            gram, times = (lambda X: D.T @ (D @ X)), D.__matmul__
+            V = gram_top_ritz_vectors(gram, k, tol)
         else:
-            if dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n:
-                D = B.toarray()
-                gram, times = (lambda X: D.T @ (D @ X)), D.__matmul__
-            else:
-                BT = B.T.tocsr()
-                gram, times = (lambda X: _csr_times(BT, _csr_times(B, X))), \
-                    (lambda X: _csr_times(B, X))
-            V = gram_top_ritz_vectors(gram, k)
+            BT = B.T.tocsr()
+            gram, times = (lambda X: _csr_times(BT, _csr_times(B, X))), \
+                (lambda X: _csr_times(B, X))
+            V = gram_top_ritz_vectors(gram, k, tol)
         if V is not None:
-            s = np.linalg.svd(times(V), compute_uv=False)
-            mu0, mu_hat = float(s[0]), float(s[1])
-            if mu_hat >= SQUARING_FLOOR * mu0:
-                return _clean(mu0, mu_hat)
+            s = _certified(V, gram, times, tol)
+            if s is not None and s[1] >= SQUARING_FLOOR * s[0]:
+                return _clean(float(s[0]), float(s[1]))
         return _direct_top_two(A)
+
+
+def _gram_matrix(B):
+    """``B^T B`` as a dense float64 array. A block of small integers (kernel
+    multiplicities) is multiplied in float32, which is exact there and twice as
+    fast: every partial sum of ``G[i, j] = sum_r B[r, i] B[r, j]`` is an integer of
+    at most ``max(B) * max(column sum)``, and integers below ``2**24`` are exact in
+    float32."""
+    data = B.data
+    if data.size and data.min() >= 0 and np.all(data == np.rint(data)):
+        column_sums = np.bincount(B.indices, weights=data, minlength=B.shape[1])
+        if float(data.max()) * float(column_sums.max()) < 2.0**24:
+            D32 = B.astype(np.float32).toarray()
+            return (D32.T @ D32).astype(np.float64)
+    D = B.toarray()
+    return D.T @ D
 
 
 def _csr_times(A, X):
@@ -137,22 +196,48 @@ def _csr_times(A, X):
     return np.column_stack([A @ X[:, j] for j in range(X.shape[1])])
 
 
+def singular_value_error_bound(residual, s):
+    """The distance from ``s`` to the nearest singular value certified by the
+    residual ``||B^T B u - s^2 u||`` of a unit vector ``u``: ``min(residual / s,
+    sqrt(residual))`` (elementwise).
+
+    >>> singular_value_error_bound(np.array([1e-6, 1e-6]), np.array([2.0, 0.0]))
+    array([5.e-07, 1.e-03])
+    """
+    residual = np.asarray(residual, dtype=np.float64)
+    s = np.asarray(s, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(s > 0, residual / np.where(s > 0, s, 1.0), np.inf)
+    return np.minimum(relative, np.sqrt(residual))
+
+
+def _certified(V, gram, times, tol):
+    """The singular values of ``B V`` if their explicit residual certificate is within
+    ``tol * s_1`` (see :func:`top_singular_values`), else ``None``."""
+    _, s, Zt = np.linalg.svd(times(V), full_matrices=False)
+    U = V @ Zt.T
+    residual = np.linalg.norm(gram(U) - U * s**2, axis=0)
+    if np.all(singular_value_error_bound(residual, s) <= tol * s[0]):
+        return s
+    return None
+
+
 def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
                           max_columns: int | None = None):
     """Two orthonormal Ritz vectors (``k x 2``) of the largest eigenvalues of a
-    symmetric positive semidefinite operator, or ``None`` without convergence.
+    symmetric positive semidefinite operator ``G``, or ``None`` without convergence.
 
-    ``gram(X)`` multiplies a ``k x b`` array. Block Lanczos with block size 2 and
-    two passes of classical Gram-Schmidt against the whole basis; directions of
-    a new block with norm at most ``1e-12`` times the largest Ritz value are
-    dropped (an invariant subspace: the block shrinks, and the iteration ends
-    when nothing is left or the basis spans all ``k`` dimensions, where the
-    Ritz values are exact). The Ritz residual of ``y`` is ``||W y_last||`` for
-    the projected new block ``W``, exact with full reorthogonalisation; the
-    iteration stops when both are at most ``tol`` (default
-    :data:`GRAM_RESIDUAL_TOL`) times the largest Ritz value, so each Ritz value
-    is within that distance of an eigenvalue (and, by interlacing, at most the
-    eigenvalue of its rank).
+    ``gram(X)`` multiplies a ``k x b`` array. Block Lanczos with block size
+    :data:`LANCZOS_BLOCK` and two passes of classical Gram-Schmidt against the
+    whole basis; directions of a new block with norm at most ``1e-12`` times the
+    largest Ritz value are dropped (an invariant subspace: the block shrinks, and
+    the iteration ends when nothing is left or the basis spans all ``k``
+    dimensions, where the Ritz values are exact). The Ritz residual of ``y`` is
+    ``||W y_last||`` for the projected new block ``W``, exact with full
+    reorthogonalisation; the iteration stops when, for both Ritz values
+    ``theta_1 >= theta_2``, ``min(r_i / sqrt(theta_i), sqrt(r_i)) <= tol *
+    sqrt(theta_1)`` (``tol`` defaults to :data:`SPECTRAL_TOL`): the bound that
+    :func:`top_singular_values` then checks with an explicit residual.
 
     >>> G = np.diag([5.0, 4.0, 4.0, 1.0, 0.5])
     >>> V = gram_top_ritz_vectors(lambda X: G @ X, 5)
@@ -161,13 +246,18 @@ def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
     """
     from scipy.linalg import eig_banded
 
-    tol = GRAM_RESIDUAL_TOL if tol is None else tol
+    tol = SPECTRAL_TOL if tol is None else tol
     max_columns = min(k, LANCZOS_MAX_COLUMNS if max_columns is None else max_columns)
+    block = max(2, min(LANCZOS_BLOCK, k))
+    width = 2 * block  # H's lower band: block tridiagonal, blocks <= block
     basis = np.empty((max_columns, k))  # one basis vector a row
-    H = np.zeros((max_columns + 4, max_columns))  # padded: band columns read 4 rows
-    band = np.zeros((4, max_columns))  # H's lower band (block tridiagonal, blocks <= 2)
-    basis[:2] = np.linalg.qr(np.random.default_rng(0).standard_normal((k, 2)))[0].T
-    start, stop, step, scale = 0, 2, 0, 0.0
+    H = np.zeros((max_columns + width, max_columns))  # padded: band columns read `width` rows
+    band = np.zeros((width, max_columns))
+    start_block = np.random.default_rng(0).standard_normal((k, block))
+    first = np.linalg.qr(start_block)[0].T[:max_columns]
+    basis[:first.shape[0]] = first
+    start, stop, step, scale = 0, first.shape[0], 0, 0.0
+    next_check, last = 1, None  # (step, log of the worst bound / target) at the last check
     while True:
         Qt = basis[:stop]
         W = gram(basis[start:stop].T)
@@ -179,18 +269,27 @@ def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
         H[:stop, start:stop] = C
         H[start:stop, :start] = C[:start].T
         H[start:stop, start:stop] = (C[start:] + C[start:].T) / 2
-        for j in range(max(0, start - 3), stop):
-            band[:, j] = H[j:j + 4, j]
+        for j in range(max(0, start - width + 1), stop):
+            band[:, j] = H[j:j + width, j]
         step += 1
-        # the Ritz values move little between steps: test every other step
-        if step <= 4 or step % 2 == 0 or stop == k:
+        # a test (the band eigenproblem) costs more than a step: test when the
+        # bound's log-linear decrease since the last test says it may have converged
+        if step >= next_check or stop == k or stop + block > max_columns:
             theta, Y = eig_banded(band[:, :stop], lower=True, select="i",
                                   select_range=(stop - 2, stop - 1))
             theta, Y = theta[::-1], Y[:, ::-1]
             scale = max(float(theta[0]), 0.0)
             residual = np.linalg.norm(W @ Y[start:stop], axis=0)
-            if stop == k or np.all(residual <= tol * scale):
+            bound = singular_value_error_bound(residual, np.sqrt(np.maximum(theta, 0.0)))
+            excess = float(np.max(bound)) / max(tol * math.sqrt(scale), 1e-300)
+            if stop == k or excess <= 1.0:
                 return Qt.T @ Y
+            log_excess = math.log(excess)
+            wait = 4
+            if last is not None and log_excess < last[1]:
+                rate = (last[1] - log_excess) / (step - last[0])
+                wait = min(8, max(1, math.ceil(log_excess / rate)))
+            next_check, last = step + wait, (step, log_excess)
         U, sv, _ = np.linalg.svd(W, full_matrices=False)
         keep = sv > 1e-12 * scale
         if not keep.any():
@@ -252,8 +351,8 @@ def degrees(matrix) -> tuple[np.ndarray, np.ndarray]:
     """``(in_degree, out_degree)``: row sums (per output unit) and column sums (per
     input unit) of a non-negative multiplicity matrix, as float64."""
     A = _csr(matrix)
-    rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))
-    return (np.bincount(rows, weights=A.data, minlength=A.shape[0]).astype(np.float64),
+    # row sums by scipy's CSR product with ones (no per-entry row index array)
+    return (A @ np.ones(A.shape[1]),
             np.bincount(A.indices, weights=A.data, minlength=A.shape[1]).astype(np.float64))
 
 
@@ -295,7 +394,7 @@ def _sqrt_minus_one(d: float) -> float:
 
 
 def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
-                       degree_pair=None) -> dict:
+                       degree_pair=None, spectral_tol: float | None = None) -> dict:
     """The measures of one layer graph (see the module docstring).
 
     Parameters
@@ -311,6 +410,9 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
         both gaps and the weighted trio are ``None`` and the rest costs O(nnz).
     degree_pair : tuple of arrays, optional
         ``degrees(matrix)`` when the caller has it already.
+    spectral_tol : float, optional
+        The accuracy of the singular values relative to ``mu0`` (see
+        :func:`top_singular_values`; default :data:`SPECTRAL_TOL`).
 
     Returns
     -------
@@ -334,7 +436,7 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
     in_deg, out_deg = degrees(A) if degree_pair is None else degree_pair
     min_in, mean_in = kept_degree_stats(in_deg)
     min_out, mean_out = kept_degree_stats(out_deg)
-    mu0, mu_hat = top_singular_values(A) if spectra else (None, None)
+    mu0, mu_hat = top_singular_values(A, spectral_tol) if spectra else (None, None)
     out = dict(
         kernels=int(A.nnz), edges=float(A.data.sum()),
         kept_inputs=int(np.count_nonzero(out_deg)), kept_outputs=int(np.count_nonzero(in_deg)),
@@ -345,7 +447,7 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
         weighted_mu0=None, weighted_mu_hat=None, weighted_spectral_gap=None,
     )
     if weighted is not None and spectra:
-        wmu0, wmu_hat = top_singular_values(weighted)
+        wmu0, wmu_hat = top_singular_values(weighted, spectral_tol)
         out.update(weighted_mu0=wmu0, weighted_mu_hat=wmu_hat,
                    weighted_spectral_gap=wmu0 - wmu_hat)
     return out
@@ -405,9 +507,10 @@ def effective_kernels(matrix, fin: np.ndarray, bout: np.ndarray) -> int:
     2
     """
     A = sp.csr_array(matrix)
-    rows = np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))
-    edge = (A.data != 0) & np.asarray(bout, bool)[rows] & np.asarray(fin, bool)[A.indices]
-    return int(np.count_nonzero(edge))
+    # per row, the kept kernels whose input is reached: one CSR product (exact counts)
+    kept = sp.csr_array(((A.data != 0).astype(np.float64), A.indices, A.indptr), shape=A.shape)
+    per_row = kept @ np.asarray(fin, dtype=np.float64)
+    return int(round(float(per_row[np.asarray(bout, bool)].sum())))
 
 
 def sparsity_and_compression(params: int, kept: int) -> tuple[float, float]:
