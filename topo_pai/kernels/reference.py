@@ -25,9 +25,9 @@ def _shifted(lo, hi, pad, k, dil, stride):
 
 
 def _zeros(shape, dtype):
-    """Zeros of ``dtype``; for ``object`` arrays, Python int zeros (not None)."""
+    """Zeros of ``dtype`` (Python int zeros for ``object`` arrays, exact in any sum)."""
     out = np.zeros(shape, dtype=dtype)
-    if dtype == object:
+    if np.dtype(dtype).kind == "O":
         out[...] = 0
     return out
 
