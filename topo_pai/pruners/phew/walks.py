@@ -229,55 +229,39 @@ def walk_pair(fstart, bstart, rand, rng, fptr, frec, fntot, bptr, brec, bntot, t
     cur = 0
     added = 0
     filled = False
-    # Per walk (a: forward, b: backward): on, node, steps, the drawn record and v.
-    a_node, a_steps, a_frac, a_v = fstart, 0, 0.0, 0.0
-    a_prob = np.float32(0.0)
-    a_nbr = a_anbr = np.int32(0)
-    a_blk = a_ablk = np.int16(0)
-    b_node, b_steps, b_frac, b_v = bstart, 0, 0.0, 0.0
-    b_prob = np.float32(0.0)
-    b_nbr = b_anbr = np.int32(0)
-    b_blk = b_ablk = np.int16(0)
+    # Per walk (a: forward, b: backward): the node stepped from and the node whose
+    # record is read next (nxt), whether that read is due (go), whether a step was
+    # taken whose element is still to choose (on), the drawn record and its uniform v.
+    a_node = a_nxt = np.int64(fstart)
+    b_node = b_nxt = np.int64(bstart)
+    a_go = fstart >= 0 and terminal[fstart] == 0
+    b_go = bstart >= n_input
+    a_on = b_on = False
+    a_steps = b_steps = 0
+    a_b = b_b = np.int64(0)
+    a_frac = a_v = a_vc = b_frac = b_v = b_vc = 0.0
+    a_prob = b_prob = np.float32(0.0)
+    a_nbr = a_anbr = b_nbr = b_anbr = np.int32(0)
+    a_blk = a_ablk = b_blk = b_ablk = np.int16(0)
     paths[0, 0] = fstart
     paths[1, 0] = bstart
-    # -- the first records (a start without edges is a dead end: cannot happen with
-    # tables from refresh) ------------------------------------------------------------
-    a_on = fstart >= 0 and terminal[fstart] == 0
-    if a_on:
-        lo, hi = fptr[fstart], fptr[fstart + 1]
-        a_on = hi > lo and fntot[fstart] > 0.0
-        if a_on:
-            state, cur, u, a_v = uniform_pair(draw, state, rand, cur)
-            a_frac, a_prob, a_nbr, a_anbr, a_blk, a_ablk = edge_draw(frec, lo, hi, u)
-    b_on = bstart >= n_input
-    if b_on:
-        lo, hi = bptr[bstart], bptr[bstart + 1]
-        b_on = hi > lo and bntot[bstart] > 0.0
-        if b_on:
-            state, cur, u, b_v = uniform_pair(draw, state, rand, cur)
-            b_frac, b_prob, b_nbr, b_anbr, b_blk, b_ablk = edge_draw(brec, lo, hi, u)
-    while a_on or b_on:
-        # -- phase 1: take the drawn edges and issue both next reads -------------------
-        a_go = b_go = False
-        a_nxt = a_b = b_nxt = b_b = np.int64(0)
-        a_vc, b_vc = a_v, b_v
-        if a_on:
-            a_nxt, a_b = edge_taken(a_frac, a_prob, a_nbr, a_anbr, a_blk, a_ablk)
-            if terminal[a_nxt] == 0:
-                lo, hi = fptr[a_nxt], fptr[a_nxt + 1]
-                a_go = hi > lo and fntot[a_nxt] > 0.0
-                if a_go:
-                    state, cur, u, a_v = uniform_pair(draw, state, rand, cur)
-                    a_frac, a_prob, a_nbr, a_anbr, a_blk, a_ablk = edge_draw(frec, lo, hi, u)
-        if b_on:
-            b_nxt, b_b = edge_taken(b_frac, b_prob, b_nbr, b_anbr, b_blk, b_ablk)
-            if b_nxt >= n_input:
-                lo, hi = bptr[b_nxt], bptr[b_nxt + 1]
-                b_go = hi > lo and bntot[b_nxt] > 0.0
-                if b_go:
-                    state, cur, u, b_v = uniform_pair(draw, state, rand, cur)
-                    b_frac, b_prob, b_nbr, b_anbr, b_blk, b_ablk = edge_draw(brec, lo, hi, u)
-        # -- phase 2: the forward walk's element, then the backward walk's -------------
+    while True:
+        # -- read the next records, both before the elements are chosen so that the
+        # cache misses overlap (a node without edges is a dead end: cannot happen
+        # with tables from refresh) ------------------------------------------------------
+        if a_go:
+            lo, hi = fptr[a_nxt], fptr[a_nxt + 1]
+            a_go = hi > lo and fntot[a_nxt] > 0.0
+            if a_go:
+                state, cur, u, a_v = uniform_pair(draw, state, rand, cur)
+                a_frac, a_prob, a_nbr, a_anbr, a_blk, a_ablk = edge_draw(frec, lo, hi, u)
+        if b_go:
+            lo, hi = bptr[b_nxt], bptr[b_nxt + 1]
+            b_go = hi > lo and bntot[b_nxt] > 0.0
+            if b_go:
+                state, cur, u, b_v = uniform_pair(draw, state, rand, cur)
+                b_frac, b_prob, b_nbr, b_anbr, b_blk, b_ablk = edge_draw(brec, lo, hi, u)
+        # -- the elements of the steps just taken: the forward walk's, then the backward's
         if a_on:
             o = a_nxt - b_doff[a_b]
             c = a_node - b_soff[a_b]
@@ -301,7 +285,6 @@ def walk_pair(fstart, bstart, rand, rng, fptr, frec, fntot, bptr, brec, bntot, t
             a_steps += 1
             paths[0, a_steps] = a_nxt
             a_node = a_nxt
-            a_on = a_go
         if b_on:
             o = b_node - b_doff[b_b]
             c = b_nxt - b_soff[b_b]
@@ -325,7 +308,18 @@ def walk_pair(fstart, bstart, rand, rng, fptr, frec, fntot, bptr, brec, bntot, t
             b_steps += 1
             paths[1, b_steps] = b_nxt
             b_node = b_nxt
-            b_on = b_go
+        # -- take the drawn edges -----------------------------------------------------------
+        a_on, b_on = a_go, b_go
+        if not (a_on or b_on):
+            break
+        if a_on:
+            a_vc = a_v
+            a_nxt, a_b = edge_taken(a_frac, a_prob, a_nbr, a_anbr, a_blk, a_ablk)
+            a_go = terminal[a_nxt] == 0
+        if b_on:
+            b_vc = b_v
+            b_nxt, b_b = edge_taken(b_frac, b_prob, b_nbr, b_anbr, b_blk, b_ablk)
+            b_go = b_nxt >= n_input
     rng[0] = state
     steps_out[0] = a_steps
     steps_out[1] = b_steps
