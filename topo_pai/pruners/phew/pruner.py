@@ -13,7 +13,7 @@ import numpy as np
 from topo_pai.checks import check_int, check_number
 from topo_pai.pruners.phew.geometry import WalkGraph, build_walk_graph, mark_bridging
 from topo_pai.pruners.phew.walks import (KEPT_BIT, close_layer, reach, refresh, run_walks,
-                                         seed_state, walk_pair)
+                                         seed_state, walk, walk_pair)
 
 ELEMENT_MODES = {"sample": 0, "largest": 1}
 STOP_REASONS = ("budgets_reached", "no_open_path", "stalled", "max_walks")
@@ -154,16 +154,23 @@ def walk_once(graph: WalkGraph, state: WalkState, forward: bool, start: int,
     """One walk with the pre-drawn uniforms ``rand`` (two per step) on prepared
     tables; returns ``(path, elements, added, a layer filled)`` where
     ``elements[s]`` is the flat index (over all layers) chosen at step ``s``."""
-    fstart, bstart = (start, -1) if forward else (-1, start)
-    (fp, fe), (bp, be), added, filled = walk_pair_once(graph, state, fstart, bstart, rand, mode)
-    return (fp, fe, added, filled) if forward else (bp, be, added, filled)
+    path = np.empty(graph.max_steps + 2, dtype=np.int64)
+    elems = np.empty(graph.max_steps + 1, dtype=np.int64)
+    tables = graph.fwd if forward else graph.bwd
+    g = graph.geo
+    steps, added, filled = walk(
+        bool(forward), int(start), np.ascontiguousarray(rand, dtype=np.float64), seed_state(0),
+        tables.ptr, tables.rec, tables.ntot, graph.terminal, graph.n_input, g.b_layer, g.b_st,
+        g.l_woff, g.l_pgi, g.l_opg, g.l_kv, g.b_soff, g.b_doff, g, state.wk, state.wbits,
+        graph.allowed, graph.dense, state.count, state.budget, state.full, mode, path, elems)
+    return path[:steps + 1].copy(), elems[:steps].copy(), int(added), bool(filled)
 
 
 def walk_pair_once(graph: WalkGraph, state: WalkState, fstart: int, bstart: int,
                    rand: np.ndarray, mode: int = 0):
-    """:func:`walk_pair` with pre-drawn uniforms on prepared tables (a start of -1
-    leaves that walk out); returns ``((forward path, forward elements), (backward
-    path, backward elements), added, a layer filled)``."""
+    """:func:`walk_pair` with pre-drawn uniforms on prepared tables; returns
+    ``((forward path, forward elements), (backward path, backward elements),
+    added, a layer filled)``."""
     paths = np.empty((2, graph.max_steps + 2), dtype=np.int64)
     elems = np.empty((2, graph.max_steps + 1), dtype=np.int64)
     steps = np.zeros(2, dtype=np.int64)

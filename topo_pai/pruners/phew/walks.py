@@ -8,8 +8,8 @@ references when a tuple is unpacked); ``wk`` holds every weight element's
 the int32 view of the same memory (kept iff negative) and ``allowed`` marks the
 elements PHEW may keep (read only when ``dense`` is False).
 
-The tests replay pre-drawn uniforms through :func:`walk_pair` (one walk, or two
-in lockstep) against a pure-Python reference walk (tests/pruners/test_phew.py).
+The tests replay pre-drawn uniforms through :func:`walk` and :func:`walk_pair`
+against a pure-Python reference walk (tests/pruners/test_phew.py).
 """
 
 from __future__ import annotations
@@ -115,45 +115,54 @@ def choose_element(o, c, blk, u, mode, geo, wk, wbits, allowed, dense):
         return kernel_draw(base, geo.l_kv[layer], u, wk)
     st_idx = geo.st_idx
     ident, k0, k1, g0, kbase, pgi, kv = span(o, c, blk, geo)
+    total = 0.0
     n = 0
-    total = acc = r = 0.0
-    first = best = last = -1
+    first = -1
+    best = -1
     best_w = -1.0
-    uniform = False
-    target = seen = 0
-    for sweep in range(2):  # over the edge's allowed elements: 0 weighs them, 1 draws
-        if sweep == 1:
-            if n == 0:
-                return -1
-            if mode == 1:
-                return best if best >= 0 else first
-            uniform = not (total > 0.0)
-            if uniform:
-                target = min(int(u * n), n - 1)
-            else:
-                r = u * total
-            last = first
-        for k in range(k0, k1):
-            base = span_kernel(k, ident, st_idx, g0, kbase, pgi, kv)
-            if base < 0:
+    for k in range(k0, k1):
+        base = span_kernel(k, ident, st_idx, g0, kbase, pgi, kv)
+        if base < 0:
+            continue
+        for t in range(base, base + kv):
+            if not (dense or allowed[t]):
                 continue
-            for t in range(base, base + kv):
-                if not (dense or allowed[t]):
-                    continue
+            if first < 0:
+                first = t
+            n += 1
+            w = abs(np.float64(wk[t]))
+            total += w
+            if wbits[t] >= 0 and w > best_w:
+                best = t
+                best_w = w
+    if n == 0:
+        return -1
+    if mode == 1:
+        return best if best >= 0 else first
+    uniform = not (total > 0.0)
+    target = 0
+    r = 0.0
+    if uniform:
+        target = min(int(u * n), n - 1)
+    else:
+        r = u * total
+    acc = 0.0
+    seen = 0
+    last = first
+    for k in range(k0, k1):
+        base = span_kernel(k, ident, st_idx, g0, kbase, pgi, kv)
+        if base < 0:
+            continue
+        for t in range(base, base + kv):
+            if not (dense or allowed[t]):
+                continue
+            if uniform:
+                if seen == target:
+                    return t
+                seen += 1
+            else:
                 w = abs(np.float64(wk[t]))
-                if sweep == 0:
-                    if first < 0:
-                        first = t
-                    n += 1
-                    total += w
-                    if wbits[t] >= 0 and w > best_w:
-                        best = t
-                        best_w = w
-                elif uniform:
-                    if seen == target:
-                        return t
-                    seen += 1
-                elif w > 0.0:
+                if w > 0.0:
                     acc += w
                     last = t
                     if acc > r:
@@ -161,67 +170,124 @@ def choose_element(o, c, blk, u, mode, geo, wk, wbits, allowed, dense):
     return last
 
 
-@numba.njit(inline="always", **_JIT)
-def uniform_pair(draw, state, rand, cur):
-    """A step's two uniforms ``(u, v)``: ``u`` draws the edge, ``v`` the element. From
-    the generator ``state`` when ``draw``, else ``rand[cur]`` and ``rand[cur + 1]``.
-    Returns ``(state, cur, u, v)``, both advanced past them."""
+@numba.njit(**_JIT)
+def walk(forward, start, rand, rng, ptr, rec, ntot, terminal, n_input, b_layer, b_st, l_woff,
+         l_pgi, l_opg, l_kv, b_soff, b_doff, geo, wk, wbits, allowed, dense, count, budget, full,
+         mode, path, elems):
+    """One walk from node ``start`` over ``ptr/rec/ntot``: the out-edge CSR
+    (forward) or the in-edge CSR (backward) with their alias tables.
+
+    Step ``s`` uses ``rand[2s]`` for the edge and ``rand[2s+1]`` for the
+    element; an empty ``rand`` draws them from the generator state ``rng``
+    instead, in the same order. Writes the visited nodes to ``path`` and, per
+    step, the chosen element to ``elems`` (-1 when the layer was already full).
+    Returns ``(steps, elements added, some layer became full)``.
+
+    Hot loop: every array comes unpacked, and the draws (:func:`alias_slot`,
+    :func:`kernel_draw`, :func:`~.geometry.kernel_offset`) are inlined and receive
+    at most one array, so that numba emits almost no reference counting per step
+    (passing the step's dozen arrays to one inlined helper made PHEW twice as
+    slow); the next step's record is read before the current step's element is
+    chosen, so that their cache misses overlap.
+    """
+    fast = mode == 0 and dense
+    draw = rand.shape[0] == 0
+    state = rng[0]
+    path[0] = start
+    if (terminal[start] != 0) if forward else (start < n_input):
+        return 0, 0, False
+    lo = ptr[start]
+    hi = ptr[start + 1]
+    if hi <= lo or not (ntot[start] > 0.0):
+        return 0, 0, False  # dead end: cannot happen with tables from refresh
     if draw:
         state, u = splitmix(state)
         state, v = splitmix(state)
-        return state, cur, u, v
-    return state, cur + 2, rand[cur], rand[cur + 1]
-
-
-@numba.njit(inline="always", **_JIT)
-def edge_draw(rec, lo, hi, u):
-    """The record of ``rec[lo:hi]`` (one node's alias table) that the uniform ``u``
-    draws, as ``(frac, prob, nbr, anbr, blk, ablk)``: read as soon as the node is
-    known, so that its cache miss overlaps other work; :func:`edge_taken` decides
-    between the record's edge and its alias when the step is taken."""
+    else:
+        u = rand[0]
+        v = rand[1]
+    node = start
     s, frac = alias_slot(lo, hi, u)
-    return frac, rec[s].prob, rec[s].nbr, rec[s].anbr, rec[s].blk, rec[s].ablk
-
-
-@numba.njit(inline="always", **_JIT)
-def edge_taken(frac, prob, nbr, anbr, blk, ablk):
-    """``(next node, block)`` of a drawn record: its own edge if ``frac < prob``,
-    else its alias."""
-    if frac < prob:
-        return np.int64(nbr), np.int64(blk)
-    return np.int64(anbr), np.int64(ablk)
+    prob, nbr, anbr, blk, ablk = rec[s].prob, rec[s].nbr, rec[s].anbr, rec[s].blk, rec[s].ablk
+    steps = 0
+    added = 0
+    filled = False
+    v2 = 0.0
+    while True:
+        if frac < prob:
+            nxt = np.int64(nbr)
+            b = np.int64(blk)
+        else:
+            nxt = np.int64(anbr)
+            b = np.int64(ablk)
+        go_on = (terminal[nxt] == 0) if forward else (nxt >= n_input)
+        if go_on:  # issue the next step's read now
+            lo = ptr[nxt]
+            hi = ptr[nxt + 1]
+            if hi <= lo or not (ntot[nxt] > 0.0):
+                go_on = False  # dead end: cannot happen with tables from refresh
+            else:
+                if draw:
+                    state, u = splitmix(state)
+                    state, v2 = splitmix(state)
+                else:
+                    u = rand[2 * steps + 2]
+                    v2 = rand[2 * steps + 3]
+                s, frac = alias_slot(lo, hi, u)
+                prob, nbr, anbr = rec[s].prob, rec[s].nbr, rec[s].anbr
+                blk, ablk = rec[s].blk, rec[s].ablk
+        if forward:
+            o = nxt - b_doff[b]
+            c = node - b_soff[b]
+        else:
+            o = node - b_doff[b]
+            c = nxt - b_soff[b]
+        layer = b_layer[b]
+        elem = -1
+        if not full[layer]:
+            if fast and b_st[b] < 0:  # one whole kernel, all allowed
+                base = kernel_offset(o, c, l_woff[layer], l_pgi[layer], l_opg[layer],
+                                     l_kv[layer])
+                elem = kernel_draw(base, l_kv[layer], v, wk)
+            else:
+                elem = choose_element(o, c, b, v, mode, geo, wk, wbits, allowed, dense)
+            if elem >= 0 and wbits[elem] >= 0:
+                wbits[elem] = wbits[elem] | KEPT_BIT
+                count[layer] += 1
+                added += 1
+                if count[layer] >= budget[layer]:
+                    full[layer] = 1
+                    filled = True
+        elems[steps] = elem
+        steps += 1
+        path[steps] = nxt
+        if not go_on:
+            break
+        node = nxt
+        v = v2
+    rng[0] = state
+    return steps, added, filled
 
 
 @numba.njit(**_JIT)
 def walk_pair(fstart, bstart, rand, rng, fptr, frec, fntot, bptr, brec, bntot, terminal,
               n_input, b_layer, b_st, l_woff, l_pgi, l_opg, l_kv, b_soff, b_doff, geo, wk,
               wbits, allowed, dense, count, budget, full, mode, paths, elems, steps_out):
-    """A forward walk from ``fstart`` over the out-edge tables ``fptr/frec/fntot`` and
-    a backward walk from ``bstart`` over the in-edge tables ``bptr/brec/bntot``, run
-    in lockstep so that the cache misses of the two walks overlap (the walks are
-    bound by memory latency). A start of -1 leaves that walk out: :func:`run_walks`
-    runs both only while every open layer has at least two free slots (each walk
-    adds at most one element per layer, so no layer can fill while the other walk
-    still has to cross it, and the tables stay valid for the whole round), and one
-    walk alone near a layer's last slot.
+    """A forward walk from ``fstart`` and a backward walk from ``bstart``, run in
+    lockstep so that the cache misses of the two walks overlap (the walks are
+    bound by memory latency). :func:`run_walks` uses it only while every open
+    layer has at least two free slots: each walk adds at most one element per
+    layer, so no layer can fill while the other walk still has to cross it, and
+    the tables stay valid for the whole round.
 
-    Each step takes a pair of uniforms ``(u, v)``, ``u`` for the edge and ``v`` for
-    the element, in the order: the forward walk's first, the backward walk's first,
-    then per lockstep step the forward walk's next (if it goes on) and the backward
-    walk's next. A non-empty ``rand`` supplies them in that order; an empty one
-    draws them from the generator state ``rng``. Walk ``w`` (0 forward, 1 backward)
-    writes its visited nodes to ``paths[w]``, per step the chosen element to
-    ``elems[w]`` (-1 when the layer was already full), and its number of steps to
-    ``steps_out[w]``. Returns ``(elements added, some layer became full)``.
-
-    Hot loop: every array comes unpacked, and the draws (:func:`uniform_pair`,
-    :func:`edge_draw`, :func:`kernel_draw`, :func:`~.geometry.kernel_offset`) are
-    inlined and receive at most one array, so that numba emits almost no reference
-    counting per step (passing the step's dozen arrays to one inlined helper made
-    PHEW twice as slow). So the two walks' steps are written out side by side on
-    purpose (one loop over the two walks choosing the elements measured 15-20 %
-    slower on ResNet-20's walks); the next step's records are read before the
-    current step's elements are chosen, so that their cache misses overlap.
+    Each step takes a pair ``(u, v)`` as in :func:`walk`, in the order: the
+    forward walk's first, the backward walk's first, then per lockstep step the
+    forward walk's next (if it goes on) and the backward walk's next. An empty
+    ``rand`` draws from the generator state ``rng``. ``paths[w]``,
+    ``elems[w]`` and ``steps_out[w]`` are as in :func:`walk` for walk ``w``
+    (0 forward, 1 backward). Returns ``(elements added, some layer became
+    full)``. The two walks' steps are written out side by side on purpose (see
+    :func:`walk`); their draws are the same inlined functions.
     """
     fast = mode == 0 and dense
     draw = rand.shape[0] == 0
@@ -229,39 +295,113 @@ def walk_pair(fstart, bstart, rand, rng, fptr, frec, fntot, bptr, brec, bntot, t
     cur = 0
     added = 0
     filled = False
-    # Per walk (a: forward, b: backward): the node stepped from and the node whose
-    # record is read next (nxt), whether that read is due (go), whether a step was
-    # taken whose element is still to choose (on), the drawn record and its uniform v.
-    a_node = a_nxt = np.int64(fstart)
-    b_node = b_nxt = np.int64(bstart)
-    a_go = fstart >= 0 and terminal[fstart] == 0
-    b_go = bstart >= n_input
-    a_on = b_on = False
-    a_steps = b_steps = 0
-    a_b = b_b = np.int64(0)
-    a_frac = a_v = a_vc = b_frac = b_v = b_vc = 0.0
-    a_prob = b_prob = np.float32(0.0)
-    a_nbr = a_anbr = b_nbr = b_anbr = np.int32(0)
-    a_blk = a_ablk = b_blk = b_ablk = np.int16(0)
+    # -- forward walk: first record ------------------------------------------------
+    a_on = not (terminal[fstart] != 0)
+    a_node = fstart
+    a_steps = 0
+    a_frac = a_v = 0.0
+    a_prob = np.float32(0.0)
+    a_nbr = a_anbr = np.int32(0)
+    a_blk = a_ablk = np.int16(0)
     paths[0, 0] = fstart
+    if a_on:
+        lo = fptr[fstart]
+        hi = fptr[fstart + 1]
+        if hi <= lo or not (fntot[fstart] > 0.0):
+            a_on = False  # dead end: cannot happen with tables from refresh
+        else:
+            if draw:
+                state, u = splitmix(state)
+                state, a_v = splitmix(state)
+            else:
+                u = rand[cur]
+                a_v = rand[cur + 1]
+                cur += 2
+            s, a_frac = alias_slot(lo, hi, u)
+            a_prob, a_nbr, a_anbr = frec[s].prob, frec[s].nbr, frec[s].anbr
+            a_blk, a_ablk = frec[s].blk, frec[s].ablk
+    # -- backward walk: first record -----------------------------------------------
+    b_on = not (bstart < n_input)
+    b_node = bstart
+    b_steps = 0
+    b_frac = b_v = 0.0
+    b_prob = np.float32(0.0)
+    b_nbr = b_anbr = np.int32(0)
+    b_blk = b_ablk = np.int16(0)
     paths[1, 0] = bstart
-    while True:
-        # -- read the next records, both before the elements are chosen so that the
-        # cache misses overlap (a node without edges is a dead end: cannot happen
-        # with tables from refresh) ------------------------------------------------------
-        if a_go:
-            lo, hi = fptr[a_nxt], fptr[a_nxt + 1]
-            a_go = hi > lo and fntot[a_nxt] > 0.0
+    if b_on:
+        lo = bptr[bstart]
+        hi = bptr[bstart + 1]
+        if hi <= lo or not (bntot[bstart] > 0.0):
+            b_on = False
+        else:
+            if draw:
+                state, u = splitmix(state)
+                state, b_v = splitmix(state)
+            else:
+                u = rand[cur]
+                b_v = rand[cur + 1]
+                cur += 2
+            s, b_frac = alias_slot(lo, hi, u)
+            b_prob, b_nbr, b_anbr = brec[s].prob, brec[s].nbr, brec[s].anbr
+            b_blk, b_ablk = brec[s].blk, brec[s].ablk
+    while a_on or b_on:
+        # -- phase 1: take the drawn edges and issue both next reads -------------------
+        a_go = False
+        a_nxt = a_b = 0
+        a_vc = a_v
+        if a_on:
+            if a_frac < a_prob:
+                a_nxt = np.int64(a_nbr)
+                a_b = np.int64(a_blk)
+            else:
+                a_nxt = np.int64(a_anbr)
+                a_b = np.int64(a_ablk)
+            a_go = terminal[a_nxt] == 0
             if a_go:
-                state, cur, u, a_v = uniform_pair(draw, state, rand, cur)
-                a_frac, a_prob, a_nbr, a_anbr, a_blk, a_ablk = edge_draw(frec, lo, hi, u)
-        if b_go:
-            lo, hi = bptr[b_nxt], bptr[b_nxt + 1]
-            b_go = hi > lo and bntot[b_nxt] > 0.0
+                lo = fptr[a_nxt]
+                hi = fptr[a_nxt + 1]
+                if hi <= lo or not (fntot[a_nxt] > 0.0):
+                    a_go = False
+                else:
+                    if draw:
+                        state, u = splitmix(state)
+                        state, a_v = splitmix(state)
+                    else:
+                        u = rand[cur]
+                        a_v = rand[cur + 1]
+                        cur += 2
+                    s, a_frac = alias_slot(lo, hi, u)
+                    a_prob, a_nbr, a_anbr = frec[s].prob, frec[s].nbr, frec[s].anbr
+                    a_blk, a_ablk = frec[s].blk, frec[s].ablk
+        b_go = False
+        b_nxt = b_b = 0
+        b_vc = b_v
+        if b_on:
+            if b_frac < b_prob:
+                b_nxt = np.int64(b_nbr)
+                b_b = np.int64(b_blk)
+            else:
+                b_nxt = np.int64(b_anbr)
+                b_b = np.int64(b_ablk)
+            b_go = b_nxt >= n_input
             if b_go:
-                state, cur, u, b_v = uniform_pair(draw, state, rand, cur)
-                b_frac, b_prob, b_nbr, b_anbr, b_blk, b_ablk = edge_draw(brec, lo, hi, u)
-        # -- the elements of the steps just taken: the forward walk's, then the backward's
+                lo = bptr[b_nxt]
+                hi = bptr[b_nxt + 1]
+                if hi <= lo or not (bntot[b_nxt] > 0.0):
+                    b_go = False
+                else:
+                    if draw:
+                        state, u = splitmix(state)
+                        state, b_v = splitmix(state)
+                    else:
+                        u = rand[cur]
+                        b_v = rand[cur + 1]
+                        cur += 2
+                    s, b_frac = alias_slot(lo, hi, u)
+                    b_prob, b_nbr, b_anbr = brec[s].prob, brec[s].nbr, brec[s].anbr
+                    b_blk, b_ablk = brec[s].blk, brec[s].ablk
+        # -- phase 2: the forward walk's element, then the backward walk's -------------
         if a_on:
             o = a_nxt - b_doff[a_b]
             c = a_node - b_soff[a_b]
@@ -285,6 +425,7 @@ def walk_pair(fstart, bstart, rand, rng, fptr, frec, fntot, bptr, brec, bntot, t
             a_steps += 1
             paths[0, a_steps] = a_nxt
             a_node = a_nxt
+            a_on = a_go
         if b_on:
             o = b_node - b_doff[b_b]
             c = b_nxt - b_soff[b_b]
@@ -308,18 +449,7 @@ def walk_pair(fstart, bstart, rand, rng, fptr, frec, fntot, bptr, brec, bntot, t
             b_steps += 1
             paths[1, b_steps] = b_nxt
             b_node = b_nxt
-        # -- take the drawn edges -----------------------------------------------------------
-        a_on, b_on = a_go, b_go
-        if not (a_on or b_on):
-            break
-        if a_on:
-            a_vc = a_v
-            a_nxt, a_b = edge_taken(a_frac, a_prob, a_nbr, a_anbr, a_blk, a_ablk)
-            a_go = terminal[a_nxt] == 0
-        if b_on:
-            b_vc = b_v
-            b_nxt, b_b = edge_taken(b_frac, b_prob, b_nbr, b_anbr, b_blk, b_ablk)
-            b_go = b_nxt >= n_input
+            b_on = b_go
     rng[0] = state
     steps_out[0] = a_steps
     steps_out[1] = b_steps
@@ -355,25 +485,32 @@ def close_layer(layer, edges, enabled, geo, wbits, fdirty, bdirty):
 
 
 @numba.njit(**_JIT)
-def has_link(n, tables, enabled, marked):
-    """1 if node ``n`` has an enabled edge in ``tables`` (out-edges or in-edges) to a
-    node ``marked``, else 0."""
-    ptr, rec, eid = tables.ptr, tables.rec, tables.eid
-    for p in range(ptr[n], ptr[n + 1]):
-        if enabled[eid[p]] and marked[rec[p].nbr]:
-            return 1
-    return 0
-
-
-@numba.njit(**_JIT)
 def reach(n_input, fwd, bwd, enabled, terminal, reach_in, reach_out):
     """Reachability over the enabled edges: from the inputs, and to the outputs.
     Node ids are ordered by group and edges go from lower to higher groups."""
+    fptr, frec, feid = fwd.ptr, fwd.rec, fwd.eid
+    bptr, brec, beid = bwd.ptr, bwd.rec, bwd.eid
     n_nodes = reach_in.shape[0]
     for n in range(n_nodes):
-        reach_in[n] = 1 if n < n_input else has_link(n, bwd, enabled, reach_in)
+        if n < n_input:
+            reach_in[n] = 1
+            continue
+        hit = 0
+        for p in range(bptr[n], bptr[n + 1]):
+            if enabled[beid[p]] and reach_in[brec[p].nbr]:
+                hit = 1
+                break
+        reach_in[n] = hit
     for n in range(n_nodes - 1, -1, -1):
-        reach_out[n] = 1 if terminal[n] else has_link(n, fwd, enabled, reach_out)
+        if terminal[n]:
+            reach_out[n] = 1
+            continue
+        hit = 0
+        for p in range(fptr[n], fptr[n + 1]):
+            if enabled[feid[p]] and reach_out[frec[p].nbr]:
+                hit = 1
+                break
+        reach_out[n] = hit
 
 
 @numba.njit(**_JIT)
@@ -425,8 +562,8 @@ def refresh(n_input, fwd, bwd, enabled, terminal, reach_in, reach_out, fdirty, b
 def run_walks(rng, mode, stall_window, min_added, max_walks, n_input, term_nodes, max_steps, fwd,
               bwd, edges, geo, terminal, wk, wbits, allowed, dense, count, budget, full, enabled,
               reach_in, reach_out, stats, full_after):
-    """Rounds of a forward and a backward walk (:func:`walk_pair`: in lockstep, or
-    one at a time near a layer's last slot) until the budgets are
+    """Rounds of a forward and a backward walk (:func:`walk_pair`, or
+    :func:`walk` one at a time near a layer's last slot) until the budgets are
     met or the walks stop adding; tables are updated after a round that filled
     a layer.
 
@@ -459,6 +596,8 @@ def run_walks(rng, mode, stall_window, min_added, max_walks, n_input, term_nodes
                      edges, geo, full)
     n_refresh = 1
     no_rand = np.empty(0)
+    path = np.empty(max_steps + 2, dtype=np.int64)
+    elems = np.empty(max_steps + 1, dtype=np.int64)
     paths = np.empty((2, max_steps + 2), dtype=np.int64)
     elems2 = np.empty((2, max_steps + 1), dtype=np.int64)
     steps2 = np.zeros(2, dtype=np.int64)
@@ -511,22 +650,34 @@ def run_walks(rng, mode, stall_window, min_added, max_walks, n_input, term_nodes
             reason = 1  # pragma: no cover - ``useful`` implies both kinds of start
             break
         if pair:  # a forward and a backward walk in lockstep
+            added, filled = walk_pair(fstart, bstart, no_rand, rng, fptr, frec, fntot, bptr,
+                                      brec, bntot, terminal, n_input, b_layer, b_st, l_woff,
+                                      l_pgi, l_opg, l_kv, b_soff, b_doff, geo, wk, wbits,
+                                      allowed, dense, count, budget, full, mode, paths, elems2,
+                                      steps2)
             walks += 2
             n_fwd += 1
             n_bwd += 1
+            n_steps += steps2[0] + steps2[1]
             in_round = 2
-        else:  # a layer is one slot from full: one walk at a time (the other start is -1)
+        else:  # a layer is one slot from full: one walk at a time
             walks += 1
             if forward:
                 n_fwd += 1
+                steps, added, filled = walk(forward, fstart, no_rand, rng, fptr, frec, fntot,
+                                            terminal, n_input, b_layer, b_st, l_woff, l_pgi,
+                                            l_opg, l_kv, b_soff, b_doff, geo, wk, wbits,
+                                            allowed, dense, count, budget, full, mode, path,
+                                            elems)
             else:
                 n_bwd += 1
+                steps, added, filled = walk(forward, bstart, no_rand, rng, bptr, brec, bntot,
+                                            terminal, n_input, b_layer, b_st, l_woff, l_pgi,
+                                            l_opg, l_kv, b_soff, b_doff, geo, wk, wbits,
+                                            allowed, dense, count, budget, full, mode, path,
+                                            elems)
+            n_steps += steps
             in_round = 1
-        added, filled = walk_pair(fstart, bstart, no_rand, rng, fptr, frec, fntot, bptr, brec,
-                                  bntot, terminal, n_input, b_layer, b_st, l_woff, l_pgi, l_opg,
-                                  l_kv, b_soff, b_doff, geo, wk, wbits, allowed, dense, count,
-                                  budget, full, mode, paths, elems2, steps2)
-        n_steps += steps2[0] + steps2[1]
         total_added += added
         if filled:
             for layer in range(n_layers):
