@@ -14,34 +14,25 @@ Prints one markdown table (and writes it, with machine information, to
 See ``benchmarks/README.md`` for what every column means.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (the harness is imported before torch)
 
-import os
-
-# Must be set before torch (and its OpenMP runtime) is imported: an actively
-# spinning OpenMP pool steals one of the two shared cores from numba.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The harness first: it sets OMP_WAIT_POLICY before torch (and its OpenMP runtime) loads.
+from harness import RunClock, machine_info, results_path, stopwatch, write_results
 
 import argparse
-import datetime
 import gc
 import json
 import math
-import platform
+import os
 import resource
 import statistics
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
 
 from baselines import float64_probe
 
@@ -142,9 +133,7 @@ def timed(fn):
     """(seconds, result, compiled?) of one call, garbage collected beforehand."""
     gc.collect()
     c0 = _numba_overloads()
-    t0 = time.perf_counter()
-    out = fn()
-    dt = time.perf_counter() - t0
+    dt, out = stopwatch(fn)
     return dt, out, _numba_overloads() != c0
 
 
@@ -274,31 +263,6 @@ def log10_delta(ours: float, base) -> tuple[str, bool]:
     return f"{d:.1e}", True
 
 
-def machine_info() -> list[str]:
-    import numba
-
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    return [
-        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- machine: `{platform.platform()}` / `{platform.machine()}` / {cpu}",
-        (f"- python {platform.python_version()}, torch {torch.__version__}, "
-        f"numba {numba.__version__}, numpy {np.__version__}, topo_pai {topo_pai.__version__}"),
-        (f"- CPUs: os.cpu_count()={os.cpu_count()}, usable={affinity}, "
-        f"torch threads={torch.get_num_threads()}, numba threads={numba.config.NUMBA_NUM_THREADS}"),
-    ]
-
-
 # ---------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------
@@ -419,19 +383,16 @@ def main(argv=None):
         densities = QUICK_DENSITIES if args.quick else DENSITIES
     repeats = args.repeats or (2 if args.quick else 5)
     budget = args.budget if args.budget is not None else (10.0 if args.quick else 30.0)
-    out = Path(args.out) if args.out else HERE / (
-        "results_core_quick.md" if args.quick else "results_core.md")
+    out = results_path("core", args.quick, args.out)
 
     torch.set_num_threads(2)
     info = machine_info()  # date = start of the run
-    t_start = time.perf_counter()
-    load_start = os.getloadavg()
+    clock = RunClock()
     notes, verdicts, warnings, rows = [], [], [], []
     for name in models:
         rows += bench_model(name, densities, repeats, budget, not args.no_memory, notes,
                             verdicts, warnings)
-    elapsed = time.perf_counter() - t_start
-    load_end = os.getloadavg()
+    elapsed, load_start, load_end = clock.elapsed(), clock.load_start, os.getloadavg()
 
     lines = ["# topo_pai core benchmark", ""]
     lines += info
@@ -468,9 +429,7 @@ def main(argv=None):
         "run. "
         "See benchmarks/README.md."),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out.write_text(text)
+    write_results(out, lines, echo=True)
     if warnings:
         banner = "!" * 78
         print(f"\n{banner}\n!!! CORRECTNESS WARNING: topo_pai and the float64 baseline disagree:",
@@ -478,7 +437,6 @@ def main(argv=None):
         for w in warnings:
             print(f"!!!   {w}", file=sys.stderr)
         print(banner, file=sys.stderr)
-    print(f"# wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -25,28 +25,20 @@ The full run writes ``benchmarks/results_engines.md``; ``--quick`` writes
 ``benchmarks/results_engines_quick.md``.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (the harness is imported before torch)
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The harness first: it sets OMP_WAIT_POLICY before torch (and its OpenMP runtime) loads.
+from harness import RunClock, machine_info, results_path, stopwatch, write_results
 
 import argparse
-import datetime
-import platform
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-import topo_pai  # noqa: E402
-from topo_pai.metrics.torch_neuron import TORCH_MIN_DENSITY  # noqa: E402
-from topo_pai.models import resnet18, resnet20  # noqa: E402
+import topo_pai
+from topo_pai.metrics.torch_neuron import TORCH_MIN_DENSITY
+from topo_pai.models import resnet18, resnet20
 
 MODELS = {"ResNet-20": (resnet20, (3, 32, 32)), "ResNet-18 (64x64)": (resnet18, (3, 64, 64))}
 DENSITIES = (1.0, 0.3, 0.1, 0.05, 0.02, 0.01)
@@ -58,12 +50,8 @@ def time_flows(model, masks, shape, engine: str) -> float:
     topo = topo_pai.from_torch(model, masks, shape, engine=engine)
     absw = {n: model.get_parameter(n).detach().abs() for n in masks}
     weights = topo.edge_weights(absw)
-    best = float("inf")
-    for _ in range(REPEAT):
-        t = time.perf_counter()
-        topo.with_masks(masks).flows(weights, "neuron").log10_through_weights()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return min(stopwatch(lambda: topo.with_masks(masks).flows(weights, "neuron")
+                         .log10_through_weights())[0] for _ in range(REPEAT))
 
 
 def bernoulli(model, density: float) -> dict:
@@ -80,7 +68,7 @@ def main(argv=None) -> int:
     densities = QUICK_DENSITIES if args.quick else DENSITIES
     warm = resnet18(input_size=8)  # Numba compilation outside the timing
     time_flows(warm, bernoulli(warm, 0.5), (3, 8, 8), "numba")
-    start, load0 = time.time(), os.getloadavg()
+    clock = RunClock()
     rows, crossover = [], {}
     for name, (make, shape) in MODELS.items():
         torch.manual_seed(0)
@@ -97,11 +85,7 @@ def main(argv=None) -> int:
     lines = [
         "# Engine crossover: Numba kernels vs torch dense ops (weighted flows, neuron resolution)",
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- machine: `{platform.platform()}` / {platform.processor() or platform.machine()}",
-        f"- python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}",
-        f"- CPUs: os.cpu_count()={os.cpu_count()}, torch threads={torch.get_num_threads()}, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
+        *machine_info(),
         f"- mode: {'quick' if args.quick else 'full'}; best of {REPEAT} per cell; "
         "`with_masks(masks).flows(|w|, 'neuron').log10_through_weights()`",
         "",
@@ -113,12 +97,8 @@ def main(argv=None) -> int:
     lines += ["", "Lowest density at which torch is at least as fast: "
               + ", ".join(f"{n}: {crossover.get(n, 'never')}" for n in MODELS) + ". "
               f"`engine=\"auto\"` uses TORCH_MIN_DENSITY = {TORCH_MIN_DENSITY}.", "",
-              f"Load average (1 / 5 / 15 min) at start: {tuple(round(x, 2) for x in load0)}; "
-              f"at end: {tuple(round(x, 2) for x in os.getloadavg())}; total wall time "
-              f"{time.time() - start:.0f} s. Other jobs share the cores."]
-    out = HERE / ("results_engines_quick.md" if args.quick else "results_engines.md")
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+              clock.load_line()]
+    write_results(results_path("engines", args.quick), lines)
     return 0
 
 

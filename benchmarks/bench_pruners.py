@@ -43,29 +43,20 @@ The full run writes ``benchmarks/results_pruners.md``; ``--quick`` writes
 ``benchmarks/results_pruners_quick.md``.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (the harness is imported before torch)
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The harness first: it sets OMP_WAIT_POLICY before torch (and its OpenMP runtime) loads.
+from harness import RunClock, machine_info, results_path, stopwatch, write_results
 
 import argparse
-import datetime
 import math
-import platform
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-import topo_pai  # noqa: E402
-from topo_pai.models import resnet18, resnet20, vgg19  # noqa: E402
-from topo_pai.pruners import available_methods, get_method  # noqa: E402
+import topo_pai
+from topo_pai.models import resnet18, resnet20, vgg19
+from topo_pai.pruners import available_methods, get_method
 
 MODELS = {
     "resnet20": (resnet20, (3, 32, 32), 10),
@@ -148,10 +139,9 @@ def time_cell(model, shape, data, row, sparsity, opts) -> float:
     method, _ = resolve(row)
     if method == "shuffle":
         opts = dict(opts, masks=topo_pai.prune(model, "magnitude", sparsity, input_shape=shape))
-    t0 = time.perf_counter()
-    masks = topo_pai.prune(model, method, sparsity, input_shape=shape,
-                           data=data if get_method(method).needs_data else None, **opts)
-    dt = time.perf_counter() - t0
+    dt, masks = stopwatch(lambda: topo_pai.prune(
+        model, method, sparsity, input_shape=shape,
+        data=data if get_method(method).needs_data else None, **opts))
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     assert kept == topo_pai.pruners.n_keep(total, sparsity), (method, sparsity, kept)
@@ -160,30 +150,6 @@ def time_cell(model, shape, data, row, sparsity, opts) -> float:
 
 def fmt_s(t: float) -> str:
     return f"{t:.2f}" if t < 10 else f"{t:.1f}"
-
-
-def machine_info() -> list[str]:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return [
-        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- machine: `{platform.platform()}` / `{platform.machine()}` / {cpu}",
-        f"- python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
-        f"topo_pai {topo_pai.__version__}",
-        f"- CPUs: os.cpu_count()={os.cpu_count()}, usable={usable}, "
-        f"torch threads={torch.get_num_threads()}, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
-    ]
 
 
 def collapse_table(sparsities, quick: bool) -> list[str]:
@@ -248,11 +214,9 @@ def main(argv=None) -> int:
         get_method(resolve(m)[0])
     sparsities = (tuple(float(s) for s in args.sparsities.split(",")) if args.sparsities
                   else (QUICK_SPARSITIES if args.quick else SPARSITIES))
-    out = Path(args.out) if args.out else HERE / (
-        "results_pruners_quick.md" if args.quick else "results_pruners.md")
+    out = results_path("pruners", args.quick, args.out)
 
-    start = time.perf_counter()
-    load_start = tuple(round(x, 2) for x in os.getloadavg())
+    clock = RunClock()
     log("warm-up (numba compilation) ...")
     warm_up()
     results = {}  # (model, method, sparsity) -> (seconds, options)
@@ -336,14 +300,9 @@ def main(argv=None) -> int:
                   ""]
         lines += collapse_table(COLLAPSE_SPARSITIES, args.quick)
 
-    total = time.perf_counter() - start
-    lines += ["", f"Load average (1 / 5 / 15 min) at start: {load_start}; at end: "
-                  f"{tuple(round(x, 2) for x in os.getloadavg())}; total wall time {total:.0f} s. "
-                  "Other jobs share the 2 cores: a load above 2 slows every cell."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    out.write_text(text)
-    log(f"wrote {out}")
+    lines += ["", clock.load_line("Other jobs share the 2 cores: a load above 2 slows every "
+                                  "cell.")]
+    write_results(out, lines, echo=True)
     return 0
 
 

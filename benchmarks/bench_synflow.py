@@ -33,32 +33,23 @@ on ResNet-18 at 64x64 and ResNet-20. The full run writes ``benchmarks/results_sy
 ``--quick`` writes ``benchmarks/results_synflow_quick.md``.
 """
 
-from __future__ import annotations
+from __future__ import annotations  # noqa: I001 (the harness is imported before torch)
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The harness first: it sets OMP_WAIT_POLICY before torch (and its OpenMP runtime) loads.
+from harness import RunClock, machine_info, results_path, stopwatch, write_results
 
 import argparse
-import datetime
-import platform
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-import topo_pai  # noqa: E402
-from baselines import float64_synflow  # noqa: E402
-from topo_pai.metrics.torch_neuron import TORCH_MIN_DENSITY  # noqa: E402
-from topo_pai.models import resnet18, resnet20  # noqa: E402
-from topo_pai.pruners import prune_with_scores  # noqa: E402
+import topo_pai
+from baselines import float64_synflow
+from topo_pai.metrics.torch_neuron import TORCH_MIN_DENSITY
+from topo_pai.models import resnet18, resnet20
+from topo_pai.pruners import prune_with_scores
 
 MODELS = {
     "ResNet-20": (resnet20, (3, 32, 32)),
@@ -89,18 +80,15 @@ def main(argv=None) -> int:
     sparsities = QUICK_SPARSITIES if args.quick else SPARSITIES
     # Numba compilation and torch start-up outside the timing.
     topo_pai.prune(resnet18(input_size=8), "synflow", 0.9, input_shape=(3, 8, 8), rounds=2)
-    start, load0 = time.time(), os.getloadavg()
+    clock = RunClock()
     rows = []
     for name, (make, shape) in MODELS.items():
         torch.manual_seed(0)
         model = make()
         for s in sparsities:
-            t = time.perf_counter()
-            ours = topo_pai.prune(model, "synflow", s, input_shape=shape, rounds=rounds)
-            t_ours = time.perf_counter() - t
-            t = time.perf_counter()
-            ref = float64_synflow(model, s, shape, rounds=rounds)
-            t_ref = time.perf_counter() - t
+            t_ours, ours = stopwatch(lambda: topo_pai.prune(model, "synflow", s, input_shape=shape,
+                                                            rounds=rounds))
+            t_ref, ref = stopwatch(lambda: float64_synflow(model, s, shape, rounds=rounds))
             equal = sum(int((ours[k].bool() == ref[k]).sum()) for k in ref)
             total = sum(ref[k].numel() for k in ref)
             rows.append((name, s, t_ours, t_ref, equal / total))
@@ -124,11 +112,7 @@ def main(argv=None) -> int:
     lines = [
         "# Published SynFlow: topo_pai against a float64 torch SynFlow loop",
         "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- machine: `{platform.platform()}` / {platform.processor() or platform.machine()}",
-        f"- python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}",
-        f"- CPUs: os.cpu_count()={os.cpu_count()}, torch threads={torch.get_num_threads()}, "
-        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
+        *machine_info(),
         f"- mode: {'quick' if args.quick else 'full'}; {rounds} rounds; one timed call per "
         f"cell; engine='auto' (TORCH_MIN_DENSITY = {TORCH_MIN_DENSITY})",
         "",
@@ -151,14 +135,10 @@ def main(argv=None) -> int:
         f"| {kept_ref} | {kept_ours} |",
         f"| scores finite | no (inf * 0 = nan) | {'yes' if ours_finite else 'no'} |",
         "",
-        f"Load average (1 / 5 / 15 min) at start: {tuple(round(x, 2) for x in load0)}; "
-        f"at end: {tuple(round(x, 2) for x in os.getloadavg())}; total wall time "
-        f"{time.time() - start:.0f} s. Other jobs share the 2 cores: a load above 2 slows "
-        "every cell, both columns alike.",
+        clock.load_line("Other jobs share the 2 cores: a load above 2 slows every cell, both "
+                        "columns alike."),
     ]
-    out = HERE / ("results_synflow_quick.md" if args.quick else "results_synflow.md")
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_results(results_path("synflow", args.quick), lines)
     return 0
 
 

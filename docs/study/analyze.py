@@ -64,17 +64,23 @@ def pct(x):
     return "n/a" if x is None or math.isnan(x) else f"{100 * x:.2f}"
 
 
-def accuracy_table(records, model, sparsities, variants) -> list[str]:
+def method_grid(records, model, sparsities, variants, cell) -> list[str]:
+    """A markdown table: a row per variant, a column per sparsity, each cell ``cell(rows)``
+    of the model's records of that variant and sparsity (``–`` where there are none)."""
     g = group([r for r in records if r["model"] == model], "variant", "sparsity")
     lines = ["| method | " + " | ".join(f"{100 * s:.2f}%" for s in sparsities) + " |",
              "|---|" + "---|" * len(sparsities)]
     for v in variants:
-        cells = []
-        for s in sparsities:
-            m, sd, n = mean_std([r["accuracy"] for r in g.get((v, s), [])])
-            cells.append("–" if n == 0 else f"{100 * m:.2f} ± {100 * sd:.2f}")
+        cells = [cell(rows) if (rows := g.get((v, s), [])) else "–" for s in sparsities]
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return lines
+
+
+def accuracy_table(records, model, sparsities, variants) -> list[str]:
+    def cell(rows):
+        m, sd, n = mean_std([r["accuracy"] for r in rows])
+        return "–" if n == 0 else f"{100 * m:.2f} ± {100 * sd:.2f}"
+    return method_grid(records, model, sparsities, variants, cell)
 
 
 def npb_table(records, model, sparsities, baselines) -> list[str]:
@@ -114,21 +120,11 @@ def shuffle_table(records, model, sparsities, methods) -> list[str]:
 
 
 def plane_table(records, model, sparsities, variants) -> list[str]:
-    g = group([r for r in records if r["model"] == model], "variant", "sparsity")
-    lines = ["| method | " + " | ".join(f"{100 * s:.2f}%" for s in sparsities) + " |",
-             "|---|" + "---|" * len(sparsities)]
-    for v in variants:
-        cells = []
-        for s in sparsities:
-            rows = g.get((v, s), [])
-            if not rows:
-                cells.append("–")
-                continue
-            ln_nodes = mean_std([math.log(max(r["effective_nodes"], 1)) for r in rows])[0]
-            paths = mean_std([r["log10_paths"] for r in rows])[0]
-            cells.append(f"({ln_nodes:.2f}, {paths:.1f})")
-        lines.append(f"| {v} | " + " | ".join(cells) + " |")
-    return lines
+    def cell(rows):
+        ln_nodes = mean_std([math.log(max(r["effective_nodes"], 1)) for r in rows])[0]
+        paths = mean_std([r["log10_paths"] for r in rows])[0]
+        return f"({ln_nodes:.2f}, {paths:.1f})"
+    return method_grid(records, model, sparsities, variants, cell)
 
 
 def main(argv=None) -> int:

@@ -24,18 +24,21 @@ def _shifted(lo, hi, pad, k, dil, stride):
     return slice(start, start + (hi - lo - 1) * stride + 1, stride)
 
 
-def conv_forward(x, weights, groups, stride, pad, dil, out_hw):
-    """``out[o]`` = sum over unpruned ``(o, i, kh, kw)`` of ``w * x[g*I + i, window]``.
-
-    ``x`` has shape (C, H, W); ``weights`` (O, I, KH, KW) holds multiplicities
-    (0/1 masks, or |w| for weighted flows).
-    """
-    C, H, W = x.shape
-    O, per_group, _, _ = weights.shape
-    OH, OW = out_hw
-    out = np.zeros((O, OH, OW), dtype=x.dtype)
-    if x.dtype == object:
+def _zeros(shape, dtype):
+    """Zeros of ``dtype`` (Python int zeros for ``object`` arrays, exact in any sum)."""
+    out = np.zeros(shape, dtype=dtype)
+    if np.dtype(dtype).kind == "O":
         out[...] = 0
+    return out
+
+
+def _element_windows(weights, groups, stride, pad, dil, in_hw, out_hw):
+    """Per unpruned weight element ``(o, i, kh, kw)`` whose window is not empty:
+    ``(element, ci, in_window, out_window)``, where input channel ``ci`` read at the
+    slices ``in_window`` meets output channel ``o`` at the slices ``out_window``."""
+    H, W = in_hw
+    OH, OW = out_hw
+    O, per_group, _, _ = weights.shape
     out_per_group = O // groups
     for o, i, kh, kw in _unpruned(weights):
         ci = (o // out_per_group) * per_group + i
@@ -43,9 +46,22 @@ def conv_forward(x, weights, groups, stride, pad, dil, out_hw):
         w_lo, w_hi = _valid_range(pad[1], kw, dil[1], stride[1], W, OW)
         if h_lo >= h_hi or w_lo >= w_hi:
             continue
-        window = x[ci, _shifted(h_lo, h_hi, pad[0], kh, dil[0], stride[0]),
-                   _shifted(w_lo, w_hi, pad[1], kw, dil[1], stride[1])]
-        out[o, h_lo:h_hi, w_lo:w_hi] += _times(weights[o, i, kh, kw], window)
+        yield ((o, i, kh, kw), ci,
+               (_shifted(h_lo, h_hi, pad[0], kh, dil[0], stride[0]),
+                _shifted(w_lo, w_hi, pad[1], kw, dil[1], stride[1])),
+               (slice(h_lo, h_hi), slice(w_lo, w_hi)))
+
+
+def conv_forward(x, weights, groups, stride, pad, dil, out_hw):
+    """``out[o]`` = sum over unpruned ``(o, i, kh, kw)`` of ``w * x[g*I + i, window]``.
+
+    ``x`` has shape (C, H, W); ``weights`` (O, I, KH, KW) holds multiplicities
+    (0/1 masks, or |w| for weighted flows).
+    """
+    out = _zeros((weights.shape[0],) + tuple(out_hw), x.dtype)
+    for el, ci, src, dst in _element_windows(weights, groups, stride, pad, dil, x.shape[1:],
+                                             out_hw):
+        out[(el[0],) + dst] += _times(weights[el], x[(ci,) + src])
     return out
 
 
@@ -74,31 +90,17 @@ def _times(w, arr):
 
 def conv_backward(gout, weights, groups, stride, pad, dil, in_chw):
     """Transpose of :func:`conv_forward`."""
-    C, H, W = in_chw
-    O, per_group, _, _ = weights.shape
-    _, OH, OW = gout.shape
-    gin = np.zeros((C, H, W), dtype=gout.dtype)
-    if gout.dtype == object:
-        gin[...] = 0
-    out_per_group = O // groups
-    for o, i, kh, kw in _unpruned(weights):
-        ci = (o // out_per_group) * per_group + i
-        h_lo, h_hi = _valid_range(pad[0], kh, dil[0], stride[0], H, OH)
-        w_lo, w_hi = _valid_range(pad[1], kw, dil[1], stride[1], W, OW)
-        if h_lo >= h_hi or w_lo >= w_hi:
-            continue
-        gin[ci, _shifted(h_lo, h_hi, pad[0], kh, dil[0], stride[0]),
-            _shifted(w_lo, w_hi, pad[1], kw, dil[1], stride[1])] += (
-                _times(weights[o, i, kh, kw], gout[o, h_lo:h_hi, w_lo:w_hi]))
+    gin = _zeros(tuple(in_chw), gout.dtype)
+    for el, ci, src, dst in _element_windows(weights, groups, stride, pad, dil, in_chw[1:],
+                                             gout.shape[1:]):
+        gin[(ci,) + src] += _times(weights[el], gout[(el[0],) + dst])
     return gin
 
 
 def pool_forward(x, hwin, wwin):
     """Sum pooling over explicit windows: ``hwin[y]``/``wwin[z]`` list input rows/cols."""
     C = x.shape[0]
-    out = np.zeros((C, len(hwin), len(wwin)), dtype=x.dtype)
-    if x.dtype == object:
-        out[...] = 0
+    out = _zeros((C, len(hwin), len(wwin)), x.dtype)
     for y, rows in enumerate(hwin):
         for z, cols in enumerate(wwin):
             block = x[:, rows][:, :, cols]
@@ -109,9 +111,7 @@ def pool_forward(x, hwin, wwin):
 def pool_backward(gout, hwin, wwin, in_hw):
     """Transpose of :func:`pool_forward`."""
     C = gout.shape[0]
-    gin = np.zeros((C,) + tuple(in_hw), dtype=gout.dtype)
-    if gout.dtype == object:
-        gin[...] = 0
+    gin = _zeros((C,) + tuple(in_hw), gout.dtype)
     for y, rows in enumerate(hwin):
         for z, cols in enumerate(wwin):
             for r in rows:

@@ -7,7 +7,6 @@ map. Values are flat float64 arrays in (C, H, W) order.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numba
@@ -17,6 +16,7 @@ from topo_pai.graph.ir import Layer, Program, spatial3
 from topo_pai.graph.masks import LayerMask
 from topo_pai.kernels import propagate as K
 from topo_pai.metrics import exact as X
+from topo_pai.metrics import traversal
 from topo_pai.metrics.engine import (
     TableEngine,
     linear_log10_scores,
@@ -402,9 +402,6 @@ class NeuronGraph:
                                                        self.layer_masks[layer], self.plan(layer))
         return self.elements_cache[layer]
 
-    def size(self, vid: int) -> int:
-        return math.prod(self.p.values[vid])
-
     def dense(self, layer: int) -> DenseConv | None:
         """The layer's :class:`DenseConv` if it is counted by its complement: a conv of
         an unweighted graph whose density is at least ``complement_min_density``."""
@@ -430,34 +427,60 @@ class NeuronGraph:
         key = (layer, direction)
         self.fallbacks[key] = self.fallbacks.get(key, 0) + n
 
-    # -- forward -------------------------------------------------------------------
+    # -- the traversal's arithmetic (topo_pai.metrics.traversal.Arithmetic) ------------
     def forward(self, saturate: bool = False) -> dict[int, Scaled]:
-        val: dict[int, Scaled] = {}
-        for op in self.p.ops:
-            n = self.size(op.output)
-            if op.kind == "input":
-                val[op.output] = Scaled(np.ones(n))
-                continue
-            if op.kind == "reshape":
-                val[op.output] = val[op.inputs[0]]
-                continue
-            if op.kind == "add":
-                out = combine([val[v] for v in op.inputs], n, integer=self.integer)
-            elif op.kind == "cat":
-                parts = [val[v] for v in op.inputs]
-                e = max(p.e for p in parts)
-                arrays = [(p.m if p.e == e else np.ldexp(p.m, p.e - e)).reshape(self.p.values[v])
-                          for p, v in zip(parts, op.inputs)]
-                cat = np.concatenate(arrays, axis=op.attrs["axis"]).reshape(-1)
-                out = normalize(cat, e, any(p.risky for p in parts), integer=self.integer)
-            else:
-                x = val[op.inputs[0]]
-                out = normalize(self._forward_op(op, x, n), x.e, x.risky,
-                                integer=self.integer, bound=self._bound(op, x.hi, "forward"))
-            if saturate:
-                out = Scaled(np.minimum(np.ldexp(out.m, out.e), 1.0), hi=1.0)
-            val[op.output] = out
-        return val
+        return traversal.forward(self.p, self, saturate)
+
+    def backward(self, saturate: bool = False) -> dict[int, Scaled]:
+        return traversal.backward(self.p, self, saturate)
+
+    def ones(self, n: int) -> Scaled:
+        return Scaled(np.ones(n))
+
+    def combine(self, parts: list[Scaled], n: int) -> Scaled:
+        return combine(parts, n, integer=self.integer)
+
+    def normalize(self, arr: np.ndarray, e: int, risky: bool) -> Scaled:
+        return normalize(arr, e, risky, integer=self.integer)
+
+    @staticmethod
+    def saturate(s: Scaled) -> Scaled:
+        return Scaled(np.minimum(np.ldexp(s.m, s.e), 1.0), hi=1.0)
+
+    @staticmethod
+    def aligned(s: Scaled, e: int, shape: tuple[int, ...]) -> np.ndarray:
+        return (s.m if s.e == e else np.ldexp(s.m, s.e - e)).reshape(shape)
+
+    @staticmethod
+    def concat(arrays: list[np.ndarray], axis: int) -> np.ndarray:
+        return np.concatenate(arrays, axis=axis).reshape(-1)
+
+    @staticmethod
+    def split(m: np.ndarray, shape, sizes: list[int], axis: int) -> list[np.ndarray]:
+        pieces = np.split(m.reshape(shape), np.cumsum(sizes)[:-1], axis=axis)
+        return [piece.reshape(-1).copy() for piece in pieces]
+
+    def apply(self, op, x: Scaled, n: int, saturate: bool) -> Scaled:
+        del saturate  # counts and reachability share the 0/1 arithmetic here
+        return normalize(self._forward_op(op, x, n), x.e, x.risky, integer=self.integer,
+                         bound=self._bound(op, x.hi, "forward"))
+
+    def transpose_into(self, op, g: Scaled, n: int, pending: list[Scaled],
+                       saturate: bool) -> None:
+        del saturate
+        if (op.kind == "layer" and len(pending) == 1 and pending[0].e == g.e
+                and self.p.layers[op.attrs["layer"]].kind != "Linear"):
+            # Another branch already sent its part (a residual block's input):
+            # the conv kernel adds it in the same pass instead of a separate sum.
+            other = pending.pop()
+            arr = self._backward_op(op, g, n, base=other.m)
+            bound = self._bound(op, g.hi, "backward")
+            bound = None if bound is None or other.hi is None else bound + other.hi
+            pending.append(normalize(arr, g.e, g.risky or other.risky, integer=self.integer,
+                                     bound=bound))
+            return
+        pending.append(normalize(self._backward_op(op, g, n), g.e, g.risky,
+                                 integer=self.integer, bound=self._bound(op, g.hi, "backward")))
 
     def _bound(self, op, hi: float | None, direction: str) -> float | None:
         """An upper bound on the op's output mantissas from its input's bound ``hi``
@@ -492,17 +515,22 @@ class NeuronGraph:
             return conv_forward(self.plan(layer), self.elements(layer), x, vals,
                                 self.in_planes(layer, x))
         if op.kind == "pool":
-            out = np.zeros(n)
-            C, H, W = spatial3(self.p.values[op.inputs[0]])
-            _, OH, OW = spatial3(self.p.values[op.output])
-            (hp, hi), (wp, wi) = op.attrs["windows"]
-            K.pool_forward(x, C, H, W, out, OH, OW, hp, hi, wp, wi)
-            return out
+            return self._pool(K.pool_forward, op, x, n)
         if op.kind == "reduce":
             return x.reshape(self.p.values[op.inputs[0]]).sum(axis=op.attrs["axes"]).reshape(-1)
         if op.kind == "scale":
             return x * self.factors(op)
         raise AssertionError(op.kind)  # pragma: no cover
+
+    def _pool(self, kernel, op, x: np.ndarray, n: int) -> np.ndarray:
+        """``kernel`` (``K.pool_forward`` or its transpose ``K.pool_backward``) of the
+        pool op ``op`` applied to ``x``: ``n`` new values."""
+        out = np.zeros(n)
+        C, H, W = spatial3(self.p.values[op.inputs[0]])
+        _, OH, OW = spatial3(self.p.values[op.output])
+        (hp, hi), (wp, wi) = op.attrs["windows"]
+        kernel(x, C, H, W, out, OH, OW, hp, hi, wp, wi)
+        return out
 
     def in_planes(self, layer: int, x: np.ndarray) -> np.ndarray:
         """``plan(layer).to_planes(x)``, computed once per input array."""
@@ -521,49 +549,6 @@ class NeuronGraph:
         if hit is None or hit[0] is not arr:
             hit = cache[layer] = (arr, relay(arr))
         return hit[1]
-
-    # -- backward ------------------------------------------------------------------
-    def backward(self, saturate: bool = False) -> dict[int, Scaled]:
-        parts: dict[int, list[Scaled]] = {}
-        for v in self.p.outputs:
-            parts.setdefault(v, []).append(Scaled(np.ones(self.size(v))))
-        grad: dict[int, Scaled] = {}
-        for op in reversed(self.p.ops):
-            g = combine(parts.pop(op.output, []), self.size(op.output), integer=self.integer)
-            if saturate:
-                g = Scaled(np.minimum(np.ldexp(g.m, g.e), 1.0), hi=1.0)
-            grad[op.output] = g
-            if op.kind == "input":
-                continue
-            if op.kind in ("reshape", "add"):
-                for v in op.inputs:
-                    parts.setdefault(v, []).append(g)
-                continue
-            if op.kind == "cat":
-                shape = self.p.values[op.output]
-                axis = op.attrs["axis"]
-                splits = np.cumsum([self.p.values[v][axis] for v in op.inputs])[:-1]
-                pieces = np.split(g.m.reshape(shape), splits, axis=axis)
-                for v, piece in zip(op.inputs, pieces):
-                    parts.setdefault(v, []).append(normalize(piece.reshape(-1).copy(), g.e,
-                                                             g.risky, integer=self.integer))
-                continue
-            v = op.inputs[0]
-            pending = parts.setdefault(v, [])
-            if (op.kind == "layer" and len(pending) == 1 and pending[0].e == g.e
-                    and self.p.layers[op.attrs["layer"]].kind != "Linear"):
-                # Another branch already sent its part (a residual block's input):
-                # the conv kernel adds it in the same pass instead of a separate sum.
-                other = pending.pop()
-                arr = self._backward_op(op, g, self.size(v), base=other.m)
-                bound = self._bound(op, g.hi, "backward")
-                bound = None if bound is None or other.hi is None else bound + other.hi
-                pending.append(normalize(arr, g.e, g.risky or other.risky, integer=self.integer,
-                                         bound=bound))
-                continue
-            pending.append(normalize(self._backward_op(op, g, self.size(v)), g.e, g.risky,
-                                     integer=self.integer, bound=self._bound(op, g.hi, "backward")))
-        return grad
 
     def _backward_op(self, op, gs: Scaled, n: int, base: np.ndarray | None = None):
         """The op's transpose applied to ``gs`` (plus ``base``, for convs)."""
@@ -585,12 +570,7 @@ class NeuronGraph:
             return conv_backward(self.plan(layer), self.elements(layer), g, vals,
                                  self.out_rows(layer, g), base)
         if op.kind == "pool":
-            gin = np.zeros(n)
-            C, H, W = spatial3(self.p.values[op.inputs[0]])
-            _, OH, OW = spatial3(self.p.values[op.output])
-            (hp, hi), (wp, wi) = op.attrs["windows"]
-            K.pool_backward(g, C, H, W, gin, OH, OW, hp, hi, wp, wi)
-            return gin
+            return self._pool(K.pool_backward, op, g, n)
         if op.kind == "reduce":
             in_shape = self.p.values[op.inputs[0]]
             kept = tuple(1 if a in op.attrs["axes"] else s for a, s in enumerate(in_shape))

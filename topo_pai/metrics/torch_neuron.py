@@ -38,6 +38,7 @@ from topo_pai.graph.ir import Program, spatial3
 from topo_pai.graph.masks import LayerMask
 from topo_pai.kernels import propagate as K
 from topo_pai.metrics import exact as X
+from topo_pai.metrics import traversal
 from topo_pai.metrics.engine import EngineOptions, linear_log10_scores, log10_weights
 from topo_pai.metrics.neuron import NeuronEngine
 from topo_pai.metrics.scaled import (
@@ -324,9 +325,6 @@ class TorchNeuronEngine:
             self._factors[key] = torch.from_numpy(flat.reshape(-1).copy()).to(self.device)
         return self._factors[key]
 
-    def _size(self, vid: int) -> int:
-        return math.prod(self.program.values[vid])
-
     # -- ops ---------------------------------------------------------------------------
     def _layer_forward(self, layer: int, x: torch.Tensor, unit: bool) -> torch.Tensor:
         spec = self.program.layers[layer]
@@ -373,71 +371,58 @@ class TorchNeuronEngine:
             return g * self._factor(op, unit)
         raise _unsupported(op)
 
-    # -- propagation --------------------------------------------------------------------
+    # -- propagation: the traversal's arithmetic (topo_pai.metrics.traversal) ----------
     def _forward(self, saturate: bool) -> dict[int, TScaled]:
-        p, val = self.program, {}
         with torch.no_grad(), self._ops_context():
-            for op in p.ops:
-                n = self._size(op.output)
-                if op.kind == "input":
-                    out = TScaled(torch.ones(n, dtype=torch.float64, device=self.device))
-                elif op.kind == "reshape":
-                    out = val[op.inputs[0]]
-                elif op.kind == "add":
-                    out = combine([val[v] for v in op.inputs], n, self.device)
-                elif op.kind == "cat":
-                    parts = [val[v] for v in op.inputs]
-                    e = max(q.e for q in parts)
-                    pieces = [_aligned(q, e).view(p.values[v]) for q, v in zip(parts, op.inputs)]
-                    out = normalize(torch.cat(pieces, dim=op.attrs["axis"]).reshape(-1), e,
-                                    any(q.risky for q in parts))
-                else:
-                    x = val[op.inputs[0]]
-                    out = normalize(self._op_forward(op, x.m, saturate), x.e, x.risky)
-                if saturate and op.kind not in ("input", "reshape"):
-                    out = _saturate(out)
-                val[op.output] = out
-        return val
+            return traversal.forward(self.program, self, saturate)
 
     def _backward(self, saturate: bool) -> dict[int, TScaled]:
-        p = self.program
-        parts: dict[int, list[TScaled]] = {}
-        for v in p.outputs:
-            parts.setdefault(v, []).append(
-                TScaled(torch.ones(self._size(v), dtype=torch.float64, device=self.device)))
-        grad: dict[int, TScaled] = {}
         with torch.no_grad(), self._ops_context():
-            for op in reversed(p.ops):
-                g = combine(parts.pop(op.output, []), self._size(op.output), self.device)
-                if saturate:
-                    g = _saturate(g)
-                grad[op.output] = g
-                if op.kind == "input":
-                    continue
-                if op.kind in ("reshape", "add"):
-                    for v in op.inputs:
-                        parts.setdefault(v, []).append(g)
-                    continue
-                if op.kind == "cat":
-                    axis = op.attrs["axis"]
-                    sizes = [p.values[v][axis] for v in op.inputs]
-                    pieces = torch.split(g.m.view(p.values[op.output]), sizes, dim=axis)
-                    for v, piece in zip(op.inputs, pieces):
-                        parts.setdefault(v, []).append(
-                            normalize(piece.reshape(-1).clone(), g.e, g.risky))
-                    continue
-                v = op.inputs[0]
-                if op.kind == "layer" and not saturate and self._fuses(op.attrs["layer"]):
-                    # Weighted flows: the flow through every weight now, with the input
-                    # gradient, as SynFlow's scores will ask for it (one conv call, not two).
-                    layer, x = op.attrs["layer"], self._fwd[v]
-                    gin, through = self._geometry(layer).backward_and_through(
-                        g.m, self._weight(layer, False), x.m)
-                    self._through[layer] = (through, x.e + g.e)
-                else:
-                    gin = self._op_backward(op, g.m, saturate)
-                parts.setdefault(v, []).append(normalize(gin, g.e, g.risky))
-        return grad
+            return traversal.backward(self.program, self, saturate)
+
+    def ones(self, n: int) -> TScaled:
+        return TScaled(torch.ones(n, dtype=torch.float64, device=self.device))
+
+    def combine(self, parts: list[TScaled], n: int) -> TScaled:
+        return combine(parts, n, self.device)
+
+    @staticmethod
+    def normalize(t: torch.Tensor, e: int, risky: bool) -> TScaled:
+        return normalize(t, e, risky)
+
+    @staticmethod
+    def saturate(s: TScaled) -> TScaled:
+        return _saturate(s)
+
+    @staticmethod
+    def aligned(s: TScaled, e: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return _aligned(s, e).view(shape)
+
+    @staticmethod
+    def concat(arrays: list[torch.Tensor], axis: int) -> torch.Tensor:
+        return torch.cat(arrays, dim=axis).reshape(-1)
+
+    @staticmethod
+    def split(m: torch.Tensor, shape, sizes: list[int], axis: int) -> list[torch.Tensor]:
+        return [piece.reshape(-1).clone() for piece in torch.split(m.view(shape), sizes, dim=axis)]
+
+    def apply(self, op, x: TScaled, n: int, saturate: bool) -> TScaled:
+        del n
+        return normalize(self._op_forward(op, x.m, saturate), x.e, x.risky)
+
+    def transpose_into(self, op, g: TScaled, n: int, pending: list[TScaled],
+                       saturate: bool) -> None:
+        del n
+        if op.kind == "layer" and not saturate and self._fuses(op.attrs["layer"]):
+            # Weighted flows: the flow through every weight now, with the input
+            # gradient, as SynFlow's scores will ask for it (one conv call, not two).
+            layer, x = op.attrs["layer"], self._fwd[op.inputs[0]]
+            gin, through = self._geometry(layer).backward_and_through(
+                g.m, self._weight(layer, False), x.m)
+            self._through[layer] = (through, x.e + g.e)
+        else:
+            gin = self._op_backward(op, g.m, saturate)
+        pending.append(normalize(gin, g.e, g.risky))
 
     def _fuses(self, layer: int) -> bool:
         return self.weights is not None and self.program.layers[layer].kind != "Linear"

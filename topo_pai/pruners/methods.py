@@ -163,22 +163,41 @@ def _call(net, ws, x):
     return torch.func.functional_call(net, ws, (x,), strict=False)
 
 
+def _batch_losses(ctx, net, ws, temperature=None):
+    """The loss of every batch, a function of the leaf weights ``ws`` (the logits
+    divided by ``temperature`` first, if given)."""
+    dev = _device(net)
+    loss_fn = _loss_fn(ctx)
+    for x, y in ctx.batches():
+        out = _call(net, ws, x.to(dev))
+        if temperature is not None:
+            out = out / temperature
+        yield loss_fn(out, y.to(dev))
+
+
+def _accumulate(total, grads):
+    """``total[k] += grads[k]`` in place, skipping the weights a loss does not use."""
+    for acc, g in zip(total, grads):
+        if g is not None:
+            acc += g
+
+
+def _gradient_sum(ctx, net, ws, temperature=None):
+    """Per leaf weight, the loss gradient summed over the batches (see
+    :func:`_batch_losses`)."""
+    leaves = list(ws.values())
+    total = [torch.zeros_like(w) for w in leaves]
+    for loss in _batch_losses(ctx, net, ws, temperature):
+        _accumulate(total, torch.autograd.grad(loss, leaves, allow_unused=True))
+    return total
+
+
 def _snip_scores(ctx, masks):
     """SNIP (Lee et al. 2019): ``|g ⊙ w|`` with ``g`` the loss gradient summed over
     the batches (the gradient w.r.t. a multiplicative mask at 1, as in the
     Synaptic-Flow code). Pruned weights (``masks``) are zero, so score zero."""
     net, ws = _leaf_weights(ctx, masks)
-    dev = _device(net)
-    loss_fn = _loss_fn(ctx)
-    leaves = list(ws.values())
-    total = [torch.zeros_like(w) for w in leaves]
-    for x, y in ctx.batches():
-        out = _call(net, ws, x.to(dev))
-        grads = torch.autograd.grad(loss_fn(out, y.to(dev)), leaves, allow_unused=True)
-        for acc, g in zip(total, grads):
-            if g is not None:
-                acc += g
-    by_name = dict(zip(ws, total))
+    by_name = dict(zip(ws, _gradient_sum(ctx, net, ws)))
     return {n: (by_name[n] * ws[n].detach()).abs().double().cpu().numpy()
             for n in ctx.active_names}
 
@@ -195,28 +214,15 @@ def _grasp_scores(ctx, masks, temperature=200.0):
     """
     del masks
     net, ws = _leaf_weights(ctx, None)
-    dev = _device(net)
-    loss_fn = _loss_fn(ctx)
     leaves = list(ws.values())
-    stopped = [torch.zeros_like(w) for w in leaves]
-    for x, y in ctx.batches():
-        out = _call(net, ws, x.to(dev)) / temperature
-        grads = torch.autograd.grad(loss_fn(out, y.to(dev)), leaves, allow_unused=True)
-        for acc, g in zip(stopped, grads):
-            if g is not None:
-                acc += g
+    stopped = _gradient_sum(ctx, net, ws, temperature)
     hg = [torch.zeros_like(w) for w in leaves]
-    for x, y in ctx.batches():
-        out = _call(net, ws, x.to(dev)) / temperature
-        grads = torch.autograd.grad(loss_fn(out, y.to(dev)), leaves, create_graph=True,
-                                    allow_unused=True)
+    for loss in _batch_losses(ctx, net, ws, temperature):
+        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
         z = sum((g * s).sum() for g, s in zip(grads, stopped) if g is not None)
         if not isinstance(z, torch.Tensor) or not z.requires_grad:
             continue  # the loss does not depend on the weights twice (e.g. a linear model)
-        hvp = torch.autograd.grad(z, leaves, allow_unused=True)
-        for acc, h in zip(hg, hvp):
-            if h is not None:
-                acc += h
+        _accumulate(hg, torch.autograd.grad(z, leaves, allow_unused=True))
     by_name = dict(zip(ws, hg))
     return {n: (ws[n].detach() * by_name[n]).double().cpu().numpy() for n in ctx.active_names}
 

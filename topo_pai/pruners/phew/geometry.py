@@ -121,17 +121,28 @@ def span(o, c, blk, geo):
     return False, geo.st_ptr[s + c], geo.st_ptr[s + c + 1], g0, kbase, pgi, kv
 
 
+@numba.njit(inline="always", **_JIT)
+def span_kernel(k, ident, st_idx, g0, kbase, pgi, kv):
+    """Flat index of the first element of the kernel behind entry ``k`` of a
+    :func:`span` (``k0 <= k < k1``), or -1 when its input unit lies outside the
+    edge's conv group: every loop over a channel edge's elements goes through it.
+    Scalars and one array, as :func:`kernel_offset`."""
+    j = k if ident else st_idx[k]
+    i = j - g0
+    if i < 0 or i >= pgi:
+        return np.int64(-1)
+    return np.int64(kbase + i * kv)
+
+
 @numba.njit(**_JIT)
 def edge_kept(o, c, blk, geo, wbits):
     """Whether a channel edge holds a kept element."""
     st_idx = geo.st_idx
     ident, k0, k1, g0, kbase, pgi, kv = span(o, c, blk, geo)
     for k in range(k0, k1):
-        j = k if ident else st_idx[k]
-        i = j - g0
-        if i < 0 or i >= pgi:
+        base = span_kernel(k, ident, st_idx, g0, kbase, pgi, kv)
+        if base < 0:
             continue
-        base = kbase + i * kv
         for t in range(base, base + kv):
             if wbits[t] < 0:
                 return True
@@ -151,11 +162,9 @@ def mark_bridging(layer, edges, geo, reach_in, reach_out, flags):
             continue
         ident, k0, k1, g0, kbase, pgi, kv = span(e_o[e], e_c[e], blk, geo)
         for k in range(k0, k1):
-            j = k if ident else st_idx[k]
-            i = j - g0
-            if i < 0 or i >= pgi:
+            base = span_kernel(k, ident, st_idx, g0, kbase, pgi, kv)
+            if base < 0:
                 continue
-            base = kbase + i * kv
             for t in range(base, base + kv):
                 flags[t - off] = 1
 

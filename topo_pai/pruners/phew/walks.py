@@ -20,7 +20,7 @@ import numba
 import numpy as np
 
 from topo_pai.pruners.phew.alias import node_table
-from topo_pai.pruners.phew.geometry import edge_kept, kernel_offset, span
+from topo_pai.pruners.phew.geometry import edge_kept, kernel_offset, span, span_kernel
 
 _JIT = {"nogil": True, "cache": True}
 #: Walks between two progress records (an ``objmode`` call each: negligible next to the walks).
@@ -115,58 +115,45 @@ def choose_element(o, c, blk, u, mode, geo, wk, wbits, allowed, dense):
         return kernel_draw(base, geo.l_kv[layer], u, wk)
     st_idx = geo.st_idx
     ident, k0, k1, g0, kbase, pgi, kv = span(o, c, blk, geo)
-    total = 0.0
     n = 0
-    first = -1
-    best = -1
+    total = acc = r = 0.0
+    first = best = last = -1
     best_w = -1.0
-    for k in range(k0, k1):
-        j = k if ident else st_idx[k]
-        i = j - g0
-        if i < 0 or i >= pgi:
-            continue
-        base = kbase + i * kv
-        for t in range(base, base + kv):
-            if not (dense or allowed[t]):
-                continue
-            if first < 0:
-                first = t
-            n += 1
-            w = abs(np.float64(wk[t]))
-            total += w
-            if wbits[t] >= 0 and w > best_w:
-                best = t
-                best_w = w
-    if n == 0:
-        return -1
-    if mode == 1:
-        return best if best >= 0 else first
-    uniform = not (total > 0.0)
-    target = 0
-    r = 0.0
-    if uniform:
-        target = min(int(u * n), n - 1)
-    else:
-        r = u * total
-    acc = 0.0
-    seen = 0
-    last = first
-    for k in range(k0, k1):
-        j = k if ident else st_idx[k]
-        i = j - g0
-        if i < 0 or i >= pgi:
-            continue
-        base = kbase + i * kv
-        for t in range(base, base + kv):
-            if not (dense or allowed[t]):
-                continue
+    uniform = False
+    target = seen = 0
+    for sweep in range(2):  # over the edge's allowed elements: 0 weighs them, 1 draws
+        if sweep == 1:
+            if n == 0:
+                return -1
+            if mode == 1:
+                return best if best >= 0 else first
+            uniform = not (total > 0.0)
             if uniform:
-                if seen == target:
-                    return t
-                seen += 1
+                target = min(int(u * n), n - 1)
             else:
+                r = u * total
+            last = first
+        for k in range(k0, k1):
+            base = span_kernel(k, ident, st_idx, g0, kbase, pgi, kv)
+            if base < 0:
+                continue
+            for t in range(base, base + kv):
+                if not (dense or allowed[t]):
+                    continue
                 w = abs(np.float64(wk[t]))
-                if w > 0.0:
+                if sweep == 0:
+                    if first < 0:
+                        first = t
+                    n += 1
+                    total += w
+                    if wbits[t] >= 0 and w > best_w:
+                        best = t
+                        best_w = w
+                elif uniform:
+                    if seen == target:
+                        return t
+                    seen += 1
+                elif w > 0.0:
                     acc += w
                     last = t
                     if acc > r:
@@ -489,32 +476,31 @@ def close_layer(layer, edges, enabled, geo, wbits, fdirty, bdirty):
 
 
 @numba.njit(**_JIT)
+def reach_sweep(start, stop, step, seed, tables, enabled, marked):
+    """``marked[n]`` for ``n`` in ``range(start, stop, step)``: 1 if ``seed[n]``, else
+    whether ``n`` has an enabled edge in ``tables`` to a node marked earlier."""
+    ptr, rec, eid = tables.ptr, tables.rec, tables.eid
+    for n in range(start, stop, step):
+        if seed[n]:
+            marked[n] = 1
+            continue
+        hit = 0
+        for p in range(ptr[n], ptr[n + 1]):
+            if enabled[eid[p]] and marked[rec[p].nbr]:
+                hit = 1
+                break
+        marked[n] = hit
+
+
+@numba.njit(**_JIT)
 def reach(n_input, fwd, bwd, enabled, terminal, reach_in, reach_out):
     """Reachability over the enabled edges: from the inputs, and to the outputs.
     Node ids are ordered by group and edges go from lower to higher groups."""
-    fptr, frec, feid = fwd.ptr, fwd.rec, fwd.eid
-    bptr, brec, beid = bwd.ptr, bwd.rec, bwd.eid
     n_nodes = reach_in.shape[0]
-    for n in range(n_nodes):
-        if n < n_input:
-            reach_in[n] = 1
-            continue
-        hit = 0
-        for p in range(bptr[n], bptr[n + 1]):
-            if enabled[beid[p]] and reach_in[brec[p].nbr]:
-                hit = 1
-                break
-        reach_in[n] = hit
-    for n in range(n_nodes - 1, -1, -1):
-        if terminal[n]:
-            reach_out[n] = 1
-            continue
-        hit = 0
-        for p in range(fptr[n], fptr[n + 1]):
-            if enabled[feid[p]] and reach_out[frec[p].nbr]:
-                hit = 1
-                break
-        reach_out[n] = hit
+    is_input = np.zeros(n_nodes, dtype=np.uint8)
+    is_input[:n_input] = 1
+    reach_sweep(0, n_nodes, 1, is_input, bwd, enabled, reach_in)
+    reach_sweep(n_nodes - 1, -1, -1, terminal, fwd, enabled, reach_out)
 
 
 @numba.njit(**_JIT)
