@@ -13,6 +13,7 @@ import pytest
 import scipy.linalg as sl
 import scipy.sparse as sp
 
+from spectral_routes import force_route
 from topo_pai.metrics import measures as ms
 
 ROUTES = ["gram-eigh", "lanczos-dense", "lanczos-sparse"]
@@ -22,14 +23,7 @@ TIGHT = 1e-12
 @pytest.fixture(params=ROUTES)
 def route(request, monkeypatch):
     """Force one route on blocks of any size (the defaults pick by size)."""
-    monkeypatch.setattr(ms, "DENSE_SVD_MAX_ENTRIES", 0)
-    if request.param != "gram-eigh":
-        monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 0)
-    if request.param == "lanczos-dense":
-        monkeypatch.setattr(ms, "DENSE_OPERAND_MIN_DENSITY", 0.0)
-    if request.param == "lanczos-sparse":
-        monkeypatch.setattr(ms, "DENSE_OPERAND_MAX_ENTRIES", 0)
-    return request.param
+    return force_route(monkeypatch, request.param)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 
 import topo_pai
+from spectral_routes import force_route
 from topo_pai.metrics import measures as ms
 
 ROUTES = ["default", "gram-eigh", "lanczos-dense", "lanczos-sparse"]
@@ -23,15 +24,7 @@ ROUNDING = 1e-13
 
 @pytest.fixture(params=ROUTES)
 def route(request, monkeypatch):
-    if request.param != "default":
-        monkeypatch.setattr(ms, "DENSE_SVD_MAX_ENTRIES", 0)
-    if request.param in ("lanczos-dense", "lanczos-sparse"):
-        monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 0)
-    if request.param == "lanczos-dense":
-        monkeypatch.setattr(ms, "DENSE_OPERAND_MIN_DENSITY", 0.0)
-    if request.param == "lanczos-sparse":
-        monkeypatch.setattr(ms, "DENSE_OPERAND_MAX_ENTRIES", 0)
-    return request.param
+    return force_route(monkeypatch, request.param)
 
 
 def _oracle(B):

@@ -1,0 +1,22 @@
+"""Forcing one route of ``topo_pai.metrics.measures.top_singular_values`` on blocks of any
+size (the defaults pick the route by size), shared by the spectra tests."""
+
+from topo_pai.metrics import measures as ms
+
+#: the routes that can be forced; "default" leaves the size-based choice
+ROUTES = ("default", "gram-eigh", "lanczos-dense", "lanczos-sparse")
+
+
+def force_route(monkeypatch, route: str) -> str:
+    """Make every block take ``route``: "gram-eigh" (dense Gram matrix + LAPACK),
+    "lanczos-dense" or "lanczos-sparse" (block Lanczos on a dense or sparse operand)."""
+    assert route in ROUTES, route
+    if route != "default":
+        monkeypatch.setattr(ms, "DENSE_SVD_MAX_ENTRIES", 0)
+        if route != "gram-eigh":
+            monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 0)
+        if route == "lanczos-dense":
+            monkeypatch.setattr(ms, "DENSE_OPERAND_MIN_DENSITY", 0.0)
+        if route == "lanczos-sparse":
+            monkeypatch.setattr(ms, "DENSE_OPERAND_MAX_ENTRIES", 0)
+    return route
