@@ -473,7 +473,9 @@ class Topology:
         Accuracy: every reported ``mu0`` and ``mu_hat`` (weighted ones too) is within
         ``spectral_tol * mu0`` of the true value, by a residual certificate checked
         before it is returned, and never above it (interlacing), so each gap is
-        within ``spectral_tol * mu0`` (the spectral gap within twice that).
+        within ``spectral_tol * mu0`` (the spectral gap within twice that). The
+        certificate places each value near *a* singular value; that these are the
+        first two rests on the Krylov assumption stated in ``docs/metrics.md``.
         ``spectral_tol`` defaults to ``1e-8``
         (:data:`topo_pai.metrics.measures.SPECTRAL_TOL`); smaller is tighter and
         costs more Lanczos steps, and a block that cannot be certified takes a

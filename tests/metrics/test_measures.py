@@ -336,3 +336,10 @@ def test_documentation_examples_run(doc):
     assert blocks
     for block in blocks:
         exec(compile(block, doc, "exec"), {})
+
+
+def test_effective_kernels_reads_reached_units_as_flags():
+    """``fin`` marks reached units; any non-zero counts as reached, once."""
+    M = np.array([[1, 2], [3, 0]])
+    assert ms.effective_kernels(M, np.array([2, 0]), np.array([True, True])) == 2
+    assert ms.effective_kernels(M, np.array([True, False]), np.array([True, True])) == 2

@@ -140,8 +140,38 @@ def test_float32_gram_is_exact_or_not_used(scale):
         assert G.dtype == np.float64 and np.array_equal(G, B.T @ B)
 
 
+@pytest.mark.parametrize("scale, float32", [(1, True), (9, True), (3000, False)])
+def test_float32_gram_route_is_taken_where_exact(scale, float32, monkeypatch):
+    rng = np.random.default_rng(scale)
+    D = (rng.random((600, 80)) < 0.5) * rng.integers(1, scale + 1, (600, 80)).astype(float)
+    casts = []
+    real = sp.csr_array.astype
+    monkeypatch.setattr(sp.csr_array, "astype",
+                        lambda self, dtype, *a, **k: casts.append(np.dtype(dtype))
+                        or real(self, dtype, *a, **k))
+    ms._gram_matrix(sp.csr_array(D))
+    assert (np.dtype(np.float32) in casts) == float32
+
+
+def test_duplicate_entries_are_summed_before_the_float32_test():
+    """A CSR block may hold one entry as many stored parts (scipy sums them on use):
+    their sum, not the largest part, decides whether float32 is exact."""
+    rng = np.random.default_rng(3)
+    D = (rng.random((200, 40)) < 0.5).astype(float)
+    rows, cols = np.nonzero(D)
+    rows = np.concatenate([rows, np.zeros(4096, dtype=rows.dtype)])
+    cols = np.concatenate([cols, np.zeros(4096, dtype=cols.dtype)])
+    A = sp.coo_array((np.ones(rows.size), (rows, cols)), shape=D.shape).tocsr()
+    assert not A.has_canonical_format or A.nnz < rows.size  # the duplicates are there
+    dense = A.toarray()
+    nnz_before = A.nnz
+    got = ms.top_singular_values(A, tol=1e-12)
+    assert got == pytest.approx(_oracle(dense), rel=1e-11)
+    assert A.nnz == nnz_before  # the caller's matrix is left as it was
+
+
 @pytest.mark.parametrize("bad", [0, 0.0, -1e-8, 1, 1.5, float("nan"), float("inf"), "1e-8",
-                                 True, [1e-8]])
+                                 True, [1e-8], 10**400, 1e-13, np.float64(1e-15)])
 def test_spectral_tol_is_validated(bad):
     with pytest.raises(ValueError, match="spectral_tol"):
         ms.check_spectral_tol(bad)

@@ -74,19 +74,27 @@ GRAM_MAX_SIDE = 512
 LANCZOS_MIN_SIDE = 256
 
 
+#: The tightest ``spectral_tol`` accepted: float64 rounding of the products (and the
+#: zeroing of a ``mu_hat`` at rounding level of ``mu0``, 1e-13) sits just below it.
+MIN_SPECTRAL_TOL = 1e-12
+
+
 def check_spectral_tol(tol) -> float:
     """``tol`` as a float, or a ``ValueError`` that says what is accepted.
 
     >>> check_spectral_tol(1e-6)
     1e-06
     """
-    ok = (isinstance(tol, (int, float, np.floating, np.integer)) and not isinstance(tol, bool)
-          and math.isfinite(float(tol)) and 0.0 < float(tol) < 1.0)
+    # integers are refused with the rest: none lies in the range, and float() of a huge
+    # one would overflow
+    ok = (isinstance(tol, (float, np.floating))
+          and math.isfinite(float(tol)) and MIN_SPECTRAL_TOL <= float(tol) < 1.0)
     if not ok:
         raise ValueError(
-            f"spectral_tol must be a number with 0 < spectral_tol < 1, got {tol!r}: it bounds "
-            f"the error of mu0 and mu_hat relative to mu0 (default {SPECTRAL_TOL:g}; smaller "
-            "is tighter and slower)")
+            f"spectral_tol must be a number with {MIN_SPECTRAL_TOL:g} <= spectral_tol < 1, "
+            f"got {tol!r}: it bounds the error of mu0 and mu_hat relative to mu0 (default "
+            f"{SPECTRAL_TOL:g}; smaller is tighter and slower; below {MIN_SPECTRAL_TOL:g} "
+            "float64 rounding cannot certify it)")
     return float(tol)
 
 
@@ -98,8 +106,10 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
         |mu0_reported - mu0| <= tol * mu0   and   |mu_hat_reported - mu_hat| <= tol * mu0
 
     (plus rounding), and neither reported value exceeds the true one. Tiny blocks
-    and the direct fallback take LAPACK's SVD of the block, exact to rounding. The
-    others are certified before they are returned:
+    and the direct fallback take LAPACK's SVD of the block, exact to rounding,
+    except blocks of more than :data:`DENSE_SVD_FALLBACK_MAX_ENTRIES` entries,
+    whose fallback is ARPACK's ``svds`` (its own convergence test, not this
+    certificate). The others are certified before they are returned:
 
     * two orthonormal vectors ``V`` approximate the top two eigenvectors of the
       Gram matrix ``G = B^T B`` of the block's shorter side (``B`` the block or its
@@ -113,9 +123,8 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
       squaring), so ``s_i <= sigma_i`` by interlacing, and ``U = V Z`` (``Z`` the
       right singular vectors of ``B V``) are the Ritz vectors with Ritz values
       ``s_i^2``;
-    * the residuals ``r_i = ||G u_i - s_i^2 u_i||`` are computed explicitly (as
-      ``B^T (B u_i)``, or with the formed ``G`` on the ``syevr`` route, whose own
-      rounding is the "plus rounding" above). For a symmetric matrix, an eigenvalue ``lambda`` lies within
+    * the residuals ``r_i = ||G u_i - s_i^2 u_i||`` are computed explicitly, as
+      ``B^T (B u_i)`` on every route (never with a formed ``G``). For a symmetric matrix, an eigenvalue ``lambda`` lies within
       ``r_i`` of the Ritz value ``s_i^2`` (the residual bound ``|theta - lambda| <=
       ||G u - theta u||``), so a singular value ``sigma`` lies within ``min(r_i /
       s_i, sqrt(r_i))`` of ``s_i`` (``|sigma - s| = |sigma^2 - s^2| / (sigma + s)``,
@@ -142,7 +151,8 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
     (0.0, 0.0)
     """
     tol = SPECTRAL_TOL if tol is None else check_spectral_tol(tol)
-    A = sp.csr_array(matrix, dtype=np.float64)
+    A = sp.csr_array(matrix, dtype=np.float64, copy=True)
+    A.sum_duplicates()  # on our copy: the float32 Gram's exactness test reads the entries
     m, n = A.shape
     if A.nnz == 0 or m == 0 or n == 0:
         return 0.0, 0.0
@@ -158,7 +168,9 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
 
             G = _gram_matrix(B)
             V = eigh(G, subset_by_index=[k - 2, k - 1], driver="evr")[1]
-            gram, times = G.__matmul__, B.__matmul__  # residual: the Gram matrix as formed
+            # the certificate multiplies by B and B^T (O(nnz)), not by G as formed, so
+            # G's own rounding is not trusted
+            gram, times = (lambda X: B.T @ (B @ X)), B.__matmul__
         elif dense_operand:
             D = B.toarray()
             gram, times = (lambda X: D.T @ (D @ X)), D.__matmul__
@@ -509,7 +521,7 @@ def effective_kernels(matrix, fin: np.ndarray, bout: np.ndarray) -> int:
     A = sp.csr_array(matrix)
     # per row, the kept kernels whose input is reached: one CSR product (exact counts)
     kept = sp.csr_array(((A.data != 0).astype(np.float64), A.indices, A.indptr), shape=A.shape)
-    per_row = kept @ np.asarray(fin, dtype=np.float64)
+    per_row = kept @ np.asarray(fin, dtype=bool).astype(np.float64)
     return int(round(float(per_row[np.asarray(bout, bool)].sum())))
 
 
