@@ -123,7 +123,7 @@ def test_uncertified_vectors_are_not_returned(monkeypatch):
     monkeypatch.setattr(ms, "gram_top_ritz_vectors", not_converged)
     direct = []
     real = ms._direct_top_two
-    monkeypatch.setattr(ms, "_direct_top_two", lambda A: direct.append(A.shape) or real(A))
+    monkeypatch.setattr(ms, "_direct_top_two", lambda A, *a: direct.append(A.shape) or real(A, *a))
     B = _bulk_edge_block(120, 100, 0.2, 4)
     assert ms.top_singular_values(sp.csr_array(B)) == pytest.approx(_oracle(B), rel=1e-12)
     assert poor == [100] and direct == [(120, 100)]
@@ -199,3 +199,19 @@ def test_metrics_passes_spectral_tol_and_meets_it(monkeypatch):
             e0, e1 = _oracle(W.toarray())
             assert abs(row[key + "mu0"] - e0) <= 1e-3 * e0 + ROUNDING * e0
             assert abs(row[key + "mu_hat"] - e1) <= 1e-3 * e0 + ROUNDING * e0
+
+
+def test_the_arpack_fallback_is_certified_too(monkeypatch):
+    """Blocks too large to densify fall back to ARPACK's svds; its vectors pass the
+    same residual certificate (else a ValueError names spectral_tol)."""
+    monkeypatch.setattr(ms, "DENSE_SVD_FALLBACK_MAX_ENTRIES", 0)
+    monkeypatch.setattr(ms, "gram_top_ritz_vectors", lambda *a, **k: None)  # no convergence
+    monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 0)
+    B = _bulk_edge_block(150, 90, 0.2, 5)
+    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B), tol=1e-8)
+    want = _oracle(B)
+    assert mu0 <= want[0] * (1 + ROUNDING) and mu_hat <= want[1] + ROUNDING * want[0]
+    assert abs(mu0 - want[0]) <= 1e-8 * want[0] and abs(mu_hat - want[1]) <= 1e-8 * want[0]
+    monkeypatch.setattr(ms, "_certified", lambda *a: None)
+    with pytest.raises(ValueError, match="spectral_tol"):
+        ms.top_singular_values(sp.csr_array(B), tol=1e-8)

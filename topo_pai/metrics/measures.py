@@ -108,8 +108,8 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
     (plus rounding), and neither reported value exceeds the true one. Tiny blocks
     and the direct fallback take LAPACK's SVD of the block, exact to rounding,
     except blocks of more than :data:`DENSE_SVD_FALLBACK_MAX_ENTRIES` entries,
-    whose fallback is ARPACK's ``svds`` (its own convergence test, not this
-    certificate). The others are certified before they are returned:
+    whose fallback is ARPACK's ``svds``, certified like the others. The others are
+    certified before they are returned:
 
     * two orthonormal vectors ``V`` approximate the top two eigenvectors of the
       Gram matrix ``G = B^T B`` of the block's shorter side (``B`` the block or its
@@ -184,7 +184,7 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
             s = _certified(V, gram, times, tol)
             if s is not None and s[1] >= SQUARING_FLOOR * s[0]:
                 return _clean(float(s[0]), float(s[1]))
-        return _direct_top_two(A)
+        return _direct_top_two(A, tol)
 
 
 def _gram_matrix(B):
@@ -315,8 +315,10 @@ def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
         start, stop = stop, stop + nxt.shape[1]
 
 
-def _direct_top_two(A) -> tuple[float, float]:
-    """A direct SVD: dense LAPACK where the block may be densified, else ARPACK."""
+def _direct_top_two(A, tol: float = SPECTRAL_TOL) -> tuple[float, float]:
+    """A direct SVD: dense LAPACK where the block may be densified, else ARPACK's
+    ``svds``, whose right singular vectors then pass the same residual certificate
+    as the iterative routes (on ``A^T A``)."""
     m, n = A.shape
     if m * n <= DENSE_SVD_FALLBACK_MAX_ENTRIES:
         return _dense_top_two(A)
@@ -324,11 +326,16 @@ def _direct_top_two(A) -> tuple[float, float]:
 
     v0 = np.random.default_rng(0).standard_normal(min(m, n))
     try:
-        s = svds(A, k=2, v0=v0, return_singular_vectors=False)
+        _, _, vt = svds(A, k=2, v0=v0)
     except ArpackNoConvergence:
         raise ValueError(f"the sparse SVD of a {m}x{n} block did not converge, and the "
                          "block is too large for a dense SVD") from None
-    s = np.sort(np.abs(s))[::-1]
+    V = np.linalg.qr(vt.T)[0]  # orthonormal to rounding, as the certificate assumes
+    with _one_blas_thread():
+        s = _certified(V, lambda X: A.T @ (A @ X), A.__matmul__, tol)
+    if s is None:
+        raise ValueError(f"the sparse SVD of a {m}x{n} block could not be certified to "
+                         f"spectral_tol={tol:g}: pass a larger spectral_tol")
     return _clean(float(s[0]), float(s[1]))
 
 
