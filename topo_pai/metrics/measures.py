@@ -151,8 +151,10 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
     (0.0, 0.0)
     """
     tol = SPECTRAL_TOL if tol is None else check_spectral_tol(tol)
-    A = sp.csr_array(matrix, dtype=np.float64, copy=True)
-    A.sum_duplicates()  # on our copy: the float32 Gram's exactness test reads the entries
+    A = sp.csr_array(matrix, dtype=np.float64)
+    if not A.has_canonical_format:  # the float32 Gram's exactness test reads the entries
+        A = A.copy()  # summed on our copy, never the caller's matrix
+        A.sum_duplicates()
     m, n = A.shape
     if A.nnz == 0 or m == 0 or n == 0:
         return 0.0, 0.0
