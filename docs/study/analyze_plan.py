@@ -128,6 +128,19 @@ def family_rows(tests, one_sided_less=False):
 HEAD = ["comparison (a − b)", "seeds", "mean (pp)", "95% CI (pp)", "d_z", "p", "p (Holm)"]
 
 
+def family_table(tests, one_sided_less=False) -> list[str]:
+    """The family's table; while some of its tests wait for trials, a line says that the
+    Holm column adjusts over the tests run so far (fewer than the plan's family, so
+    smaller than the final adjustment)."""
+    out = table(HEAD, family_rows(tests, one_sided_less))
+    waiting = sum(not t["complete"] for t in tests)
+    if waiting:
+        run = sum(not math.isnan(t["p"]) for t in tests)
+        out += [f"*Interim:* p (Holm) adjusts over the {run} test(s) run so far; {waiting} "
+                "wait for trials, and adding tests can only raise the adjusted values.", ""]
+    return out
+
+
 def significant(t, sign) -> bool:
     """Holm-significant at ALPHA with the mean on the given side of zero."""
     d = t["cmp"].test
@@ -176,7 +189,7 @@ def part_a(rows) -> list[str]:
     out += ["### Family A1 (claim 1): is shuffling within layers non-inferior below 99 %?", "",
             f"One-sided paired t-test of H0: mean(a − b) ≥ {100 * MARGIN:.1f} pp; Holm over "
             "the four.", ""]
-    out += table(HEAD, family_rows(a1, one_sided_less=True))
+    out += family_table(a1, one_sided_less=True)
     done = all(t["complete"] and t["cmp"].test for t in a1)
     worse = [t for t in a1 if t["cmp"].test and t["complete"]
              and t["cmp"].test.ci[0] > 0 and t["cmp"].test.mean > MARGIN]
@@ -198,7 +211,7 @@ def part_a(rows) -> list[str]:
                  for s in (0.99, 0.9968) for x in ("synflow", "phew", "random_erk")])
     out += ["### Family A2 (claim 2): is NPB the best at 99 % and 99.68 %?", "",
             "Two-sided paired t-tests; Holm over the six.", ""]
-    out += table(HEAD, family_rows(a2))
+    out += family_table(a2)
     done = all(t["complete"] for t in a2)
     if any(significant(t, -1) for t in a2):
         verdict = "**not supported**: NPB is significantly worse than " + ", ".join(
@@ -217,7 +230,7 @@ def part_a(rows) -> list[str]:
                       collapse_b=val("npb_official", s), expected=3) for s in SPARSITIES_A])
     out += ["### Family A3 (ablation): the fair-share node term against the official one", "",
             "Two-sided paired t-tests; Holm over the four.", ""]
-    out += table(HEAD, family_rows(a3))
+    out += family_table(a3)
 
     body = []
     for m, paper in PAPER_99.items():
@@ -302,7 +315,7 @@ def part_b(first, extra) -> list[str]:
                              a=cell(rows, model, a, s), b=cell(rows, model, b, s), expected=3)
                         for model in models for s in sps for a, b in pairs])
         out += [f"### Family {name}", "", "Two-sided paired t-tests; Holm over the family.", ""]
-        out += table(HEAD, family_rows(tests))
+        out += family_table(tests)
     # not one of the plan's families: the first study's shuffle results (its section 2), which
     # were Welch intervals, redone paired; Holm over this table alone
     tests = family([dict(label=f"{model} {m}+shuffle − {m} at {100 * s:g}%",
@@ -312,7 +325,7 @@ def part_b(first, extra) -> list[str]:
                                                                "phew")])
     out += ["### Exploratory (not a family of the plan): the first study's shuffles, paired", "",
             "Shuffled − original; two-sided paired t-tests; Holm over this table.", ""]
-    out += table(HEAD, family_rows(tests))
+    out += family_table(tests)
     return out
 
 

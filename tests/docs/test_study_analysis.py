@@ -87,6 +87,8 @@ def test_partial_results_are_pending_not_verdicts(plan, tmp_path):
     text = (tmp_path / "tables.md").read_text()
     assert "Claim 2 in this setting: *pending*" in text
     assert "| 99 | npb | pending |" in text
+    # the interim Holm column says it adjusts over fewer tests than the family
+    assert "*Interim:* p (Holm) adjusts over the 0 test(s) run so far; 6 wait" in text
 
 
 def test_collapsed_runs_are_reported_as_rates(plan, tmp_path):
