@@ -68,7 +68,7 @@ DENSE_OPERAND_MAX_ENTRIES = 1 << 22
 #: :data:`DENSE_OPERAND_MAX_ENTRIES` entries) form the dense Gram matrix (``side^2``
 #: entries, one BLAS product) and take its top two eigenvectors from LAPACK
 #: (``syevr``); longer sides take block Lanczos, which never forms it.
-GRAM_MAX_SIDE = 512
+GRAM_MAX_SIDE = 256
 #: ... except blocks dense enough for :data:`DENSE_OPERAND_MIN_DENSITY` whose shorter
 #: side is above this: Lanczos on the dense block beats ``syevr`` there.
 LANCZOS_MIN_SIDE = 256
@@ -164,8 +164,7 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
     k = B.shape[1]
     dense = m * n <= DENSE_OPERAND_MAX_ENTRIES
     with _one_blas_thread():
-        dense_operand = dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n
-        if dense and k <= GRAM_MAX_SIDE and not (dense_operand and k > LANCZOS_MIN_SIDE):
+        if dense and k <= GRAM_MAX_SIDE:
             from scipy.linalg import eigh
 
             G = _gram_matrix(B)
@@ -173,14 +172,12 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
             # the certificate multiplies by B and B^T (O(nnz)), not by G as formed, so
             # G's own rounding is not trusted
             gram, times = (lambda X: B.T @ (B @ X)), B.__matmul__
-        elif dense_operand:
-            D = B.toarray()
-            gram, times = (lambda X: D.T @ (D @ X)), D.__matmul__
-            V = gram_top_ritz_vectors(gram, k, tol)
         else:
-            BT = B.T.tocsr()
-            gram, times = (lambda X: _csr_times(BT, _csr_times(B, X))), \
-                (lambda X: _csr_times(B, X))
+            if dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n:
+                D = A.toarray() if m >= n else A.toarray().T
+                gram, times = _DenseGram(D), D.__matmul__
+            else:  # B^T as its own CSR: a gather per row beats a scatter per column
+                gram, times = _CsrGram(B, A if m < n else B.T.tocsr()), B.__matmul__
             V = gram_top_ritz_vectors(gram, k, tol)
         if V is not None:
             s = _certified(V, gram, times, tol)
@@ -203,11 +200,6 @@ def _gram_matrix(B):
             return (D32.T @ D32).astype(np.float64)
     D = B.toarray()
     return D.T @ D
-
-
-def _csr_times(A, X):
-    # one sparse product per column: scipy's multi-vector CSR kernel is slower here
-    return np.column_stack([A @ X[:, j] for j in range(X.shape[1])])
 
 
 def singular_value_error_bound(residual, s):
@@ -241,80 +233,161 @@ def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
     """Two orthonormal Ritz vectors (``k x 2``) of the largest eigenvalues of a
     symmetric positive semidefinite operator ``G``, or ``None`` without convergence.
 
-    ``gram(X)`` multiplies a ``k x b`` array. Block Lanczos with block size
-    :data:`LANCZOS_BLOCK` and two passes of classical Gram-Schmidt against the
-    whole basis; directions of a new block with norm at most ``1e-12`` times the
-    largest Ritz value are dropped (an invariant subspace: the block shrinks, and
-    the iteration ends when nothing is left or the basis spans all ``k``
-    dimensions, where the Ritz values are exact). The Ritz residual of ``y`` is
-    ``||W y_last||`` for the projected new block ``W``, exact with full
-    reorthogonalisation; the iteration stops when, for both Ritz values
-    ``theta_1 >= theta_2``, ``min(r_i / sqrt(theta_i), sqrt(r_i)) <= tol *
-    sqrt(theta_1)`` (``tol`` defaults to :data:`SPECTRAL_TOL`): the bound that
-    :func:`top_singular_values` then checks with an explicit residual.
+    ``gram(X)`` multiplies a ``k x b`` array (here ``b = 1``). Lanczos with locking:
+    a first run finds the top Ritz pair ``(theta_1, u_1)`` of ``G``, a second one
+    the top Ritz pair of ``G`` deflated by ``u_1`` (every vector is kept orthogonal
+    to ``u_1``), so a doubled top eigenvalue is found twice. Each run starts from a
+    seeded random vector, orthogonalises every new vector twice (classical
+    Gram-Schmidt) against its whole basis, and takes the Ritz pair of the
+    tridiagonal projection (``scipy.linalg.eigh_tridiagonal``); its residual
+    ``||G u - theta u||`` is ``beta |y_last|``, exact with full
+    reorthogonalisation. A run stops when the singular-value bound ``min(r /
+    sqrt(theta), sqrt(r))`` is at most :data:`LANCZOS_MARGIN` times ``tol *
+    sqrt(theta_1)`` (``tol`` defaults to :data:`SPECTRAL_TOL`), the first run also
+    when its residual is at most ``LOCK_RESIDUAL * tol * theta_1`` (the second
+    vector's residual on ``G`` grows by the first one's: ``u_1^T G u_2 = r_1^T u_2``,
+    counted in the second run's bound), when a new vector vanishes (at most
+    ``1e-12 theta_1``: an invariant subspace, the Ritz values are exact) or when the
+    basis spans all ``k`` dimensions. :func:`top_singular_values` then checks the
+    bound with an explicit residual. Each run uses at most ``max_columns``
+    (:data:`LANCZOS_MAX_COLUMNS`) vectors.
 
     >>> G = np.diag([5.0, 4.0, 4.0, 1.0, 0.5])
     >>> V = gram_top_ritz_vectors(lambda X: G @ X, 5)
     >>> np.round(np.diag(V.T @ G @ V), 12)
     array([5., 4.])
     """
-    from scipy.linalg import eig_banded
-
     tol = SPECTRAL_TOL if tol is None else tol
     max_columns = min(k, LANCZOS_MAX_COLUMNS if max_columns is None else max_columns)
-    block = max(2, min(LANCZOS_BLOCK, k))
-    width = 2 * block  # H's lower band: block tridiagonal, blocks <= block
-    basis = np.empty((max_columns, k))  # one basis vector a row
-    H = np.zeros((max_columns + width, max_columns))  # padded: band columns read `width` rows
-    band = np.zeros((width, max_columns))
-    start_block = np.random.default_rng(0).standard_normal((k, block))
-    first = np.linalg.qr(start_block)[0].T[:max_columns]
-    basis[:first.shape[0]] = first
-    start, stop, step, scale = 0, first.shape[0], 0, 0.0
-    next_check, last = 1, None  # (step, log of the worst bound / target) at the last check
+    rng = np.random.default_rng(0)
+    first = _top_ritz_pair(gram, k, None, 0.0, 0.0, tol, max_columns, rng)
+    if first is None:
+        return None
+    u1, theta1, r1, _ = first
+    second = _top_ritz_pair(gram, k, u1, theta1, r1, tol, max_columns, rng)
+    if second is None:
+        return None
+    return np.linalg.qr(np.column_stack([u1, second[0]]))[0]
+
+
+#: A Lanczos run stops at this fraction of the certified bound, so that the explicit
+#: certificate of :func:`top_singular_values` (which also sees the coupling of the two
+#: vectors) passes.
+LANCZOS_MARGIN = 0.5
+#: The first (locked) Ritz vector's residual is driven below this times ``tol *
+#: theta_1``: it is added to the second vector's residual.
+LOCK_RESIDUAL = 1e-3
+
+
+def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng):
+    """``(u, theta, residual, columns)``: the top Ritz pair of ``G`` (``locked`` is
+    ``None``) or of ``G`` deflated by the unit vector ``locked``, whose Ritz value
+    ``theta1`` and residual ``r1`` are given; ``None`` when ``max_columns`` vectors
+    do not converge (see :func:`gram_top_ritz_vectors`). The steps between two
+    tests run in ``gram.steps`` when the operator has compiled ones
+    (:class:`_CsrGram`, :class:`_DenseGram`), else in their numpy twin."""
+    from scipy.linalg import eigh_tridiagonal
+
+    first = 0 if locked is None else 1  # rows of `basis` before the Lanczos vectors
+    limit = k - first  # the dimensions the Lanczos vectors can span
+    size = min(limit, max_columns)
+    if size < 1:
+        return None
+    steps = getattr(gram, "steps", None)
+    if steps is None:
+        from topo_pai.kernels.reference import lanczos_steps
+
+        def steps(*args):
+            return lanczos_steps(lambda x: gram(x[:, None])[:, 0], *args)
+
+    basis = np.zeros((first + size, k))
+    if locked is not None:
+        basis[0] = locked
+    alpha = np.zeros(size)
+    beta = np.zeros(size)
+    v = rng.standard_normal(k)
+    for _ in range(2):
+        v -= (basis[:first] @ v) @ basis[:first]
+    basis[first] = v / np.linalg.norm(v)
+    grow = locked is None
+    scale = theta1
+    next_check, last = 1, None  # (step, log of the worst excess) at the last check
+    j = 0
     while True:
-        Qt = basis[:stop]
-        W = gram(basis[start:stop].T)
-        C = Qt @ W
-        W -= Qt.T @ C
-        C2 = Qt @ W  # second pass: full reorthogonalisation
-        W -= Qt.T @ C2
-        C += C2
-        H[:stop, start:stop] = C
-        H[start:stop, :start] = C[:start].T
-        H[start:stop, start:stop] = (C[start:] + C[start:].T) / 2
-        for j in range(max(0, start - width + 1), stop):
-            band[:, j] = H[j:j + width, j]
-        step += 1
-        # a test (the band eigenproblem) costs more than a step: test when the
-        # bound's log-linear decrease since the last test says it may have converged
-        if step >= next_check or stop == k or stop + block > max_columns:
-            theta, Y = eig_banded(band[:, :stop], lower=True, select="i",
-                                  select_range=(stop - 2, stop - 1))
-            theta, Y = theta[::-1], Y[:, ::-1]
-            scale = max(float(theta[0]), 0.0)
-            residual = np.linalg.norm(W @ Y[start:stop], axis=0)
-            bound = singular_value_error_bound(residual, np.sqrt(np.maximum(theta, 0.0)))
-            excess = float(np.max(bound)) / max(tol * math.sqrt(scale), 1e-300)
-            if stop == k or excess <= 1.0:
-                return Qt.T @ Y
-            log_excess = math.log(excess)
-            wait = 4
-            if last is not None and log_excess < last[1]:
-                rate = (last[1] - log_excess) / (step - last[0])
-                wait = min(8, max(1, math.ceil(log_excess / rate)))
-            next_check, last = step + wait, (step, log_excess)
-        U, sv, _ = np.linalg.svd(W, full_matrices=False)
-        keep = sv > 1e-12 * scale
-        if not keep.any():
-            theta, Y = eig_banded(band[:, :stop], lower=True, select="i",
-                                  select_range=(stop - 2, stop - 1))
-            return Qt.T @ Y[:, ::-1]
-        nxt = U[:, keep][:, :k - stop]
-        if stop + nxt.shape[1] > max_columns:
+        # the small eigenproblem costs about a step: test when the bound's log-linear
+        # decrease since the last test says it may have converged
+        j, scale = steps(basis, first, alpha, beta, j, min(next_check, size), float(scale),
+                         grow)
+        b = float(beta[j - 1])
+        vanished = b <= 1e-12 * scale
+        theta, y = eigh_tridiagonal(alpha[:j], beta[:j - 1], select="i",
+                                    select_range=(j - 1, j - 1))
+        theta, y = float(theta[0]), y[:, 0]
+        residual = b * abs(float(y[-1]))
+        s = math.sqrt(max(theta, 0.0))
+        if grow:
+            scale = max(scale, theta)
+            # the first vector's residual also enters the second one's bound
+            excess = residual / max(LOCK_RESIDUAL * tol * scale, 1e-300)
+            bound = singular_value_error_bound(residual, s)
+        else:
+            excess = 0.0
+            bound = singular_value_error_bound(residual + r1, s)
+        target = LANCZOS_MARGIN * tol * math.sqrt(scale)
+        excess = max(excess, float(bound) / max(target, 1e-300))
+        if vanished or j == limit or excess <= 1.0:
+            return y @ basis[first:first + j], theta, residual, j
+        if j == size:
             return None
-        basis[stop:stop + nxt.shape[1]] = nxt.T
-        start, stop = stop, stop + nxt.shape[1]
+        log_excess = math.log(excess)
+        wait = 4
+        if last is not None and log_excess < last[1]:
+            rate = (last[1] - log_excess) / (j - last[0])
+            wait = min(8, max(1, math.ceil(log_excess / rate)))
+        next_check, last = j + wait, (j, log_excess)
+
+
+class _CsrGram:
+    """``X -> B^T (B X)`` for a CSR ``B`` with ``B^T`` given as its own CSR, by the
+    kernels of :mod:`topo_pai.kernels.gram` (products and Lanczos steps)."""
+
+    def __init__(self, B, BT):
+        dtype = np.result_type(B.indices, B.indptr, BT.indices, BT.indptr)
+        self.B = tuple(np.asarray(a, dtype=t) for a, t in
+                       ((B.indptr, dtype), (B.indices, dtype), (B.data, np.float64)))
+        self.BT = tuple(np.asarray(a, dtype=t) for a, t in
+                        ((BT.indptr, dtype), (BT.indices, dtype), (BT.data, np.float64)))
+        self.shape = B.shape
+
+    def __call__(self, X):
+        from topo_pai.kernels.gram import csr_times
+
+        t = np.empty(self.shape[0])
+        out = np.empty((self.shape[1], X.shape[1]))
+        for j in range(X.shape[1]):
+            x = np.ascontiguousarray(X[:, j], dtype=np.float64)
+            out[:, j] = csr_times(*self.BT, csr_times(*self.B, x, t), np.empty(self.shape[1]))
+        return out
+
+    def steps(self, *args):
+        from topo_pai.kernels.gram import lanczos_steps_csr
+
+        return lanczos_steps_csr(*self.B, *self.BT, *args)
+
+
+class _DenseGram:
+    """``X -> D^T (D X)`` for a dense ``D``, with compiled Lanczos steps."""
+
+    def __init__(self, D):
+        self.D = D
+
+    def __call__(self, X):
+        return self.D.T @ (self.D @ X)
+
+    def steps(self, *args):
+        from topo_pai.kernels.gram import lanczos_steps_dense
+
+        return lanczos_steps_dense(self.D, *args)
 
 
 def _direct_top_two(A, tol: float = SPECTRAL_TOL) -> tuple[float, float]:
