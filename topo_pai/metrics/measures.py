@@ -71,7 +71,7 @@ DENSE_OPERAND_MAX_ENTRIES = 1 << 22
 GRAM_MAX_SIDE = 256
 #: ... except blocks dense enough for :data:`DENSE_OPERAND_MIN_DENSITY` whose shorter
 #: side is above this: Lanczos on the dense block beats ``syevr`` there.
-LANCZOS_MIN_SIDE = 256
+LANCZOS_MIN_SIDE = 128
 
 
 #: The tightest ``spectral_tol`` accepted: float64 rounding of the products (and the
@@ -164,7 +164,8 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
     k = B.shape[1]
     dense = m * n <= DENSE_OPERAND_MAX_ENTRIES
     with _one_blas_thread():
-        if dense and k <= GRAM_MAX_SIDE:
+        dense_operand = dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n
+        if dense and k <= GRAM_MAX_SIDE and not (dense_operand and k > LANCZOS_MIN_SIDE):
             from scipy.linalg import eigh
 
             G = _gram_matrix(B)
@@ -173,7 +174,7 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
             # G's own rounding is not trusted
             gram, times = (lambda X: B.T @ (B @ X)), B.__matmul__
         else:
-            if dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n:
+            if dense_operand:
                 D = A.toarray() if m >= n else A.toarray().T
                 gram, times = _DenseGram(D), D.__matmul__
             else:  # B^T as its own CSR: a gather per row beats a scatter per column
@@ -286,8 +287,6 @@ def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng):
     do not converge (see :func:`gram_top_ritz_vectors`). The steps between two
     tests run in ``gram.steps`` when the operator has compiled ones
     (:class:`_CsrGram`, :class:`_DenseGram`), else in their numpy twin."""
-    from scipy.linalg import eigh_tridiagonal
-
     first = 0 if locked is None else 1  # rows of `basis` before the Lanczos vectors
     limit = k - first  # the dimensions the Lanczos vectors can span
     size = min(limit, max_columns)
@@ -320,9 +319,7 @@ def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng):
                          grow)
         b = float(beta[j - 1])
         vanished = b <= 1e-12 * scale
-        theta, y = eigh_tridiagonal(alpha[:j], beta[:j - 1], select="i",
-                                    select_range=(j - 1, j - 1))
-        theta, y = float(theta[0]), y[:, 0]
+        theta, y = _top_tridiagonal_pair(alpha[:j], beta[:j - 1])
         residual = b * abs(float(y[-1]))
         s = math.sqrt(max(theta, 0.0))
         if grow:
@@ -345,6 +342,32 @@ def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng):
             rate = (last[1] - log_excess) / (j - last[0])
             wait = min(8, max(1, math.ceil(log_excess / rate)))
         next_check, last = j + wait, (j, log_excess)
+
+
+def _top_tridiagonal_pair(diagonal, off_diagonal):
+    """The largest eigenvalue of a symmetric tridiagonal matrix and its unit
+    eigenvector: LAPACK's bisection (``stebz``, to full accuracy) and inverse
+    iteration (``stein``), called directly (``eigh_tridiagonal``'s checks cost more
+    than the work on these small matrices).
+
+    >>> theta, y = _top_tridiagonal_pair(np.array([2.0, 2.0]), np.array([1.0]))
+    >>> round(theta, 12), bool(np.allclose(np.abs(y), np.sqrt(0.5), rtol=1e-12))
+    (3.0, True)
+    """
+    from scipy.linalg.lapack import dstebz, dstein
+
+    j = diagonal.shape[0]
+    if j == 1:
+        return float(diagonal[0]), np.ones(1)
+    count, w, block, split, info = dstebz(diagonal, off_diagonal, 3, 0.0, 0.0, j, j, 0.0, "B")
+    if info == 0 and count == 1:
+        y, info = dstein(diagonal, off_diagonal, w[:1], block, split)
+        if info == 0:
+            return float(w[0]), y[:, 0]
+    from scipy.linalg import eigh_tridiagonal
+
+    theta, y = eigh_tridiagonal(diagonal, off_diagonal, select="i", select_range=(j - 1, j - 1))
+    return float(theta[0]), y[:, 0]
 
 
 class _CsrGram:
