@@ -34,7 +34,9 @@ block's rank are zero, so a block with one row or column, or of rank one, has
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import numpy as np
 import scipy.sparse as sp
@@ -438,18 +440,68 @@ def _direct_top_two(A, tol: float = SPECTRAL_TOL) -> tuple[float, float]:
 
 
 _BLAS_CONTROLLER = []
+_BLAS_LOCK = threading.Lock()
+_BLAS_LIMIT = {"depth": 0, "limiter": None}
 
 
+@contextlib.contextmanager
 def _one_blas_thread():
     """Pin BLAS to one thread: these products are small, and on shared cores a
-    second BLAS thread made them many times slower. (The controller is made
-    once, after numpy's and scipy's BLAS are loaded: finding them costs ms.)"""
-    if not _BLAS_CONTROLLER:
-        import scipy.linalg  # noqa: F401  (loads scipy's own BLAS)
-        from threadpoolctl import ThreadpoolController
+    second BLAS thread made them many times slower. Re-entrant and shared between
+    threads (:func:`many_top_singular_values`): the first entry sets the limit, the
+    last exit restores it, so no block ever runs with the limit lifted. (The
+    controller is made once, after numpy's and scipy's BLAS are loaded: finding them
+    costs ms.)"""
+    with _BLAS_LOCK:
+        if not _BLAS_CONTROLLER:
+            import scipy.linalg  # noqa: F401  (loads scipy's own BLAS)
+            from threadpoolctl import ThreadpoolController
 
-        _BLAS_CONTROLLER.append(ThreadpoolController())
-    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+            _BLAS_CONTROLLER.append(ThreadpoolController())
+        if _BLAS_LIMIT["depth"] == 0:
+            _BLAS_LIMIT["limiter"] = _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+        _BLAS_LIMIT["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_LIMIT["depth"] -= 1
+            if _BLAS_LIMIT["depth"] == 0:
+                _BLAS_LIMIT["limiter"].restore_original_limits()
+                _BLAS_LIMIT["limiter"] = None
+
+
+def many_top_singular_values(matrices, tol: float | None = None) -> list:
+    """:func:`top_singular_values` of each matrix, in order, on up to
+    ``numba.get_num_threads()`` threads.
+
+    The Lanczos steps run in numba kernels that release the GIL, so the blocks of a
+    network's layers are taken two (or more) at a time, largest first. Each block's
+    values are the same as from a lone call (every block is computed on its own,
+    BLAS on one thread), so the result does not depend on the thread count; set
+    ``numba.set_num_threads(1)`` (or ``NUMBA_NUM_THREADS=1``) for one thread.
+
+    >>> import scipy.sparse as sp
+    >>> many_top_singular_values([sp.csr_array(np.ones((3, 4))), sp.csr_array((2, 2))])
+    [(3.4641016151377544, 0.0), (0.0, 0.0)]
+    """
+    import numba
+
+    matrices = list(matrices)
+    workers = min(numba.get_num_threads(), len(matrices))
+    with _one_blas_thread():
+        if workers <= 1:
+            return [top_singular_values(M, tol) for M in matrices]
+        from concurrent.futures import ThreadPoolExecutor
+
+        def size(i):
+            M = matrices[i]
+            return M.nnz if sp.issparse(M) else np.size(M)
+
+        with ThreadPoolExecutor(workers) as pool:  # tasks start in submission order
+            futures = {i: pool.submit(top_singular_values, matrices[i], tol)
+                       for i in sorted(range(len(matrices)), key=size, reverse=True)}
+        return [futures[i].result() for i in range(len(matrices))]
 
 
 def _dense_top_two(A) -> tuple[float, float]:
@@ -511,7 +563,8 @@ def _sqrt_minus_one(d: float) -> float:
 
 
 def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
-                       degree_pair=None, spectral_tol: float | None = None) -> dict:
+                       degree_pair=None, spectral_tol: float | None = None,
+                       singular_values=None) -> dict:
     """The measures of one layer graph (see the module docstring).
 
     Parameters
@@ -530,6 +583,10 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
     spectral_tol : float, optional
         The accuracy of the singular values relative to ``mu0`` (see
         :func:`top_singular_values`; default :data:`SPECTRAL_TOL`).
+    singular_values : tuple, optional
+        ``(top_singular_values(matrix), top_singular_values(weighted))`` (the second
+        ``None`` without weights) when the caller has them already
+        (:func:`many_top_singular_values`).
 
     Returns
     -------
@@ -553,7 +610,11 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
     in_deg, out_deg = degrees(A) if degree_pair is None else degree_pair
     min_in, mean_in = kept_degree_stats(in_deg)
     min_out, mean_out = kept_degree_stats(out_deg)
-    mu0, mu_hat = top_singular_values(A, spectral_tol) if spectra else (None, None)
+    if spectra and singular_values is None:
+        singular_values = (top_singular_values(A, spectral_tol),
+                           None if weighted is None else top_singular_values(weighted,
+                                                                             spectral_tol))
+    mu0, mu_hat = singular_values[0] if spectra else (None, None)
     out = dict(
         kernels=int(A.nnz), edges=float(A.data.sum()),
         kept_inputs=int(np.count_nonzero(out_deg)), kept_outputs=int(np.count_nonzero(in_deg)),
@@ -564,7 +625,7 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
         weighted_mu0=None, weighted_mu_hat=None, weighted_spectral_gap=None,
     )
     if weighted is not None and spectra:
-        wmu0, wmu_hat = top_singular_values(weighted, spectral_tol)
+        wmu0, wmu_hat = singular_values[1]
         out.update(weighted_mu0=wmu0, weighted_mu_hat=wmu_hat,
                    weighted_spectral_gap=wmu0 - wmu_hat)
     return out
