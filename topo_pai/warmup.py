@@ -57,7 +57,7 @@ def warm_spectra() -> None:
             (sparse.data, sparse.indices.astype(index), sparse.indptr.astype(index)),
             shape=sparse.shape))
     dense = (rng.random((300, 200)) < 0.6).astype(np.float64)
-    for block in (dense, dense.T):  # dense enough, sides above LANCZOS_MIN_SIDE
+    for block in (dense, dense.T):  # dense enough, sides above GRAM_MAX_SIDE
         top_singular_values(sp.csr_array(block))
 
 

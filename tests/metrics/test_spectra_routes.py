@@ -180,10 +180,10 @@ def test_deterministic_and_input_untouched(route):
 
 
 @pytest.mark.parametrize("shape, density, route", [
-    ((600, 200), 0.1, "gram-eigh"),  # side 200 <= GRAM_MAX_SIDE
-    ((300, 100), 0.6, "gram-eigh"),  # dense enough, but side 100 <= LANCZOS_MIN_SIDE
-    ((600, 200), 0.6, "_DenseGram"),  # dense enough and side 200 > LANCZOS_MIN_SIDE
-    ((900, 300), 0.1, "_CsrGram"),  # side 300 > GRAM_MAX_SIDE
+    ((600, 100), 0.1, "gram-eigh"),  # side 100 <= GRAM_MAX_SIDE
+    ((300, 100), 0.6, "gram-eigh"),  # the same, dense enough for a dense operand
+    ((600, 200), 0.6, "_DenseGram"),  # side 200 > GRAM_MAX_SIDE, dense enough
+    ((600, 200), 0.1, "_CsrGram"),  # side 200 > GRAM_MAX_SIDE, sparse
     ((300, 900), 0.1, "_CsrGram"),  # the same, wide: B^T is the block itself
 ])
 def test_route_choice(monkeypatch, shape, density, route):

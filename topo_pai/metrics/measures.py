@@ -55,12 +55,9 @@ SPECTRAL_TOL = 1e-8
 #: Below this ``mu_hat / mu0`` the rounding of the Gram matrix (``eps * mu0^2``) may
 #: be a visible part of ``mu_hat^2``; such blocks take a direct SVD of the block.
 SQUARING_FLOOR = 1e-6
-#: The Krylov basis is capped at this many vectors; a block that needs more takes
-#: a direct SVD.
+#: Each of the two Lanczos runs is capped at this many basis vectors; a block that
+#: needs more takes a direct SVD.
 LANCZOS_MAX_COLUMNS = 600
-#: Columns of the block Lanczos start block (at least 2, so that a doubled top
-#: singular value is not missed).
-LANCZOS_BLOCK = 2
 #: Blocks with at least this fraction of non-zeros and at most
 #: :data:`DENSE_OPERAND_MAX_ENTRIES` entries are multiplied as dense arrays
 #: (one BLAS pass beats the sparse gather there).
@@ -69,11 +66,10 @@ DENSE_OPERAND_MAX_ENTRIES = 1 << 22
 #: Blocks whose shorter side is at most this (and with at most
 #: :data:`DENSE_OPERAND_MAX_ENTRIES` entries) form the dense Gram matrix (``side^2``
 #: entries, one BLAS product) and take its top two eigenvectors from LAPACK
-#: (``syevr``); longer sides take block Lanczos, which never forms it.
-GRAM_MAX_SIDE = 256
-#: ... except blocks dense enough for :data:`DENSE_OPERAND_MIN_DENSITY` whose shorter
-#: side is above this: Lanczos on the dense block beats ``syevr`` there.
-LANCZOS_MIN_SIDE = 128
+#: (``syevr``); longer sides take Lanczos, which never forms it (measured in
+#: ``benchmarks/results_metrics.md``: from side 256 on, dense or sparse, Lanczos with
+#: compiled steps is as fast or faster).
+GRAM_MAX_SIDE = 128
 
 
 #: The tightest ``spectral_tol`` accepted: float64 rounding of the products (and the
@@ -117,16 +113,19 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
       Gram matrix ``G = B^T B`` of the block's shorter side (``B`` the block or its
       transpose, ``k x k`` with ``k = min(C_in, C_out)``): for ``k <=
       GRAM_MAX_SIDE`` LAPACK's ``syevr`` on the dense ``G`` (:data:`GRAM_MAX_SIDE`;
-      formed in float32 where that is exact, see :func:`_gram_matrix`), except on
-      blocks with at least :data:`DENSE_OPERAND_MIN_DENSITY` non-zeros and ``k >
-      LANCZOS_MIN_SIDE``; those, and longer sides, take block Lanczos on ``G``
-      without forming it (:func:`gram_top_ritz_vectors`);
+      formed in float32 where that is exact, see :func:`_gram_matrix`); longer
+      sides take Lanczos with locking on ``G`` without forming it
+      (:func:`gram_top_ritz_vectors`; compiled steps, products with the CSR block
+      and its transpose, or with the dense block when at least
+      :data:`DENSE_OPERAND_MIN_DENSITY` of it is non-zero);
     * the reported values ``s_1 >= s_2`` are the singular values of ``B V`` (no
       squaring), so ``s_i <= sigma_i`` by interlacing, and ``U = V Z`` (``Z`` the
       right singular vectors of ``B V``) are the Ritz vectors with Ritz values
       ``s_i^2``;
     * the residuals ``r_i = ||G u_i - s_i^2 u_i||`` are computed explicitly, as
-      ``B^T (B u_i)`` on every route (never with a formed ``G``). For a symmetric matrix, an eigenvalue ``lambda`` lies within
+      ``B^T (B u_i)`` on every route (never with a formed ``G``; on the CSR route
+      by :func:`topo_pai.kernels.gram.csr_times`, each row summed in index order).
+      For a symmetric matrix, an eigenvalue ``lambda`` lies within
       ``r_i`` of the Ritz value ``s_i^2`` (the residual bound ``|theta - lambda| <=
       ||G u - theta u||``), so a singular value ``sigma`` lies within ``min(r_i /
       s_i, sqrt(r_i))`` of ``s_i`` (``|sigma - s| = |sigma^2 - s^2| / (sigma + s)``,
@@ -138,10 +137,11 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
 
     The certificate says that each value is that close to *a* singular value; that
     it is the first and second one, rather than a later one, rests on the Krylov
-    space of the seeded random start block reaching the top two singular
+    spaces of the seeded random start vectors reaching the top singular
     directions, the assumption of every Krylov method (ARPACK's ``svds``
-    included); block size 2 keeps a doubled top value, and the residual stop
-    makes the iteration run well past the point where the top two stand out. The
+    included); the second run is deflated by the first vector, so a doubled top
+    value is found twice, and the residual stop makes each run go well past the
+    point where its top value stands out. The
     tests compare against dense SVDs on blocks with clustered and repeated top
     values. Results are deterministic; BLAS runs on one thread here. Missing
     singular values are 0.
@@ -166,8 +166,7 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
     k = B.shape[1]
     dense = m * n <= DENSE_OPERAND_MAX_ENTRIES
     with _one_blas_thread():
-        dense_operand = dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n
-        if dense and k <= GRAM_MAX_SIDE and not (dense_operand and k > LANCZOS_MIN_SIDE):
+        if dense and k <= GRAM_MAX_SIDE:
             from scipy.linalg import eigh
 
             G = _gram_matrix(B)
@@ -176,7 +175,7 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
             # G's own rounding is not trusted
             gram, times = (lambda X: B.T @ (B @ X)), B.__matmul__
         else:
-            if dense_operand:
+            if dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n:
                 D = A.toarray() if m >= n else A.toarray().T
                 gram, times = _DenseGram(D), D.__matmul__
             else:  # B^T as its own CSR: a gather per row beats a scatter per column
