@@ -144,3 +144,16 @@ def test_lanczos_steps_stop_on_a_vanished_vector():
     theta = np.linalg.eigvalsh(T)
     assert theta[1:] == pytest.approx(np.linalg.eigvalsh(D @ D.T), rel=1e-10)
     assert abs(theta[0]) <= 1e-12 * theta[2]
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+def test_csr_times_binary_block_without_values(index_dtype):
+    """Empty ``data`` stands for all ones: the same result, bit for bit, as the ones
+    passed explicitly (and as the dense product of the 0/1 pattern)."""
+    B = sp.csr_array((np.random.default_rng(13).random((60, 45)) < 0.2).astype(np.float64))
+    x = np.random.default_rng(14).standard_normal(45)
+    indptr, indices = B.indptr.astype(index_dtype), B.indices.astype(index_dtype)
+    got = K.csr_times(indptr, indices, np.empty(0), x, np.full(60, np.nan))
+    want = K.csr_times(indptr, indices, B.data, x, np.full(60, np.nan))
+    assert np.array_equal(got, want)
+    assert got == pytest.approx(B.toarray() @ x, rel=1e-13, abs=1e-14)

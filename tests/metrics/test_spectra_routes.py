@@ -206,6 +206,22 @@ def test_route_choice(monkeypatch, shape, density, route):
     assert mu0 <= e0 * (1 + 1e-13) and mu_hat <= e1 + 1e-13 * e0
 
 
+def test_binary_csr_route_reads_no_values():
+    """A 0/1 block on the CSR route passes no values (the kernels read ones) and gets
+    the same spectrum as the same block with its ones stored."""
+    rng = np.random.default_rng(22)
+    B = sp.csr_array((rng.random((400, 300)) < 0.1).astype(float))
+    gram = ms._CsrGram(B, B.T.tocsr())
+    assert gram.B[2].size == 0 and gram.BT[2].size == 0
+    weighted = ms._CsrGram(B * 2.0, (B * 2.0).T.tocsr())
+    assert weighted.B[2].size == B.nnz
+    X = rng.standard_normal((300, 2))
+    assert np.array_equal(4.0 * gram(X), weighted(X))  # powers of two: exact
+    e0, e1 = _svd_oracle(B.toarray())
+    mu0, mu_hat = ms.top_singular_values(B)
+    assert abs(mu0 - e0) <= 1e-8 * e0 and abs(mu_hat - e1) <= 1e-8 * e0
+
+
 def test_compiled_lanczos_matches_its_numpy_twin():
     """gram_top_ritz_vectors with the compiled steps (_CsrGram, _DenseGram) finds the
     same two vectors as with the numpy reference steps (a plain function)."""

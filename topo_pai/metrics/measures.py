@@ -373,14 +373,18 @@ def _top_tridiagonal_pair(diagonal, off_diagonal):
 
 class _CsrGram:
     """``X -> B^T (B X)`` for a CSR ``B`` with ``B^T`` given as its own CSR, by the
-    kernels of :mod:`topo_pai.kernels.gram` (products and Lanczos steps)."""
+    kernels of :mod:`topo_pai.kernels.gram` (products and Lanczos steps; a 0/1 block
+    passes empty values, which the kernels read as ones)."""
 
     def __init__(self, B, BT):
         dtype = np.result_type(B.indices, B.indptr, BT.indices, BT.indptr)
-        self.B = tuple(np.asarray(a, dtype=t) for a, t in
-                       ((B.indptr, dtype), (B.indices, dtype), (B.data, np.float64)))
-        self.BT = tuple(np.asarray(a, dtype=t) for a, t in
-                        ((BT.indptr, dtype), (BT.indices, dtype), (BT.data, np.float64)))
+        binary = bool(np.all(B.data == 1.0))
+
+        def arrays(M):
+            data = np.empty(0) if binary else np.asarray(M.data, dtype=np.float64)
+            return (np.asarray(M.indptr, dtype=dtype), np.asarray(M.indices, dtype=dtype), data)
+
+        self.B, self.BT = arrays(B), arrays(BT)
         self.shape = B.shape
 
     def __call__(self, X):
