@@ -15,8 +15,8 @@ timing). The measured operations are ``topo0.with_masks(masks).metrics()`` and
 values of every layer's block (``top_singular_values``, certified to ``1e-8 * mu0``;
 twice with weights), and ``metrics(spectral_tol=1e-4)`` shows what a looser certified
 accuracy buys. ``metrics()`` takes the layers' spectra side by side on the numba
-threads, as ``count_paths``' kernels use them; a column with one numba thread shows the
-serial cost. The target (issue 17) is metrics / count_paths < 5 at density 0.1. Samples
+threads, as ``count_paths``' kernels use them; a column with one numba thread shows
+``metrics()`` run serially throughout. The target (issue 17) is metrics / count_paths < 5 at density 0.1. Samples
 of the operations are interleaved; medians are reported. Masks are the core
 benchmark's seeded random masks. Writes ``benchmarks/results_metrics.md``.
 """
@@ -60,7 +60,8 @@ def svd_seconds(topo) -> float:
 
 
 def one_thread(fn):
-    """``fn`` with the numba threads (and so the spectra's worker threads) set to one."""
+    """``fn`` with the numba threads set to one: its count kernels and its layer spectra
+    (``many_top_singular_values`` takes as many workers) run on one thread."""
     def run():
         saved = numba.get_num_threads()
         numba.set_num_threads(1)
@@ -153,9 +154,10 @@ def main(argv=None) -> int:
               "with weights |w| (the singular values twice per layer); (d) = "
               "`metrics(spectra=False)` (every O(nnz) measure, no singular values); (e) = "
               f"`metrics(spectral_tol={LOOSE:g})` (the singular values certified to "
-              f"{LOOSE:g}·mu0 instead of the default 1e-8·mu0); (f) = (b) with "
-              "`numba.set_num_threads(1)` (the layer spectra one at a time; (a) to (e) use "
-              f"the {numba.get_num_threads()} numba threads, count_paths' kernels included); "
+              f"{LOOSE:g}·mu0 instead of the default 1e-8·mu0); (f) = (b) under "
+              "`numba.set_num_threads(1)`: all of metrics() on one thread, its count kernels "
+              "and the layer spectra (taken one at a time) included, while (a) to (e) use "
+              f"the {numba.get_num_threads()} numba threads; "
               "'SVDs in (b)': the layer spectra alone (`many_top_singular_values` of the "
               "blocks, built beforehand). Target (issue 17): (b)/(a) < 5 at density 0.1."]
     text = "\n".join(lines) + "\n"
