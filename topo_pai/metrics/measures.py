@@ -241,7 +241,7 @@ def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
     to ``u_1``), so a doubled top eigenvalue is found twice. Each run starts from a
     seeded random vector, orthogonalises every new vector twice (classical
     Gram-Schmidt) against its whole basis, and takes the Ritz pair of the
-    tridiagonal projection (``scipy.linalg.eigh_tridiagonal``); its residual
+    tridiagonal projection (:func:`_top_tridiagonal_pair`); its residual
     ``||G u - theta u||`` is ``beta |y_last|``, exact with full
     reorthogonalisation. A run stops when the singular-value bound ``min(r /
     sqrt(theta), sqrt(r))`` is at most :data:`LANCZOS_MARGIN` times ``tol *
