@@ -234,3 +234,23 @@ def test_compiled_lanczos_matches_its_numpy_twin():
         got = ms.gram_top_ritz_vectors(gram, 120, TIGHT)
         assert np.abs(got.T @ want) == pytest.approx(np.eye(2), abs=1e-9)
         assert gram(want) == pytest.approx(D.T @ (D @ want), rel=1e-12, abs=1e-12)
+
+
+def test_many_top_singular_values_same_on_any_thread_count():
+    """The blocks of several routes (and an empty one), taken side by side on two
+    threads and on one: the same values, bit for bit, as one call per block."""
+    import numba
+
+    rng = np.random.default_rng(23)
+    blocks = [sp.csr_array((rng.random(shape) < d) * rng.integers(1, 4, shape).astype(float))
+              for shape, d in (((600, 300), 0.1), ((200, 400), 0.6), ((90, 60), 0.3),
+                               ((5, 7), 0.5))]
+    blocks.append(sp.csr_array((40, 30)))
+    want = [ms.top_singular_values(B) for B in blocks]
+    saved = numba.get_num_threads()
+    try:
+        for threads in {1, min(2, numba.config.NUMBA_NUM_THREADS)}:
+            numba.set_num_threads(threads)
+            assert ms.many_top_singular_values(blocks) == want
+    finally:
+        numba.set_num_threads(saved)
