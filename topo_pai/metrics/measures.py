@@ -66,9 +66,10 @@ DENSE_OPERAND_MAX_ENTRIES = 1 << 22
 #: Blocks whose shorter side is at most this (and with at most
 #: :data:`DENSE_OPERAND_MAX_ENTRIES` entries) form the dense Gram matrix (``side^2``
 #: entries, one BLAS product) and take its top two eigenvectors from LAPACK
-#: (``syevr``); longer sides take Lanczos, which never forms it (measured in
-#: ``benchmarks/results_metrics.md``: from side 256 on, dense or sparse, Lanczos with
-#: compiled steps is as fast or faster).
+#: (``syevr``); longer sides take Lanczos, which never forms it (measured block by
+#: block on the VGG-19 and ResNet-50 layers of ``benchmarks/bench_metrics.py``: from
+#: side 256 on, dense or sparse, Lanczos with compiled steps is as fast or faster; at
+#: 128 and below the Gram route is).
 GRAM_MAX_SIDE = 128
 
 
