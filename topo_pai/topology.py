@@ -527,10 +527,19 @@ class Topology:
         rows = [dict(dict.fromkeys(METRIC_COLUMNS), name=self.group_names[0], kind="input",
                      shape=tuple(self.program.values[self.program.group_values[0]]),
                      out_units=int(sizes[0]), **roles[0])]
+        weighted = [None if prepared is None else self.layer_matrix(i, prepared)
+                    for i in range(len(layers))]
+        values = None
+        if spectra:  # all blocks at once: they run side by side on the numba threads
+            found = ms.many_top_singular_values(
+                mats + ([] if prepared is None else weighted), spectral_tol)
+            values = [(found[i], None if prepared is None else found[len(mats) + i])
+                      for i in range(len(mats))]
         for i, (layer, lm, M) in enumerate(zip(layers, self._layer_masks, mats)):
-            W = None if prepared is None else self.layer_matrix(i, prepared)
+            W = weighted[i]
             row = ms.bipartite_measures(M, W, spectra, degree_pair=degree_pairs[i],
-                                        spectral_tol=spectral_tol)
+                                        spectral_tol=spectral_tol,
+                                        singular_values=None if values is None else values[i])
             if resolution == "channel":
                 fin, bout = self.layer_reach(i, "channel")
                 row["effective_kernels"] = ms.effective_kernels(M, fin, bout)

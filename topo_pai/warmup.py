@@ -40,10 +40,32 @@ def warm() -> None:
             topo.flows(weights, resolution=res).log10_through_weights()
 
 
+def warm_spectra() -> None:
+    """Compile the Lanczos kernels of the layer spectra (:mod:`topo_pai.kernels.gram`)
+    for the types :func:`~topo_pai.metrics.measures.top_singular_values` passes them:
+    a sparse block with int32 and with int64 indices, and a dense one stored in C
+    order (a tall block) and in Fortran order (a wide one, transposed)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from topo_pai.metrics.measures import top_singular_values
+
+    rng = np.random.default_rng(0)
+    sparse = sp.csr_array((rng.random((300, 300)) < 0.05).astype(np.float64))
+    for index in (np.int32, np.int64):  # sides above GRAM_MAX_SIDE: the CSR route
+        top_singular_values(sp.csr_array(
+            (sparse.data, sparse.indices.astype(index), sparse.indptr.astype(index)),
+            shape=sparse.shape))
+    dense = (rng.random((300, 200)) < 0.6).astype(np.float64)
+    for block in (dense, dense.T):  # dense enough, sides above GRAM_MAX_SIDE
+        top_singular_values(sp.csr_array(block))
+
+
 def main() -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP runtime
     start = time.perf_counter()
     warm()
+    warm_spectra()
     print(f"numba cache warm ({time.perf_counter() - start:.0f} s)")
     return 0
 

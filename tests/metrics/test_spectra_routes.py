@@ -177,3 +177,80 @@ def test_deterministic_and_input_untouched(route):
     before = A.copy()
     assert ms.top_singular_values(A) == ms.top_singular_values(A)
     assert (A != before).nnz == 0 and A.has_canonical_format == before.has_canonical_format
+
+
+@pytest.mark.parametrize("shape, density, route", [
+    ((600, 100), 0.1, "gram-eigh"),  # side 100 <= GRAM_MAX_SIDE
+    ((300, 100), 0.6, "gram-eigh"),  # the same, dense enough for a dense operand
+    ((600, 200), 0.6, "_DenseGram"),  # side 200 > GRAM_MAX_SIDE, dense enough
+    ((600, 200), 0.1, "_CsrGram"),  # side 200 > GRAM_MAX_SIDE, sparse
+    ((300, 900), 0.1, "_CsrGram"),  # the same, wide: B^T is the block itself
+])
+def test_route_choice(monkeypatch, shape, density, route):
+    """The size and density rules pick the route, and every route meets the default
+    contract against LAPACK."""
+    seen = []
+    real = ms.gram_top_ritz_vectors
+
+    def spy(gram, k, *args, **kwargs):
+        seen.append(type(gram).__name__)
+        return real(gram, k, *args, **kwargs)
+
+    monkeypatch.setattr(ms, "gram_top_ritz_vectors", spy)
+    rng = np.random.default_rng(shape[0] + int(10 * density))
+    B = (rng.random(shape) < density) * rng.integers(1, 4, shape).astype(float)
+    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B))
+    assert seen == ([] if route == "gram-eigh" else [route])
+    e0, e1 = _svd_oracle(B)
+    assert abs(mu0 - e0) <= 1e-8 * e0 and abs(mu_hat - e1) <= 1e-8 * e0
+    assert mu0 <= e0 * (1 + 1e-13) and mu_hat <= e1 + 1e-13 * e0
+
+
+def test_binary_csr_route_reads_no_values():
+    """A 0/1 block on the CSR route passes no values (the kernels read ones) and gets
+    the same spectrum as the same block with its ones stored."""
+    rng = np.random.default_rng(22)
+    B = sp.csr_array((rng.random((400, 300)) < 0.1).astype(float))
+    gram = ms._CsrGram(B, B.T.tocsr())
+    assert gram.B[2].size == 0 and gram.BT[2].size == 0
+    weighted = ms._CsrGram(B * 2.0, (B * 2.0).T.tocsr())
+    assert weighted.B[2].size == B.nnz
+    X = rng.standard_normal((300, 2))
+    assert np.array_equal(4.0 * gram(X), weighted(X))  # powers of two: exact
+    e0, e1 = _svd_oracle(B.toarray())
+    mu0, mu_hat = ms.top_singular_values(B)
+    assert abs(mu0 - e0) <= 1e-8 * e0 and abs(mu_hat - e1) <= 1e-8 * e0
+
+
+def test_compiled_lanczos_matches_its_numpy_twin():
+    """gram_top_ritz_vectors with the compiled steps (_CsrGram, _DenseGram) finds the
+    same two vectors as with the numpy reference steps (a plain function)."""
+    rng = np.random.default_rng(21)
+    B = sp.csr_array((rng.random((300, 120)) < 0.2) * rng.random((300, 120)))
+    BT = B.T.tocsr()
+    D = B.toarray()
+    want = ms.gram_top_ritz_vectors(lambda X: D.T @ (D @ X), 120, TIGHT)
+    for gram in (ms._CsrGram(B, BT), ms._DenseGram(D)):
+        got = ms.gram_top_ritz_vectors(gram, 120, TIGHT)
+        assert np.abs(got.T @ want) == pytest.approx(np.eye(2), abs=1e-9)
+        assert gram(want) == pytest.approx(D.T @ (D @ want), rel=1e-12, abs=1e-12)
+
+
+def test_many_top_singular_values_same_on_any_thread_count():
+    """The blocks of several routes (and an empty one), taken side by side on two
+    threads and on one: the same values, bit for bit, as one call per block."""
+    import numba
+
+    rng = np.random.default_rng(23)
+    blocks = [sp.csr_array((rng.random(shape) < d) * rng.integers(1, 4, shape).astype(float))
+              for shape, d in (((600, 300), 0.1), ((200, 400), 0.6), ((90, 60), 0.3),
+                               ((5, 7), 0.5))]
+    blocks.append(sp.csr_array((40, 30)))
+    want = [ms.top_singular_values(B) for B in blocks]
+    saved = numba.get_num_threads()
+    try:
+        for threads in {1, min(2, numba.config.NUMBA_NUM_THREADS)}:
+            numba.set_num_threads(threads)
+            assert ms.many_top_singular_values(blocks) == want
+    finally:
+        numba.set_num_threads(saved)

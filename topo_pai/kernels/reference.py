@@ -146,3 +146,29 @@ def complement_conv_backward(gout, mask, groups, stride, pad, dil, in_chw):
                         stride, pad, dil, (groups, H, W))
     full = np.repeat(box, per_group, axis=0)
     return full - conv_backward(gout, 1 - mask, groups, stride, pad, dil, in_chw)
+
+
+def lanczos_steps(gram, basis, first, alpha, beta, j, stop, scale, grow):
+    """Lanczos steps ``j, ..., stop - 1`` on the operator ``gram`` (``x -> G x`` for
+    a vector), written like the numba twins :func:`topo_pai.kernels.gram.lanczos_steps_csr`
+    and ``lanczos_steps_dense``: two passes of classical Gram-Schmidt against
+    ``basis[:first + j + 1]``, whose first ``first`` rows are locked vectors (no
+    coefficient kept: deflation); stops after a step whose new vector vanished
+    (``beta <= 1e-12 * scale``). Returns ``(steps done so far, scale)``."""
+    while j < stop:
+        w = np.array(gram(basis[first + j]), dtype=np.float64)
+        Q = basis[:first + j + 1]
+        c = Q @ w
+        w -= c @ Q
+        c2 = Q @ w
+        w -= c2 @ Q
+        alpha[j] = c[first + j] + c2[first + j]
+        beta[j] = np.sqrt(w @ w)
+        if grow:
+            scale = max(scale, alpha[j])
+        if first + j + 1 < basis.shape[0] and beta[j] > 0.0:
+            basis[first + j + 1] = w / beta[j]
+        j += 1
+        if beta[j - 1] <= 1e-12 * scale:
+            break
+    return j, scale

@@ -34,7 +34,9 @@ block's rank are zero, so a block with one row or column, or of rank one, has
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,12 +55,9 @@ SPECTRAL_TOL = 1e-8
 #: Below this ``mu_hat / mu0`` the rounding of the Gram matrix (``eps * mu0^2``) may
 #: be a visible part of ``mu_hat^2``; such blocks take a direct SVD of the block.
 SQUARING_FLOOR = 1e-6
-#: The Krylov basis is capped at this many vectors; a block that needs more takes
-#: a direct SVD.
+#: Each of the two Lanczos runs is capped at this many basis vectors; a block that
+#: needs more takes a direct SVD.
 LANCZOS_MAX_COLUMNS = 600
-#: Columns of the block Lanczos start block (at least 2, so that a doubled top
-#: singular value is not missed).
-LANCZOS_BLOCK = 2
 #: Blocks with at least this fraction of non-zeros and at most
 #: :data:`DENSE_OPERAND_MAX_ENTRIES` entries are multiplied as dense arrays
 #: (one BLAS pass beats the sparse gather there).
@@ -67,11 +66,11 @@ DENSE_OPERAND_MAX_ENTRIES = 1 << 22
 #: Blocks whose shorter side is at most this (and with at most
 #: :data:`DENSE_OPERAND_MAX_ENTRIES` entries) form the dense Gram matrix (``side^2``
 #: entries, one BLAS product) and take its top two eigenvectors from LAPACK
-#: (``syevr``); longer sides take block Lanczos, which never forms it.
-GRAM_MAX_SIDE = 512
-#: ... except blocks dense enough for :data:`DENSE_OPERAND_MIN_DENSITY` whose shorter
-#: side is above this: Lanczos on the dense block beats ``syevr`` there.
-LANCZOS_MIN_SIDE = 256
+#: (``syevr``); longer sides take Lanczos, which never forms it (measured block by
+#: block on the VGG-19 and ResNet-50 layers of ``benchmarks/bench_metrics.py``: from
+#: side 256 on, dense or sparse, Lanczos with compiled steps is as fast or faster; at
+#: 128 and below the Gram route is).
+GRAM_MAX_SIDE = 128
 
 
 #: The tightest ``spectral_tol`` accepted: float64 rounding of the products (and the
@@ -115,16 +114,19 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
       Gram matrix ``G = B^T B`` of the block's shorter side (``B`` the block or its
       transpose, ``k x k`` with ``k = min(C_in, C_out)``): for ``k <=
       GRAM_MAX_SIDE`` LAPACK's ``syevr`` on the dense ``G`` (:data:`GRAM_MAX_SIDE`;
-      formed in float32 where that is exact, see :func:`_gram_matrix`), except on
-      blocks with at least :data:`DENSE_OPERAND_MIN_DENSITY` non-zeros and ``k >
-      LANCZOS_MIN_SIDE``; those, and longer sides, take block Lanczos on ``G``
-      without forming it (:func:`gram_top_ritz_vectors`);
+      formed in float32 where that is exact, see :func:`_gram_matrix`); longer
+      sides take Lanczos with locking on ``G`` without forming it
+      (:func:`gram_top_ritz_vectors`; compiled steps, products with the CSR block
+      and its transpose, or with the dense block when at least
+      :data:`DENSE_OPERAND_MIN_DENSITY` of it is non-zero);
     * the reported values ``s_1 >= s_2`` are the singular values of ``B V`` (no
       squaring), so ``s_i <= sigma_i`` by interlacing, and ``U = V Z`` (``Z`` the
       right singular vectors of ``B V``) are the Ritz vectors with Ritz values
       ``s_i^2``;
     * the residuals ``r_i = ||G u_i - s_i^2 u_i||`` are computed explicitly, as
-      ``B^T (B u_i)`` on every route (never with a formed ``G``). For a symmetric matrix, an eigenvalue ``lambda`` lies within
+      ``B^T (B u_i)`` on every route (never with a formed ``G``; on the CSR route
+      by :func:`topo_pai.kernels.gram.csr_times`, each row summed in index order).
+      For a symmetric matrix, an eigenvalue ``lambda`` lies within
       ``r_i`` of the Ritz value ``s_i^2`` (the residual bound ``|theta - lambda| <=
       ||G u - theta u||``), so a singular value ``sigma`` lies within ``min(r_i /
       s_i, sqrt(r_i))`` of ``s_i`` (``|sigma - s| = |sigma^2 - s^2| / (sigma + s)``,
@@ -136,10 +138,11 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
 
     The certificate says that each value is that close to *a* singular value; that
     it is the first and second one, rather than a later one, rests on the Krylov
-    space of the seeded random start block reaching the top two singular
+    spaces of the seeded random start vectors reaching the top singular
     directions, the assumption of every Krylov method (ARPACK's ``svds``
-    included); block size 2 keeps a doubled top value, and the residual stop
-    makes the iteration run well past the point where the top two stand out. The
+    included); the second run is deflated by the first vector, so a doubled top
+    value is found twice, and the residual stop makes each run go well past the
+    point where its top value stands out. The
     tests compare against dense SVDs on blocks with clustered and repeated top
     values. Results are deterministic; BLAS runs on one thread here. Missing
     singular values are 0.
@@ -164,8 +167,7 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
     k = B.shape[1]
     dense = m * n <= DENSE_OPERAND_MAX_ENTRIES
     with _one_blas_thread():
-        dense_operand = dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n
-        if dense and k <= GRAM_MAX_SIDE and not (dense_operand and k > LANCZOS_MIN_SIDE):
+        if dense and k <= GRAM_MAX_SIDE:
             from scipy.linalg import eigh
 
             G = _gram_matrix(B)
@@ -173,14 +175,12 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
             # the certificate multiplies by B and B^T (O(nnz)), not by G as formed, so
             # G's own rounding is not trusted
             gram, times = (lambda X: B.T @ (B @ X)), B.__matmul__
-        elif dense_operand:
-            D = B.toarray()
-            gram, times = (lambda X: D.T @ (D @ X)), D.__matmul__
-            V = gram_top_ritz_vectors(gram, k, tol)
         else:
-            BT = B.T.tocsr()
-            gram, times = (lambda X: _csr_times(BT, _csr_times(B, X))), \
-                (lambda X: _csr_times(B, X))
+            if dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n:
+                D = A.toarray() if m >= n else A.toarray().T
+                gram, times = _DenseGram(D), D.__matmul__
+            else:  # B^T as its own CSR: a gather per row beats a scatter per column
+                gram, times = _CsrGram(B, A if m < n else B.T.tocsr()), B.__matmul__
             V = gram_top_ritz_vectors(gram, k, tol)
         if V is not None:
             s = _certified(V, gram, times, tol)
@@ -203,11 +203,6 @@ def _gram_matrix(B):
             return (D32.T @ D32).astype(np.float64)
     D = B.toarray()
     return D.T @ D
-
-
-def _csr_times(A, X):
-    # one sparse product per column: scipy's multi-vector CSR kernel is slower here
-    return np.column_stack([A @ X[:, j] for j in range(X.shape[1])])
 
 
 def singular_value_error_bound(residual, s):
@@ -241,80 +236,187 @@ def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
     """Two orthonormal Ritz vectors (``k x 2``) of the largest eigenvalues of a
     symmetric positive semidefinite operator ``G``, or ``None`` without convergence.
 
-    ``gram(X)`` multiplies a ``k x b`` array. Block Lanczos with block size
-    :data:`LANCZOS_BLOCK` and two passes of classical Gram-Schmidt against the
-    whole basis; directions of a new block with norm at most ``1e-12`` times the
-    largest Ritz value are dropped (an invariant subspace: the block shrinks, and
-    the iteration ends when nothing is left or the basis spans all ``k``
-    dimensions, where the Ritz values are exact). The Ritz residual of ``y`` is
-    ``||W y_last||`` for the projected new block ``W``, exact with full
-    reorthogonalisation; the iteration stops when, for both Ritz values
-    ``theta_1 >= theta_2``, ``min(r_i / sqrt(theta_i), sqrt(r_i)) <= tol *
-    sqrt(theta_1)`` (``tol`` defaults to :data:`SPECTRAL_TOL`): the bound that
-    :func:`top_singular_values` then checks with an explicit residual.
+    ``gram(X)`` multiplies a ``k x b`` array (here ``b = 1``). Lanczos with locking:
+    a first run finds the top Ritz pair ``(theta_1, u_1)`` of ``G``, a second one
+    the top Ritz pair of ``G`` deflated by ``u_1`` (every vector is kept orthogonal
+    to ``u_1``), so a doubled top eigenvalue is found twice. Each run starts from a
+    seeded random vector, orthogonalises every new vector twice (classical
+    Gram-Schmidt) against its whole basis, and takes the Ritz pair of the
+    tridiagonal projection (:func:`_top_tridiagonal_pair`); its residual
+    ``||G u - theta u||`` is ``beta |y_last|``, exact with full
+    reorthogonalisation. A run stops when the singular-value bound ``min(r /
+    sqrt(theta), sqrt(r))`` is at most :data:`LANCZOS_MARGIN` times ``tol *
+    sqrt(theta_1)`` (``tol`` defaults to :data:`SPECTRAL_TOL`), the first run also
+    when its residual is at most ``LOCK_RESIDUAL * tol * theta_1`` (the second
+    vector's residual on ``G`` grows by the first one's: ``u_1^T G u_2 = r_1^T u_2``,
+    counted in the second run's bound), when a new vector vanishes (at most
+    ``1e-12 theta_1``: an invariant subspace, the Ritz values are exact) or when the
+    basis spans all ``k`` dimensions. :func:`top_singular_values` then checks the
+    bound with an explicit residual. Each run uses at most ``max_columns``
+    (:data:`LANCZOS_MAX_COLUMNS`) vectors.
 
     >>> G = np.diag([5.0, 4.0, 4.0, 1.0, 0.5])
     >>> V = gram_top_ritz_vectors(lambda X: G @ X, 5)
     >>> np.round(np.diag(V.T @ G @ V), 12)
     array([5., 4.])
     """
-    from scipy.linalg import eig_banded
-
     tol = SPECTRAL_TOL if tol is None else tol
     max_columns = min(k, LANCZOS_MAX_COLUMNS if max_columns is None else max_columns)
-    block = max(2, min(LANCZOS_BLOCK, k))
-    width = 2 * block  # H's lower band: block tridiagonal, blocks <= block
-    basis = np.empty((max_columns, k))  # one basis vector a row
-    H = np.zeros((max_columns + width, max_columns))  # padded: band columns read `width` rows
-    band = np.zeros((width, max_columns))
-    start_block = np.random.default_rng(0).standard_normal((k, block))
-    first = np.linalg.qr(start_block)[0].T[:max_columns]
-    basis[:first.shape[0]] = first
-    start, stop, step, scale = 0, first.shape[0], 0, 0.0
-    next_check, last = 1, None  # (step, log of the worst bound / target) at the last check
+    rng = np.random.default_rng(0)
+    first = _top_ritz_pair(gram, k, None, 0.0, 0.0, tol, max_columns, rng)
+    if first is None:
+        return None
+    u1, theta1, r1, _ = first
+    second = _top_ritz_pair(gram, k, u1, theta1, r1, tol, max_columns, rng)
+    if second is None:
+        return None
+    return np.linalg.qr(np.column_stack([u1, second[0]]))[0]
+
+
+#: A Lanczos run stops at this fraction of the certified bound, so that the explicit
+#: certificate of :func:`top_singular_values` (which also sees the coupling of the two
+#: vectors) passes.
+LANCZOS_MARGIN = 0.5
+#: The first (locked) Ritz vector's residual is driven below this times ``tol *
+#: theta_1``: it is added to the second vector's residual.
+LOCK_RESIDUAL = 1e-3
+
+
+def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng):
+    """``(u, theta, residual, columns)``: the top Ritz pair of ``G`` (``locked`` is
+    ``None``) or of ``G`` deflated by the unit vector ``locked``, whose Ritz value
+    ``theta1`` and residual ``r1`` are given; ``None`` when ``max_columns`` vectors
+    do not converge (see :func:`gram_top_ritz_vectors`). The steps between two
+    tests run in ``gram.steps`` when the operator has compiled ones
+    (:class:`_CsrGram`, :class:`_DenseGram`), else in their numpy twin."""
+    first = 0 if locked is None else 1  # rows of `basis` before the Lanczos vectors
+    limit = k - first  # the dimensions the Lanczos vectors can span
+    size = min(limit, max_columns)
+    if size < 1:
+        return None
+    steps = getattr(gram, "steps", None)
+    if steps is None:
+        from topo_pai.kernels.reference import lanczos_steps
+
+        def steps(*args):
+            return lanczos_steps(lambda x: gram(x[:, None])[:, 0], *args)
+
+    basis = np.zeros((first + size, k))
+    if locked is not None:
+        basis[0] = locked
+    alpha = np.zeros(size)
+    beta = np.zeros(size)
+    v = rng.standard_normal(k)
+    for _ in range(2):
+        v -= (basis[:first] @ v) @ basis[:first]
+    basis[first] = v / np.linalg.norm(v)
+    grow = locked is None
+    scale = theta1
+    next_check, last = 1, None  # (step, log of the worst excess) at the last check
+    j = 0
     while True:
-        Qt = basis[:stop]
-        W = gram(basis[start:stop].T)
-        C = Qt @ W
-        W -= Qt.T @ C
-        C2 = Qt @ W  # second pass: full reorthogonalisation
-        W -= Qt.T @ C2
-        C += C2
-        H[:stop, start:stop] = C
-        H[start:stop, :start] = C[:start].T
-        H[start:stop, start:stop] = (C[start:] + C[start:].T) / 2
-        for j in range(max(0, start - width + 1), stop):
-            band[:, j] = H[j:j + width, j]
-        step += 1
-        # a test (the band eigenproblem) costs more than a step: test when the
-        # bound's log-linear decrease since the last test says it may have converged
-        if step >= next_check or stop == k or stop + block > max_columns:
-            theta, Y = eig_banded(band[:, :stop], lower=True, select="i",
-                                  select_range=(stop - 2, stop - 1))
-            theta, Y = theta[::-1], Y[:, ::-1]
-            scale = max(float(theta[0]), 0.0)
-            residual = np.linalg.norm(W @ Y[start:stop], axis=0)
-            bound = singular_value_error_bound(residual, np.sqrt(np.maximum(theta, 0.0)))
-            excess = float(np.max(bound)) / max(tol * math.sqrt(scale), 1e-300)
-            if stop == k or excess <= 1.0:
-                return Qt.T @ Y
-            log_excess = math.log(excess)
-            wait = 4
-            if last is not None and log_excess < last[1]:
-                rate = (last[1] - log_excess) / (step - last[0])
-                wait = min(8, max(1, math.ceil(log_excess / rate)))
-            next_check, last = step + wait, (step, log_excess)
-        U, sv, _ = np.linalg.svd(W, full_matrices=False)
-        keep = sv > 1e-12 * scale
-        if not keep.any():
-            theta, Y = eig_banded(band[:, :stop], lower=True, select="i",
-                                  select_range=(stop - 2, stop - 1))
-            return Qt.T @ Y[:, ::-1]
-        nxt = U[:, keep][:, :k - stop]
-        if stop + nxt.shape[1] > max_columns:
+        # the small eigenproblem costs about a step: test when the bound's log-linear
+        # decrease since the last test says it may have converged
+        j, scale = steps(basis, first, alpha, beta, j, min(next_check, size), float(scale),
+                         grow)
+        b = float(beta[j - 1])
+        vanished = b <= 1e-12 * scale
+        theta, y = _top_tridiagonal_pair(alpha[:j], beta[:j - 1])
+        residual = b * abs(float(y[-1]))
+        s = math.sqrt(max(theta, 0.0))
+        if grow:
+            scale = max(scale, theta)
+            # the first vector's residual also enters the second one's bound
+            excess = residual / max(LOCK_RESIDUAL * tol * scale, 1e-300)
+            bound = singular_value_error_bound(residual, s)
+        else:
+            excess = 0.0
+            bound = singular_value_error_bound(residual + r1, s)
+        target = LANCZOS_MARGIN * tol * math.sqrt(scale)
+        excess = max(excess, float(bound) / max(target, 1e-300))
+        if vanished or j == limit or excess <= 1.0:
+            return y @ basis[first:first + j], theta, residual, j
+        if j == size:
             return None
-        basis[stop:stop + nxt.shape[1]] = nxt.T
-        start, stop = stop, stop + nxt.shape[1]
+        log_excess = math.log(excess)
+        wait = 4
+        if last is not None and log_excess < last[1]:
+            rate = (last[1] - log_excess) / (j - last[0])
+            wait = min(8, max(1, math.ceil(log_excess / rate)))
+        next_check, last = j + wait, (j, log_excess)
+
+
+def _top_tridiagonal_pair(diagonal, off_diagonal):
+    """The largest eigenvalue of a symmetric tridiagonal matrix and its unit
+    eigenvector: LAPACK's bisection (``stebz``, to full accuracy) and inverse
+    iteration (``stein``), called directly (``eigh_tridiagonal``'s checks cost more
+    than the work on these small matrices).
+
+    >>> theta, y = _top_tridiagonal_pair(np.array([2.0, 2.0]), np.array([1.0]))
+    >>> round(theta, 12), bool(np.allclose(np.abs(y), np.sqrt(0.5), rtol=1e-12))
+    (3.0, True)
+    """
+    from scipy.linalg.lapack import dstebz, dstein
+
+    j = diagonal.shape[0]
+    if j == 1:
+        return float(diagonal[0]), np.ones(1)
+    count, w, block, split, info = dstebz(diagonal, off_diagonal, 3, 0.0, 0.0, j, j, 0.0, "B")
+    if info == 0 and count == 1:
+        y, info = dstein(diagonal, off_diagonal, w[:1], block, split)
+        if info == 0:
+            return float(w[0]), y[:, 0]
+    from scipy.linalg import eigh_tridiagonal
+
+    theta, y = eigh_tridiagonal(diagonal, off_diagonal, select="i", select_range=(j - 1, j - 1))
+    return float(theta[0]), y[:, 0]
+
+
+class _CsrGram:
+    """``X -> B^T (B X)`` for a CSR ``B`` with ``B^T`` given as its own CSR, by the
+    kernels of :mod:`topo_pai.kernels.gram` (products and Lanczos steps; a 0/1 block
+    passes empty values, which the kernels read as ones)."""
+
+    def __init__(self, B, BT):
+        dtype = np.result_type(B.indices, B.indptr, BT.indices, BT.indptr)
+        binary = bool(np.all(B.data == 1.0))
+
+        def arrays(M):
+            data = np.empty(0) if binary else np.asarray(M.data, dtype=np.float64)
+            return (np.asarray(M.indptr, dtype=dtype), np.asarray(M.indices, dtype=dtype), data)
+
+        self.B, self.BT = arrays(B), arrays(BT)
+        self.shape = B.shape
+
+    def __call__(self, X):
+        from topo_pai.kernels.gram import csr_times
+
+        t = np.empty(self.shape[0])
+        out = np.empty((self.shape[1], X.shape[1]))
+        for j in range(X.shape[1]):
+            x = np.ascontiguousarray(X[:, j], dtype=np.float64)
+            out[:, j] = csr_times(*self.BT, csr_times(*self.B, x, t), np.empty(self.shape[1]))
+        return out
+
+    def steps(self, *args):
+        from topo_pai.kernels.gram import lanczos_steps_csr
+
+        return lanczos_steps_csr(*self.B, *self.BT, *args)
+
+
+class _DenseGram:
+    """``X -> D^T (D X)`` for a dense ``D``, with compiled Lanczos steps."""
+
+    def __init__(self, D):
+        self.D = D
+
+    def __call__(self, X):
+        return self.D.T @ (self.D @ X)
+
+    def steps(self, *args):
+        from topo_pai.kernels.gram import lanczos_steps_dense
+
+        return lanczos_steps_dense(self.D, *args)
 
 
 def _direct_top_two(A, tol: float = SPECTRAL_TOL) -> tuple[float, float]:
@@ -342,18 +444,68 @@ def _direct_top_two(A, tol: float = SPECTRAL_TOL) -> tuple[float, float]:
 
 
 _BLAS_CONTROLLER = []
+_BLAS_LOCK = threading.Lock()
+_BLAS_LIMIT = {"depth": 0, "limiter": None}
 
 
+@contextlib.contextmanager
 def _one_blas_thread():
     """Pin BLAS to one thread: these products are small, and on shared cores a
-    second BLAS thread made them many times slower. (The controller is made
-    once, after numpy's and scipy's BLAS are loaded: finding them costs ms.)"""
-    if not _BLAS_CONTROLLER:
-        import scipy.linalg  # noqa: F401  (loads scipy's own BLAS)
-        from threadpoolctl import ThreadpoolController
+    second BLAS thread made them many times slower. Re-entrant and shared between
+    threads (:func:`many_top_singular_values`): the first entry sets the limit, the
+    last exit restores it, so no block ever runs with the limit lifted. (The
+    controller is made once, after numpy's and scipy's BLAS are loaded: finding them
+    costs ms.)"""
+    with _BLAS_LOCK:
+        if not _BLAS_CONTROLLER:
+            import scipy.linalg  # noqa: F401  (loads scipy's own BLAS)
+            from threadpoolctl import ThreadpoolController
 
-        _BLAS_CONTROLLER.append(ThreadpoolController())
-    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+            _BLAS_CONTROLLER.append(ThreadpoolController())
+        if _BLAS_LIMIT["depth"] == 0:
+            _BLAS_LIMIT["limiter"] = _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
+        _BLAS_LIMIT["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_LIMIT["depth"] -= 1
+            if _BLAS_LIMIT["depth"] == 0:
+                _BLAS_LIMIT["limiter"].restore_original_limits()
+                _BLAS_LIMIT["limiter"] = None
+
+
+def many_top_singular_values(matrices, tol: float | None = None) -> list:
+    """:func:`top_singular_values` of each matrix, in order, on up to
+    ``numba.get_num_threads()`` threads.
+
+    The Lanczos steps run in numba kernels that release the GIL, so the blocks of a
+    network's layers are taken two (or more) at a time, largest first. Each block's
+    values are the same as from a lone call (every block is computed on its own,
+    BLAS on one thread), so the result does not depend on the thread count; set
+    ``numba.set_num_threads(1)`` (or ``NUMBA_NUM_THREADS=1``) for one thread.
+
+    >>> import scipy.sparse as sp
+    >>> many_top_singular_values([sp.csr_array(np.ones((3, 4))), sp.csr_array((2, 2))])
+    [(3.4641016151377544, 0.0), (0.0, 0.0)]
+    """
+    import numba
+
+    matrices = list(matrices)
+    workers = min(numba.get_num_threads(), len(matrices))
+    with _one_blas_thread():
+        if workers <= 1:
+            return [top_singular_values(M, tol) for M in matrices]
+        from concurrent.futures import ThreadPoolExecutor
+
+        def size(i):
+            M = matrices[i]
+            return M.nnz if sp.issparse(M) else np.size(M)
+
+        with ThreadPoolExecutor(workers) as pool:  # tasks start in submission order
+            futures = {i: pool.submit(top_singular_values, matrices[i], tol)
+                       for i in sorted(range(len(matrices)), key=size, reverse=True)}
+        return [futures[i].result() for i in range(len(matrices))]
 
 
 def _dense_top_two(A) -> tuple[float, float]:
@@ -415,7 +567,8 @@ def _sqrt_minus_one(d: float) -> float:
 
 
 def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
-                       degree_pair=None, spectral_tol: float | None = None) -> dict:
+                       degree_pair=None, spectral_tol: float | None = None,
+                       singular_values=None) -> dict:
     """The measures of one layer graph (see the module docstring).
 
     Parameters
@@ -434,6 +587,10 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
     spectral_tol : float, optional
         The accuracy of the singular values relative to ``mu0`` (see
         :func:`top_singular_values`; default :data:`SPECTRAL_TOL`).
+    singular_values : tuple, optional
+        ``(top_singular_values(matrix), top_singular_values(weighted))`` (the second
+        ``None`` without weights) when the caller has them already
+        (:func:`many_top_singular_values`).
 
     Returns
     -------
@@ -457,7 +614,11 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
     in_deg, out_deg = degrees(A) if degree_pair is None else degree_pair
     min_in, mean_in = kept_degree_stats(in_deg)
     min_out, mean_out = kept_degree_stats(out_deg)
-    mu0, mu_hat = top_singular_values(A, spectral_tol) if spectra else (None, None)
+    if spectra and singular_values is None:
+        singular_values = (top_singular_values(A, spectral_tol),
+                           None if weighted is None else top_singular_values(weighted,
+                                                                             spectral_tol))
+    mu0, mu_hat = singular_values[0] if spectra else (None, None)
     out = dict(
         kernels=int(A.nnz), edges=float(A.data.sum()),
         kept_inputs=int(np.count_nonzero(out_deg)), kept_outputs=int(np.count_nonzero(in_deg)),
@@ -468,7 +629,7 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
         weighted_mu0=None, weighted_mu_hat=None, weighted_spectral_gap=None,
     )
     if weighted is not None and spectra:
-        wmu0, wmu_hat = top_singular_values(weighted, spectral_tol)
+        wmu0, wmu_hat = singular_values[1]
         out.update(weighted_mu0=wmu0, weighted_mu_hat=wmu_hat,
                    weighted_spectral_gap=wmu0 - wmu_hat)
     return out

@@ -1,0 +1,159 @@
+"""The Lanczos kernels of ``topo_pai.kernels.gram`` against their numpy twin
+(``topo_pai.kernels.reference.lanczos_steps``) and against scipy / dense numpy.
+
+* ``csr_times`` on canonical and non-canonical CSR (duplicates, unsorted columns,
+  empty rows), int32 and int64 indices, small-integer data (exact in any order)
+  and float weights;
+* ``lanczos_steps_csr`` / ``lanczos_steps_dense`` step for step against the
+  reference: the same basis, the same tridiagonal coefficients, with and without a
+  locked vector, and the early stop on a vanished vector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from topo_pai.kernels import gram as K
+from topo_pai.kernels import reference as R
+
+INDEX_DTYPES = (np.int32, np.int64)
+
+
+def _random_csr(m, n, density, seed, integer=True):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((m, n)) < density
+    values = rng.integers(1, 8, (m, n)) if integer else rng.random((m, n)) * 3.0
+    return sp.csr_array(np.where(mask, values, 0).astype(np.float64))
+
+
+def _non_canonical(seed, index_dtype):
+    """A 7 x 6 CSR with duplicate and unsorted entries and empty rows (0, 3, 6),
+    and its dense sum."""
+    rng = np.random.default_rng(seed)
+    rows = [[], [4, 1, 4, 0], [2, 2, 2], [], [5, 0, 3, 1, 5], [1], []]
+    indptr = np.cumsum([0] + [len(r) for r in rows]).astype(index_dtype)
+    indices = np.array([c for r in rows for c in r], dtype=index_dtype)
+    data = rng.random(indices.size) * 2 - 1
+    dense = np.zeros((7, 6))
+    np.add.at(dense, (np.repeat(np.arange(7), np.diff(indptr)), indices), data)
+    return indptr, indices, data, dense
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("shape, density", [((40, 30), 0.3), ((30, 40), 0.05), ((5, 50), 0.6)])
+def test_csr_times_small_integers_exact(index_dtype, shape, density):
+    B = _random_csr(*shape, density, seed=shape[0])
+    x = np.random.default_rng(1).integers(-5, 6, shape[1]).astype(np.float64)
+    out = np.full(shape[0], np.nan)
+    K.csr_times(B.indptr.astype(index_dtype), B.indices.astype(index_dtype), B.data, x, out)
+    # small integers: every partial sum is exact, so any summation order agrees
+    assert np.array_equal(out, B.toarray() @ x)
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+def test_csr_times_non_canonical_and_float(index_dtype):
+    indptr, indices, data, dense = _non_canonical(3, index_dtype)
+    x = np.random.default_rng(4).standard_normal(6)
+    out = np.full(7, np.nan)
+    K.csr_times(indptr, indices, data, x, out)
+    assert out == pytest.approx(dense @ x, rel=1e-13, abs=1e-14)
+    assert out[0] == out[3] == out[6] == 0.0  # empty rows
+
+
+def _start(k, first, seed):
+    """A basis array with ``first`` locked unit vectors and an orthogonal start vector."""
+    rng = np.random.default_rng(seed)
+    Q = np.linalg.qr(rng.standard_normal((k, first + 1)))[0].T
+    basis = np.zeros((first + 12, k))
+    basis[:first + 1] = Q
+    return basis
+
+
+@pytest.mark.parametrize("first", [0, 1])
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+def test_lanczos_steps_csr_against_reference(first, index_dtype):
+    B = _random_csr(50, 20, 0.3, seed=7, integer=False)
+    BT = B.T.tocsr()
+    arrays = [a.astype(index_dtype) if a.dtype.kind == "i" else a
+              for a in (B.indptr, B.indices, B.data, BT.indptr, BT.indices, BT.data)]
+    want_basis = _start(20, first, 8)
+    got_basis = want_basis.copy()
+    want_ab = np.zeros((2, 12))
+    got_ab = np.zeros((2, 12))
+    dense = B.toarray()
+    # two stretches of steps (as between two convergence tests), then compare
+    want = R.lanczos_steps(lambda x: dense.T @ (dense @ x), want_basis, first, *want_ab,
+                           0, 5, 0.0, first == 0)
+    want = R.lanczos_steps(lambda x: dense.T @ (dense @ x), want_basis, first, *want_ab,
+                           want[0], 11, want[1], first == 0)
+    got = K.lanczos_steps_csr(*arrays, got_basis, first, *got_ab, 0, 5, 0.0, first == 0)
+    got = K.lanczos_steps_csr(*arrays, got_basis, first, *got_ab, got[0], 11, got[1],
+                              first == 0)
+    assert got[0] == want[0] == 11
+    assert got[1] == pytest.approx(want[1], rel=1e-12)
+    assert got_ab == pytest.approx(want_ab, rel=1e-9, abs=1e-9)
+    assert got_basis == pytest.approx(want_basis, abs=1e-9)
+    # a Lanczos basis: orthonormal, and orthogonal to the locked vector
+    Q = got_basis[:first + 12]
+    assert Q @ Q.T == pytest.approx(np.eye(first + 12), abs=1e-12)
+    # the coefficients are the projection of G on the Lanczos vectors: tridiagonal
+    L = Q[first:first + 11]
+    G = dense.T @ dense
+    if first:
+        P = np.eye(20) - np.outer(Q[0], Q[0])
+        G = P @ G @ P
+    T = np.diag(got_ab[0, :11]) + np.diag(got_ab[1, :10], 1) + np.diag(got_ab[1, :10], -1)
+    assert L @ G @ L.T == pytest.approx(T, abs=1e-10 * np.abs(G).max())
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_lanczos_steps_dense_against_reference(order):
+    D = np.asarray(_random_csr(30, 25, 0.7, seed=9, integer=False).toarray(), order=order)
+    want_basis = _start(25, 1, 10)
+    got_basis = want_basis.copy()
+    want_ab = np.zeros((2, 12))
+    got_ab = np.zeros((2, 12))
+    want = R.lanczos_steps(lambda x: D.T @ (D @ x), want_basis, 1, *want_ab, 0, 9, 2.0, False)
+    got = K.lanczos_steps_dense(D, got_basis, 1, *got_ab, 0, 9, 2.0, False)
+    assert got == want == (9, 2.0)  # no growth of the scale when grow is False
+    assert got_ab == pytest.approx(want_ab, rel=1e-9, abs=1e-9)
+    assert got_basis == pytest.approx(want_basis, abs=1e-9)
+
+
+def test_lanczos_steps_stop_on_a_vanished_vector():
+    """G of rank 2: the Krylov space of a start vector is spanned by it and G's range
+    (dimension 3), so the third new vector vanishes, and both the kernel and the
+    reference stop there (3 steps, not 8)."""
+    rng = np.random.default_rng(11)
+    D = rng.standard_normal((2, 15))  # G = D^T D has rank 2
+    B = sp.csr_array(D)
+    BT = B.T.tocsr()
+    basis = _start(15, 0, 12)
+    ab = np.zeros((2, 12))
+    ref_basis = basis.copy()
+    ref_ab = np.zeros((2, 12))
+    got = K.lanczos_steps_csr(B.indptr, B.indices, B.data, BT.indptr, BT.indices, BT.data,
+                              basis, 0, *ab, 0, 8, 0.0, True)
+    want = R.lanczos_steps(lambda x: D.T @ (D @ x), ref_basis, 0, *ref_ab, 0, 8, 0.0, True)
+    assert got[0] == want[0] == 3
+    assert ab[1, 2] <= 1e-12 * got[1]
+    # an invariant subspace: the Ritz values are G's eigenvalues 0, lambda_2, lambda_1
+    T = np.diag(ab[0, :3]) + np.diag(ab[1, :2], 1) + np.diag(ab[1, :2], -1)
+    theta = np.linalg.eigvalsh(T)
+    assert theta[1:] == pytest.approx(np.linalg.eigvalsh(D @ D.T), rel=1e-10)
+    assert abs(theta[0]) <= 1e-12 * theta[2]
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+def test_csr_times_binary_block_without_values(index_dtype):
+    """Empty ``data`` stands for all ones: the same result, bit for bit, as the ones
+    passed explicitly (and as the dense product of the 0/1 pattern)."""
+    B = sp.csr_array((np.random.default_rng(13).random((60, 45)) < 0.2).astype(np.float64))
+    x = np.random.default_rng(14).standard_normal(45)
+    indptr, indices = B.indptr.astype(index_dtype), B.indices.astype(index_dtype)
+    got = K.csr_times(indptr, indices, np.empty(0), x, np.full(60, np.nan))
+    want = K.csr_times(indptr, indices, B.data, x, np.full(60, np.nan))
+    assert np.array_equal(got, want)
+    assert got == pytest.approx(B.toarray() @ x, rel=1e-13, abs=1e-14)
