@@ -80,6 +80,17 @@ def mean(values) -> float:
     return sum(v) / len(v) if v else math.nan
 
 
+def log10_paths_cell(trials) -> str:
+    """Mean log10 of the kept input-output paths over the trials that keep one; trials
+    whose mask disconnects input from output (log10 = -inf) are counted, not averaged."""
+    values = [float(r["log10_paths"]) for r in trials]
+    kept = [v for v in values if math.isfinite(v)]
+    if not kept:
+        return "no path"
+    cut = len(values) - len(kept)
+    return f"{sum(kept) / len(kept):.2f}" + (f" ({cut}/{len(values)} no path)" if cut else "")
+
+
 def table(header, rows) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -171,7 +182,7 @@ def part_a(rows) -> list[str]:
             k = sum(v < COLLAPSE_BELOW for v in val.values())
             eff_sp = mean(1 - r["effective_params"] / r["total_params"] for r in sel)
             topo = (f"{mean(r['effective_nodes'] for r in sel):.0f} / "
-                    f"{mean(r['log10_paths'] for r in sel):.2f} / {100 * eff_sp:.2f}")
+                    f"{log10_paths_cell(sel)} / {100 * eff_sp:.2f}")
             body.append([f"{100 * s:g}", arm, len(acc), mean_sd(acc.values()),
                          mean_sd(val.values()), f"{k}/{len(val)}", topo])
     out += table(["sparsity %", "arm", "seeds", "test acc", "val acc", "collapsed",

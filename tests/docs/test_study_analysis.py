@@ -101,3 +101,17 @@ def test_collapsed_runs_are_reported_as_rates(plan, tmp_path):
     plan.main([])
     text = (tmp_path / "tables.md").read_text()
     assert "| npb − synflow at 99.68% | collapsed 0/5 vs 2/5 |" in text
+
+
+def test_disconnected_masks_are_counted_not_averaged(plan, tmp_path):
+    rows = _grid(lambda a, s, seed: 0.8 + 0.001 * seed)
+    for r in rows:
+        if r["method"] == "random" and r["sparsity"] >= 0.99 and \
+                (r["sparsity"] == 0.9968 or r["seed"] == 0):
+            r["log10_paths"] = float("-inf")
+    _write(tmp_path / "resnet", rows)
+    plan.main([])
+    text = (tmp_path / "tables.md").read_text()
+    assert "| 99 | random | 3 | 80.10 ± 0.10 | 80.10 ± 0.10 | 0/3 | 100 / 10.00 (1/3 no path) /" \
+        in text
+    assert "| 99.68 | random | 3 | 80.10 ± 0.10 | 80.10 ± 0.10 | 0/3 | 100 / no path /" in text
