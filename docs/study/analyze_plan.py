@@ -286,9 +286,13 @@ def figures_a(rows) -> list[str]:
     ax.legend(fontsize=7, ncol=2)
     fig.savefig(FIGURES / "accuracy_vs_effective_sparsity.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+    empty = sorted({(r["arm"], r["sparsity"]) for r in rows if r["effective_params"] == 0})
+    note = "" if not empty else (
+        " Masks with no effective parameter cannot appear on the second figure's log axis: "
+        + ", ".join(f"{arm} at {100 * s:g} %" for arm, s in empty) + ".")
     return ["Figures: [node-path plane per sparsity](resnet20/figures/node_path_plane.png), "
             "[accuracy against effective sparsity]"
-            "(resnet20/figures/accuracy_vs_effective_sparsity.png).", ""]
+            "(resnet20/figures/accuracy_vs_effective_sparsity.png)." + note, ""]
 
 
 # ------------------------------------------------------------------ parts B and C

@@ -109,9 +109,12 @@ def test_disconnected_masks_are_counted_not_averaged(plan, tmp_path):
         if r["method"] == "random" and r["sparsity"] >= 0.99 and \
                 (r["sparsity"] == 0.9968 or r["seed"] == 0):
             r["log10_paths"] = float("-inf")
+            r["effective_params"] = 0
     _write(tmp_path / "resnet", rows)
     plan.main([])
     text = (tmp_path / "tables.md").read_text()
     assert "| 99 | random | 3 | 80.10 ± 0.10 | 80.10 ± 0.10 | 0/3 | 100 / 10.00 (1/3 no path) /" \
         in text
     assert "| 99.68 | random | 3 | 80.10 ± 0.10 | 80.10 ± 0.10 | 0/3 | 100 / no path /" in text
+    assert "cannot appear on the second figure's log axis: random at 99 %, random at 99.68 %." \
+        in text
