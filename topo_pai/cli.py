@@ -78,6 +78,19 @@ _positive = _int_at_least(1, "a positive integer")
 _non_negative = _int_at_least(0, "an integer >= 0")
 
 
+def _seed(text: str) -> int:
+    from topo_pai.checks import check_seed
+    try:
+        return check_seed("a seed", int(text))
+    except ValueError as exc:
+        msg = str(exc) if "seed range" in str(exc) else f"expected an integer seed, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    return tuple(_seed(v) for v in text.split(",") if v.strip())
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -529,6 +542,12 @@ def cmd_plot(args) -> int:
         src = src / "results.json"
     out = check_output_dir(args.out if args.out else src.parent / "figures", "--out")
     records = plotting.load_results(src)
+    if not records:
+        raise UsageError(f"results: {str(src)!r} holds no result rows, so there is nothing to "
+                         "plot (has the sweep finished a trial?)")
+    if any("model" not in r for r in records):
+        raise UsageError(f"results: {str(src)!r} has no 'model' column, so it is not a sweep's "
+                         f"results table (columns: {', '.join(sorted(records[0]))})")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -624,7 +643,7 @@ def _common_model_args(p):
                         "'{\"width\": 8}' (a zoo model's options, or the callable's arguments)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="one model argument, e.g. width=8 (repeatable)")
-    p.add_argument("--seed", type=_non_negative, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
 
 
 def _masks_args(p, required: bool = False):
@@ -706,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_names)
     p.add_argument("--sparsities", type=_sparsities,
                    help="comma-separated fractions (0.9) or percentages (90%%)")
-    p.add_argument("--seeds", type=_ints, help="default: 0")
+    p.add_argument("--seeds", type=_seeds, help="default: 0")
     p.add_argument("--shuffled", type=_names,
                    help="methods whose masks also run shuffled within layers")
     p.add_argument("--epochs", type=_non_negative, help="default 0: measure topology only")

@@ -261,3 +261,59 @@ def test_sweep_cli_refuses_a_directory_in_use_and_accepts_a_reordered_grid(tmp_p
     (out / "config.json").write_text("{")
     code, _, err = run(capsys, *argv)
     assert code == 2 and "config.json" in err and "corrupt" in err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["analyze", "lenet5", "--model-args", '{"in_channels": 3}'],
+     "in_channels is set by the input shape"),
+    (["analyze", "lenet5", "--model-arg", "num_classes=5"], "--num-classes"),
+    (["sweep", "--config", "{tmp}/empty.toml", "--out", "{tmp}/s"], "no 'models'"),
+    (["plot", "{tmp}/garbage.json"], "'{tmp}/garbage.json' is not valid JSON"),
+    (["plot", "{tmp}/other.csv"], "no 'model' column"),
+    (["plot", "{tmp}/empty.csv"], "no result rows"),
+])
+def test_more_user_mistakes_name_what_to_fix(argv, match, tmp_path, capsys):
+    (tmp_path / "empty.toml").write_text("")
+    (tmp_path / "garbage.json").write_text("garbage")
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "empty.csv").write_text("")
+    code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 2 and match.replace("{tmp}", str(tmp_path)) in err and "Traceback" not in err, err
+    assert err.startswith("topo-pai: error: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", "18446744073709551616"),
+                                         ("--seed", "-1"), ("--seeds", "0,18446744073709551616")])
+def test_seeds_outside_torchs_range_are_refused_by_the_parser(flag, value, tmp_path, capsys):
+    argv = (["analyze", "lenet5", flag, value] if flag == "--seed" else
+            ["sweep", "--models", "lenet5", "--methods", "random", "--sparsities", "0.9",
+             flag, value, "--out", str(tmp_path / "s")])
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {flag}: a seed must be an int in [0, 2**64 - 1]" \
+        in err and "Traceback" not in err
+    from topo_pai.experiments.training import seed_everything
+    assert seed_everything(2**64 - 1) is None  # the top of the range is valid
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*64 - 1\]"):
+        seed_everything(2**64)
+
+
+@pytest.mark.parametrize("extra, match", [
+    ('model_kwargs = {lenet5 = {depth = 3}}', "model_kwargs['lenet5']"),
+    ('model_kwargs = {lenet5 = {in_channels = 3}}', "in_channels is set by"),
+    ('model_kwargs = {lenet5 = "x"}', "must be a dict"),
+    ('val_size = 100000', "val_size=100000 leaves no training images"),
+    ('seeds = [18446744073709551616]', "seeds must be an int in [0, 2**64 - 1]"),
+])
+def test_sweep_configurations_that_cannot_run_are_refused_before_the_directory(
+        extra, match, tmp_path, capsys):
+    """Each of these made every trial fail (exit 1) after config.json was written, so the
+    corrected configuration was then refused as another one; now nothing is written."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('models = ["lenet5"]\nsparsities = [0.9]\ndataset = "synthetic"\n' + extra
+                   + "\n")
+    code, _, err = run(capsys, "sweep", "--config", str(cfg), "--out", str(tmp_path / "s"),
+                       "--quiet")
+    assert code == 2 and match in err and "Traceback" not in err, err
+    assert not (tmp_path / "s").exists()

@@ -164,6 +164,35 @@ def check_model_spec(text) -> ModelSpec:
     return spec
 
 
+#: The arguments of a zoo model that its input shape and class count give (``--input-shape``,
+#: ``--num-classes``, a dataset), never its model arguments.
+ZOO_SHAPE_ARGS = ("in_channels", "num_classes", "input_size")
+
+
+def check_model_args(spec: ModelSpec, model_args) -> dict:
+    """``model_args`` (a dict or None) as a new dict, checked as far as it can be without
+    building the model: string names and, for a zoo model, only its own options (none of
+    :data:`ZOO_SHAPE_ARGS`)."""
+    if not isinstance(model_args, (dict, type(None))):
+        raise TypeError(f"model {spec.text!r}: its arguments must be a dict of keyword "
+                        f"arguments (e.g. {{\"width\": 8}}), got {type(model_args).__name__} "
+                        f"{model_args!r}")
+    args = dict(model_args or {})
+    bad = [k for k in args if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"model arguments must have string names, got {bad}")
+    if spec.is_zoo:
+        from topo_pai.models.registry import check_model_options
+        given = [k for k in ZOO_SHAPE_ARGS if k in args]
+        if given:
+            raise ValueError(f"zoo model {spec.text!r}: {', '.join(given)} is set by the input "
+                             "shape and class count, not by the model arguments; give "
+                             "--input-shape C,H,W and --num-classes (or --dataset; in a sweep, "
+                             "its dataset and input_shape) instead")
+        check_model_options(spec.target, args)
+    return args
+
+
 def check_input_shape(spec: ModelSpec, requested, dataset_shape) -> tuple[int, ...] | None:
     """The input shape to build and trace ``spec`` for.
 
@@ -219,12 +248,7 @@ def build_model(text, *, input_shape=None, num_classes: int = 10, model_args=Non
     from topo_pai.models.registry import get_model
 
     spec = parse_model_spec(text)
-    args = dict(model_args or {})
-    if not isinstance(model_args, (dict, type(None))):
-        raise TypeError(f"model arguments must be a dict, got {type(model_args).__name__}")
-    bad = [k for k in args if not isinstance(k, str)]
-    if bad:
-        raise TypeError(f"model arguments must have string names, got {bad}")
+    args = check_model_args(spec, model_args)
     if spec.is_zoo:
         shape = tuple(input_shape) if input_shape is not None else (3, 32, 32)
         if len(shape) != 3:
@@ -246,5 +270,6 @@ def build_model(text, *, input_shape=None, num_classes: int = 10, model_args=Non
     return model, spec
 
 
-__all__ = ["ModelSpec", "parse_model_spec", "check_model_spec", "check_input_shape",
+__all__ = ["ModelSpec", "ZOO_SHAPE_ARGS", "parse_model_spec", "check_model_spec",
+           "check_model_args", "check_input_shape",
            "resolve_callable", "build_model"]
