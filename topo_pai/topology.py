@@ -343,6 +343,9 @@ class Topology:
         for repeated :meth:`flows` calls on this Topology or on its :meth:`with_masks`
         siblings (as iterative SynFlow does). Missing weights are 1."""
         weights = {} if weights is None else weights
+        if not isinstance(weights, Mapping):
+            raise MaskError(f"weights must be a mapping from parameter name to |w| (a tensor or "
+                            f"array of the weight's shape), got {type(weights).__name__}")
         known = {layer.param for layer in self.program.layers}
         unknown = set(weights) - known - set(self._unused)
         if unknown:

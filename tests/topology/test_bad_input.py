@@ -518,3 +518,26 @@ def test_class_probabilities_and_custom_losses_are_accepted():
     b = topo_pai.prune(net, "snip", 0.5, input_shape=(1, 4, 4), data=(x, torch.zeros(6)),
                        loss=lambda out, y: ((out.sum(1) - y) ** 2).mean())
     assert set(a) == set(b) == {"1.weight"}
+
+
+@pytest.mark.parametrize("value", ["abc", 1, True, [[1.0] * 3] * 2])
+def test_a_mask_that_is_no_tensor_is_refused_as_such_not_by_its_shape(value):
+    net = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(MaskError, match=r"mask for '0.weight' must be a tensor or array.*got "
+                                        + type(value).__name__):
+        topo_pai.from_torch(net, {"0.weight": value}, input_shape=(3,))
+
+
+def test_weights_that_are_no_mapping_or_hold_nan_say_where():
+    net = nn.Sequential(nn.Linear(3, 2))
+    topo = topo_pai.from_torch(net, None, input_shape=(3,))
+    with pytest.raises(MaskError, match="weights must be a mapping"):
+        topo.flows([torch.ones(2, 3)])
+    w = torch.ones(2, 3)
+    w[1, 2] = math.nan
+    with pytest.raises(MaskError, match=r"'0.weight' hold nan at index \(1, 2\)"):
+        topo.flows({"0.weight": w})
+    with torch.no_grad():
+        net[0].weight[1, 2] = math.nan  # SynFlow reads |w| off the model
+    with pytest.raises(MaskError, match=r"hold nan at index \(1, 2\).*the model's weight"):
+        topo_pai.prune(net, "synflow", 0.5, input_shape=(3,))
