@@ -305,15 +305,44 @@ def test_seeds_outside_torchs_range_are_refused_by_the_parser(flag, value, tmp_p
     ('model_kwargs = {lenet5 = "x"}', "must be a dict"),
     ('val_size = 100000', "val_size=100000 leaves no training images"),
     ('seeds = [18446744073709551616]', "seeds must be an int in [0, 2**64 - 1]"),
+    ('models = ["{tmp}/net.py:build"]', "'{tmp}/net.py:build' cannot be called with no "
+                                        "arguments: missing a required argument: 'n'"),
 ])
 def test_sweep_configurations_that_cannot_run_are_refused_before_the_directory(
         extra, match, tmp_path, capsys):
     """Each of these made every trial fail (exit 1) after config.json was written, so the
     corrected configuration was then refused as another one; now nothing is written."""
+    (tmp_path / "net.py").write_text("import torch\ndef build(n):\n"
+                                     "    return torch.nn.Sequential(torch.nn.Flatten(), "
+                                     "torch.nn.Linear(784, n))\n")
     cfg = tmp_path / "c.toml"
-    cfg.write_text('models = ["lenet5"]\nsparsities = [0.9]\ndataset = "synthetic"\n' + extra
-                   + "\n")
+    models = "" if extra.startswith("models") else 'models = ["lenet5"]\n'
+    cfg.write_text(models + 'sparsities = [0.9]\ndataset = "synthetic"\n'
+                   + extra.replace("{tmp}", str(tmp_path)) + "\n")
     code, _, err = run(capsys, "sweep", "--config", str(cfg), "--out", str(tmp_path / "s"),
                        "--quiet")
+    match = match.replace("{tmp}", str(tmp_path))
     assert code == 2 and match in err and "Traceback" not in err, err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("source, match", [
+    ("def build(:\n", "model file '{tmp}/net.py' raised SyntaxError while being imported"),
+    ("raise RuntimeError('at import')\n", "raised RuntimeError while being imported: at import"),
+    ("def build():\n    raise RuntimeError('in build')\n",
+     "model '{tmp}/net.py:build' raised RuntimeError while being built: in build"),
+    ("def other():\n    pass\n", "'{tmp}/net.py' has no attribute 'build'"),
+])
+def test_a_users_model_file_that_fails_is_a_user_error(source, match, tmp_path, capsys):
+    """The user's own code failing (syntax, import, build, a missing callable) exits 2 with
+    one line naming the model, not 1 with "if this is a bug in topo_pai, please report it"."""
+    from topo_pai.errors import TopoPaiError
+    from topo_pai.models.spec import build_model
+
+    (tmp_path / "net.py").write_text(source)
+    spec = f"{tmp_path}/net.py:build"
+    code, _, err = run(capsys, "analyze", spec, "--input-shape", "4")
+    assert code == 2 and match.replace("{tmp}", str(tmp_path)) in err, err
+    assert err.startswith("topo-pai: error: ") and len(err.strip().splitlines()) == 1
+    with pytest.raises(TopoPaiError):
+        build_model(spec)

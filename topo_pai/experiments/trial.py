@@ -164,12 +164,11 @@ def check_models(cfg: SweepConfig, data_root=None) -> None:
     for model in cfg.models:
         spec = check_model_spec(model)
         check_input_shape(spec, cfg.input_shape, shape)
+        fn = None if spec.is_zoo else resolve_callable(spec)
         try:
-            check_model_args(spec, cfg.model_kwargs.get(model, {}))
+            check_model_args(spec, cfg.model_kwargs.get(model, {}), fn)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"sweep model_kwargs[{model!r}]: {exc}") from None
-        if not spec.is_zoo:
-            resolve_callable(spec)
     if cfg.val_size is not None:
         trial_datasets(cfg, data_root)  # refuses a val_size that leaves no training images
 
