@@ -410,6 +410,11 @@ def cmd_prune(args) -> int:
         raise UsageError(f"method {args.method!r} scores weights on data; pass --dataset (e.g. "
                          "fashion-mnist, digits or synthetic)")
     options = _key_values(args.option, "--option")
+    given_by_flags = {"seed": "--seed", "data": "--dataset and --prune-samples",
+                      "input_shape": "--input-shape or --dataset"}
+    for key in sorted(set(options) & set(given_by_flags)):
+        raise UsageError(f"--option {key}=...: {key} is set by {given_by_flags[key]}; use that "
+                         "instead")
     if args.masks:
         _check_input_file(args.masks, "--masks")
         if method.budgets_from_option is None:

@@ -271,6 +271,10 @@ def test_sweep_cli_refuses_a_directory_in_use_and_accepts_a_reordered_grid(tmp_p
     (["plot", "{tmp}/garbage.json"], "'{tmp}/garbage.json' is not valid JSON"),
     (["plot", "{tmp}/other.csv"], "no 'model' column"),
     (["plot", "{tmp}/empty.csv"], "no result rows"),
+    (["prune", "lenet5", "random", "0.9", "--out", "{tmp}/m.pt", "--option", "seed=3"],
+     "seed is set by --seed"),
+    (["prune", "lenet5", "snip", "0.9", "--dataset", "synthetic", "--out", "{tmp}/m.pt",
+      "--option", "data=3"], "data is set by --dataset"),
 ])
 def test_more_user_mistakes_name_what_to_fix(argv, match, tmp_path, capsys):
     (tmp_path / "empty.toml").write_text("")
@@ -346,3 +350,18 @@ def test_a_users_model_file_that_fails_is_a_user_error(source, match, tmp_path, 
     assert err.startswith("topo-pai: error: ") and len(err.strip().splitlines()) == 1
     with pytest.raises(TopoPaiError):
         build_model(spec)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--device", "nonsense"], "device must be 'auto', 'cpu', 'cuda'"),
+    (["--scheduler", "tcp://127.0.0.1:1"], "is for engine='dask'"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "asks for CUDA")]))
+def test_sweep_flags_that_cannot_work_are_refused_before_any_trial(flags, match, tmp_path,
+                                                                   capsys):
+    """A device the machine lacks or a scheduler without the dask engine made every trial
+    fail (exit 1), or was silently ignored."""
+    code, _, err = run(capsys, "sweep", "--models", "lenet_300_100", "--dataset", "synthetic",
+                       "--methods", "random", "--sparsities", "0.5", "--out",
+                       str(tmp_path / "s"), "--quiet", *flags)
+    assert code == 2 and match in err and "Traceback" not in err, err
+    assert not (tmp_path / "s").exists()
