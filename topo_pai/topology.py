@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from topo_pai.checks import check_bool
 from topo_pai.coverage import Uncovered, warn_uncovered
 from topo_pai.errors import MaskError, PathCountTooLarge
 from topo_pai.graph.ir import Program
@@ -497,6 +498,7 @@ class Topology:
         from topo_pai.metrics import measures as ms
 
         _check_resolution(resolution)
+        spectra = check_bool("spectra", spectra)
         if spectral_tol is not None:
             spectral_tol = ms.check_spectral_tol(spectral_tol)
         prepared = None if weights is None else (

@@ -541,3 +541,23 @@ def test_weights_that_are_no_mapping_or_hold_nan_say_where():
         net[0].weight[1, 2] = math.nan  # SynFlow reads |w| off the model
     with pytest.raises(MaskError, match=r"hold nan at index \(1, 2\).*the model's weight"):
         topo_pai.prune(net, "synflow", 0.5, input_shape=(3,))
+
+
+def test_prune_refuses_data_of_another_dtype_and_a_weightless_model_by_name():
+    """Both used to end in torch's own RuntimeError / NotImplementedError."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"data holds torch.float64 inputs but the model's "
+                                         r"weights are torch.float32; convert the inputs"):
+        topo_pai.prune(net, "snip", 0.5, input_shape=(3,), data=(x, y))
+    assert topo_pai.prune(net.double(), "snip", 0.5, input_shape=(3,), data=(x, y))
+    meta = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).to("meta")
+    for method, kw in (("magnitude", {}), ("snip", {"data": (x.float(), y)})):
+        with pytest.raises(ValueError, match="parameter '0.weight' is on the meta device"):
+            topo_pai.prune(meta, method, 0.5, input_shape=(3,), **kw)
+
+
+def test_metrics_spectra_is_a_bool():
+    topo = topo_pai.from_torch(nn.Sequential(nn.Linear(3, 2)), None, input_shape=(3,))
+    with pytest.raises(ValueError, match="spectra must be True or False, got 'no'"):
+        topo.metrics(spectra="no")  # truthy: it used to compute the spectra
