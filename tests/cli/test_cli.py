@@ -309,6 +309,7 @@ def test_seeds_outside_torchs_range_are_refused_by_the_parser(flag, value, tmp_p
     ('model_kwargs = {lenet5 = "x"}', "must be a dict"),
     ('val_size = 100000', "val_size=100000 leaves no training images"),
     ('seeds = [18446744073709551616]', "seeds must be an int in [0, 2**64 - 1]"),
+    ('methods = ["shuffle"]', "method 'shuffle' reworks given masks"),
     ('models = ["{tmp}/net.py:build"]', "'{tmp}/net.py:build' cannot be called with no "
                                         "arguments: missing a required argument: 'n'"),
 ])

@@ -296,7 +296,7 @@ class SweepConfig:
         checked of each method's options without a model (imports torch)."""
         from topo_pai.experiments.data import available_datasets
         from topo_pai.models.spec import check_model_spec
-        from topo_pai.pruners import available_methods
+        from topo_pai.pruners import available_methods, get_method
         from topo_pai.pruners.api import check_options
         for model in self.models:
             check_model_spec(model)
@@ -320,6 +320,10 @@ class SweepConfig:
                 raise ValueError(f"sweep {where}: unknown method {method!r};"
                                  f"{did_you_mean(method, known_methods)} available: "
                                  f"{', '.join(known_methods)}")
+            if method in known_methods and get_method(method).budgets_from_option is not None:
+                raise ValueError(f"sweep {where}: method {method!r} reworks given masks, which "
+                                 "a sweep has none to give; list the methods whose masks to "
+                                 "rework in shuffled (--shuffled on the command line)")
             try:
                 check_options(method, **options)
             except (ValueError, TypeError) as exc:
