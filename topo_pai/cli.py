@@ -255,10 +255,17 @@ def _model_and_shape(args):
     from topo_pai.models.spec import build_model, check_input_shape, check_model_spec
 
     spec = check_model_spec(args.model)
-    ds, classes = None, args.num_classes
+    if args.num_classes is not None and not spec.is_zoo:
+        raise UsageError(f"--num-classes is for zoo models; {args.model!r} fixes its own classes "
+                         "(pass its arguments with --model-args)")
+    ds, classes = None, 10 if args.num_classes is None else args.num_classes
     if args.dataset is not None:
         from topo_pai.experiments.data import load_dataset
         ds = load_dataset(args.dataset, "train", root=args.data_root)
+        if args.num_classes is not None and args.num_classes != ds.num_classes:
+            raise UsageError(f"--num-classes {args.num_classes} contradicts --dataset "
+                             f"{args.dataset}, which has {ds.num_classes} classes; drop "
+                             "--num-classes")
         classes = ds.num_classes
     shape = check_input_shape(spec, args.input_shape, None if ds is None else ds.input_shape)
     if shape is None:  # a zoo model with neither: the CIFAR shape
@@ -641,8 +648,9 @@ def _common_model_args(p):
                    help="one sample's shape without the batch dimension (default 3,32,32 for a "
                         "zoo model; required for a callable unless --dataset gives it; must "
                         "match --dataset)")
-    p.add_argument("--num-classes", type=_positive, default=10,
-                   help="classes of a zoo model (a callable fixes its own)")
+    p.add_argument("--num-classes", type=_positive, default=None,
+                   help="classes of a zoo model (default 10, or the dataset's; a callable "
+                        "fixes its own)")
     p.add_argument("--model-args", type=_json_object, default=None, metavar="JSON",
                    help="keyword arguments of the model as a JSON object, e.g. "
                         "'{\"width\": 8}' (a zoo model's options, or the callable's arguments)")

@@ -271,6 +271,10 @@ def test_sweep_cli_refuses_a_directory_in_use_and_accepts_a_reordered_grid(tmp_p
     (["plot", "{tmp}/garbage.json"], "'{tmp}/garbage.json' is not valid JSON"),
     (["plot", "{tmp}/other.csv"], "no 'model' column"),
     (["plot", "{tmp}/empty.csv"], "no result rows"),
+    (["analyze", "lenet5", "--dataset", "synthetic", "--num-classes", "5"],
+     "--num-classes 5 contradicts --dataset synthetic, which has 10 classes"),
+    (["analyze", "{tmp}/net.py:build", "--input-shape", "4", "--num-classes", "5"],
+     "--num-classes is for zoo models"),
     (["prune", "lenet5", "random", "0.9", "--out", "{tmp}/m.pt", "--option", "seed=3"],
      "seed is set by --seed"),
     (["prune", "lenet5", "snip", "0.9", "--dataset", "synthetic", "--out", "{tmp}/m.pt",
@@ -281,6 +285,8 @@ def test_more_user_mistakes_name_what_to_fix(argv, match, tmp_path, capsys):
     (tmp_path / "garbage.json").write_text("garbage")
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "net.py").write_text("import torch\ndef build():\n"
+                                     "    return torch.nn.Linear(4, 2)\n")
     code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
     assert code == 2 and match.replace("{tmp}", str(tmp_path)) in err and "Traceback" not in err, err
     assert err.startswith("topo-pai: error: ") and len(err.strip().splitlines()) == 1
