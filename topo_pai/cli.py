@@ -505,6 +505,12 @@ def _sweep_config(args):
     if not (a["models"] and a["methods"] and a["sparsities"]):
         raise UsageError("sweep needs --config FILE, or --models, --methods and --sparsities")
     train = None
+    training_flags = [f"--{k.replace('_', '-')}" for k in
+                      ("batch_size", "lr", "momentum", "weight_decay", "schedule")
+                      if getattr(args, k) is not None]
+    if a["epochs"] == 0 and training_flags:
+        raise UsageError(f"{', '.join(training_flags)} set training, but --epochs is 0 (only "
+                         "the topology is measured); give --epochs N, or drop them")
     if a["epochs"] > 0:
         train = dict(epochs=a["epochs"], batch_size=a["batch_size"], lr=a["lr"],
                      momentum=a["momentum"], weight_decay=a["weight_decay"],

@@ -275,6 +275,8 @@ def test_sweep_cli_refuses_a_directory_in_use_and_accepts_a_reordered_grid(tmp_p
      "--num-classes 5 contradicts --dataset synthetic, which has 10 classes"),
     (["analyze", "{tmp}/net.py:build", "--input-shape", "4", "--num-classes", "5"],
      "--num-classes is for zoo models"),
+    (["sweep", "--models", "lenet5", "--methods", "random", "--sparsities", "0.9", "--lr",
+      "0.5", "--out", "{tmp}/s"], "--lr set training, but --epochs is 0"),
     (["prune", "lenet5", "random", "0.9", "--out", "{tmp}/m.pt", "--option", "seed=3"],
      "seed is set by --seed"),
     (["prune", "lenet5", "snip", "0.9", "--dataset", "synthetic", "--out", "{tmp}/m.pt",
