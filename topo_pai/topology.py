@@ -30,6 +30,7 @@ Semantics (tested in ``tests/``):
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +111,10 @@ class PathCount:
         if self._exact is None:
             work_limit = X.EXACT_MAX_WORK if max_work is None else max_work
             memory_limit = X.EXACT_MAX_MEMORY if max_memory is None else max_memory
+            for name, v in (("max_work", work_limit), ("max_memory", memory_limit)):
+                if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+                    raise ValueError(f"{name} must be a number (math.inf insists on any size), "
+                                     f"got {v!r}")
             work, memory = self.cost
             if work > work_limit:
                 raise PathCountTooLarge(
@@ -339,6 +344,21 @@ class Topology:
         """Paths from every node to the outputs, per node group (overflow-safe)."""
         return group_counts(self.engine(resolution), self.group_names, "backward")
 
+    def _edge_weights(self, weights) -> "EdgeWeights":
+        """``weights`` validated: an :class:`EdgeWeights` of this network's weights (made by
+        :meth:`edge_weights` of this Topology or of one of its :meth:`with_masks` siblings),
+        or a mapping, validated now."""
+        if not isinstance(weights, EdgeWeights):
+            return self.edge_weights(weights)
+        fits = (set(weights.flat) == {layer.param for layer in self.program.layers}
+                and all(weights.flat[layer.param].size == int(np.prod(layer.weight_shape))
+                        for layer in self.program.layers))
+        if not fits:
+            raise MaskError(f"these EdgeWeights were made for other weights "
+                            f"({', '.join(sorted(weights.flat)[:4])}, ...) than this network's; "
+                            "make them with this Topology's edge_weights(...)")
+        return weights
+
     def edge_weights(self, weights: Mapping[str, Any] | None = None) -> "EdgeWeights":
         """Validate per-element edge weights once (finite, non-negative, right shapes),
         for repeated :meth:`flows` calls on this Topology or on its :meth:`with_masks`
@@ -379,7 +399,7 @@ class Topology:
         same at every position of a channel where it is non-zero.
         """
         engine = self.engine(resolution)
-        prepared = weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights)
+        prepared = self._edge_weights(weights)
         flat_w = [prepared.flat[layer.param] for layer in self.program.layers]
         return Flows(self, engine.with_weights(flat_w))
 
@@ -450,7 +470,7 @@ class Topology:
         if weights is None:
             data = np.asarray(lm.data, dtype=np.float64)
         else:
-            prepared = weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights)
+            prepared = self._edge_weights(weights)
             lay = self.program.layers[layer]
             data = K.kernel_weight_sums(lm.mask.reshape(-1), prepared.flat[lay.param],
                                         lay.kernel_volume, lm.indptr, lm.indices,
@@ -501,8 +521,7 @@ class Topology:
         spectra = check_bool("spectra", spectra)
         if spectral_tol is not None:
             spectral_tol = ms.check_spectral_tol(spectral_tol)
-        prepared = None if weights is None else (
-            weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights))
+        prepared = None if weights is None else self._edge_weights(weights)
         layers, sizes = self.program.layers, self.channel_structure.sizes
         mats = [self.layer_matrix(i) for i in range(len(layers))]
         degree_pairs = [ms.degrees(M) for M in mats]  # once per layer: reused below

@@ -561,3 +561,22 @@ def test_metrics_spectra_is_a_bool():
     topo = topo_pai.from_torch(nn.Sequential(nn.Linear(3, 2)), None, input_shape=(3,))
     with pytest.raises(ValueError, match="spectra must be True or False, got 'no'"):
         topo.metrics(spectra="no")  # truthy: it used to compute the spectra
+
+
+def test_edge_weights_of_another_network_and_bad_exact_limits_are_refused():
+    """EdgeWeights made by another Topology used to fail with ``KeyError: 'conv1.weight'``,
+    and a non-numeric limit with a comparison TypeError."""
+    a = topo_pai.from_torch(nn.Sequential(nn.Linear(3, 2)), None, input_shape=(3,))
+    b = topo_pai.from_torch(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), None,
+                            input_shape=(3,))
+    foreign = a.edge_weights({"0.weight": torch.ones(2, 3)})
+    for call in (lambda: b.flows(foreign), lambda: b.metrics(foreign)):
+        with pytest.raises(MaskError, match="EdgeWeights were made for other weights"):
+            call()
+    own = b.edge_weights(None)
+    sibling = b.with_masks({"0.weight": torch.ones(4, 3)})
+    assert sibling.flows(own).log10_total == b.flows(None).log10_total  # siblings share them
+    for bad in ("big", math.nan, True):
+        with pytest.raises(ValueError, match="max_work must be a number"):
+            b.count_paths().exact_value(max_work=bad)
+    assert b.count_paths().exact_value(max_work=math.inf) == 3 * 4 * 2
