@@ -81,6 +81,25 @@ def check_int(name: str, value, *, minimum: int | None = None, maximum: int | No
     return int(value)
 
 
+#: The largest seed: torch.manual_seed takes seeds in [0, 2**64 - 1].
+MAX_SEED = 2**64 - 1
+
+
+def check_seed(name: str, value) -> int:
+    """``value`` as an int seed in ``[0, MAX_SEED]`` (what ``torch.manual_seed`` takes).
+
+    >>> check_seed("seed", 2**64)
+    Traceback (most recent call last):
+    ...
+    ValueError: seed must be an int in [0, 2**64 - 1] (torch's seed range), got 18446744073709551616
+    """
+    if (not isinstance(value, numbers.Integral) or isinstance(value, bool)
+            or not 0 <= value <= MAX_SEED):
+        raise ValueError(f"{name} must be an int in [0, 2**64 - 1] (torch's seed range), got "
+                         f"{value!r}")
+    return int(value)
+
+
 def check_bool(name: str, value) -> bool:
     """``value`` if it is a bool (numpy's included); ``1``, ``"yes"`` and the like are refused.
 

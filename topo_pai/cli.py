@@ -78,6 +78,19 @@ _positive = _int_at_least(1, "a positive integer")
 _non_negative = _int_at_least(0, "an integer >= 0")
 
 
+def _seed(text: str) -> int:
+    from topo_pai.checks import check_seed
+    try:
+        return check_seed("a seed", int(text))
+    except ValueError as exc:
+        msg = str(exc) if "seed range" in str(exc) else f"expected an integer seed, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    return tuple(_seed(v) for v in text.split(",") if v.strip())
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -242,10 +255,17 @@ def _model_and_shape(args):
     from topo_pai.models.spec import build_model, check_input_shape, check_model_spec
 
     spec = check_model_spec(args.model)
-    ds, classes = None, args.num_classes
+    if args.num_classes is not None and not spec.is_zoo:
+        raise UsageError(f"--num-classes is for zoo models; {args.model!r} fixes its own classes "
+                         "(pass its arguments with --model-args)")
+    ds, classes = None, 10 if args.num_classes is None else args.num_classes
     if args.dataset is not None:
         from topo_pai.experiments.data import load_dataset
         ds = load_dataset(args.dataset, "train", root=args.data_root)
+        if args.num_classes is not None and args.num_classes != ds.num_classes:
+            raise UsageError(f"--num-classes {args.num_classes} contradicts --dataset "
+                             f"{args.dataset}, which has {ds.num_classes} classes; drop "
+                             "--num-classes")
         classes = ds.num_classes
     shape = check_input_shape(spec, args.input_shape, None if ds is None else ds.input_shape)
     if shape is None:  # a zoo model with neither: the CIFAR shape
@@ -397,6 +417,11 @@ def cmd_prune(args) -> int:
         raise UsageError(f"method {args.method!r} scores weights on data; pass --dataset (e.g. "
                          "fashion-mnist, digits or synthetic)")
     options = _key_values(args.option, "--option")
+    given_by_flags = {"seed": "--seed", "data": "--dataset and --prune-samples",
+                      "input_shape": "--input-shape or --dataset"}
+    for key in sorted(set(options) & set(given_by_flags)):
+        raise UsageError(f"--option {key}=...: {key} is set by {given_by_flags[key]}; use that "
+                         "instead")
     if args.masks:
         _check_input_file(args.masks, "--masks")
         if method.budgets_from_option is None:
@@ -480,6 +505,12 @@ def _sweep_config(args):
     if not (a["models"] and a["methods"] and a["sparsities"]):
         raise UsageError("sweep needs --config FILE, or --models, --methods and --sparsities")
     train = None
+    training_flags = [f"--{k.replace('_', '-')}" for k in
+                      ("batch_size", "lr", "momentum", "weight_decay", "schedule")
+                      if getattr(args, k) is not None]
+    if a["epochs"] == 0 and training_flags:
+        raise UsageError(f"{', '.join(training_flags)} set training, but --epochs is 0 (only "
+                         "the topology is measured); give --epochs N, or drop them")
     if a["epochs"] > 0:
         train = dict(epochs=a["epochs"], batch_size=a["batch_size"], lr=a["lr"],
                      momentum=a["momentum"], weight_decay=a["weight_decay"],
@@ -529,6 +560,12 @@ def cmd_plot(args) -> int:
         src = src / "results.json"
     out = check_output_dir(args.out if args.out else src.parent / "figures", "--out")
     records = plotting.load_results(src)
+    if not records:
+        raise UsageError(f"results: {str(src)!r} holds no result rows, so there is nothing to "
+                         "plot (has the sweep finished a trial?)")
+    if any("model" not in r for r in records):
+        raise UsageError(f"results: {str(src)!r} has no 'model' column, so it is not a sweep's "
+                         f"results table (columns: {', '.join(sorted(records[0]))})")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -617,14 +654,15 @@ def _common_model_args(p):
                    help="one sample's shape without the batch dimension (default 3,32,32 for a "
                         "zoo model; required for a callable unless --dataset gives it; must "
                         "match --dataset)")
-    p.add_argument("--num-classes", type=_positive, default=10,
-                   help="classes of a zoo model (a callable fixes its own)")
+    p.add_argument("--num-classes", type=_positive, default=None,
+                   help="classes of a zoo model (default 10, or the dataset's; a callable "
+                        "fixes its own)")
     p.add_argument("--model-args", type=_json_object, default=None, metavar="JSON",
                    help="keyword arguments of the model as a JSON object, e.g. "
                         "'{\"width\": 8}' (a zoo model's options, or the callable's arguments)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="one model argument, e.g. width=8 (repeatable)")
-    p.add_argument("--seed", type=_non_negative, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
 
 
 def _masks_args(p, required: bool = False):
@@ -706,7 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_names)
     p.add_argument("--sparsities", type=_sparsities,
                    help="comma-separated fractions (0.9) or percentages (90%%)")
-    p.add_argument("--seeds", type=_ints, help="default: 0")
+    p.add_argument("--seeds", type=_seeds, help="default: 0")
     p.add_argument("--shuffled", type=_names,
                    help="methods whose masks also run shuffled within layers")
     p.add_argument("--epochs", type=_non_negative, help="default 0: measure topology only")

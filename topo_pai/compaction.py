@@ -684,6 +684,11 @@ def compact_with_report(model: nn.Module, masks: Mapping | None = None, input_sh
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     topo = from_torch(model, masks, input_shape)
+    if any(layer.name == "" for layer in topo.layers):  # e.g. a bare nn.Linear
+        raise UnsupportedOpError(
+            f"cannot compact {type(model).__name__}: the model is itself one layer, whose "
+            "inputs and outputs are the network's, so it has no unit to remove; compaction "
+            "rebuilds models that hold their layers as submodules")
     return _Compactor(model, masks, tuple(input_shape), topo, seed).run()
 
 

@@ -32,6 +32,15 @@ class PathCountTooLarge(TopoPaiError, OverflowError):
     """The exact (arbitrary-precision) path count would take too much work."""
 
 
+class ModelBuildError(TopoPaiError, RuntimeError):
+    """A user's model (``file.py:callable`` or ``package.module:callable``) raised while its
+    code was imported or called; the message names the model, the exception is chained."""
+
+
+class ModelAttributeError(TopoPaiError, AttributeError):
+    """A model specification names a callable that its module or file does not have."""
+
+
 class UncoveredWeightsWarning(UserWarning):
     """The model holds weight tensors that no mask can cover (not Linear or Conv weights),
     so its sparsity and topology leave them out."""

@@ -30,12 +30,14 @@ Semantics (tested in ``tests/``):
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from topo_pai.checks import check_bool
 from topo_pai.coverage import Uncovered, warn_uncovered
 from topo_pai.errors import MaskError, PathCountTooLarge
 from topo_pai.graph.ir import Program
@@ -109,6 +111,10 @@ class PathCount:
         if self._exact is None:
             work_limit = X.EXACT_MAX_WORK if max_work is None else max_work
             memory_limit = X.EXACT_MAX_MEMORY if max_memory is None else max_memory
+            for name, v in (("max_work", work_limit), ("max_memory", memory_limit)):
+                if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+                    raise ValueError(f"{name} must be a number (math.inf insists on any size), "
+                                     f"got {v!r}")
             work, memory = self.cost
             if work > work_limit:
                 raise PathCountTooLarge(
@@ -338,11 +344,29 @@ class Topology:
         """Paths from every node to the outputs, per node group (overflow-safe)."""
         return group_counts(self.engine(resolution), self.group_names, "backward")
 
+    def _edge_weights(self, weights) -> "EdgeWeights":
+        """``weights`` validated: an :class:`EdgeWeights` of this network's weights (made by
+        :meth:`edge_weights` of this Topology or of one of its :meth:`with_masks` siblings),
+        or a mapping, validated now."""
+        if not isinstance(weights, EdgeWeights):
+            return self.edge_weights(weights)
+        fits = (set(weights.flat) == {layer.param for layer in self.program.layers}
+                and all(weights.flat[layer.param].size == int(np.prod(layer.weight_shape))
+                        for layer in self.program.layers))
+        if not fits:
+            raise MaskError(f"these EdgeWeights were made for other weights "
+                            f"({', '.join(sorted(weights.flat)[:4])}, ...) than this network's; "
+                            "make them with this Topology's edge_weights(...)")
+        return weights
+
     def edge_weights(self, weights: Mapping[str, Any] | None = None) -> "EdgeWeights":
         """Validate per-element edge weights once (finite, non-negative, right shapes),
         for repeated :meth:`flows` calls on this Topology or on its :meth:`with_masks`
         siblings (as iterative SynFlow does). Missing weights are 1."""
         weights = {} if weights is None else weights
+        if not isinstance(weights, Mapping):
+            raise MaskError(f"weights must be a mapping from parameter name to |w| (a tensor or "
+                            f"array of the weight's shape), got {type(weights).__name__}")
         known = {layer.param for layer in self.program.layers}
         unknown = set(weights) - known - set(self._unused)
         if unknown:
@@ -375,7 +399,7 @@ class Topology:
         same at every position of a channel where it is non-zero.
         """
         engine = self.engine(resolution)
-        prepared = weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights)
+        prepared = self._edge_weights(weights)
         flat_w = [prepared.flat[layer.param] for layer in self.program.layers]
         return Flows(self, engine.with_weights(flat_w))
 
@@ -446,7 +470,7 @@ class Topology:
         if weights is None:
             data = np.asarray(lm.data, dtype=np.float64)
         else:
-            prepared = weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights)
+            prepared = self._edge_weights(weights)
             lay = self.program.layers[layer]
             data = K.kernel_weight_sums(lm.mask.reshape(-1), prepared.flat[lay.param],
                                         lay.kernel_volume, lm.indptr, lm.indices,
@@ -494,10 +518,10 @@ class Topology:
         from topo_pai.metrics import measures as ms
 
         _check_resolution(resolution)
+        spectra = check_bool("spectra", spectra)
         if spectral_tol is not None:
             spectral_tol = ms.check_spectral_tol(spectral_tol)
-        prepared = None if weights is None else (
-            weights if isinstance(weights, EdgeWeights) else self.edge_weights(weights))
+        prepared = None if weights is None else self._edge_weights(weights)
         layers, sizes = self.program.layers, self.channel_structure.sizes
         mats = [self.layer_matrix(i) for i in range(len(layers))]
         degree_pairs = [ms.degrees(M) for M in mats]  # once per layer: reused below

@@ -261,3 +261,116 @@ def test_sweep_cli_refuses_a_directory_in_use_and_accepts_a_reordered_grid(tmp_p
     (out / "config.json").write_text("{")
     code, _, err = run(capsys, *argv)
     assert code == 2 and "config.json" in err and "corrupt" in err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["analyze", "lenet5", "--model-args", '{"in_channels": 3}'],
+     "in_channels is set by the input shape"),
+    (["analyze", "lenet5", "--model-arg", "num_classes=5"], "--num-classes"),
+    (["sweep", "--config", "{tmp}/empty.toml", "--out", "{tmp}/s"], "no 'models'"),
+    (["plot", "{tmp}/garbage.json"], "'{tmp}/garbage.json' is not valid JSON"),
+    (["plot", "{tmp}/other.csv"], "no 'model' column"),
+    (["plot", "{tmp}/empty.csv"], "no result rows"),
+    (["analyze", "lenet5", "--dataset", "synthetic", "--num-classes", "5"],
+     "--num-classes 5 contradicts --dataset synthetic, which has 10 classes"),
+    (["analyze", "{tmp}/net.py:build", "--input-shape", "4", "--num-classes", "5"],
+     "--num-classes is for zoo models"),
+    (["sweep", "--models", "lenet5", "--methods", "random", "--sparsities", "0.9", "--lr",
+      "0.5", "--out", "{tmp}/s"], "--lr set training, but --epochs is 0"),
+    (["prune", "lenet5", "random", "0.9", "--out", "{tmp}/m.pt", "--option", "seed=3"],
+     "seed is set by --seed"),
+    (["prune", "lenet5", "snip", "0.9", "--dataset", "synthetic", "--out", "{tmp}/m.pt",
+      "--option", "data=3"], "data is set by --dataset"),
+])
+def test_more_user_mistakes_name_what_to_fix(argv, match, tmp_path, capsys):
+    (tmp_path / "empty.toml").write_text("")
+    (tmp_path / "garbage.json").write_text("garbage")
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "net.py").write_text("import torch\ndef build():\n"
+                                     "    return torch.nn.Linear(4, 2)\n")
+    code, _, err = run(capsys, *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 2 and match.replace("{tmp}", str(tmp_path)) in err and "Traceback" not in err, err
+    assert err.startswith("topo-pai: error: ") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value", [("--seed", "18446744073709551616"),
+                                         ("--seed", "-1"), ("--seeds", "0,18446744073709551616")])
+def test_seeds_outside_torchs_range_are_refused_by_the_parser(flag, value, tmp_path, capsys):
+    argv = (["analyze", "lenet5", flag, value] if flag == "--seed" else
+            ["sweep", "--models", "lenet5", "--methods", "random", "--sparsities", "0.9",
+             flag, value, "--out", str(tmp_path / "s")])
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {flag}: a seed must be an int in [0, 2**64 - 1]" \
+        in err and "Traceback" not in err
+    from topo_pai.experiments.training import seed_everything
+    assert seed_everything(2**64 - 1) is None  # the top of the range is valid
+    with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*64 - 1\]"):
+        seed_everything(2**64)
+
+
+@pytest.mark.parametrize("extra, match", [
+    ('model_kwargs = {lenet5 = {depth = 3}}', "model_kwargs['lenet5']"),
+    ('model_kwargs = {lenet5 = {in_channels = 3}}', "in_channels is set by"),
+    ('model_kwargs = {lenet5 = "x"}', "must be a dict"),
+    ('val_size = 100000', "val_size=100000 leaves no training images"),
+    ('seeds = [18446744073709551616]', "seeds must be an int in [0, 2**64 - 1]"),
+    ('methods = ["shuffle"]', "method 'shuffle' reworks given masks"),
+    ('models = ["{tmp}/net.py:build"]', "'{tmp}/net.py:build' cannot be called with no "
+                                        "arguments: missing a required argument: 'n'"),
+])
+def test_sweep_configurations_that_cannot_run_are_refused_before_the_directory(
+        extra, match, tmp_path, capsys):
+    """Each of these made every trial fail (exit 1) after config.json was written, so the
+    corrected configuration was then refused as another one; now nothing is written."""
+    (tmp_path / "net.py").write_text("import torch\ndef build(n):\n"
+                                     "    return torch.nn.Sequential(torch.nn.Flatten(), "
+                                     "torch.nn.Linear(784, n))\n")
+    cfg = tmp_path / "c.toml"
+    models = "" if extra.startswith("models") else 'models = ["lenet5"]\n'
+    cfg.write_text(models + 'sparsities = [0.9]\ndataset = "synthetic"\n'
+                   + extra.replace("{tmp}", str(tmp_path)) + "\n")
+    code, _, err = run(capsys, "sweep", "--config", str(cfg), "--out", str(tmp_path / "s"),
+                       "--quiet")
+    match = match.replace("{tmp}", str(tmp_path))
+    assert code == 2 and match in err and "Traceback" not in err, err
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("source, match", [
+    ("def build(:\n", "model file '{tmp}/net.py' raised SyntaxError while being imported"),
+    ("raise RuntimeError('at import')\n", "raised RuntimeError while being imported: at import"),
+    ("def build():\n    raise RuntimeError('in build')\n",
+     "model '{tmp}/net.py:build' raised RuntimeError while being built: in build"),
+    ("def other():\n    pass\n", "'{tmp}/net.py' has no attribute 'build'"),
+])
+def test_a_users_model_file_that_fails_is_a_user_error(source, match, tmp_path, capsys):
+    """The user's own code failing (syntax, import, build, a missing callable) exits 2 with
+    one line naming the model, not 1 with "if this is a bug in topo_pai, please report it"."""
+    from topo_pai.errors import TopoPaiError
+    from topo_pai.models.spec import build_model
+
+    (tmp_path / "net.py").write_text(source)
+    spec = f"{tmp_path}/net.py:build"
+    code, _, err = run(capsys, "analyze", spec, "--input-shape", "4")
+    assert code == 2 and match.replace("{tmp}", str(tmp_path)) in err, err
+    assert err.startswith("topo-pai: error: ") and len(err.strip().splitlines()) == 1
+    with pytest.raises(TopoPaiError):
+        build_model(spec)
+
+
+@pytest.mark.parametrize("flags, match", [
+    (["--device", "nonsense"], "device must be 'auto', 'cpu', 'cuda'"),
+    (["--scheduler", "tcp://127.0.0.1:1"], "is for engine='dask'"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "asks for CUDA")]))
+def test_sweep_flags_that_cannot_work_are_refused_before_any_trial(flags, match, tmp_path,
+                                                                   capsys):
+    """A device the machine lacks or a scheduler without the dask engine made every trial
+    fail (exit 1), or was silently ignored."""
+    code, _, err = run(capsys, "sweep", "--models", "lenet_300_100", "--dataset", "synthetic",
+                       "--methods", "random", "--sparsities", "0.5", "--out",
+                       str(tmp_path / "s"), "--quiet", *flags)
+    assert code == 2 and match in err and "Traceback" not in err, err
+    assert not (tmp_path / "s").exists()

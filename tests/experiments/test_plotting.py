@@ -351,3 +351,22 @@ def test_records_not_mutated(records):
     P.plot_node_path_plane(records)
     P.plot_shuffle_comparison(records)
     assert json.dumps(records) == before
+
+
+def test_load_results_skips_a_jsonl_line_cut_short_by_a_kill(tmp_path):
+    """A sweep killed while appending leaves its last line cut short; the sweep itself
+    skips it (the trial runs again), and so does load_results, with a warning. A bad line
+    elsewhere is an error naming the file and the line."""
+    rows = [row("random", 0.9, s, 10 + s, 2.0) for s in range(2)]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    p = tmp_path / "results.jsonl"
+    p.write_text(text + json.dumps(rows[0])[:25])
+    with pytest.warns(UserWarning, match="line 3 is cut short"):
+        got = P.load_results(p)
+    assert [r["seed"] for r in got] == [0, 1] and got[1]["effective_nodes"] == 11
+    p.write_text("not json\n" + text)
+    with pytest.raises(ValueError, match="results.jsonl', line 1: not JSON"):
+        P.load_results(p)
+    p.write_text(text + "[1, 2]\n")
+    with pytest.raises(ValueError, match="line 3: expected a row object"):
+        P.load_results(p)

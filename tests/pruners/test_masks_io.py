@@ -259,3 +259,25 @@ def test_save_validates_content(tmp_path):
         topo_pai.save_masks({"w": torch.tensor([3])}, tmp_path / "m.pt")
     with pytest.raises(topo_pai.MaskError, match="tensor or array"):
         topo_pai.save_masks({"w": [1, 0]}, tmp_path / "m.npz")
+
+
+def test_files_of_the_wrong_kind_are_named_as_such(tmp_path, model):
+    """A user's files that are not mask files: each message names the file and what it is,
+    in one line (the CLI prints it as is)."""
+    np.save(tmp_path / "a.npy", np.ones(3))
+    (tmp_path / "a.npy").rename(tmp_path / "array.npz")  # one array, not an archive
+    (tmp_path / "text.npz").write_text("hello")
+    torch.save({"fc.weight": torch.ones(2)}, tmp_path / "torch.npz")  # a torch zip
+    torch.save(model, tmp_path / "model.pt")  # a whole pickled model
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
+    cases = [("array.npz", "is not an .npz file"), ("text.npz", "is not an .npz file"),
+             ("torch.npz", "zip archive but not an .npz file: it holds 'torch/data.pkl'"),
+             ("model.pt", "a whole model saved with torch.save(model)?"),
+             ("ckpt.pt", "key 'state_dict' holds a mapping, not a mask")]
+    for name, match in cases:
+        with pytest.raises(topo_pai.MaskError) as exc:
+            topo_pai.load_masks(tmp_path / name)
+        assert match in str(exc.value) and name in str(exc.value)
+        assert "\n" not in str(exc.value)
+    with pytest.raises(FileNotFoundError, match="does not exist; create it first"):
+        topo_pai.save_masks({"w": torch.ones(2)}, tmp_path / "missing" / "m.pt")

@@ -497,6 +497,43 @@ def test_unflatten_features_into_channels_neuron(how):
     assert eff[:9].all() and not eff[9:].any()
 
 
+@pytest.mark.parametrize("chain, shape", [
+    (lambda h: h.flatten(1).view(-1, 2, 3, 3), (1, 5, 5)),   # split, then merge back
+    (lambda h: h.view(h.size(0), -1).reshape(h.shape), (1, 5, 5)),
+    (lambda h: h.flatten(1).view(-1, 2, 9).view(-1, 2, 3, 3), (1, 5, 5)),
+    (lambda h: h.unsqueeze(1).squeeze(1), (6,)),              # merge, then split back
+    (lambda h: h.view(-1, 2, 3).flatten(1), (6,)),
+    (lambda h: h.view(-1, 1, 6).view(-1, 3, 2).flatten(1), (6,)),
+])
+def test_a_chain_of_reshapes_is_one_reshape(chain, shape):
+    """A reshape chain that ends where it began is the identity at both resolutions: the
+    counts, effective nodes and weights equal those of the same model without it (taken
+    step by step, the split then the merge multiplied channel counts by H*W)."""
+    conv = len(shape) == 3
+
+    class Net(nn.Module):
+        def __init__(self, reshape):
+            super().__init__()
+            self.reshape = reshape
+            self.a = nn.Conv2d(1, 2, 3) if conv else nn.Linear(6, 6)
+            self.b = nn.Conv2d(2, 1, 3) if conv else nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(chain(h) if self.reshape else h)
+
+    torch.manual_seed(0)
+    with_chain = topo_pai.from_torch(Net(True), input_shape=shape)
+    without = topo_pai.from_torch(Net(False), input_shape=shape)
+    for masks in (None, random_masks(Net(False), 0.6, seed=1), random_masks(Net(False), 0.3, 2)):
+        a = with_chain if masks is None else with_chain.with_masks(masks)
+        b = without if masks is None else without.with_masks(masks)
+        for res in RES:
+            assert a.count_paths(res).exact == b.count_paths(res).exact
+            assert a.effective_nodes(res) == b.effective_nodes(res)
+            assert a.effective_params(res) == b.effective_params(res)
+
+
 def test_functional_relu_variants_and_inplace_ops():
     class A(nn.Module):
         def __init__(self):

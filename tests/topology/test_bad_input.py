@@ -518,3 +518,65 @@ def test_class_probabilities_and_custom_losses_are_accepted():
     b = topo_pai.prune(net, "snip", 0.5, input_shape=(1, 4, 4), data=(x, torch.zeros(6)),
                        loss=lambda out, y: ((out.sum(1) - y) ** 2).mean())
     assert set(a) == set(b) == {"1.weight"}
+
+
+@pytest.mark.parametrize("value", ["abc", 1, True, [[1.0] * 3] * 2])
+def test_a_mask_that_is_no_tensor_is_refused_as_such_not_by_its_shape(value):
+    net = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(MaskError, match=r"mask for '0.weight' must be a tensor or array.*got "
+                                        + type(value).__name__):
+        topo_pai.from_torch(net, {"0.weight": value}, input_shape=(3,))
+
+
+def test_weights_that_are_no_mapping_or_hold_nan_say_where():
+    net = nn.Sequential(nn.Linear(3, 2))
+    topo = topo_pai.from_torch(net, None, input_shape=(3,))
+    with pytest.raises(MaskError, match="weights must be a mapping"):
+        topo.flows([torch.ones(2, 3)])
+    w = torch.ones(2, 3)
+    w[1, 2] = math.nan
+    with pytest.raises(MaskError, match=r"'0.weight' hold nan at index \(1, 2\)"):
+        topo.flows({"0.weight": w})
+    with torch.no_grad():
+        net[0].weight[1, 2] = math.nan  # SynFlow reads |w| off the model
+    with pytest.raises(MaskError, match=r"hold nan at index \(1, 2\).*the model's weight"):
+        topo_pai.prune(net, "synflow", 0.5, input_shape=(3,))
+
+
+def test_prune_refuses_data_of_another_dtype_and_a_weightless_model_by_name():
+    """Both used to end in torch's own RuntimeError / NotImplementedError."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    x, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"data holds torch.float64 inputs but the model's "
+                                         r"weights are torch.float32; convert the inputs"):
+        topo_pai.prune(net, "snip", 0.5, input_shape=(3,), data=(x, y))
+    assert topo_pai.prune(net.double(), "snip", 0.5, input_shape=(3,), data=(x, y))
+    meta = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).to("meta")
+    for method, kw in (("magnitude", {}), ("snip", {"data": (x.float(), y)})):
+        with pytest.raises(ValueError, match="parameter '0.weight' is on the meta device"):
+            topo_pai.prune(meta, method, 0.5, input_shape=(3,), **kw)
+
+
+def test_metrics_spectra_is_a_bool():
+    topo = topo_pai.from_torch(nn.Sequential(nn.Linear(3, 2)), None, input_shape=(3,))
+    with pytest.raises(ValueError, match="spectra must be True or False, got 'no'"):
+        topo.metrics(spectra="no")  # truthy: it used to compute the spectra
+
+
+def test_edge_weights_of_another_network_and_bad_exact_limits_are_refused():
+    """EdgeWeights made by another Topology used to fail with ``KeyError: 'conv1.weight'``,
+    and a non-numeric limit with a comparison TypeError."""
+    a = topo_pai.from_torch(nn.Sequential(nn.Linear(3, 2)), None, input_shape=(3,))
+    b = topo_pai.from_torch(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), None,
+                            input_shape=(3,))
+    foreign = a.edge_weights({"0.weight": torch.ones(2, 3)})
+    for call in (lambda: b.flows(foreign), lambda: b.metrics(foreign)):
+        with pytest.raises(MaskError, match="EdgeWeights were made for other weights"):
+            call()
+    own = b.edge_weights(None)
+    sibling = b.with_masks({"0.weight": torch.ones(4, 3)})
+    assert sibling.flows(own).log10_total == b.flows(None).log10_total  # siblings share them
+    for bad in ("big", math.nan, True):
+        with pytest.raises(ValueError, match="max_work must be a number"):
+            b.count_paths().exact_value(max_work=bad)
+    assert b.count_paths().exact_value(max_work=math.inf) == 3 * 4 * 2

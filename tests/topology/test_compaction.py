@@ -342,3 +342,11 @@ def test_compaction_on_random_architectures(spec, density, dead, seed):
         want = masked_float64(model, masks)(x.double())
         got = result.model(x).double()
     assert (got - want).abs().max().item() <= 1e-5 * (want.abs().max().item() + 1)
+
+
+def test_a_model_that_is_one_layer_is_refused_by_name():
+    """A bare nn.Linear (its weight is "weight") has no unit to remove; it used to fail with
+    ``KeyError: ''``."""
+    with pytest.raises(topo_pai.UnsupportedOpError, match="cannot compact Linear: the model "
+                                                          "is itself one layer"):
+        topo_pai.compact(nn.Linear(4, 2), {"weight": torch.ones(2, 4)}, (4,))

@@ -15,7 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from topo_pai.checks import check_int
+from topo_pai.checks import check_int, check_seed
 from topo_pai.experiments.schema import SHUFFLE_SUFFIX, trial_id
 
 #: The method name of a sweep's unpruned reference trials (``SweepConfig.dense``).
@@ -191,8 +191,8 @@ class SweepConfig:
         if bad:
             raise ValueError(f"sweep sparsities must lie in [0, 1) (fractions, e.g. 0.99), "
                              f"got {bad}")
-        if any(s < 0 for s in self.seeds):
-            raise ValueError(f"sweep seeds must be non-negative, got {self.seeds}")
+        for s in self.seeds:
+            check_seed("sweep seeds", s)
         extra = [m for m in self.shuffled if m not in self.methods]
         if extra:
             raise ValueError(f"sweep shuffled names {extra}, which are not in methods "
@@ -296,7 +296,7 @@ class SweepConfig:
         checked of each method's options without a model (imports torch)."""
         from topo_pai.experiments.data import available_datasets
         from topo_pai.models.spec import check_model_spec
-        from topo_pai.pruners import available_methods
+        from topo_pai.pruners import available_methods, get_method
         from topo_pai.pruners.api import check_options
         for model in self.models:
             check_model_spec(model)
@@ -320,6 +320,10 @@ class SweepConfig:
                 raise ValueError(f"sweep {where}: unknown method {method!r};"
                                  f"{did_you_mean(method, known_methods)} available: "
                                  f"{', '.join(known_methods)}")
+            if method in known_methods and get_method(method).budgets_from_option is not None:
+                raise ValueError(f"sweep {where}: method {method!r} reworks given masks, which "
+                                 "a sweep has none to give; list the methods whose masks to "
+                                 "rework in shuffled (--shuffled on the command line)")
             try:
                 check_options(method, **options)
             except (ValueError, TypeError) as exc:
@@ -339,6 +343,9 @@ class SweepConfig:
             from topo_pai.checks import did_you_mean
             raise ValueError(f"sweep configuration has unknown keys {unknown};"
                              f"{did_you_mean(unknown[0], known)} known: {sorted(known)}")
+        if "models" not in d:
+            raise ValueError("sweep configuration has no 'models'; give the list of models, "
+                             "e.g. models = [\"lenet5\"] (and methods, sparsities, ...)")
         return cls(**d)
 
     @classmethod

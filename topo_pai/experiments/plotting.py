@@ -38,6 +38,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -181,13 +182,22 @@ def load_results(path) -> list[dict]:
     if not p.is_file():
         raise FileNotFoundError(f"results file {str(p)!r} does not exist")
     suffix = p.suffix.lower()
-    text = p.read_text(encoding="utf-8")
+    if suffix not in (".csv", ".json", ".jsonl"):
+        raise ValueError(f"results file {str(p)!r} must end in .csv, .json or .jsonl")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"results file {str(p)!r} is not a text file ({exc})") from None
     if suffix == ".csv":
         rows = list(csv.DictReader(text.splitlines()))
     elif suffix == ".jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif suffix == ".json":
-        data = json.loads(text)
+        rows = _jsonl_rows(p, text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"results file {str(p)!r} is not valid JSON ({exc}); pass a "
+                             "sweep's results.json, results.csv or results.jsonl") from None
         if isinstance(data, Mapping):
             key = next((k for k in ("results", "rows", "records", "trials") if k in data), None)
             if key is None:
@@ -197,9 +207,29 @@ def load_results(path) -> list[dict]:
         if not isinstance(data, list) or not all(isinstance(r, Mapping) for r in data):
             raise ValueError(f"{str(p)!r} must hold a JSON list of row objects")
         rows = data
-    else:
-        raise ValueError(f"results file {str(p)!r} must end in .csv, .json or .jsonl")
     return [_typed(r) for r in rows]
+
+
+def _jsonl_rows(p: Path, text: str) -> list:
+    """The row objects of a ``.jsonl`` file. A last line cut short (a sweep killed while
+    appending it, whose trial runs again) is skipped with a warning, as the sweep skips it;
+    any other line that is not a JSON object is an error naming it."""
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    rows = []
+    for k, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if k == len(lines) - 1 and not text.endswith("\n"):
+                warnings.warn(f"{str(p)!r}: line {n} is cut short (a sweep killed while "
+                              "writing it) and is skipped", UserWarning, stacklevel=3)
+                continue
+            raise ValueError(f"results file {str(p)!r}, line {n}: not JSON ({exc})") from None
+        if not isinstance(row, Mapping):
+            raise ValueError(f"results file {str(p)!r}, line {n}: expected a row object, got "
+                             f"{type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------- records

@@ -108,6 +108,12 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
         check_int("limit", limit, minimum=0, hint="or None for every pending trial")
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if scheduler_address is not None and engine != "dask":
+        raise ValueError(f"scheduler_address={scheduler_address!r} is for engine='dask' (a Dask "
+                         f"scheduler), but engine is {engine!r}; drop it or use engine='dask'")
+    if engine == "local":  # checked here, before any trial; a cluster's workers check their own
+        from topo_pai.experiments.training import resolve_device
+        resolve_device(device)
     cfg.validate_names()
     check_models(cfg, data_root)
     with ResultsStore(out_dir, cfg) as store:

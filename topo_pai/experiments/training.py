@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from topo_pai.checks import check_bool, check_int, check_number
+from topo_pai.checks import check_bool, check_int, check_number, check_seed
 from topo_pai.masks.validate import mask_array
 from topo_pai.pruners.torch_masks import apply_masks, read_masks
 
@@ -59,8 +59,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and every CUDA device); make cuDNN deterministic."""
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = check_seed("seed", seed)
     random.seed(int(seed))
     np.random.seed(int(seed) % 2**32)
     torch.manual_seed(int(seed))

@@ -152,17 +152,25 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
 
 
 def check_models(cfg: SweepConfig, data_root=None) -> None:
-    """Before any trial: every model can be imported, and ``cfg.input_shape`` (if given)
-    is the dataset's (a model is refused, not rebuilt silently for another input)."""
+    """Before any trial (and before the sweep directory is written): every model can be
+    imported and takes its ``model_kwargs``, ``cfg.input_shape`` (if given) is the dataset's
+    (a model is refused, not rebuilt silently for another input), and ``val_size`` leaves
+    training images."""
     from topo_pai.experiments.data import load_dataset
-    from topo_pai.models.spec import check_input_shape, check_model_spec, resolve_callable
+    from topo_pai.models.spec import (check_input_shape, check_model_args, check_model_spec,
+                                      resolve_callable)
 
     shape = load_dataset(cfg.dataset, "train", root=data_root, limit=1, seed=0).input_shape
     for model in cfg.models:
         spec = check_model_spec(model)
         check_input_shape(spec, cfg.input_shape, shape)
-        if not spec.is_zoo:
-            resolve_callable(spec)
+        fn = None if spec.is_zoo else resolve_callable(spec)
+        try:
+            check_model_args(spec, cfg.model_kwargs.get(model, {}), fn)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"sweep model_kwargs[{model!r}]: {exc}") from None
+    if cfg.val_size is not None:
+        trial_datasets(cfg, data_root)  # refuses a val_size that leaves no training images
 
 
 def _metric_columns(cfg: SweepConfig, model, masks, input_shape, topology) -> dict:

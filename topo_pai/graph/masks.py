@@ -149,7 +149,9 @@ def validate_keys(masks, program: Program, param_names: set[str]) -> None:
 
 
 def _check_shape(name: str, m, shape) -> None:
-    check_shape(name, getattr(m, "shape", np.shape(m)), shape)
+    if not hasattr(m, "shape"):  # not a tensor or array: refused as such, not by its shape
+        numeric_array(name, m)
+    check_shape(name, m.shape, shape)
 
 
 def scan(name: str, m, shape: tuple[int, ...], group_size: int, per_group_in: int,

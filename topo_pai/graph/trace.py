@@ -130,6 +130,13 @@ def _adaptive_windows(size, out):
     return windows_csr(wins)
 
 
+def _whole_units(old, new) -> bool:
+    """Whether reshaping per-sample shape ``old`` to ``new`` splits each unit (dim 0) into
+    whole units or merges whole units into one."""
+    a, b = int(np.prod(old[1:])), int(np.prod(new[1:]))
+    return a % b == 0 or b % a == 0
+
+
 def _pair(v, n):
     if isinstance(v, (tuple, list)):
         if len(v) == 1:
@@ -152,6 +159,8 @@ class _Tracer:
         self.outputs: list[int] = []
         self.used_modules: set[str] = set()
         self.tables = _op_tables()
+        # value made by a reshape -> the value that reshape chain started from (see reshape)
+        self.reshaped_from: dict[int, int] = {}
 
     # -- helpers ----------------------------------------------------------------
     def new_value(self, shape) -> int:
@@ -442,6 +451,13 @@ class _Tracer:
         return self.reshape(node, x, new)
 
     def reshape(self, node, x, new_batched):
+        """A reshape that keeps dim 0 as the batch and splits or merges whole units.
+
+        A chain of reshapes is one reshape of the value it started from, where that one
+        splits or merges whole units: at channel resolution each reshape maps units to
+        units (a split copies a channel's count to each of its features, a merge sums), so
+        ``x.flatten(1).view(x.shape)`` or ``h.unsqueeze(1).squeeze(1)`` taken step by step
+        would join units that the tensor keeps apart and multiply the counts."""
         old = self.batched(x)
         total = int(np.prod(old))
         new = [int(v) for v in new_batched]
@@ -460,13 +476,18 @@ class _Tracer:
             return x
         if len(new_ps) == 0:
             self.unsupported(node, "reshape to a per-sample scalar")
-        a = int(np.prod(self.shape(x)[1:]))
-        b = int(np.prod(new_ps[1:]))
-        if not (a % b == 0 or b % a == 0):
+        source = _Tensor(self.reshaped_from.get(x.vid, x.vid))
+        if new_ps == self.shape(source):
+            return source
+        if not _whole_units(self.shape(source), new_ps):
+            source = x
+        if not _whole_units(self.shape(source), new_ps):
             self.unsupported(node, f"reshape from {old} to {tuple(new)}: its channels (dim 1) "
                                    "neither split nor merge whole channels",
                              "Reshape into features, e.g. x.flatten(1).")
-        return self.emit("reshape", node, [x], new_ps)
+        out = self.emit("reshape", node, [source], new_ps)
+        self.reshaped_from[out.vid] = source.vid
+        return out
 
     def add(self, node, a, b, alpha=1):
         """``a + alpha * b`` or ``a - alpha * b``: a merge of two input-dependent tensors

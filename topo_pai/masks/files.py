@@ -10,6 +10,7 @@ without topo_pai: ``torch.load(path, weights_only=True)`` or ``numpy.load(path)`
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,9 @@ def write(arrays: Mapping[str, np.ndarray], path) -> Path:
     path. :meth:`topo_pai.Masks.save` (and :func:`topo_pai.save_masks`) call this."""
     suffix = check_suffix(path)
     path = Path(os.fspath(path))
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write masks to {str(path)!r}: directory "
+                                f"{str(path.parent)!r} does not exist; create it first")
     if suffix == ".npz":
         # Written entry by entry (as numpy.savez does) so that no mask name can clash
         # with a keyword of numpy.savez.
@@ -61,21 +65,34 @@ _PARAMETRIZED = ".parametrizations."
 def _read_raw(path):
     suffix = check_suffix(path)
     if suffix == ".npz":
+        if Path(os.fspath(path)).is_file() and not zipfile.is_zipfile(os.fspath(path)):
+            raise MaskError(f"{os.fspath(path)!r} is not an .npz file (numpy.savez writes a zip "
+                            "archive of .npy arrays); a torch file is named .pt or .pth")
         try:
             with np.load(os.fspath(path), allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+                other = [k for k in z.zip.namelist() if not k.endswith(".npy")]
+                if not other:
+                    return {k: z[k] for k in z.files}
         except ValueError as exc:
             raise MaskError(f"{os.fspath(path)!r} holds something other than plain arrays: "
                             f"{exc}") from exc
         except zipfile.BadZipFile as exc:
             raise MaskError(f"{os.fspath(path)!r} is not an .npz file: {exc}") from exc
+        raise MaskError(f"{os.fspath(path)!r} is a zip archive but not an .npz file: it holds "
+                        f"{other[0]!r}, not .npy arrays (a torch file is named .pt or .pth)")
     try:
         return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
         if isinstance(exc, FileNotFoundError):
             raise
+        if isinstance(exc, pickle.UnpicklingError):
+            raise MaskError(f"{os.fspath(path)!r} holds Python objects beyond tensors (a whole "
+                            "model saved with torch.save(model)?), which are not loaded, as "
+                            "unpickling runs code; save model.state_dict() or the masks "
+                            "(topo_pai.save_masks) instead") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]
         raise MaskError(f"{os.fspath(path)!r} is not a mask file torch can load safely: "
-                        f"{type(exc).__name__}: {exc}") from exc
+                        f"{type(exc).__name__}: {first}") from exc
 
 
 def guess_format(raw: Mapping) -> str:
@@ -194,6 +211,11 @@ def masks_from_mapping(raw, *, from_zeros: bool = False, source: str = "masks") 
         return _from_parametrize(raw, source)
     if fmt == FORMAT_ZEROS:
         return _from_zeros(raw, source)
+    nested = next((k for k, v in raw.items() if isinstance(v, Mapping)), None)
+    if nested is not None:
+        raise MaskError(f"{source}: key {nested!r} holds a mapping, not a mask: a checkpoint "
+                        "that keeps the weights or masks under a key? Save that mapping itself "
+                        f"(e.g. torch.save(checkpoint[{nested!r}], path)) and load that")
     hint = ("; if these are weights whose zeros are the pruned entries, pass from_zeros=True "
             "(--masks-from-zeros on the command line)")
     return {name: _mask_or_error(name, m, source, fmt, hint) for name, m in raw.items()}

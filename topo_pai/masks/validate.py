@@ -165,7 +165,10 @@ def abs_weights_array(name: str, w, shape) -> np.ndarray:
     if arr.shape != tuple(shape):
         raise MaskError(f"weights for '{name}' have shape {arr.shape}, expected {tuple(shape)} "
                         "(the weight's shape)")
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise MaskError(f"weights for '{name}' must be finite and non-negative (pass |w|, "
-                        "e.g. weight.abs())")
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if np.any(bad):
+        where = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), arr.shape))
+        raise MaskError(f"weights for '{name}' hold {arr[where].item()!r} at index {where}: they "
+                        "must be finite and non-negative (pass |w|, e.g. weight.abs(); NaN or "
+                        "inf there means the model's weight holds one)")
     return np.ascontiguousarray(arr).reshape(-1)

@@ -46,6 +46,20 @@ def model_options(name: str) -> list[str]:
     return _entry(name).option_names()
 
 
+def check_model_options(name: str, kwargs) -> object:
+    """Refuse keyword arguments that model ``name`` does not take (a TypeError naming them
+    and listing its options); return its registry entry. Builds nothing."""
+    entry = _entry(name)
+    options = entry.option_names()
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        accepted = ", ".join(options) if options else "no extra options"
+        raise TypeError(f"get_model({name!r}) got unexpected keyword argument(s) "
+                        f"{', '.join(map(repr, unknown))}; {entry.name} accepts "
+                        f"in_channels, num_classes, input_size and: {accepted}")
+    return entry
+
+
 def _entry(name: str):
     if not isinstance(name, str):
         raise TypeError(f"model name must be a str, got {type(name).__name__}")
@@ -96,13 +110,6 @@ def get_model(name: str, *, in_channels: int = 3, num_classes: int = 10, input_s
     ...
     ValueError: unknown model 'resnt20'. Did you mean 'resnet20'? Available models: lenet_300_100, ...
     """
-    entry = _entry(name)
-    options = entry.option_names()
-    unknown = sorted(set(kwargs) - set(options))
-    if unknown:
-        accepted = ", ".join(options) if options else "no extra options"
-        raise TypeError(f"get_model({name!r}) got unexpected keyword argument(s) "
-                        f"{', '.join(map(repr, unknown))}; {entry.name} accepts "
-                        f"in_channels, num_classes, input_size and: {accepted}")
+    entry = check_model_options(name, kwargs)
     return entry.value(in_channels=in_channels, num_classes=num_classes, input_size=input_size,
                        **kwargs)

@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from topo_pai.errors import ModelAttributeError, ModelBuildError
+
 ZOO, MODULE, FILE = "zoo", "module", "file"
 
 
@@ -107,8 +109,11 @@ def _import_file(path: Path):
         sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
-    except BaseException:
+    except BaseException as exc:
         del sys.modules[name]
+        if isinstance(exc, Exception) and not isinstance(exc, ImportError):
+            raise ModelBuildError(f"model file {str(path)!r} raised {type(exc).__name__} while "
+                                  f"being imported: {exc}") from exc
         raise
     finally:
         if added:
@@ -123,8 +128,8 @@ def _attribute(module, spec: ModelSpec):
             names = [n for n in dir(obj) if not n.startswith("_")]
             close = difflib.get_close_matches(part, names, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise AttributeError(f"model {spec.text!r}: {spec.target!r} has no attribute "
-                                 f"{part!r}.{hint}")
+            raise ModelAttributeError(f"model {spec.text!r}: {spec.target!r} has no attribute "
+                                      f"{part!r}.{hint}")
         obj = getattr(obj, part)
     return obj
 
@@ -144,6 +149,11 @@ def resolve_callable(spec: ModelSpec):
                 f"model {spec.text!r}: cannot import module {spec.target!r} ({exc}); is its "
                 "package installed or on PYTHONPATH? A file is given as path/to/file.py:NAME"
             ) from None
+        except ImportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's module failed, not topo_pai
+            raise ModelBuildError(f"model {spec.text!r}: module {spec.target!r} raised "
+                                  f"{type(exc).__name__} while being imported: {exc}") from exc
     fn = _attribute(module, spec)
     if not callable(fn):
         raise TypeError(f"model {spec.text!r}: {spec.attr!r} is a {type(fn).__name__}, not a "
@@ -162,6 +172,47 @@ def check_model_spec(text) -> ModelSpec:
     elif spec.kind == FILE and not Path(spec.target).is_file():
         raise FileNotFoundError(f"model {spec.text!r}: file {spec.target!r} does not exist")
     return spec
+
+
+#: The arguments of a zoo model that its input shape and class count give (``--input-shape``,
+#: ``--num-classes``, a dataset), never its model arguments.
+ZOO_SHAPE_ARGS = ("in_channels", "num_classes", "input_size")
+
+
+def check_model_args(spec: ModelSpec, model_args, fn=None) -> dict:
+    """``model_args`` (a dict or None) as a new dict, checked as far as it can be without
+    building the model: string names and, for a zoo model, only its own options (none of
+    :data:`ZOO_SHAPE_ARGS`); with ``fn`` (a callable's :func:`resolve_callable`), that its
+    signature takes them."""
+    if not isinstance(model_args, (dict, type(None))):
+        raise TypeError(f"model {spec.text!r}: its arguments must be a dict of keyword "
+                        f"arguments (e.g. {{\"width\": 8}}), got {type(model_args).__name__} "
+                        f"{model_args!r}")
+    args = dict(model_args or {})
+    bad = [k for k in args if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"model arguments must have string names, got {bad}")
+    if spec.is_zoo:
+        from topo_pai.models.registry import check_model_options
+        given = [k for k in ZOO_SHAPE_ARGS if k in args]
+        if given:
+            raise ValueError(f"zoo model {spec.text!r}: {', '.join(given)} is set by the input "
+                             "shape and class count, not by the model arguments; give "
+                             "--input-shape C,H,W and --num-classes (or --dataset; in a sweep, "
+                             "its dataset and input_shape) instead")
+        check_model_options(spec.target, args)
+    elif fn is not None:
+        import inspect
+        try:
+            inspect.signature(fn).bind(**args)
+        except TypeError as exc:
+            given = ", ".join(sorted(args)) or "no arguments"
+            raise TypeError(f"model {spec.text!r} cannot be called with {given}: {exc}; pass "
+                            "its arguments (--model-args on the command line, model_kwargs in "
+                            "a sweep configuration)") from None
+        except ValueError:  # no signature to read (a builtin): the call will tell
+            pass
+    return args
 
 
 def check_input_shape(spec: ModelSpec, requested, dataset_shape) -> tuple[int, ...] | None:
@@ -219,12 +270,7 @@ def build_model(text, *, input_shape=None, num_classes: int = 10, model_args=Non
     from topo_pai.models.registry import get_model
 
     spec = parse_model_spec(text)
-    args = dict(model_args or {})
-    if not isinstance(model_args, (dict, type(None))):
-        raise TypeError(f"model arguments must be a dict, got {type(model_args).__name__}")
-    bad = [k for k in args if not isinstance(k, str)]
-    if bad:
-        raise TypeError(f"model arguments must have string names, got {bad}")
+    args = check_model_args(spec, model_args)
     if spec.is_zoo:
         shape = tuple(input_shape) if input_shape is not None else (3, 32, 32)
         if len(shape) != 3:
@@ -240,11 +286,15 @@ def build_model(text, *, input_shape=None, num_classes: int = 10, model_args=Non
         given = ", ".join(sorted(args)) or "no arguments"
         raise TypeError(f"model {spec.text!r} could not be called with {given}: {exc}; pass "
                         "its arguments as JSON with --model-args (model_args in Python)") from None
+    except Exception as exc:  # noqa: BLE001 - the user's code failed, not topo_pai
+        raise ModelBuildError(f"model {spec.text!r} raised {type(exc).__name__} while being "
+                              f"built: {exc}") from exc
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model {spec.text!r} returned a {type(model).__name__}, not a "
                         "torch.nn.Module")
     return model, spec
 
 
-__all__ = ["ModelSpec", "parse_model_spec", "check_model_spec", "check_input_shape",
+__all__ = ["ModelSpec", "ZOO_SHAPE_ARGS", "parse_model_spec", "check_model_spec",
+           "check_model_args", "check_input_shape",
            "resolve_callable", "build_model"]

@@ -194,9 +194,19 @@ class PruneContext:
                 self._topo = from_torch(self.model, None, self.input_shape)
         return self._topo
 
+    def _check_weight_values(self) -> None:
+        """Refuse a model whose weights hold no values (the meta device): a method that
+        reads weights or runs the model has nothing to score."""
+        meta = [n for n, p in self.model.named_parameters() if p.device.type == "meta"]
+        if meta:
+            raise ValueError(f"the model's parameter {meta[0]!r} is on the meta device, so it "
+                             "holds no values to score; materialise the model first (e.g. "
+                             "model.to_empty(device='cpu'), then initialise its weights)")
+
     def weights(self) -> dict[str, np.ndarray]:
         """Effective weights as float64 arrays (every target)."""
         if self._weights is None:
+            self._check_weight_values()
             out = {}
             for t in self.targets:
                 w = effective_weight(self.model.get_submodule(t.module))
@@ -215,6 +225,13 @@ class PruneContext:
                 raise ValueError("this pruning step needs data")
             batches = iter_batches(self.data, self.options.get("max_batches"))
             check_batches(batches, self.input_shape)
+            dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()),
+                         None)
+            for i, (x, _) in enumerate(batches):
+                if dtype is not None and x.dtype != dtype:
+                    where = "data" if len(batches) == 1 else f"batch {i} of data"
+                    raise ValueError(f"{where} holds {x.dtype} inputs but the model's weights "
+                                     f"are {dtype}; convert the inputs (e.g. x.to({dtype}))")
             self._batches = batches
         return self._batches
 
@@ -222,6 +239,7 @@ class PruneContext:
         """A private deep copy of the model whose prunable weights are plain Parameters
         holding the effective weights (pruning reparametrisations baked in)."""
         if self._plain is None:
+            self._check_weight_values()
             # A pruned module keeps its masked weight as a plain (non-leaf) attribute that
             # deepcopy refuses; it is recomputed below, so copy it as None.
             memo: dict[int, Any] = {}
