@@ -114,6 +114,12 @@ def family(tests, *, one_sided_less=False) -> list[dict]:
     return tests
 
 
+def trainability_gap(n: int) -> int:
+    """The plan's rule: collapse rates that differ by at least 2 of 3 (or 3 of 5) runs are
+    reported as a difference in trainability (a majority of the paired seeds)."""
+    return n // 2 + 1
+
+
 def family_rows(tests, one_sided_less=False):
     rows = []
     for t in tests:
@@ -123,8 +129,10 @@ def family_rows(tests, one_sided_less=False):
             continue
         status = "" if t["complete"] else f" (partial: {c.n}/{t['expected']} seeds)"
         if c.test is None:
-            rows.append([t["label"] + status, f"collapsed {c.collapsed_a}/{c.n} vs "
-                         f"{c.collapsed_b}/{c.n}", "", "", "", "", ""])
+            rates = f"collapsed {c.collapsed_a}/{c.n} vs {c.collapsed_b}/{c.n}"
+            if abs(c.collapsed_a - c.collapsed_b) >= trainability_gap(c.n):
+                rates += " (a difference in trainability)"
+            rows.append([t["label"] + status, rates, "", "", "", "", ""])
             continue
         d = c.test
         p = d.p_less if one_sided_less else d.p

@@ -103,6 +103,20 @@ def test_collapsed_runs_are_reported_as_rates(plan, tmp_path):
     assert "| npb − synflow at 99.68% | collapsed 0/5 vs 2/5 |" in text
 
 
+def test_a_majority_of_collapses_is_a_difference_in_trainability(plan, tmp_path):
+    def acc(arm, sp, seed):  # random-ERK collapses in 3 of 5 runs, PHEW in 2 of 5
+        if sp == 0.9968 and ((arm == "random_erk" and seed < 3) or (arm == "phew" and seed < 2)):
+            return 0.10
+        return 0.80 + 0.001 * seed
+
+    _write(tmp_path / "resnet", _grid(acc))
+    plan.main([])
+    text = (tmp_path / "tables.md").read_text()
+    assert "| npb − random_erk at 99.68% | collapsed 0/5 vs 3/5 (a difference in trainability) |" \
+        in text
+    assert "| npb − phew at 99.68% | collapsed 0/5 vs 2/5 |" in text
+
+
 def test_disconnected_masks_are_counted_not_averaged(plan, tmp_path):
     rows = _grid(lambda a, s, seed: 0.8 + 0.001 * seed)
     for r in rows:
