@@ -37,7 +37,8 @@ from scipy import stats  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: Study results directories analysed by default (a later study is added here).
-STUDIES = [HERE / "results"]
+STUDIES = [HERE / "results", HERE / "lenet_extra" / "results", HERE / "lenet5_rescale" / "results",
+           HERE / "resnet20" / "results"]
 METRICS_DIR = HERE / "metrics"
 TABLES = HERE / "metric_tables.md"
 #: Options that recreate a method as it was before a change (tried after the config's own).
@@ -439,9 +440,14 @@ def write_tables(studies) -> str:
              "within its sparsity first. – : the predictor is constant there.", ""]
     for results_dir in studies:
         trials, total, failed = load_trials(results_dir)
+        dense = [t for t in trials if t["sparsity"] == 0]
+        # an unpruned reference has no mask to rank: its measures are the dense network's
+        trials = [t for t in trials if t["sparsity"] > 0]
         lines += [f"## {results_dir.relative_to(HERE.parent.parent)}", "",
-                  f"{len(trials)} of {total} trials measured from reproduced masks"
-                  + (f"; not reproduced (excluded): {failed}" if failed else "") + ".", ""]
+                  f"{len(trials) + len(dense)} of {total} trials measured from reproduced masks"
+                  + (f"; not reproduced (excluded): {failed}" if failed else "")
+                  + (f"; the {len(dense)} dense reference trials are left out (nothing "
+                     "pruned, nothing to rank)" if dense else "") + ".", ""]
         legacy = defaultdict(int)
         for t in trials:
             if t["legacy_options"] and "recorded" not in t["legacy_options"]:

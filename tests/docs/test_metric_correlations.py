@@ -71,3 +71,39 @@ def test_code_of_record_is_imported_from_its_export(tmp_path, monkeypatch):
     proc = mc.run_with_code(code, ["-c", "import topo_pai; print(topo_pai.__file__)"])
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()).resolve() == (code / "topo_pai" / "__init__.py").resolve()
+
+
+def test_dense_reference_trials_are_counted_but_not_ranked(tmp_path, monkeypatch):
+    """An unpruned reference (sparsity 0) has no mask to rank: it is named in the count
+    and left out of every correlation and of the leave-one-method-out model."""
+    import json
+
+    here = tmp_path / "docs" / "study"
+    results = here / "toy" / "results"
+    results.mkdir(parents=True)
+    monkeypatch.setattr(mc, "HERE", here)
+    monkeypatch.setattr(mc, "METRICS_DIR", tmp_path / "metrics")
+    monkeypatch.setattr(mc, "TABLES", tmp_path / "tables.md")
+    (tmp_path / "metrics").mkdir()
+    rng = np.random.default_rng(4)
+    rows, measured = [], []
+    cells = [(0.0, "dense")] * 3 + [(s, m) for s in (0.9, 0.99) for m in "abcd" for _ in range(3)]
+    for i, (s, m) in enumerate(cells):
+        tid = f"toy/{m}/s{s}/seed{i}"
+        rows.append(dict(trial_id=tid, model="toy", method=m, shuffled=False, sparsity=s,
+                         seed=i, accuracy=float(rng.uniform(0.5, 0.9)),
+                         effective_nodes=int(rng.integers(10, 99)),
+                         log10_paths=float(rng.normal()), effective_params=int(rng.integers(9, 99))))
+        measured.append(dict(trial_id=tid, reproduced=True, options={},
+                             **{c: float(rng.normal()) for c, _ in mc.PREDICTORS
+                                if c not in ("effective_nodes", "log10_paths",
+                                             "effective_params")}))
+    (results / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "metrics" / "toy_results.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in measured))
+    mc.write_tables([results])
+    text = (tmp_path / "tables.md").read_text()
+    assert "27 of 27 trials measured from reproduced masks; the 3 dense reference trials are " \
+           "left out" in text
+    assert "s=0 " not in text and "dense (n=" not in text
+    assert "pooled (n=24)" in text
