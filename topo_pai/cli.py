@@ -81,10 +81,13 @@ _non_negative = _int_at_least(0, "an integer >= 0")
 def _seed(text: str) -> int:
     from topo_pai.checks import check_seed
     try:
-        return check_seed("a seed", int(text))
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    try:
+        return check_seed("a seed", value)
     except ValueError as exc:
-        msg = str(exc) if "seed range" in str(exc) else f"expected an integer seed, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -419,7 +422,9 @@ def cmd_prune(args) -> int:
     options = _key_values(args.option, "--option")
     given_by_flags = {"seed": "--seed", "data": "--dataset and --prune-samples",
                       "input_shape": "--input-shape or --dataset"}
-    for key in sorted(set(options) & set(given_by_flags)):
+    clashing = sorted(set(options) & set(given_by_flags))
+    if clashing:
+        key = clashing[0]
         raise UsageError(f"--option {key}=...: {key} is set by {given_by_flags[key]}; use that "
                          "instead")
     if args.masks:
