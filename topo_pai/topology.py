@@ -457,6 +457,16 @@ class Topology:
         )
         return Summary(rows, totals, resolution)
 
+    def _layer_matrices(self, weights=None) -> list:
+        """:meth:`layer_matrix` of every layer, built side by side on the numba threads
+        (the CSR kernels release the GIL; each layer's block is built once, by one
+        thread), the largest masks first."""
+        from topo_pai.metrics import measures as ms
+
+        sizes = [lm.mask.size for lm in self._layer_masks]
+        return ms.map_largest_first(lambda i: self.layer_matrix(i, weights),
+                                    range(len(sizes)), sizes)
+
     def layer_matrix(self, layer: int, weights=None):
         """Layer ``layer``'s own channel-graph block (an index into :attr:`layers`): a
         scipy ``csr_array`` of shape (output units, input units) holding the kept
@@ -523,7 +533,7 @@ class Topology:
             spectral_tol = ms.check_spectral_tol(spectral_tol)
         prepared = None if weights is None else self._edge_weights(weights)
         layers, sizes = self.program.layers, self.channel_structure.sizes
-        mats = [self.layer_matrix(i) for i in range(len(layers))]
+        mats = self._layer_matrices()
         degree_pairs = [ms.degrees(M) for M in mats]  # once per layer: reused below
         in_deg = {0: np.zeros(sizes[0])}
         col_sums = []
@@ -551,8 +561,8 @@ class Topology:
         rows = [dict(dict.fromkeys(METRIC_COLUMNS), name=self.group_names[0], kind="input",
                      shape=tuple(self.program.values[self.program.group_values[0]]),
                      out_units=int(sizes[0]), **roles[0])]
-        weighted = [None if prepared is None else self.layer_matrix(i, prepared)
-                    for i in range(len(layers))]
+        weighted = ([None] * len(layers) if prepared is None
+                    else self._layer_matrices(prepared))
         values = None
         if spectra:  # all blocks at once: they run side by side on the numba threads
             found = ms.many_top_singular_values(

@@ -254,3 +254,36 @@ def test_many_top_singular_values_same_on_any_thread_count():
             assert ms.many_top_singular_values(blocks) == want
     finally:
         numba.set_num_threads(saved)
+
+
+def test_metrics_same_on_any_thread_count():
+    """``Topology.metrics`` builds its layer blocks (and the weighted ones) side by side
+    on the numba threads: the table is the same, value for value, on one thread and on
+    two, and the same as building each block alone with ``layer_matrix``."""
+    import numba
+    import torch
+
+    import topo_pai
+
+    torch.manual_seed(3)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(12, 140, 1), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(140 * 16, 10))
+    g = torch.Generator().manual_seed(4)
+    masks = {n: (torch.rand(p.shape, generator=g) < 0.3).float()
+             for n, p in net.named_parameters() if p.dim() > 1}
+    topo = topo_pai.from_torch(net, masks, input_shape=(3, 4, 4))
+    weights = {n: p.detach().abs() for n, p in net.named_parameters() if n in masks}
+    alone = [topo.layer_matrix(i) for i in range(len(topo.layers))]
+    saved = numba.get_num_threads()
+    tables = []
+    try:
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            fresh = topo_pai.from_torch(net, masks, input_shape=(3, 4, 4))
+            built = fresh._layer_matrices()
+            assert all((a != b).nnz == 0 and a.shape == b.shape for a, b in zip(built, alone))
+            tables.append((fresh.metrics().rows, fresh.metrics(weights=weights).rows))
+    finally:
+        numba.set_num_threads(saved)
+    assert tables[0] == tables[-1]

@@ -516,23 +516,39 @@ def many_top_singular_values(matrices, tol: float | None = None) -> list:
     >>> many_top_singular_values([sp.csr_array(np.ones((3, 4))), sp.csr_array((2, 2))])
     [(3.4641016151377544, 0.0), (0.0, 0.0)]
     """
+    matrices = list(matrices)
+
+    def size(M):
+        return M.nnz if sp.issparse(M) else np.size(M)
+
+    with _one_blas_thread():
+        return map_largest_first(lambda M: top_singular_values(M, tol), matrices,
+                                 [size(M) for M in matrices])
+
+
+def map_largest_first(fn, items, sizes) -> list:
+    """``[fn(x) for x in items]``, in order, computed on up to
+    ``numba.get_num_threads()`` threads with the largest items (by ``sizes``) started
+    first, so that the last ones to finish are short. For work that releases the GIL
+    (numba ``nogil`` kernels, BLAS, LAPACK): each item is computed on its own, so the
+    results do not depend on the thread count; with one thread (or one item) it is
+    a plain loop.
+
+    >>> map_largest_first(lambda x: x * x, [1, 5, 2], sizes=[1, 5, 2])
+    [1, 25, 4]
+    """
     import numba
 
-    matrices = list(matrices)
-    workers = min(numba.get_num_threads(), len(matrices))
-    with _one_blas_thread():
-        if workers <= 1:
-            return [top_singular_values(M, tol) for M in matrices]
-        from concurrent.futures import ThreadPoolExecutor
+    items = list(items)
+    workers = min(numba.get_num_threads(), len(items))
+    if workers <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
 
-        def size(i):
-            M = matrices[i]
-            return M.nnz if sp.issparse(M) else np.size(M)
-
-        with ThreadPoolExecutor(workers) as pool:  # tasks start in submission order
-            futures = {i: pool.submit(top_singular_values, matrices[i], tol)
-                       for i in sorted(range(len(matrices)), key=size, reverse=True)}
-        return [futures[i].result() for i in range(len(matrices))]
+    with ThreadPoolExecutor(workers) as pool:  # tasks start in submission order
+        futures = {i: pool.submit(fn, items[i])
+                   for i in sorted(range(len(items)), key=lambda i: sizes[i], reverse=True)}
+    return [futures[i].result() for i in range(len(items))]
 
 
 def _dense_top_two(A) -> tuple[float, float]:
