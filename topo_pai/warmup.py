@@ -6,8 +6,8 @@ code next to the source (``__pycache__/*.nbi``, ``*.nbc``); compiling the kernel
 of a first analysis takes tens of seconds, loading them from the cache well under
 one. Types, not sizes, select the compiled code, so a small network that takes
 every common path (bool and float masks; sparse layers and dense ones, counted by
-their complement; both resolutions; exact counts, effective masks, SynFlow flows)
-compiles what a first analysis of a real one needs.
+their complement; both resolutions; exact counts, effective masks, SynFlow flows,
+the graph measures) compiles what a first analysis of a real one needs.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def warm() -> None:
             _ = topo.count_paths(res).exact
             topo.effective_masks(res)
             topo.flows(weights, resolution=res).log10_through_weights()
+        topo.metrics(weights=weights)  # the O(non-zeros) measures' kernels, blocks built
 
 
 def warm_spectra() -> None:

@@ -206,3 +206,30 @@ def test_csr_transpose_equals_scipy_and_its_twin(index_dtype, shape, density):
         assert got[0].dtype == got[1].dtype == np.dtype(index_dtype)
         for a, b in zip(got, twin):
             assert np.array_equal(a, b) and a.dtype == b.dtype
+
+
+@pytest.mark.parametrize("index_dtype", INDEX_DTYPES)
+@pytest.mark.parametrize("shape, density, integer", [((40, 30), 0.3, True), ((30, 40), 0.05, False),
+                                                     ((6, 8), 0.0, True), ((1, 9), 0.6, False)])
+def test_degree_kernels_equal_their_twins_and_scipy(index_dtype, shape, density, integer):
+    """``csr_degrees`` gives scipy's row sums (``B @ 1``) and numpy's column sums
+    (``bincount``) bit for bit, and its twin; ``csr_count_within`` counts the stored
+    non-zeros between flagged rows and columns, as its twin and a dense count do
+    (an explicit stored zero is not counted)."""
+    from topo_pai.kernels import degrees as D
+
+    B = _random_csr(*shape, density, seed=shape[0] + 7, integer=integer)
+    if B.nnz:
+        B.data[0] = 0.0  # an explicit zero: stored, not a kernel
+    indptr, indices = B.indptr.astype(index_dtype), B.indices.astype(index_dtype)
+    rows, cols = D.csr_degrees(indptr, indices, B.data, shape[1])
+    assert np.array_equal(rows, B @ np.ones(shape[1]))
+    assert np.array_equal(cols, np.bincount(B.indices, weights=B.data, minlength=shape[1]))
+    for a, b in zip((rows, cols), R.csr_degrees(indptr, indices, B.data, shape[1])):
+        assert np.array_equal(a, b)
+    rng = np.random.default_rng(shape[1])
+    row_flags, col_flags = rng.random(shape[0]) < 0.6, rng.random(shape[1]) < 0.6
+    dense = B.toarray() != 0
+    want = int(dense[row_flags][:, col_flags].sum())
+    assert D.csr_count_within(indptr, indices, B.data, row_flags, col_flags) == want
+    assert R.csr_count_within(indptr, indices, B.data, row_flags, col_flags) == want

@@ -184,3 +184,26 @@ def lanczos_steps(gram, basis, first, alpha, beta, j, stop, scale, grow):
         if beta[j - 1] <= 1e-12 * scale:
             break
     return j, scale
+
+
+def csr_degrees(indptr, indices, data, n_cols):
+    """Twin of :func:`topo_pai.kernels.degrees.csr_degrees`: row sums by a loop over
+    the rows (``np.add.reduce`` of a row is pairwise, so the twin adds one by one)
+    and column sums by ``np.bincount`` (entry order)."""
+    rows = np.zeros(len(indptr) - 1)
+    for r in range(rows.size):
+        total = 0.0
+        for v in data[indptr[r]:indptr[r + 1]]:
+            total += float(v)
+        rows[r] = total
+    cols = np.bincount(indices[:indptr[-1]], weights=data[:indptr[-1]],
+                       minlength=n_cols).astype(np.float64)
+    return rows, cols
+
+
+def csr_count_within(indptr, indices, data, row_flags, col_flags):
+    """Twin of :func:`topo_pai.kernels.degrees.csr_count_within`."""
+    end = int(indptr[-1])
+    row_of = np.repeat(np.asarray(row_flags, dtype=bool), np.diff(indptr))
+    kept = (data[:end] != 0) & np.asarray(col_flags, dtype=bool)[indices[:end]] & row_of
+    return int(np.count_nonzero(kept))

@@ -566,10 +566,10 @@ def _clean(mu0: float, mu_hat: float) -> tuple[float, float]:
 def degrees(matrix) -> tuple[np.ndarray, np.ndarray]:
     """``(in_degree, out_degree)``: row sums (per output unit) and column sums (per
     input unit) of a non-negative multiplicity matrix, as float64."""
+    from topo_pai.kernels.degrees import csr_degrees
+
     A = _csr(matrix)
-    # row sums by scipy's CSR product with ones (no per-entry row index array)
-    return (A @ np.ones(A.shape[1]),
-            np.bincount(A.indices, weights=A.data, minlength=A.shape[1]).astype(np.float64))
+    return csr_degrees(A.indptr, A.indices, A.data, A.shape[1])  # one pass, entry order
 
 
 def _csr(matrix):
@@ -731,14 +731,13 @@ def effective_kernels(matrix, fin: np.ndarray, bout: np.ndarray) -> int:
     ...                   np.array([True, True]))
     2
     """
+    from topo_pai.kernels.degrees import csr_count_within
+
     A = _csr(matrix)
-    # an entry counts when it is non-zero, its column is reached and its row reaches:
-    # flags gathered per entry (the rows' flags repeated over their entries), an
-    # integer count, no product
-    rows_reach = np.repeat(np.asarray(bout, dtype=bool), np.diff(A.indptr))
-    end = int(A.indptr[-1])
-    counted = (A.data[:end] != 0) & np.asarray(fin, dtype=bool)[A.indices[:end]] & rows_reach
-    return int(np.count_nonzero(counted))
+    # an entry counts when it is non-zero, its row reaches the output and its column
+    # is reached: an integer count in one pass, no product
+    return int(csr_count_within(A.indptr, A.indices, A.data, np.asarray(bout, dtype=bool),
+                                np.asarray(fin, dtype=bool)))
 
 
 def sparsity_and_compression(params: int, kept: int) -> tuple[float, float]:
