@@ -414,6 +414,7 @@ def cmd_prune(args) -> int:
 
     import topo_pai
     from topo_pai.pruners import get_method
+    from topo_pai.pruners.api import check_options
 
     method = get_method(args.method)
     if method.needs_data and args.dataset is None:
@@ -438,6 +439,7 @@ def cmd_prune(args) -> int:
     elif method.budgets_from_option is not None:
         raise UsageError(f"method {args.method!r} reworks given masks: pass them with --masks "
                          "FILE (e.g. the output of an earlier topo-pai prune)")
+    check_options(args.method, **options)  # names and values, before the model and data
     model, shape, ds = _model_and_shape(args)
     if args.masks:
         options[method.budgets_from_option] = _load_masks_arg(args, model)

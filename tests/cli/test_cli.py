@@ -167,6 +167,24 @@ def test_output_and_input_paths_are_checked_before_any_work(argv, match, tmp_pat
 
 
 @pytest.mark.parametrize("argv, match", [
+    (["synflow", "--option", "rounds=0"], "method 'synflow': rounds must be an int >= 1, got 0"),
+    (["npb", "--option", "alpha=2"], "method 'npb': NPB option alpha"),
+    (["phew", "--option", "element=smallest"], "method 'phew': element must be one of"),
+    (["snip", "--dataset", "synthetic", "--option", "max_batches=0"], "max_batches must be"),
+])
+def test_prune_option_values_are_refused_before_the_model_and_data(argv, match, tmp_path,
+                                                                   capsys, monkeypatch):
+    """They were refused only once the model was built and the data loaded (npb and phew
+    only mid-run); now first, by the method's options dataclass (check_options)."""
+    import topo_pai.cli as cli
+    monkeypatch.setattr(cli, "_model_and_shape", _boom)
+    code, _, err = run(capsys, "prune", "lenet5", argv[0], "0.9", "--out",
+                       str(tmp_path / "m.pt"), *argv[1:])
+    assert code == 2 and match in err and "Traceback" not in err, err
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("argv, match", [
     (["analyze", "lenet5", "--model-arg", "depth=3"], "depth"),
     (["analyze", "lenet5", "--model-arg", "width"], "KEY=VALUE"),
     (["prune", "lenet5", "random", "0.9", "--out", "{tmp}/m.pt", "--option", "allocation=erk",
@@ -318,6 +336,10 @@ def test_seeds_outside_torchs_range_are_refused_by_the_parser(flag, value, tmp_p
     ('val_size = 100000', "val_size=100000 leaves no training images"),
     ('seeds = [18446744073709551616]', "seeds must be an int in [0, 2**64 - 1]"),
     ('methods = ["shuffle"]', "method 'shuffle' reworks given masks"),
+    ('methods = ["synflow"]\nmethod_options = {synflow = {rounds = 0}}',
+     "sweep method_options for 'synflow': method 'synflow': rounds must be an int >= 1, got 0"),
+    ('methods = ["npb"]\nmethod_options = {npb = {variant = "fast"}}',
+     "method 'npb': NPB option variant must be one of"),
     ('models = ["{tmp}/net.py:build"]', "'{tmp}/net.py:build' cannot be called with no "
                                         "arguments: missing a required argument: 'n'"),
 ])

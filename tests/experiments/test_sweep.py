@@ -107,8 +107,11 @@ def test_a_directory_of_another_configuration_is_refused(tmp_path):
 
 
 def test_failed_trials_are_reported_and_the_rest_saved(tmp_path):
-    cfg = SweepConfig(**{**TINY, "method_options": {"synflow": {"rounds": -3}}})
-    with pytest.raises(SweepError, match="failed"):
+    # a layer name is only checked against the model, in the trial (a bad option value such
+    # as rounds=-3 is refused before the sweep starts)
+    cfg = SweepConfig(**{**TINY, "method_options": {
+        "synflow": {"allocation": {"no_such_layer": 0.5}}}})
+    with pytest.raises(SweepError, match="allocation names 'no_such_layer'"):
         run_sweep(cfg, tmp_path / "s", progress=False, retries=0)
     rows = list(read_results(tmp_path / "s" / "results.jsonl").values())
     assert {r["method"] for r in rows} == {"random"} and len(rows) == 4
@@ -149,6 +152,9 @@ def test_unknown_names(kind, change, tmp_path):
 
 @pytest.mark.parametrize("options, match", [
     ({"synflow": {"round": 3}}, "method_options for 'synflow': unknown option"),
+    ({"synflow": {"rounds": 0}}, "method_options for 'synflow': method 'synflow': rounds must "
+                                 "be an int >= 1, got 0"),
+    ({"synflow": {"resolution": "edge"}}, "method 'synflow': resolution must be"),
     ({"random": {"allocation": "erk", "erk_power": float("nan")}}, "erk_power"),
     ({"random": {"allocation": "erdos"}}, "unknown allocation"),
     ({"random": 3}, "must be a dict"),
