@@ -302,14 +302,15 @@ class SweepConfig:
             check_model_spec(model)
         known_methods = available_methods()
         for kind, names, known in (("method", [m for m in self.methods if m not in self.arms],
-                                    known_methods),
+                                    known_methods + list(self.arms)),
                                    ("dataset", (self.dataset,), available_datasets())):
             for n in names:
                 if n not in known:
                     from topo_pai.checks import did_you_mean
                     raise ValueError(f"unknown {kind} {n!r};{did_you_mean(n, known)} available: "
                                      f"{', '.join(known)}")
-        for name in self.methods:
+        # every arm, also one not (yet) in methods: it is part of the stored configuration
+        for name in [*self.methods, *(a for a in self.arms if a not in self.methods)]:
             if not isinstance(self.method_options.get(name, {}), dict):
                 raise ValueError(f"sweep method_options[{name!r}] must be a dict of options, "
                                  f"got {self.method_options[name]!r}")
