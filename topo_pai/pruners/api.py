@@ -15,6 +15,7 @@ import torch
 from topo_pai.checks import check_bool, check_int, did_you_mean
 from topo_pai.coverage import warn_uncovered
 from topo_pai.errors import MaskError
+from topo_pai.graph.trace import validate_input_shape
 from topo_pai.masks.mask import Masks, as_masks
 from topo_pai.pruners import allocation as A
 from topo_pai.pruners.context import PruneContext, prunable_targets, resolve_exclude
@@ -361,6 +362,7 @@ def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=
     """Like :func:`prune`, but return a :class:`PruneResult` with the scores too."""
     sparsity = _check_sparsity(sparsity)
     seed = _check_seed(seed)
+    input_shape = validate_input_shape(input_shape)  # whatever the method: one check
     m, spec, ratio, needs_data, opts = _plan(method, scope, allocation, options)
     if data is None:
         if m.needs_data:
@@ -425,6 +427,8 @@ def prune(model, method: str, sparsity: float, *, input_shape, data=None, seed: 
     input_shape : tuple of int
         One sample's shape without the batch dimension, e.g. ``(3, 32, 32)``;
         used by the methods and allocations that read the network's topology.
+        Its form (positive ints) is checked whatever the method; whether it fits
+        the model, when the model is traced or the data is read.
     data : DataLoader or (x, y), optional
         Needed by ``snip``, ``iter_snip``, ``grasp`` (cross-entropy loss); read
         once into memory, so pass a small pruning set.
@@ -466,6 +470,9 @@ def prune(model, method: str, sparsity: float, *, input_shape, data=None, seed: 
     ValueError
         Unknown method or option, sparsity outside ``[0, 1)``, missing data,
         bad ``exclude`` or ``allocation``.
+    topo_pai.InputShapeError
+        ``input_shape`` is not a tuple of positive ints (any method), or does not
+        fit the model (methods that trace it) or the data.
     topo_pai.NoPrunableLayerError
         The model has no Linear or Conv layer.
 
