@@ -340,6 +340,8 @@ def test_seeds_outside_torchs_range_are_refused_by_the_parser(flag, value, tmp_p
      "sweep method_options for 'synflow': method 'synflow': rounds must be an int >= 1, got 0"),
     ('methods = ["npb"]\nmethod_options = {npb = {variant = "fast"}}',
      "method 'npb': NPB option variant must be one of"),
+    ('models = ["lenet5", "LeNet-5"]', "'lenet5' and 'LeNet-5' name the same model"),
+    ('arms = {x = {method = "synflow", rounds = 0}}', "arms['x']: method 'synflow': rounds"),
     ('models = ["{tmp}/net.py:build"]', "'{tmp}/net.py:build' cannot be called with no "
                                         "arguments: missing a required argument: 'n'"),
 ])

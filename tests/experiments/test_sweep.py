@@ -10,6 +10,7 @@ import pytest
 
 import topo_pai
 from topo_pai.experiments import sweep as S
+from topo_pai.experiments.config import LATER_FIELDS
 from topo_pai.experiments.executors import local as local_executor
 from topo_pai.experiments.sweep import (COLUMNS, ResultsStore, SweepConfig, SweepConfigMismatch,
                                         SweepError, SweepLocked, read_results, run_sweep)
@@ -417,3 +418,65 @@ def test_a_trial_gives_the_same_metrics_with_one_or_two_workers(tmp_path):
                                 for h in e["history"]]
                 for e in map(json.loads, (out / "epochs.jsonl").read_text().splitlines())}
     assert histories(tmp_path / "one") == histories(tmp_path / "two")
+
+
+# ------------------------------------------------------------ one model, two spellings
+ALIAS = dict(dataset="synthetic", methods=("random",), sparsities=(0.5,), seeds=(0, 1))
+
+
+@pytest.mark.parametrize("models", [("lenet_300_100", "LeNet-300-100"),
+                                    ("lenet5", "conv2", "LENET_5"),
+                                    ("net.py:build", "./net.py:build")])
+def test_two_spellings_of_one_model_are_refused_before_the_directory(models, tmp_path,
+                                                                     monkeypatch):
+    """They ran the same model twice under two trial ids."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text("import torch\ndef build():\n    return torch.nn.Sequential("
+                                     "torch.nn.Flatten(), torch.nn.Linear(784, 10))\n")
+    cfg = SweepConfig(models=models, **ALIAS)
+    same = [m for m in models if m != "conv2"]
+    with pytest.raises(S.SameModelTwice, match=f"{same[0]!r} and {same[1]!r} name the same "
+                                               "model") as err:
+        run_sweep(cfg, tmp_path / "s", progress=False)
+    assert isinstance(err.value, ValueError)
+    assert not (tmp_path / "s").exists()
+    SweepConfig(models=(models[0],), **ALIAS).validate_names()  # one spelling is fine
+
+
+def test_an_old_directory_with_a_non_canonical_spelling_resumes_unchanged(tmp_path,
+                                                                          monkeypatch):
+    """Model names are not rewritten: an old-style config.json (no later fields) naming
+    "LeNet-300-100" is the same configuration, keeps its bytes and its trial ids."""
+    kwargs = {"LeNet-300-100": {"width": 0.1}}
+    cfg = SweepConfig(models=("LeNet-300-100",), model_kwargs=kwargs, **ALIAS)
+    out = tmp_path / "s"
+    run_sweep(cfg, out, progress=False, limit=1)
+    stored = json.loads((out / "config.json").read_text())
+    old = {k: v for k, v in stored["config"].items() if k not in LATER_FIELDS}
+    assert "LeNet-300-100" in old["models"] and "arms" not in old
+    text = json.dumps({"fingerprint": stored["fingerprint"], "config": old}, indent=2) + "\n"
+    (out / "config.json").write_text(text)
+    again = SweepConfig.from_dict(old)
+    assert again.same_as(cfg) and again.fingerprint() == cfg.fingerprint()
+    rows = run_sweep(cfg, out, progress=False)
+    assert sorted(r["trial_id"] for r in rows) == ["LeNet-300-100/random/s0.5/seed0",
+                                                   "LeNet-300-100/random/s0.5/seed1"]
+    assert (out / "config.json").read_text() == text
+    calls = []
+    monkeypatch.setattr(local_executor, "run_trial", lambda *a, **k: calls.append(a))
+    assert run_sweep(again, out, progress=False) == rows and calls == []
+
+
+def test_a_directory_that_already_ran_both_spellings_still_resumes(tmp_path):
+    """Its config.json was accepted before; refusing it now would strand its results."""
+    cfg = SweepConfig(models=("lenet_300_100", "LeNet-300-100"), **ALIAS,
+                      model_kwargs={"lenet_300_100": {"width": 0.1},
+                                    "LeNet-300-100": {"width": 0.1}})
+    out = tmp_path / "s"
+    with ResultsStore(out, cfg):  # as the old code wrote it
+        pass
+    with pytest.warns(UserWarning, match="name the same model.*resuming"):
+        rows = run_sweep(cfg, out, progress=False)
+    assert len(rows) == 4
+    with pytest.raises(S.SameModelTwice):  # but not in a new directory
+        run_sweep(cfg, tmp_path / "new", progress=False)
