@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from topo_pai.checks import did_you_mean
+from topo_pai.checks import did_you_mean, prefixed
 
 T = TypeVar("T")
 _RAISE = object()
@@ -88,17 +88,7 @@ class Entry(Generic[T]):
         except (ValueError, TypeError) as exc:
             if owner is None:
                 raise
-            raise _prefixed(exc, owner) from None
-
-
-def _prefixed(exc: Exception, owner: str) -> Exception:
-    """``exc`` with ``owner: `` before its message, of its own type where that type takes
-    a message alone (else the nearest of ValueError / TypeError)."""
-    message = f"{owner}: {exc}"
-    try:
-        return type(exc)(message)
-    except Exception:  # noqa: BLE001 - an exception type with another constructor
-        return TypeError(message) if isinstance(exc, TypeError) else ValueError(message)
+            raise prefixed(exc, owner) from None
 
 
 def no_key(name: str) -> str:

@@ -184,6 +184,27 @@ def test_prune_option_values_are_refused_before_the_model_and_data(argv, match, 
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.parametrize("method", ["magnitude", "random"])
+def test_prune_refuses_a_shape_that_does_not_fit_before_writing_the_masks(method, tmp_path,
+                                                                          capsys):
+    """Methods that never trace the model wrote the masks file, then failed on the table."""
+    (tmp_path / "net.py").write_text("import torch\ndef build():\n    return torch.nn.Sequential("
+                                     "torch.nn.Flatten(), torch.nn.Linear(784, 10))\n")
+    out = tmp_path / "m.pt"
+    code, _, err = run(capsys, "prune", f"{tmp_path}/net.py:build", method, "0.5",
+                       "--input-shape", "3,32,32", "--out", str(out), "--quiet")
+    assert code == 2 and "does not fit the model" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_prune_option_exclude_still_reaches_prune(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    code, _, err = run(capsys, "prune", "lenet5", "magnitude", "0.5", "--out", str(out),
+                       "--option", 'exclude=["conv1"]', "--quiet")
+    assert code == 0, err
+    assert bool(topo_pai.load_masks(out)["conv1.weight"].all())
+
+
 @pytest.mark.parametrize("argv, match", [
     (["analyze", "lenet5", "--model-arg", "depth=3"], "depth"),
     (["analyze", "lenet5", "--model-arg", "width"], "KEY=VALUE"),

@@ -480,3 +480,39 @@ def test_a_directory_that_already_ran_both_spellings_still_resumes(tmp_path):
     assert len(rows) == 4
     with pytest.raises(S.SameModelTwice):  # but not in a new directory
         run_sweep(cfg, tmp_path / "new", progress=False)
+
+
+NETS = {"flat784": "torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))",
+        "five_logits": "torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 5))",
+        "many_logits": "torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 12))"}
+
+
+@pytest.mark.parametrize("model, dataset, train, match", [
+    ("vgg11", "digits", None, "sweep model 'vgg11' on dataset 'digits' (inputs 1x8x8, 10 "
+                              "classes): input_size=(8, 8) is too small for vgg11"),
+    ("{tmp}/nets.py:flat784", "digits", None, "does not fit the model at fx node"),
+    ("{tmp}/nets.py:five_logits", "synthetic", {"epochs": 1},
+     "outputs of shape (1, 5) for one sample; training needs (1, 10)"),
+])
+def test_a_model_the_dataset_does_not_fit_is_refused_before_the_directory(
+        model, dataset, train, match, tmp_path, monkeypatch):
+    """Every trial failed (exit 1) after config.json was written."""
+    (tmp_path / "nets.py").write_text("import torch\n" + "".join(
+        f"def {name}():\n    return {body}\n" for name, body in NETS.items()))
+    monkeypatch.setattr(local_executor, "run_trial", lambda *a, **k: pytest.fail("a trial ran"))
+    cfg = SweepConfig(models=(model.format(tmp=tmp_path),), dataset=dataset, methods=("random",),
+                      sparsities=(0.5,), train=train, train_limit=64, test_limit=32)
+    with pytest.raises(ValueError) as err:
+        run_sweep(cfg, tmp_path / "s", progress=False)
+    assert match in str(err.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_model_with_more_logits_than_classes_still_trains(tmp_path):
+    (tmp_path / "nets.py").write_text("import torch\ndef many_logits():\n"
+                                      f"    return {NETS['many_logits']}\n")
+    cfg = SweepConfig(models=(f"{tmp_path}/nets.py:many_logits",), dataset="synthetic",
+                      methods=("random",), sparsities=(0.5,), train={"epochs": 1},
+                      train_limit=64, test_limit=32)
+    rows = run_sweep(cfg, tmp_path / "s", progress=False)
+    assert len(rows) == 1 and 0.0 <= rows[0]["accuracy"] <= 1.0
