@@ -439,8 +439,7 @@ def cmd_prune(args) -> int:
     elif method.budgets_from_option is not None:
         raise UsageError(f"method {args.method!r} reworks given masks: pass them with --masks "
                          "FILE (e.g. the output of an earlier topo-pai prune)")
-    # names and values, before the model and data (exclude names layers: prune checks it)
-    check_options(args.method, **{k: v for k, v in options.items() if k != "exclude"})
+    check_options(args.method, **options)  # names and values, before the model and data
     model, shape, ds = _model_and_shape(args)
     if args.masks:
         options[method.budgets_from_option] = _load_masks_arg(args, model)

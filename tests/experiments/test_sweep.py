@@ -169,6 +169,22 @@ def test_method_options_are_checked_before_any_trial(options, match, tmp_path, m
     assert not (tmp_path / "s").exists()
 
 
+def test_exclude_is_a_sweep_option_checked_up_front(tmp_path):
+    """prune's exclude was refused in a sweep as an unknown option of the method."""
+    cfg = SweepConfig(**{**TINY, "methods": ("random",), "shuffled": (), "seeds": (0,),
+                         "sparsities": (0.9,), "method_options": {"random": {"exclude": ["fc1"]}}})
+    (row,) = run_sweep(cfg, tmp_path / "s", progress=False)
+    # fc1 (784 x 30 at width 0.1) stays dense: 90% of the other layers' weights go
+    h1, h2 = 30, 10
+    kept_other = row["unpruned_params"] - 784 * h1
+    assert kept_other == round(0.1 * (h1 * h2 + h2 * 10))
+    bad = SweepConfig(**{**TINY, "method_options": {"random": {"exclude": [3]}}})
+    with pytest.raises(ValueError, match="sweep method_options for .random.: exclude entries "
+                                        "must be strings"):
+        run_sweep(bad, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_config_files_round_trip(tmp_path):
     cfg = SweepConfig(**{**TINY, "train": {"epochs": 3}})
     (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))

@@ -735,8 +735,11 @@ def test_phew_glue_passes_budgets_and_checks_them(small, monkeypatch):
             out[name] = flat.reshape(w.shape)
         return out
 
+    from topo_pai.pruners.phew import check_phew_options
+
     fake = types.ModuleType("topo_pai.pruners.phew")
     fake.phew_masks = fake_phew_masks
+    fake.check_phew_options = check_phew_options  # PhewOptions checks its values with it
     monkeypatch.setitem(sys.modules, "topo_pai.pruners.phew", fake)
     r = prune_with_scores(small, "phew", 0.9, input_shape=SHAPE, seed=7, element="largest",
                           exclude=["fc"])

@@ -18,7 +18,8 @@ from topo_pai.errors import MaskError
 from topo_pai.graph.trace import validate_input_shape
 from topo_pai.masks.mask import Masks, as_masks
 from topo_pai.pruners import allocation as A
-from topo_pai.pruners.context import PruneContext, prunable_targets, resolve_exclude
+from topo_pai.pruners.context import (PruneContext, exclude_patterns, prunable_targets,
+                                      resolve_exclude)
 from topo_pai.pruners.registry import Method, MethodOutput, get_method
 from topo_pai.pruners.select import check_finite_or_inf, rng_for, select_top
 
@@ -332,16 +333,17 @@ def _plan(method, scope, allocation, options: dict):
     return m, spec, ratio, needs_data, _split_options(m, options, spec, needs_data)
 
 
-def check_options(method: str, *, scope: str = "global", allocation=None, **options) -> None:
+def check_options(method: str, *, scope: str = "global", allocation=None, exclude=(),
+                  **options) -> None:
     """Check what :func:`prune` can check before it sees a model: the method name, ``scope``,
-    ``allocation``, the options' names, and their values: the method's, the allocation's
-    and the data options' dataclasses are built, as :func:`prune` builds them. Raises the
-    errors :func:`prune` would raise, before any model is built (sweeps and the command
-    line call it before they write anything).
+    ``allocation``, the form of ``exclude``, the options' names, and their values: the
+    method's, the allocation's and the data options' dataclasses are built, as
+    :func:`prune` builds them. Raises the errors :func:`prune` would raise, before any
+    model is built (sweeps and the command line call it before they write anything).
 
-    What needs the model is left to :func:`prune`: a dict ``allocation``'s layer names
-    and densities, the layer names of NPB's ``K`` mapping, shuffle's ``masks``, whether
-    ``input_shape`` fits the model, and the data.
+    What needs the model is left to :func:`prune`: the layers ``exclude`` and a dict
+    ``allocation`` name, the dict's densities, the layer names of NPB's ``K`` mapping,
+    shuffle's ``masks``, whether ``input_shape`` fits the model, and the data.
 
     >>> check_options("random", allocation="erk", erk_power=0.5)
     >>> check_options("snip", max_batches=0)
@@ -353,6 +355,7 @@ def check_options(method: str, *, scope: str = "global", allocation=None, **opti
     ...
     ValueError: method 'synflow': rounds must be an int >= 1, got 0
     """
+    exclude_patterns(exclude)
     _plan(method, scope, allocation, options)
 
 

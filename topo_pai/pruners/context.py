@@ -17,8 +17,8 @@ from topo_pai.graph.trace import validate_input_shape
 from topo_pai.pruners.targets import Target, prunable_targets
 from topo_pai.pruners.torch_masks import strip_reparametrization
 
-__all__ = ["PruneContext", "Target", "check_batches", "effective_weight", "iter_batches",
-           "prunable_targets", "resolve_exclude"]
+__all__ = ["PruneContext", "Target", "check_batches", "effective_weight", "exclude_patterns",
+           "iter_batches", "prunable_targets", "resolve_exclude"]
 
 
 def _torch():
@@ -37,10 +37,11 @@ def effective_weight(module):
     return module.weight.detach()
 
 
-def resolve_exclude(targets: list[Target], exclude) -> set[str]:
-    """Param names matched by ``exclude`` (module names, param names or fnmatch patterns)."""
+def exclude_patterns(exclude) -> list[str]:
+    """``exclude`` (None, a name or an iterable of names) as a list of strings: its form,
+    checked without the model (:func:`resolve_exclude` matches it against the layers)."""
     if exclude is None:
-        return set()
+        return []
     if isinstance(exclude, str):
         exclude = (exclude,)
     try:
@@ -48,10 +49,16 @@ def resolve_exclude(targets: list[Target], exclude) -> set[str]:
     except TypeError as exc:
         raise TypeError(f"exclude must be an iterable of module or parameter names (or fnmatch "
                         f"patterns), got {type(exclude).__name__}") from exc
-    out: set[str] = set()
     for pat in patterns:
         if not isinstance(pat, str):
             raise TypeError(f"exclude entries must be strings, got {pat!r}")
+    return patterns
+
+
+def resolve_exclude(targets: list[Target], exclude) -> set[str]:
+    """Param names matched by ``exclude`` (module names, param names or fnmatch patterns)."""
+    out: set[str] = set()
+    for pat in exclude_patterns(exclude):
         hit = {t.param for t in targets
                if fnmatch.fnmatchcase(t.param, pat) or fnmatch.fnmatchcase(t.module, pat)}
         if not hit:
