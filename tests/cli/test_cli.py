@@ -362,6 +362,8 @@ def test_seeds_outside_torchs_range_are_refused_by_the_parser(flag, value, tmp_p
     ('methods = ["npb"]\nmethod_options = {npb = {variant = "fast"}}',
      "method 'npb': NPB option variant must be one of"),
     ('models = ["lenet5", "LeNet-5"]', "'lenet5' and 'LeNet-5' name the same model"),
+    ('model_kwargs = {lenet5 = {width = -1}}', "sweep model 'lenet5' on dataset 'synthetic' "
+                                               "(inputs 1x28x28, 10 classes): width must be"),
     ('arms = {x = {method = "synflow", rounds = 0}}', "arms['x']: method 'synflow': rounds"),
     ('models = ["{tmp}/net.py:build"]', "'{tmp}/net.py:build' cannot be called with no "
                                         "arguments: missing a required argument: 'n'"),
