@@ -178,9 +178,8 @@ def check_models(cfg: SweepConfig, data_root=None) -> None:
 def _check_model_runs(cfg: SweepConfig, model_spec: str, shape, num_classes: int) -> None:
     """Build the model once and trace it at the dataset's input shape, as every trial
     does, and, when the sweep trains, check that one sample gives a logit for each of the
-    ``num_classes`` classes:
-    a model the dataset does not fit (a zoo model too large for its images, a user's model
-    for another input) is refused here instead of failing every trial."""
+    ``num_classes`` classes: a model the dataset does not fit (a zoo model too large for
+    its images, a user's model for another input) is refused here, not in every trial."""
     import warnings
 
     import torch
