@@ -106,15 +106,44 @@ def test_models_and_datasets_keep_their_names_and_options():
     ("grasp", {"temperature": -1.0}, "temperature"),
     ("synflow_widen", {"delta_t": 0}, "delta_t must be a positive int"),
     ("synflow_widen", {"max_t": True}, "max_t must be a positive int or None"),
+    ("npb", {"alpha": 2.0}, "NPB option alpha"),
+    ("npb", {"variant": "fast"}, "NPB option variant must be one of"),
+    ("npb", {"K": 0}, r"NPB option K must be an int >= 1"),
+    ("phew", {"element": "smallest"}, "element must be one of"),
+    ("phew", {"stall_window": 0}, r"stall_window must be an int in \[1, "),
 ])
 def test_bad_option_values_are_refused_by_the_methods_dataclass(method, options, match):
+    """The one check of a method's option values is its dataclass; check_options (which
+    sweeps and the command line call before writing anything) and prune both build it,
+    and the error names the method. npb and phew checked their values only mid-run."""
     m = get_method(method)
-    with pytest.raises(ValueError, match=match):
+    named = f"method '{method}': .*{match}"
+    with pytest.raises(ValueError, match=named):
         m.make_params(options)
-    with pytest.raises(ValueError, match=match):
-        prune_with_scores(mlp(), method, 0.5, input_shape=(6,), data=(torch.randn(4, 6),
-                          torch.tensor([0, 1, 2, 0])), **options)
-    check_options(method, **options)  # names only: values are checked when a run builds them
+    with pytest.raises(ValueError, match=named):
+        check_options(method, **options)
+    calls = []
+    real = m.fn
+    register_method(dataclasses.replace(m, fn=lambda *a, **k: calls.append(1) or real(*a, **k)),
+                    overwrite=True)
+    try:
+        with pytest.raises(ValueError, match=named):
+            prune_with_scores(mlp(), method, 0.5, input_shape=(6,), data=(torch.randn(4, 6),
+                              torch.tensor([0, 1, 2, 0])), **options)
+    finally:
+        register_method(m, overwrite=True)
+    assert calls == []  # refused before the method ran
+
+
+def test_values_that_need_the_model_are_left_to_prune():
+    """What check_options cannot know without the model it lets through, and prune refuses."""
+    check_options("npb", K={"no_such_layer": 2})
+    with pytest.raises(ValueError, match="NPB option K names \\['no_such_layer'\\]"):
+        topo_pai.prune(mlp(), "npb", 0.5, input_shape=(6,), K={"no_such_layer": 2})
+    check_options("magnitude", allocation={"no_such_layer": 0.5})
+    with pytest.raises(ValueError, match="allocation names 'no_such_layer'"):
+        topo_pai.prune(mlp(), "magnitude", 0.5, input_shape=(6,),
+                       allocation={"no_such_layer": 0.5})
 
 
 @pytest.mark.parametrize("method,options,match", [

@@ -111,6 +111,20 @@ def check_bool(name: str, value) -> bool:
     raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
+def prefixed(exc: Exception, where: str) -> Exception:
+    """``exc`` with ``where: `` before its message (what the error is about), of its own
+    type where that type takes a message alone, else ValueError (TypeError for one).
+
+    >>> prefixed(ValueError("rounds must be an int >= 1, got 0"), "method 'synflow'")
+    ValueError("method 'synflow': rounds must be an int >= 1, got 0")
+    """
+    message = f"{where}: {exc}"
+    try:
+        return type(exc)(message)
+    except Exception:  # noqa: BLE001 - an exception type with another constructor
+        return TypeError(message) if isinstance(exc, TypeError) else ValueError(message)
+
+
 def did_you_mean(name, choices) -> str:
     """A ``" Did you mean 'x'?"`` hint naming the closest of ``choices``, or ``""``.
 

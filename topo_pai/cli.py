@@ -414,6 +414,7 @@ def cmd_prune(args) -> int:
 
     import topo_pai
     from topo_pai.pruners import get_method
+    from topo_pai.pruners.api import check_options
 
     method = get_method(args.method)
     if method.needs_data and args.dataset is None:
@@ -438,6 +439,7 @@ def cmd_prune(args) -> int:
     elif method.budgets_from_option is not None:
         raise UsageError(f"method {args.method!r} reworks given masks: pass them with --masks "
                          "FILE (e.g. the output of an earlier topo-pai prune)")
+    check_options(args.method, **options)  # names and values, before the model and data
     model, shape, ds = _model_and_shape(args)
     if args.masks:
         options[method.budgets_from_option] = _load_masks_arg(args, model)
@@ -453,10 +455,12 @@ def cmd_prune(args) -> int:
     if not args.quiet:
         print(f"topo-pai: pruned in {time.perf_counter() - t0:.1f} s", file=sys.stderr,
               flush=True)
-    path = topo_pai.save_masks(masks, out)
     with warnings.catch_warnings():  # prune() has said so already
         warnings.simplefilter("ignore", topo_pai.UncoveredWeightsWarning)
+        # before the file is written: a shape that does not fit the model is refused here
+        # for the methods that never trace it (random, magnitude, ...)
         topo = topo_pai.from_torch(model, masks, input_shape=shape)
+    path = topo_pai.save_masks(masks, out)
     print(f"{args.method} at sparsity {args.sparsity:g} on {args.model} {shape}: masks -> {path}\n")
     _print_topology(topo, ("channel",), False)
     return EXIT_OK

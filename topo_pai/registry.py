@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from topo_pai.checks import did_you_mean
+from topo_pai.checks import did_you_mean, prefixed
 
 T = TypeVar("T")
 _RAISE = object()
@@ -61,14 +61,34 @@ class Entry(Generic[T]):
     def make_params(self, options: dict[str, Any], *, owner: str | None = None):
         """The hyperparameter dataclass built from ``options`` (keyword options map to its
         fields; the dataclass validates them). An unknown option is refused, naming
-        ``owner`` (default: the entry) and listing the valid options."""
+        ``owner`` (default: the entry) and listing the valid options; a value the
+        dataclass refuses keeps its error, prefixed with ``owner`` when given.
+
+        >>> @dataclass(frozen=True)
+        ... class Rounds:
+        ...     rounds: int = 1
+        ...     def __post_init__(self):
+        ...         if self.rounds < 1:
+        ...             raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        >>> Entry("iterate", None, Rounds).make_params({"rounds": 0}, owner="method 'iterate'")
+        Traceback (most recent call last):
+        ...
+        ValueError: method 'iterate': rounds must be >= 1, got 0
+        """
         valid = self.option_names()
         unknown = [k for k in options if k not in valid]
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for "
                              f"{owner or repr(self.name)};{did_you_mean(unknown[0], valid)} "
                              f"valid options: {', '.join(valid) or 'none'}")
-        return None if self.params is None else self.params(**options)
+        if self.params is None:
+            return None
+        try:
+            return self.params(**options)
+        except (ValueError, TypeError) as exc:
+            if owner is None:
+                raise
+            raise prefixed(exc, owner) from None
 
 
 def no_key(name: str) -> str:

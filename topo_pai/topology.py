@@ -43,7 +43,7 @@ from topo_pai.errors import MaskError, PathCountTooLarge
 from topo_pai.graph.ir import Program
 from topo_pai.graph.masks import LayerMask, attached_masks, layer_mask, scan, validate_keys
 from topo_pai.graph.structure import Structure, build_structure
-from topo_pai.graph.trace import trace
+from topo_pai.graph.trace import trace, validate_input_shape
 from topo_pai.kernels import propagate as K
 from topo_pai.masks.mask import Masks
 from topo_pai.masks.validate import (
@@ -781,11 +781,7 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
     >>> topo.with_masks({"0.weight": mask}).effective_nodes()  # one hidden unit is cut off
     8
     """
-    from topo_pai.errors import InputShapeError
-
-    if input_shape is None:
-        raise InputShapeError("input_shape is required: the shape of one input sample without "
-                              "the batch dimension, e.g. input_shape=(3, 32, 32)")
+    validate_input_shape(input_shape)
     EngineOptions(engine)  # a bad choice is refused before the (longer) trace
     program = trace(model, input_shape)
     options = EngineOptions(engine, _model_device(model))

@@ -167,6 +167,45 @@ def test_output_and_input_paths_are_checked_before_any_work(argv, match, tmp_pat
 
 
 @pytest.mark.parametrize("argv, match", [
+    (["synflow", "--option", "rounds=0"], "method 'synflow': rounds must be an int >= 1, got 0"),
+    (["npb", "--option", "alpha=2"], "method 'npb': NPB option alpha"),
+    (["phew", "--option", "element=smallest"], "method 'phew': element must be one of"),
+    (["snip", "--dataset", "synthetic", "--option", "max_batches=0"], "max_batches must be"),
+])
+def test_prune_option_values_are_refused_before_the_model_and_data(argv, match, tmp_path,
+                                                                   capsys, monkeypatch):
+    """They were refused only once the model was built and the data loaded (npb and phew
+    only mid-run); now first, by the method's options dataclass (check_options)."""
+    import topo_pai.cli as cli
+    monkeypatch.setattr(cli, "_model_and_shape", _boom)
+    code, _, err = run(capsys, "prune", "lenet5", argv[0], "0.9", "--out",
+                       str(tmp_path / "m.pt"), *argv[1:])
+    assert code == 2 and match in err and "Traceback" not in err, err
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("method", ["magnitude", "random"])
+def test_prune_refuses_a_shape_that_does_not_fit_before_writing_the_masks(method, tmp_path,
+                                                                          capsys):
+    """Methods that never trace the model wrote the masks file, then failed on the table."""
+    (tmp_path / "net.py").write_text("import torch\ndef build():\n    return torch.nn.Sequential("
+                                     "torch.nn.Flatten(), torch.nn.Linear(784, 10))\n")
+    out = tmp_path / "m.pt"
+    code, _, err = run(capsys, "prune", f"{tmp_path}/net.py:build", method, "0.5",
+                       "--input-shape", "3,32,32", "--out", str(out), "--quiet")
+    assert code == 2 and "does not fit the model" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_prune_option_exclude_still_reaches_prune(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    code, _, err = run(capsys, "prune", "lenet5", "magnitude", "0.5", "--out", str(out),
+                       "--option", 'exclude=["conv1"]', "--quiet")
+    assert code == 0, err
+    assert bool(topo_pai.load_masks(out)["conv1.weight"].all())
+
+
+@pytest.mark.parametrize("argv, match", [
     (["analyze", "lenet5", "--model-arg", "depth=3"], "depth"),
     (["analyze", "lenet5", "--model-arg", "width"], "KEY=VALUE"),
     (["prune", "lenet5", "random", "0.9", "--out", "{tmp}/m.pt", "--option", "allocation=erk",
@@ -318,6 +357,14 @@ def test_seeds_outside_torchs_range_are_refused_by_the_parser(flag, value, tmp_p
     ('val_size = 100000', "val_size=100000 leaves no training images"),
     ('seeds = [18446744073709551616]', "seeds must be an int in [0, 2**64 - 1]"),
     ('methods = ["shuffle"]', "method 'shuffle' reworks given masks"),
+    ('methods = ["synflow"]\nmethod_options = {synflow = {rounds = 0}}',
+     "sweep method_options for 'synflow': method 'synflow': rounds must be an int >= 1, got 0"),
+    ('methods = ["npb"]\nmethod_options = {npb = {variant = "fast"}}',
+     "method 'npb': NPB option variant must be one of"),
+    ('models = ["lenet5", "LeNet-5"]', "'lenet5' and 'LeNet-5' name the same model"),
+    ('model_kwargs = {lenet5 = {width = -1}}', "sweep model 'lenet5' on dataset 'synthetic' "
+                                               "(inputs 1x28x28, 10 classes): width must be"),
+    ('arms = {x = {method = "synflow", rounds = 0}}', "arms['x']: method 'synflow': rounds"),
     ('models = ["{tmp}/net.py:build"]', "'{tmp}/net.py:build' cannot be called with no "
                                         "arguments: missing a required argument: 'n'"),
 ])

@@ -10,6 +10,7 @@ import pytest
 
 import topo_pai
 from topo_pai.experiments import sweep as S
+from topo_pai.experiments.config import LATER_FIELDS
 from topo_pai.experiments.executors import local as local_executor
 from topo_pai.experiments.sweep import (COLUMNS, ResultsStore, SweepConfig, SweepConfigMismatch,
                                         SweepError, SweepLocked, read_results, run_sweep)
@@ -107,8 +108,11 @@ def test_a_directory_of_another_configuration_is_refused(tmp_path):
 
 
 def test_failed_trials_are_reported_and_the_rest_saved(tmp_path):
-    cfg = SweepConfig(**{**TINY, "method_options": {"synflow": {"rounds": -3}}})
-    with pytest.raises(SweepError, match="failed"):
+    # a layer name is only checked against the model, in the trial (a bad option value such
+    # as rounds=-3 is refused before the sweep starts)
+    cfg = SweepConfig(**{**TINY, "method_options": {
+        "synflow": {"allocation": {"no_such_layer": 0.5}}}})
+    with pytest.raises(SweepError, match="allocation names 'no_such_layer'"):
         run_sweep(cfg, tmp_path / "s", progress=False, retries=0)
     rows = list(read_results(tmp_path / "s" / "results.jsonl").values())
     assert {r["method"] for r in rows} == {"random"} and len(rows) == 4
@@ -149,6 +153,9 @@ def test_unknown_names(kind, change, tmp_path):
 
 @pytest.mark.parametrize("options, match", [
     ({"synflow": {"round": 3}}, "method_options for 'synflow': unknown option"),
+    ({"synflow": {"rounds": 0}}, "method_options for 'synflow': method 'synflow': rounds must "
+                                 "be an int >= 1, got 0"),
+    ({"synflow": {"resolution": "edge"}}, "method 'synflow': resolution must be"),
     ({"random": {"allocation": "erk", "erk_power": float("nan")}}, "erk_power"),
     ({"random": {"allocation": "erdos"}}, "unknown allocation"),
     ({"random": 3}, "must be a dict"),
@@ -160,6 +167,22 @@ def test_method_options_are_checked_before_any_trial(options, match, tmp_path, m
         run_sweep(SweepConfig(**{**TINY, "method_options": options}), tmp_path / "s",
                   progress=False)
     assert not (tmp_path / "s").exists()
+
+
+def test_exclude_is_a_sweep_option_checked_up_front(tmp_path):
+    """prune's exclude was refused in a sweep as an unknown option of the method."""
+    cfg = SweepConfig(**{**TINY, "methods": ("random",), "shuffled": (), "seeds": (0,),
+                         "sparsities": (0.9,), "method_options": {"random": {"exclude": ["fc1"]}}})
+    (row,) = run_sweep(cfg, tmp_path / "s", progress=False)
+    # fc1 (784 x 30 at width 0.1) stays dense: 90% of the other layers' weights go
+    h1, h2 = 30, 10
+    kept_other = row["unpruned_params"] - 784 * h1
+    assert kept_other == round(0.1 * (h1 * h2 + h2 * 10))
+    bad = SweepConfig(**{**TINY, "method_options": {"random": {"exclude": [3]}}})
+    with pytest.raises(ValueError, match="sweep method_options for .random.: exclude entries "
+                                        "must be strings"):
+        run_sweep(bad, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_config_files_round_trip(tmp_path):
@@ -411,3 +434,101 @@ def test_a_trial_gives_the_same_metrics_with_one_or_two_workers(tmp_path):
                                 for h in e["history"]]
                 for e in map(json.loads, (out / "epochs.jsonl").read_text().splitlines())}
     assert histories(tmp_path / "one") == histories(tmp_path / "two")
+
+
+# ------------------------------------------------------------ one model, two spellings
+ALIAS = dict(dataset="synthetic", methods=("random",), sparsities=(0.5,), seeds=(0, 1))
+
+
+@pytest.mark.parametrize("models", [("lenet_300_100", "LeNet-300-100"),
+                                    ("lenet5", "conv2", "LENET_5"),
+                                    ("net.py:build", "./net.py:build")])
+def test_two_spellings_of_one_model_are_refused_before_the_directory(models, tmp_path,
+                                                                     monkeypatch):
+    """They ran the same model twice under two trial ids."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text("import torch\ndef build():\n    return torch.nn.Sequential("
+                                     "torch.nn.Flatten(), torch.nn.Linear(784, 10))\n")
+    cfg = SweepConfig(models=models, **ALIAS)
+    same = [m for m in models if m != "conv2"]
+    with pytest.raises(S.SameModelTwice, match=f"{same[0]!r} and {same[1]!r} name the same "
+                                               "model") as err:
+        run_sweep(cfg, tmp_path / "s", progress=False)
+    assert isinstance(err.value, ValueError)
+    assert not (tmp_path / "s").exists()
+    SweepConfig(models=(models[0],), **ALIAS).validate_names()  # one spelling is fine
+
+
+def test_an_old_directory_with_a_non_canonical_spelling_resumes_unchanged(tmp_path,
+                                                                          monkeypatch):
+    """Model names are not rewritten: an old-style config.json (no later fields) naming
+    "LeNet-300-100" is the same configuration, keeps its bytes and its trial ids."""
+    kwargs = {"LeNet-300-100": {"width": 0.1}}
+    cfg = SweepConfig(models=("LeNet-300-100",), model_kwargs=kwargs, **ALIAS)
+    out = tmp_path / "s"
+    run_sweep(cfg, out, progress=False, limit=1)
+    stored = json.loads((out / "config.json").read_text())
+    old = {k: v for k, v in stored["config"].items() if k not in LATER_FIELDS}
+    assert "LeNet-300-100" in old["models"] and "arms" not in old
+    text = json.dumps({"fingerprint": stored["fingerprint"], "config": old}, indent=2) + "\n"
+    (out / "config.json").write_text(text)
+    again = SweepConfig.from_dict(old)
+    assert again.same_as(cfg) and again.fingerprint() == cfg.fingerprint()
+    rows = run_sweep(cfg, out, progress=False)
+    assert sorted(r["trial_id"] for r in rows) == ["LeNet-300-100/random/s0.5/seed0",
+                                                   "LeNet-300-100/random/s0.5/seed1"]
+    assert (out / "config.json").read_text() == text
+    calls = []
+    monkeypatch.setattr(local_executor, "run_trial", lambda *a, **k: calls.append(a))
+    assert run_sweep(again, out, progress=False) == rows and calls == []
+
+
+def test_a_directory_that_already_ran_both_spellings_still_resumes(tmp_path):
+    """Its config.json was accepted before; refusing it now would strand its results."""
+    cfg = SweepConfig(models=("lenet_300_100", "LeNet-300-100"), **ALIAS,
+                      model_kwargs={"lenet_300_100": {"width": 0.1},
+                                    "LeNet-300-100": {"width": 0.1}})
+    out = tmp_path / "s"
+    with ResultsStore(out, cfg):  # as the old code wrote it
+        pass
+    with pytest.warns(UserWarning, match="name the same model.*resuming"):
+        rows = run_sweep(cfg, out, progress=False)
+    assert len(rows) == 4
+    with pytest.raises(S.SameModelTwice):  # but not in a new directory
+        run_sweep(cfg, tmp_path / "new", progress=False)
+
+
+NETS = {"flat784": "torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))",
+        "five_logits": "torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 5))",
+        "many_logits": "torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 12))"}
+
+
+@pytest.mark.parametrize("model, dataset, train, match", [
+    ("vgg11", "digits", None, "sweep model 'vgg11' on dataset 'digits' (inputs 1x8x8, 10 "
+                              "classes): input_size=(8, 8) is too small for vgg11"),
+    ("{tmp}/nets.py:flat784", "digits", None, "does not fit the model at fx node"),
+    ("{tmp}/nets.py:five_logits", "synthetic", {"epochs": 1},
+     "outputs of shape (1, 5) for one sample; training needs (1, 10)"),
+])
+def test_a_model_the_dataset_does_not_fit_is_refused_before_the_directory(
+        model, dataset, train, match, tmp_path, monkeypatch):
+    """Every trial failed (exit 1) after config.json was written."""
+    (tmp_path / "nets.py").write_text("import torch\n" + "".join(
+        f"def {name}():\n    return {body}\n" for name, body in NETS.items()))
+    monkeypatch.setattr(local_executor, "run_trial", lambda *a, **k: pytest.fail("a trial ran"))
+    cfg = SweepConfig(models=(model.format(tmp=tmp_path),), dataset=dataset, methods=("random",),
+                      sparsities=(0.5,), train=train, train_limit=64, test_limit=32)
+    with pytest.raises(ValueError) as err:
+        run_sweep(cfg, tmp_path / "s", progress=False)
+    assert match in str(err.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_model_with_more_logits_than_classes_still_trains(tmp_path):
+    (tmp_path / "nets.py").write_text("import torch\ndef many_logits():\n"
+                                      f"    return {NETS['many_logits']}\n")
+    cfg = SweepConfig(models=(f"{tmp_path}/nets.py:many_logits",), dataset="synthetic",
+                      methods=("random",), sparsities=(0.5,), train={"epochs": 1},
+                      train_limit=64, test_limit=32)
+    rows = run_sweep(cfg, tmp_path / "s", progress=False)
+    assert len(rows) == 1 and 0.0 <= rows[0]["accuracy"] <= 1.0

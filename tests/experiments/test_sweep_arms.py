@@ -92,6 +92,27 @@ def test_arm_methods_and_options_are_checked_before_any_trial(arms, match, tmp_p
     assert not (tmp_path / "s" / "results.jsonl").exists()
 
 
+@pytest.mark.parametrize("arms, match", [
+    ({"x": {"method": "nope"}}, r"arms\['x'\]: unknown method 'nope'"),
+    ({"x": {"method": "synflow", "rounds": 0}},
+     r"arms\['x'\]: method 'synflow': rounds must be an int >= 1, got 0"),
+    ({"x": {"method": "random", "allocation": "erdos"}}, r"arms\['x'\]: unknown allocation"),
+    ({"x": {"method": "shuffle"}}, r"arms\['x'\]: method 'shuffle' reworks given masks"),
+])
+def test_arms_left_out_of_methods_are_checked_too(arms, match, tmp_path):
+    """An arm defined but not listed in methods was stored in config.json unchecked."""
+    cfg = SweepConfig(**{**BASE, "methods": ("random",), "arms": arms})
+    with pytest.raises(ValueError, match=match):
+        run_sweep(cfg, tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_unknown_method_is_matched_against_the_arms_too():
+    cfg = SweepConfig(**{**BASE, "methods": ("random_ekr",), "arms": ERK})
+    with pytest.raises(ValueError, match="Did you mean 'random_erk'"):
+        cfg.validate_names()
+
+
 def test_old_configurations_read_back_unchanged(tmp_path):
     """A config.json written before arms existed is the same configuration."""
     cfg = SweepConfig(**BASE, methods=("random",))

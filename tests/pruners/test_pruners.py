@@ -295,6 +295,17 @@ def test_sparsity_outside_unit_interval(small, bad):
         topo_pai.prune(small, "magnitude", bad, input_shape=SHAPE)
 
 
+@pytest.mark.parametrize("method", available_methods())
+@pytest.mark.parametrize("bad", [None, (0, 32, 32), (3, -32, 32), (), (3.0, 32, 32), "3,32,32",
+                                 (True, 32, 32), 32])
+def test_a_malformed_input_shape_is_refused_whatever_the_method(small, method, bad):
+    """Methods that never trace (random, magnitude, snip, shuffle...) returned masks for
+    any input_shape, even None; now one check refuses it first, for every method."""
+    _require(method)
+    with pytest.raises(topo_pai.InputShapeError, match="input_shape"):
+        run(method, small, 0.5, shape=bad, data=make_data())
+
+
 @pytest.mark.parametrize("method", ["snip", "iter_snip", "grasp"])
 def test_data_dependent_method_without_data(small, method):
     with pytest.raises(ValueError, match=f"method '{method}' needs data"):
@@ -724,8 +735,11 @@ def test_phew_glue_passes_budgets_and_checks_them(small, monkeypatch):
             out[name] = flat.reshape(w.shape)
         return out
 
+    from topo_pai.pruners.phew import check_phew_options
+
     fake = types.ModuleType("topo_pai.pruners.phew")
     fake.phew_masks = fake_phew_masks
+    fake.check_phew_options = check_phew_options  # PhewOptions checks its values with it
     monkeypatch.setitem(sys.modules, "topo_pai.pruners.phew", fake)
     r = prune_with_scores(small, "phew", 0.9, input_shape=SHAPE, seed=7, element="largest",
                           exclude=["fc"])

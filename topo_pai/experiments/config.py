@@ -30,6 +30,12 @@ LATER_FIELDS = {"input_shape": None, "arms": {}, "seeds_for": {}, "dense": False
 GRID_FIELDS = ("models", "methods", "sparsities", "seeds", "shuffled")
 
 
+class SameModelTwice(ValueError):
+    """A sweep's models name one model under two spellings (``"lenet5"``, ``"LeNet-5"``).
+    Refused for a new sweep; a directory that already holds such a configuration's results
+    resumes with a warning (its trials ran under both ids)."""
+
+
 @dataclass(frozen=True)
 class Trial:
     """One cell of the grid."""
@@ -71,7 +77,9 @@ class SweepConfig:
         Names from :func:`topo_pai.models.available_models`, built for the
         dataset's input shape and class count, or ``package.module:callable`` /
         ``path/to/file.py:callable`` (a user's model, called with its
-        ``model_kwargs``; see :mod:`topo_pai.models.spec`).
+        ``model_kwargs``; see :mod:`topo_pai.models.spec`). Each model once: two
+        spellings the registry resolves to one model (``"lenet5"``, ``"LeNet-5"``)
+        are refused by :meth:`validate_names`. Trial ids keep the spelling given.
     dataset : str
         From :func:`topo_pai.experiments.data.available_datasets`.
     methods : list of str
@@ -293,23 +301,27 @@ class SweepConfig:
 
     def validate_names(self) -> None:
         """Check model, method and dataset names against the registries, and what can be
-        checked of each method's options without a model (imports torch)."""
+        checked of each method and arm (its options' names and values) without a model
+        (imports torch). Two spellings of one model (``"lenet5"``, ``"LeNet-5"``) are
+        refused last, with :class:`SameModelTwice`."""
         from topo_pai.experiments.data import available_datasets
-        from topo_pai.models.spec import check_model_spec
+        from topo_pai.models.spec import model_identity
         from topo_pai.pruners import available_methods, get_method
         from topo_pai.pruners.api import check_options
-        for model in self.models:
-            check_model_spec(model)
+        spellings: dict[str, list[str]] = {}
+        for model in self.models:  # the registry's own resolution, before any trial id is used
+            spellings.setdefault(model_identity(model), []).append(model)
         known_methods = available_methods()
         for kind, names, known in (("method", [m for m in self.methods if m not in self.arms],
-                                    known_methods),
+                                    known_methods + list(self.arms)),
                                    ("dataset", (self.dataset,), available_datasets())):
             for n in names:
                 if n not in known:
                     from topo_pai.checks import did_you_mean
                     raise ValueError(f"unknown {kind} {n!r};{did_you_mean(n, known)} available: "
                                      f"{', '.join(known)}")
-        for name in self.methods:
+        # every arm, also one not (yet) in methods: it is part of the stored configuration
+        for name in [*self.methods, *(a for a in self.arms if a not in self.methods)]:
             if not isinstance(self.method_options.get(name, {}), dict):
                 raise ValueError(f"sweep method_options[{name!r}] must be a dict of options, "
                                  f"got {self.method_options[name]!r}")
@@ -328,6 +340,12 @@ class SweepConfig:
                 check_options(method, **options)
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"sweep {where}: {exc}") from None
+        for identity, names in spellings.items():
+            if len(names) > 1:
+                raise SameModelTwice(
+                    f"sweep models {' and '.join(map(repr, names))} name the same model "
+                    f"({identity!r}), which would run twice under two trial ids; keep one "
+                    "spelling")
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

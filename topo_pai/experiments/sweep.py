@@ -32,7 +32,7 @@ from topo_pai.checks import check_int
 from topo_pai.errors import TopoPaiError
 # Besides what run_sweep uses, the config, store, trial and schema names users have always
 # imported from this module are re-exported here (listed in __all__).
-from topo_pai.experiments.config import DENSE, SweepConfig, Trial
+from topo_pai.experiments.config import DENSE, SameModelTwice, SweepConfig, Trial
 from topo_pai.experiments.executors.local import run_local
 from topo_pai.experiments.schema import COLUMNS
 from topo_pai.experiments.store import (CRASH_ENV, ResultsStore, SweepConfigMismatch,
@@ -41,10 +41,10 @@ from topo_pai.experiments.store import (CRASH_ENV, ResultsStore, SweepConfigMism
 from topo_pai.experiments.trial import (build_and_prune, check_models, run_trial,
                                         run_trial_dict, trial_datasets, trial_threads)
 
-__all__ = ["COLUMNS", "CRASH_ENV", "DENSE", "ENGINES", "ORDERS", "ResultsStore", "SweepConfig",
-           "SweepConfigMismatch", "SweepError", "SweepLocked", "Trial", "build_and_prune",
-           "check_models", "pending_trials", "read_results", "rows_to_records", "run_sweep",
-           "run_trial", "run_trial_dict", "trial_threads"]
+__all__ = ["COLUMNS", "CRASH_ENV", "DENSE", "ENGINES", "ORDERS", "ResultsStore", "SameModelTwice",
+           "SweepConfig", "SweepConfigMismatch", "SweepError", "SweepLocked", "Trial",
+           "build_and_prune", "check_models", "pending_trials", "read_results",
+           "rows_to_records", "run_sweep", "run_trial", "run_trial_dict", "trial_threads"]
 
 ENGINES = ("local", "dask")
 ORDERS = ("grid", "reverse", "random")
@@ -114,7 +114,13 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
     if engine == "local":  # checked here, before any trial; a cluster's workers check their own
         from topo_pai.experiments.training import resolve_device
         resolve_device(device)
-    cfg.validate_names()
+    try:
+        cfg.validate_names()
+    except SameModelTwice as exc:
+        if not _holds(out_dir, cfg):
+            raise
+        warnings.warn(f"{exc}; resuming {str(out_dir)!r}, which already holds results of this "
+                      "configuration", stacklevel=2)
     check_models(cfg, data_root)
     with ResultsStore(out_dir, cfg) as store:
         try:
@@ -131,6 +137,15 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
                              f"saved, rerun to retry the others. First: {tid}: {lines[-1]} "
                              f"(full errors in {str(store.dir / 'failures.jsonl')!r})")
         return store.rows
+
+
+def _holds(out_dir, cfg: SweepConfig) -> bool:
+    """Whether ``out_dir`` already holds ``cfg``'s config.json (reads only)."""
+    directory = Path(out_dir)
+    try:
+        return directory.is_dir() and check_same_config(directory, cfg)
+    except SweepConfigMismatch:
+        return False
 
 
 def _run_pending(cfg, store, *, workers, engine, data_root, device, retries, progress,

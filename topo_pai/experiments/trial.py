@@ -154,23 +154,61 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
 def check_models(cfg: SweepConfig, data_root=None) -> None:
     """Before any trial (and before the sweep directory is written): every model can be
     imported and takes its ``model_kwargs``, ``cfg.input_shape`` (if given) is the dataset's
-    (a model is refused, not rebuilt silently for another input), and ``val_size`` leaves
-    training images."""
+    (a model is refused, not rebuilt silently for another input), every model builds and
+    traces at the dataset's input shape (and, when the sweep trains, gives a logit for
+    every class), and ``val_size`` leaves training images."""
     from topo_pai.experiments.data import load_dataset
     from topo_pai.models.spec import (check_input_shape, check_model_args, check_model_spec,
                                       resolve_callable)
 
-    shape = load_dataset(cfg.dataset, "train", root=data_root, limit=1, seed=0).input_shape
+    ds = load_dataset(cfg.dataset, "train", root=data_root, limit=1, seed=0)
     for model in cfg.models:
         spec = check_model_spec(model)
-        check_input_shape(spec, cfg.input_shape, shape)
+        shape = check_input_shape(spec, cfg.input_shape, ds.input_shape)
         fn = None if spec.is_zoo else resolve_callable(spec)
         try:
             check_model_args(spec, cfg.model_kwargs.get(model, {}), fn)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"sweep model_kwargs[{model!r}]: {exc}") from None
+        _check_model_runs(cfg, model, shape, ds.num_classes)
     if cfg.val_size is not None:
         trial_datasets(cfg, data_root)  # refuses a val_size that leaves no training images
+
+
+def _check_model_runs(cfg: SweepConfig, model_spec: str, shape, num_classes: int) -> None:
+    """Build the model once and trace it at the dataset's input shape, as every trial
+    does, and, when the sweep trains, check that one sample gives a logit for each of the
+    ``num_classes`` classes: a model the dataset does not fit (a zoo model too large for
+    its images, a user's model for another input) is refused here, not in every trial."""
+    import warnings
+
+    import torch
+
+    import topo_pai
+    from topo_pai.checks import prefixed
+    from topo_pai.errors import ModelAttributeError, ModelBuildError, TopoPaiError
+    from topo_pai.models.spec import build_model
+
+    where = (f"sweep model {model_spec!r} on dataset {cfg.dataset!r} (inputs "
+             f"{'x'.join(map(str, shape))}, {num_classes} classes)")
+    try:
+        model, _ = build_model(model_spec, input_shape=shape, num_classes=num_classes,
+                               model_args=cfg.model_kwargs.get(model_spec, {}))
+        with warnings.catch_warnings():  # each trial's prune warns about them
+            warnings.simplefilter("ignore", topo_pai.UncoveredWeightsWarning)
+            topo_pai.from_torch(model, {}, input_shape=shape)
+        if cfg.train is not None:
+            with torch.no_grad():
+                out = model.eval()(torch.zeros((1, *shape)))
+            if (not isinstance(out, torch.Tensor) or out.ndim != 2
+                    or out.shape[1] < num_classes):  # more logits than classes still train
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"the model gives outputs of shape {got} for one sample; "
+                                 f"training needs (1, {num_classes}): one logit per class")
+    except (ModelBuildError, ModelAttributeError):
+        raise  # they name the model already
+    except (ValueError, TypeError, TopoPaiError) as exc:
+        raise prefixed(exc, where) from None
 
 
 def _metric_columns(cfg: SweepConfig, model, masks, input_shape, topology) -> dict:

@@ -909,13 +909,25 @@ def _strip_root(graph) -> None:
             node.name = f"_{rest}" if rest[:1].isdigit() else rest  # as fx names "0": "_0"
 
 
-def trace(model, input_shape) -> Program:
-    """Trace ``model`` with torch.fx and infer every value's shape from ``input_shape``."""
-    torch = _torch()
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+def validate_input_shape(input_shape) -> tuple[int, ...]:
+    """``input_shape`` (one sample's shape, without the batch dimension) as a tuple of ints:
+    the one check of its form, for every entry point that takes one (tracing, pruning
+    with any method, data). Whether it fits a model is found when the model is traced.
+
+    >>> validate_input_shape([1, 28, 28])
+    (1, 28, 28)
+    >>> validate_input_shape((0, 28, 28))
+    Traceback (most recent call last):
+    ...
+    topo_pai.errors.InputShapeError: input_shape must be a non-empty tuple of positive ints without the batch dimension, e.g. (3, 32, 32); got (0, 28, 28)
+    """
+    if input_shape is None:
+        raise InputShapeError("input_shape is required: the shape of one input sample without "
+                              "the batch dimension, e.g. input_shape=(3, 32, 32)")
     try:  # operator.index refuses 4.5 instead of truncating it to 4
         shape = tuple(operator.index(s) for s in input_shape)
+        if any(isinstance(s, (bool, np.bool_)) for s in input_shape):
+            raise TypeError("a bool is not a dimension")
     except TypeError as exc:
         raise InputShapeError(
             f"input_shape must be a tuple of ints without the batch dimension, e.g. (3, 32, 32); "
@@ -924,6 +936,15 @@ def trace(model, input_shape) -> Program:
         raise InputShapeError(
             f"input_shape must be a non-empty tuple of positive ints without the batch dimension, "
             f"e.g. (3, 32, 32); got {input_shape!r}")
+    return shape
+
+
+def trace(model, input_shape) -> Program:
+    """Trace ``model`` with torch.fx and infer every value's shape from ``input_shape``."""
+    torch = _torch()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    shape = validate_input_shape(input_shape)
     prunable = prunable_modules(model)
     check_untied(prunable)
     _check_signature(model)
@@ -944,4 +965,5 @@ def trace(model, input_shape) -> Program:
     return _Tracer(model, root, shape, prunable).run(graph)
 
 
-__all__ = ["trace", "prunable_modules", "check_untied", "param_name", "weight_shape"]
+__all__ = ["trace", "prunable_modules", "check_untied", "param_name", "validate_input_shape",
+           "weight_shape"]

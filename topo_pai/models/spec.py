@@ -174,6 +174,24 @@ def check_model_spec(text) -> ModelSpec:
     return spec
 
 
+def model_identity(text) -> str:
+    """What two spellings of one model share: a zoo model's registered name (the registry
+    resolves ``"LeNet-5"`` and ``"lenet5"`` alike), a file's resolved path with its
+    callable, or a module callable's text. Checks ``text`` as :func:`check_model_spec`.
+
+    >>> model_identity("LeNet-5") == model_identity("lenet5") == "lenet5"
+    True
+    """
+    from topo_pai.models.registry import MODELS
+
+    spec = check_model_spec(text)
+    if spec.is_zoo:
+        return MODELS.canonical(spec.target)
+    if spec.kind == FILE:
+        return f"{Path(spec.target).resolve()}:{spec.attr}"
+    return spec.text
+
+
 #: The arguments of a zoo model that its input shape and class count give (``--input-shape``,
 #: ``--num-classes``, a dataset), never its model arguments.
 ZOO_SHAPE_ARGS = ("in_channels", "num_classes", "input_size")
@@ -296,5 +314,5 @@ def build_model(text, *, input_shape=None, num_classes: int = 10, model_args=Non
 
 
 __all__ = ["ModelSpec", "ZOO_SHAPE_ARGS", "parse_model_spec", "check_model_spec",
-           "check_model_args", "check_input_shape",
+           "model_identity", "check_model_args", "check_input_shape",
            "resolve_callable", "build_model"]

@@ -12,9 +12,9 @@
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from topo_pai.npb.pruner import npb_masks
+from topo_pai.npb.pruner import check_options, npb_masks
 from topo_pai.pruners.methods import check_resolution, check_rounds, synflow_scores
 from topo_pai.pruners.registry import Method, MethodOutput, register_method
 from topo_pai.pruners.select import rng_for, top_k
@@ -22,8 +22,9 @@ from topo_pai.pruners.select import rng_for, top_k
 
 @dataclass(frozen=True)
 class NPBOptions:
-    """``npb``'s options, as :func:`topo_pai.npb.pruner.npb_masks` takes them (it
-    validates them with the problem it solves; see there)."""
+    """``npb``'s options, as :func:`topo_pai.npb.pruner.npb_masks` takes them, checked by
+    :func:`topo_pai.npb.pruner.check_options` when built (the layer names of a ``K``
+    mapping when the model is traced)."""
 
     alpha: float = 0.01
     beta: float = 1.0
@@ -34,6 +35,10 @@ class NPBOptions:
     placement: str = "magnitude"
     repair: bool = True
     variant: str = "balanced"
+
+    def __post_init__(self):
+        # the values alone; the layer names a K mapping uses are checked with the model
+        check_options(**{f.name: getattr(self, f.name) for f in fields(self)})
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,11 @@ import torch
 from topo_pai.checks import check_bool, check_int, did_you_mean
 from topo_pai.coverage import warn_uncovered
 from topo_pai.errors import MaskError
+from topo_pai.graph.trace import validate_input_shape
 from topo_pai.masks.mask import Masks, as_masks
 from topo_pai.pruners import allocation as A
-from topo_pai.pruners.context import PruneContext, prunable_targets, resolve_exclude
+from topo_pai.pruners.context import (PruneContext, exclude_patterns, prunable_targets,
+                                      resolve_exclude)
 from topo_pai.pruners.registry import Method, MethodOutput, get_method
 from topo_pai.pruners.select import check_finite_or_inf, rng_for, select_top
 
@@ -106,10 +108,8 @@ class _Options:
     data: DataOptions
 
 
-def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool,
-                   method_values: bool = True) -> _Options:
-    """Split and build the option dataclasses; ``method_values=False`` checks only the
-    names of the method's options (their values are checked when a run builds them)."""
+def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool) -> _Options:
+    """Split the options by owner and build their dataclasses, which check the values."""
     method_names = m.entry.option_names()
     data_names = _DATA_FIELDS if needs_data else []
     alloc_owners = A.allocation_options()
@@ -127,10 +127,9 @@ def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool,
             raise ValueError(f"option {key!r} applies to allocation {owners}, but the "
                              f"allocation is {allocation_spec!r}")
     alloc_params = None if alloc is None else alloc.make_params(
-        {k: v for k, v in options.items() if k in alloc_owners})
-    method_options = {k: v for k, v in options.items() if k in method_names}
+        {k: v for k, v in options.items() if k in alloc_owners}, owner=f"allocation {spec!r}")
     return _Options(
-        method=m.make_params(method_options) if method_values else None,
+        method=m.make_params({k: v for k, v in options.items() if k in method_names}),
         forwarded={k: v for k, v in options.items() if k in unknown},
         allocation=alloc_params,
         data=DataOptions(**{k: v for k, v in options.items() if k in data_names}))
@@ -315,7 +314,7 @@ def _check_allocation_spec(spec) -> None:
                          "'ratios:<method>' (e.g. 'ratios:snip') or a dict name -> density")
 
 
-def _plan(method, scope, allocation, options: dict, method_values: bool = True):
+def _plan(method, scope, allocation, options: dict):
     """What can be checked without the model: the method, scope, allocation and options."""
     m = get_method(method)
     if scope not in SCOPES:
@@ -331,22 +330,33 @@ def _plan(method, scope, allocation, options: dict, method_values: bool = True):
     _check_allocation_spec(spec)
     ratio = _ratio_method(spec)
     needs_data = m.needs_data or (ratio is not None and ratio.needs_data)
-    return m, spec, ratio, needs_data, _split_options(m, options, spec, needs_data,
-                                                      method_values)
+    return m, spec, ratio, needs_data, _split_options(m, options, spec, needs_data)
 
 
-def check_options(method: str, *, scope: str = "global", allocation=None, **options) -> None:
+def check_options(method: str, *, scope: str = "global", allocation=None, exclude=(),
+                  **options) -> None:
     """Check what :func:`prune` can check before it sees a model: the method name, ``scope``,
-    ``allocation`` and the options' names, and the values of the allocation and data
-    options. Raises the errors :func:`prune` would raise.
+    ``allocation``, the form of ``exclude``, the options' names, and their values: the
+    method's, the allocation's and the data options' dataclasses are built, as
+    :func:`prune` builds them. Raises the errors :func:`prune` would raise, before any
+    model is built (sweeps and the command line call it before they write anything).
+
+    What needs the model is left to :func:`prune`: the layers ``exclude`` and a dict
+    ``allocation`` name, the dict's densities, the layer names of NPB's ``K`` mapping,
+    shuffle's ``masks``, whether ``input_shape`` fits the model, and the data.
 
     >>> check_options("random", allocation="erk", erk_power=0.5)
     >>> check_options("snip", max_batches=0)
     Traceback (most recent call last):
     ...
     ValueError: max_batches must be an int >= 1, got 0; None reads every batch of data
+    >>> check_options("synflow", rounds=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: method 'synflow': rounds must be an int >= 1, got 0
     """
-    _plan(method, scope, allocation, options, method_values=False)
+    exclude_patterns(exclude)
+    _plan(method, scope, allocation, options)
 
 
 def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=None,
@@ -355,6 +365,7 @@ def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=
     """Like :func:`prune`, but return a :class:`PruneResult` with the scores too."""
     sparsity = _check_sparsity(sparsity)
     seed = _check_seed(seed)
+    input_shape = validate_input_shape(input_shape)  # whatever the method: one check
     m, spec, ratio, needs_data, opts = _plan(method, scope, allocation, options)
     if data is None:
         if m.needs_data:
@@ -419,6 +430,8 @@ def prune(model, method: str, sparsity: float, *, input_shape, data=None, seed: 
     input_shape : tuple of int
         One sample's shape without the batch dimension, e.g. ``(3, 32, 32)``;
         used by the methods and allocations that read the network's topology.
+        Its form (positive ints) is checked whatever the method; whether it fits
+        the model, when the model is traced or the data is read.
     data : DataLoader or (x, y), optional
         Needed by ``snip``, ``iter_snip``, ``grasp`` (cross-entropy loss); read
         once into memory, so pass a small pruning set.
@@ -460,6 +473,9 @@ def prune(model, method: str, sparsity: float, *, input_shape, data=None, seed: 
     ValueError
         Unknown method or option, sparsity outside ``[0, 1)``, missing data,
         bad ``exclude`` or ``allocation``.
+    topo_pai.InputShapeError
+        ``input_shape`` is not a tuple of positive ints (any method), or does not
+        fit the model (methods that trace it) or the data.
     topo_pai.NoPrunableLayerError
         The model has no Linear or Conv layer.
 

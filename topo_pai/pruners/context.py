@@ -7,18 +7,18 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import operator
 import warnings
 from typing import Any
 
 import numpy as np
 
 from topo_pai.errors import InputShapeError, UncoveredWeightsWarning
+from topo_pai.graph.trace import validate_input_shape
 from topo_pai.pruners.targets import Target, prunable_targets
 from topo_pai.pruners.torch_masks import strip_reparametrization
 
-__all__ = ["PruneContext", "Target", "check_batches", "effective_weight", "iter_batches",
-           "prunable_targets", "resolve_exclude"]
+__all__ = ["PruneContext", "Target", "check_batches", "effective_weight", "exclude_patterns",
+           "iter_batches", "prunable_targets", "resolve_exclude"]
 
 
 def _torch():
@@ -37,10 +37,11 @@ def effective_weight(module):
     return module.weight.detach()
 
 
-def resolve_exclude(targets: list[Target], exclude) -> set[str]:
-    """Param names matched by ``exclude`` (module names, param names or fnmatch patterns)."""
+def exclude_patterns(exclude) -> list[str]:
+    """``exclude`` (None, a name or an iterable of names) as a list of strings: its form,
+    checked without the model (:func:`resolve_exclude` matches it against the layers)."""
     if exclude is None:
-        return set()
+        return []
     if isinstance(exclude, str):
         exclude = (exclude,)
     try:
@@ -48,10 +49,16 @@ def resolve_exclude(targets: list[Target], exclude) -> set[str]:
     except TypeError as exc:
         raise TypeError(f"exclude must be an iterable of module or parameter names (or fnmatch "
                         f"patterns), got {type(exclude).__name__}") from exc
-    out: set[str] = set()
     for pat in patterns:
         if not isinstance(pat, str):
             raise TypeError(f"exclude entries must be strings, got {pat!r}")
+    return patterns
+
+
+def resolve_exclude(targets: list[Target], exclude) -> set[str]:
+    """Param names matched by ``exclude`` (module names, param names or fnmatch patterns)."""
+    out: set[str] = set()
+    for pat in exclude_patterns(exclude):
         hit = {t.param for t in targets
                if fnmatch.fnmatchcase(t.param, pat) or fnmatch.fnmatchcase(t.module, pat)}
         if not hit:
@@ -103,13 +110,7 @@ def check_batches(batches: list, input_shape) -> None:
     different lengths, non-float or non-finite inputs, or samples whose shape is not
     ``input_shape`` (checked when ``input_shape`` is given)."""
     torch = _torch()
-    want = None
-    if input_shape is not None:
-        try:  # operator.index refuses 4.5 instead of truncating it to 4
-            want = tuple(operator.index(s) for s in input_shape)
-        except TypeError:
-            raise InputShapeError(f"input_shape must be a tuple of ints without the batch "
-                                  f"dimension, e.g. (3, 32, 32); got {input_shape!r}") from None
+    want = None if input_shape is None else validate_input_shape(input_shape)
     for i, (x, y) in enumerate(batches):
         where = "data" if len(batches) == 1 else f"batch {i} of data"
         if x.ndim == 0 or x.shape[0] == 0:
@@ -186,9 +187,6 @@ class PruneContext:
         if self._topo is None:
             from topo_pai.topology import from_torch
 
-            if self.input_shape is None:
-                raise ValueError("input_shape is required (the shape of one input sample without "
-                                 "the batch dimension, e.g. (3, 32, 32))")
             with warnings.catch_warnings():  # prune() has said so already
                 warnings.simplefilter("ignore", UncoveredWeightsWarning)
                 self._topo = from_torch(self.model, None, self.input_shape)

@@ -80,14 +80,21 @@ class ShuffleOptions:
 @dataclass(frozen=True)
 class PhewOptions:
     """Options of ``phew``, passed on to ``topo_pai.pruners.phew.phew_masks`` (its
-    docstring defines them), which validates their values: ``element`` ("sample" or
-    "largest"), ``stall_window`` and ``min_yield`` (when to stop walking and fill by
-    ``|w|``), ``max_walks`` (a hard cap on the walks; None: none)."""
+    docstring defines them) and checked when built (``check_phew_options``):
+    ``element`` ("sample" or "largest"), ``stall_window`` and ``min_yield`` (when to
+    stop walking and fill by ``|w|``), ``max_walks`` (a hard cap on the walks; None:
+    none)."""
 
     element: str = "sample"
     stall_window: int = 10_000
     min_yield: float = 0.01
     max_walks: int | None = None
+
+    def __post_init__(self):
+        from topo_pai.pruners.phew import check_phew_options  # numba kernels: load on use
+
+        check_phew_options(element=self.element, stall_window=self.stall_window,
+                           min_yield=self.min_yield, max_walks=self.max_walks)
 
 
 def _random_scores(ctx, masks):

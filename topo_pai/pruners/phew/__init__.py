@@ -105,9 +105,9 @@ Layout
 
 from __future__ import annotations
 
-from topo_pai.pruners.phew.pruner import (ELEMENT_MODES, STOP_REASONS, PhewStats, phew_masks,
-                                          phew_run)
+from topo_pai.pruners.phew.pruner import (ELEMENT_MODES, STOP_REASONS, PhewStats,
+                                          check_phew_options, phew_masks, phew_run)
 from topo_pai.pruners.phew.walks import PROGRESS_EVERY
 
-__all__ = ["ELEMENT_MODES", "PROGRESS_EVERY", "STOP_REASONS", "PhewStats", "phew_masks",
-           "phew_run"]
+__all__ = ["ELEMENT_MODES", "PROGRESS_EVERY", "STOP_REASONS", "PhewStats", "check_phew_options",
+           "phew_masks", "phew_run"]

@@ -202,10 +202,14 @@ def walk_all(graph: WalkGraph, state: WalkState, seed: int, mode: int = 0,
     return stats, full_after
 
 
-def phew_run(topo, abs_weights: Mapping[str, Any], budgets: Mapping[str, int], seed: int, *,
-             element: str = "sample", stall_window: int = 10_000, min_yield: float = 0.01,
-             max_walks: int | None = None) -> tuple[dict[str, np.ndarray], PhewStats]:
-    """:func:`phew_masks` that also returns a :class:`PhewStats` on the walks."""
+def check_phew_options(*, element, stall_window, min_yield, max_walks) -> tuple:
+    """PHEW's options (see :func:`phew_masks`) checked and normalised, as
+    ``(element, stall_window, min_yield, max_walks)``; they need no model, so the
+    ``phew`` method's options dataclass checks them when it is built.
+
+    >>> check_phew_options(element="largest", stall_window=100, min_yield=0.5, max_walks=None)
+    ('largest', 100, 0.5, None)
+    """
     if element not in ELEMENT_MODES:
         raise ValueError(f"element must be one of {sorted(ELEMENT_MODES)}, got {element!r}")
     # the bounds keep min_yield * stall_window and the walk counters inside int64
@@ -215,6 +219,15 @@ def phew_run(topo, abs_weights: Mapping[str, Any], budgets: Mapping[str, int], s
     if max_walks is not None:
         max_walks = check_int("max_walks", max_walks, minimum=0, maximum=2**62,
                               hint="or None for no cap")
+    return element, stall_window, min_yield, max_walks
+
+
+def phew_run(topo, abs_weights: Mapping[str, Any], budgets: Mapping[str, int], seed: int, *,
+             element: str = "sample", stall_window: int = 10_000, min_yield: float = 0.01,
+             max_walks: int | None = None) -> tuple[dict[str, np.ndarray], PhewStats]:
+    """:func:`phew_masks` that also returns a :class:`PhewStats` on the walks."""
+    element, stall_window, min_yield, max_walks = check_phew_options(
+        element=element, stall_window=stall_window, min_yield=min_yield, max_walks=max_walks)
     missing = [layer.param for layer in topo.layers if layer.param not in budgets]
     if missing:
         raise KeyError(f"budgets lacks {missing}")
