@@ -27,15 +27,16 @@ import time
 import warnings
 from pathlib import Path
 
-#: Exit statuses.
-EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+#: Exit statuses (141 = 128 + SIGPIPE, as a shell reports a command whose reader left).
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 0, 1, 2, 130, 141
 DEBUG_ENV = "TOPO_PAI_DEBUG"
 
 EPILOG = f"""\
 exit status: 0 success; 2 a user error (bad argument, unknown name, unusable path, a sweep
 directory in use or of another configuration), reported in one line before any work where it
 can be checked up front; 1 an internal error, or trials of a sweep that failed (see its
-failures.jsonl); 130 interrupted (Ctrl-C).
+failures.jsonl); 130 interrupted (Ctrl-C); 141, silently, when the reader of the output
+went away (e.g. `| head`; files the command writes are complete by then).
 
 environment: {DEBUG_ENV}=1 prints the Python traceback of an error instead of one line.
 """
@@ -532,12 +533,16 @@ def _sweep_config(args):
 
 
 def cmd_sweep(args) -> int:
-    from topo_pai.experiments.sweep import pending_trials, run_sweep
+    from topo_pai.experiments.sweep import SameModelTwice, pending_trials, run_sweep
 
     if args.config:
         _check_input_file(args.config, "--config")
     check_output_dir(args.out, "--out")
     cfg = _sweep_config(args)
+    try:  # run_sweep checks the names too; here a bad config is refused before the line below
+        cfg.validate_names()
+    except SameModelTwice:
+        pass  # run_sweep refuses it, or resumes a directory that already holds it (a warning)
     total = len(cfg.trials())
     pending = len(pending_trials(cfg, args.out))
     todo = pending if args.limit is None else min(pending, args.limit)
@@ -832,7 +837,15 @@ def main(argv=None) -> int:
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _show_warning
-            return args.func(args)
+            status = args.func(args)
+            sys.stdout.flush()  # a reader that left shows here, inside the handler below
+            return status
+    except BrokenPipeError:
+        # the reader of stdout left (`| head`): stop quietly, as other Unix tools do, and
+        # point stdout at /dev/null so that the interpreter's final flush does not fail too
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
     except KeyboardInterrupt:
         if debug:
             raise

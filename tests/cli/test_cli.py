@@ -421,3 +421,23 @@ def test_sweep_flags_that_cannot_work_are_refused_before_any_trial(flags, match,
                        str(tmp_path / "s"), "--quiet", *flags)
     assert code == 2 and match in err and "Traceback" not in err, err
     assert not (tmp_path / "s").exists()
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path):
+    """`topo-pai prune ... | head`: the masks file is written, and the closed pipe ends the
+    command with status 141 (128 + SIGPIPE, as other Unix tools) and no error on stderr
+    (its progress line only), not "topo-pai: error: BrokenPipeError" and status 2."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.pt"
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    proc = subprocess.Popen([sys.executable, "-m", "topo_pai", "prune", "lenet_300_100",
+                             "random", "0.9", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "error" not in err and "Traceback" not in err and "Exception" not in err, err
+    assert out.exists()
