@@ -102,8 +102,8 @@ def _within_bound(full, acc, res, factor, OH, OW, Wq, p0, keep):
 @numba.njit(parallel=True, **JIT_OPTIONS)
 def complement_forward(xq, xsum, mask, counts, per_group, kk, out_per_group, taps, plane, n,
                        OH, OW, Wq, kept, factor, out, fell_back):
-    """Unit-weight conv (the values :func:`plane_forward` computes) by the complement,
-    written to ``out`` (O, OH, OW).
+    """Unit-weight conv (the values :func:`~topo_pai.kernels.planes.plane_forward`
+    computes) by the complement, written to ``out`` (O, OH, OW).
 
     ``xsum`` is :func:`channel_sums` of the planes ``xq``; ``counts`` (O * per_group)
     the unpruned elements per kernel and ``kept`` per output channel. A channel with
@@ -249,9 +249,10 @@ def positive_rows(arr, row_len, keep, out):
 @numba.njit(parallel=True, **JIT_OPTIONS)
 def mask_effective(fq, bq, mask, counts, per_group, kk, out_per_group, taps, plane, ostride, n,
                    tap_hits, in_full, out_full, kept_out, eff, row_counts):
-    """:func:`plane_effective` read straight off the mask: the unpruned elements on a
-    path, counted per output channel into ``row_counts`` and, unless ``eff`` is empty,
-    flagged ``eff[t] = 1`` in the mask's (output-major) order (``eff`` zeroed).
+    """:func:`~topo_pai.kernels.planes.plane_effective` read straight off the mask: the
+    unpruned elements on a path, counted per output channel into ``row_counts`` and,
+    unless ``eff`` is empty, flagged ``eff[t] = 1`` in the mask's (output-major) order
+    (``eff`` zeroed).
 
     An element whose output channel reaches the outputs at every output position
     (``out_full``) and whose input channel is reached at every image position

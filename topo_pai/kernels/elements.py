@@ -61,10 +61,10 @@ def mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, p
     :func:`count_words`; empty: not available): the scan reads 8 kernel counts
     per load, visits only non-empty kernels and fills the output channels in
     parallel. Element ``r`` of a kernel reading input channel ``i`` starts its
-    span at ``i * plane + taps[r]`` (see :func:`tap_offsets`). Returns ``(flat,
-    ptr_o, nz_i, src)``: flat weight index (of ``flat_sample``'s dtype: int64 for a
-    weight of 2**31 elements or more), CSR row pointer over output channels, global
-    input channel and span start (of ``index_sample``'s dtype).
+    span at ``i * plane + taps[r]`` (see :func:`~topo_pai.metrics.neuron.tap_offsets`).
+    Returns ``(flat, ptr_o, nz_i, src)``: flat weight index (of ``flat_sample``'s
+    dtype: int64 for a weight of 2**31 elements or more), CSR row pointer over output
+    channels, global input channel and span start (of ``index_sample``'s dtype).
     """
     P = per_group_in
     ptr_o = np.zeros(n_out + 1, dtype=np.int64)

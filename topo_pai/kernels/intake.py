@@ -1,8 +1,8 @@
-"""Mask intake: a mask's validating copy to 0/1 uint8, in one pass that also counts.
+"""Mask intake: a mask's validating copy to 0/1 uint8, counting its ones on the way.
 
 :mod:`topo_pai.graph.masks` takes every mask in through one of these: the copy
 holds ``v == 1`` and the return value counts the elements that are neither 0
-nor 1 (NaN included), so that a bad mask is refused without a second pass.
+nor 1 (NaN included), so that a bad mask is refused without a separate check.
 Reference: ``flat == 1`` and ``((flat != 0) & (flat != 1)).sum()``.
 """
 

@@ -1,9 +1,10 @@
 """Products with a multiplicity matrix (:mod:`topo_pai.kernels.multiplicity`),
 stored as CSR or held densely as per-kernel counts.
 
-Both forms accumulate into their output (``out += ...``), so several incoming
-blocks can be summed without temporaries. The dense forms sum in the same order
-as the CSR ones, so the two agree bit for bit and a layer can take either.
+The products accumulate into their output (``out += ...``), so several incoming
+blocks can be summed without temporaries; the bilinear forms return their sum.
+The dense forms sum in the same order as the CSR ones, so the two agree bit for
+bit and a layer can take either.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""A layer's multiplicity matrix: row ``o``, column ``i`` counts the unpruned
-elements of kernel ``(o, i)`` (the channel-level graph's edge weights).
+"""A layer's multiplicity matrix: entry ``(o, c)`` counts the unpruned elements of
+the kernel that joins input channel ``c`` to output channel ``o`` (the channel-level
+graph's edge weights).
 
 Built as CSR (empty kernels not stored), either straight from a 0/1 mask
 (:func:`kernel_csr`) or from the per-kernel counts the mask intake made

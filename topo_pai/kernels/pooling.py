@@ -1,9 +1,9 @@
 """Sum pooling over explicit windows and its transpose, on flat (C, H, W) arrays.
 
 A window is a CSR row of input rows (``hptr``, ``hidx``) times one of input
-columns (``wptr``, ``widx``). In the unrolled graph a pool's output position is
-joined to every input position of its window, so counts cross any pool as
-window sums. Reference: :func:`topo_pai.kernels.reference.pool_forward`.
+columns (``wptr``, ``widx``). A pool op joins each output position to every
+input position of its window, so counts cross it as window sums. Reference:
+:func:`topo_pai.kernels.reference.pool_forward`.
 """
 
 from __future__ import annotations

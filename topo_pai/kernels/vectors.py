@@ -1,10 +1,10 @@
 """Whole count vectors: their scale statistics, joint positivity and sums.
 
-:func:`scale_stats` gives the extremes the overflow-free counts of
-:mod:`topo_pai.metrics.scaled` rescale by, :func:`count_both_positive` the
-number of positions reached from both sides, :func:`add_into` an elementwise
-sum over the threads. Long vectors are split over threads; short ones are not
-worth waking them for.
+:func:`scale_stats` gives the extremes (maximum, smallest positive) by which the
+overflow-free counts of :mod:`topo_pai.metrics.scaled` are rescaled and checked,
+:func:`count_both_positive` the number of positions reached from both sides,
+:func:`add_into` an elementwise sum over the threads. The first two split long
+vectors over threads; short ones are not worth waking them for.
 """
 
 from __future__ import annotations
