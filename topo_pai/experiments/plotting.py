@@ -22,8 +22,8 @@ The axes follow the paper (Pham et al., NeurIPS 2023): x is the natural log of
 the effective nodes (channels), y is log10 of the effective paths. matplotlib
 is imported only when a figure is drawn, so ``import topo_pai.experiments.plotting`` works
 without it. Reading results tables is :mod:`topo_pai.experiments.results_table`, the
-means over seeds :mod:`topo_pai.experiments.aggregation`; their public functions are
-importable from here too.
+means over seeds :mod:`topo_pai.experiments.aggregation`; ``load_results``,
+``aggregate`` and ``method_label`` are importable from here too.
 
 >>> from topo_pai.experiments.plotting import aggregate
 >>> rows = [dict(method="snip", sparsity=0.9, seed=s, effective_nodes=100,
