@@ -44,7 +44,7 @@ from topo_pai.graph.ir import Program
 from topo_pai.graph.masks import LayerMask, attached_masks, layer_mask, scan, validate_keys
 from topo_pai.graph.structure import Structure, build_structure
 from topo_pai.graph.trace import trace, validate_input_shape
-from topo_pai.kernels import propagate as K
+from topo_pai.kernels.multiplicity import kernel_weight_sums
 from topo_pai.masks.mask import Masks
 from topo_pai.masks.validate import (
     abs_weights_array,
@@ -482,9 +482,9 @@ class Topology:
         else:
             prepared = self._edge_weights(weights)
             lay = self.program.layers[layer]
-            data = K.kernel_weight_sums(lm.mask.reshape(-1), prepared.flat[lay.param],
-                                        lay.kernel_volume, lm.indptr, lm.indices,
-                                        lay.weight_shape[1])
+            data = kernel_weight_sums(lm.mask.reshape(-1), prepared.flat[lay.param],
+                                      lay.kernel_volume, lm.indptr, lm.indices,
+                                      lay.weight_shape[1])
         return sp.csr_array((data, lm.indices, lm.indptr), shape=lm.shape)
 
     def metrics(self, weights=None, resolution: str = "channel", *,

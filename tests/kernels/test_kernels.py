@@ -1,4 +1,5 @@
-"""Numba kernels (``topo_pai.kernels.propagate``) against independent references.
+"""The numba kernels of :mod:`topo_pai.kernels` (all but ``gram``, see
+``test_gram_kernels.py``) against independent references.
 
 * conv/pool kernels: against the pure-numpy twins in
   ``topo_pai.kernels.reference`` and, as a third opinion, against torch
@@ -27,8 +28,32 @@ import torch.nn.functional as F  # noqa: E402
 from hypothesis import assume, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from topo_pai.kernels import propagate as K  # noqa: E402
 from topo_pai.kernels import reference as R  # noqa: E402
+from topo_pai.kernels.elements import by_input, count_words, mask_elements  # noqa: E402
+from topo_pai.kernels.intake import (  # noqa: E402
+    validate_copy,
+    validate_count,
+    validate_kernel_counts,
+)
+from topo_pai.kernels.matvec import (  # noqa: E402
+    csr_bilinear,
+    csr_matvec,
+    csr_rmatvec,
+    dense_bilinear,
+    dense_matvec,
+    dense_rmatvec,
+)
+from topo_pai.kernels.multiplicity import counts_csr, kernel_csr  # noqa: E402
+from topo_pai.kernels.planes import (  # noqa: E402
+    image_to_rows,
+    plane_backward,
+    plane_effective,
+    plane_forward,
+    plane_weight_flow,
+)
+from topo_pai.kernels.pooling import pool_backward, pool_forward  # noqa: E402
+from topo_pai.kernels.sorting import group_by  # noqa: E402
+from topo_pai.kernels.vectors import add_into, count_both_positive, scale_stats  # noqa: E402
 from topo_pai.metrics.neuron import (  # noqa: E402
     ConvElements,
     ConvPlan,
@@ -126,10 +151,10 @@ def run_conv_forward(c, el, x, out):
     if plan.n:
         xq = plan.to_planes(x.reshape(-1))
         yq = np.full(plan.O * plan.ostride, np.nan)
-        K.plane_forward(xq, yq, plan.ostride, plan.n, ce.ptr_o, ce.src, el["val"], True)
+        plane_forward(xq, yq, plan.ostride, plan.n, ce.ptr_o, ce.src, el["val"], True)
         np.testing.assert_array_equal(plan.out_from_rows(yq), y)
         acc = plan.out_to_rows(out.copy())
-        K.plane_forward(xq, acc, plan.ostride, plan.n, ce.ptr_o, ce.src, el["val"], False)
+        plane_forward(xq, acc, plan.ostride, plan.n, ce.ptr_o, ce.src, el["val"], False)
         np.testing.assert_array_equal(plan.out_from_rows(acc), out + y)
     out += y
 
@@ -162,10 +187,10 @@ def run_conv_backward(c, el, g, gin):
         args = (plan.ostride, plan.n, ce.ptr_i, ce.by_i_o, ce.by_i_src, el["by_i_val"],
                 plan.plane)
         acc = np.full(plan.C * plan.plane, np.nan)
-        K.plane_backward(gq, acc, *args, True, no_base)
+        plane_backward(gq, acc, *args, True, no_base)
         np.testing.assert_array_equal(planes_to_image(plan, acc), y)
         acc2 = np.ones(plan.C * plan.plane)
-        K.plane_backward(gq, acc2, *args, False, no_base)
+        plane_backward(gq, acc2, *args, False, no_base)
         np.testing.assert_array_equal(acc2, acc + 1)
     gin += y
 
@@ -229,11 +254,11 @@ def test_conv_effective(c, p_on):
     n = len(el["nz_i"])
     flags = np.full(n, 7, dtype=np.uint8)  # every flag must be written
     plan, ce = plane_elements(c, el)
-    K.plane_effective(plan.to_planes(fin.reshape(-1)), plan.out_to_rows(bout.reshape(-1)),
-                      plan.ostride, plan.n, ce.ptr_o, ce.src, flags)
+    plane_effective(plan.to_planes(fin.reshape(-1)), plan.out_to_rows(bout.reshape(-1)),
+                    plan.ostride, plan.n, ce.ptr_o, ce.src, flags)
     sums = np.full(n, -1.0)
-    K.plane_weight_flow(plan.to_planes(fin.reshape(-1)), plan.out_to_rows(bout.reshape(-1)),
-                        plan.ostride, plan.n, ce.ptr_o, ce.src, sums)
+    plane_weight_flow(plan.to_planes(fin.reshape(-1)), plan.out_to_rows(bout.reshape(-1)),
+                      plan.ostride, plan.n, ce.ptr_o, ce.src, sums)
     o, i, kh, kw = np.nonzero(weights)
     want = np.zeros(n, dtype=np.uint8)
     for t in range(n):
@@ -297,9 +322,9 @@ def test_mask_elements(case):
     taps = rng.permutation(KH * KW).astype(np.int64)  # any table: spans are looked up
     flat_dtype = np.int32 if seed % 2 else np.int64  # int64 for layers of 2**31+ elements
     args = (O, I, KH * KW, opg, plane, taps, np.zeros(1, np.int64), np.zeros(1, flat_dtype))
-    got = K.mask_elements(mask.reshape(-1), counts, K.count_words(counts, KH * KW), *args)
+    got = mask_elements(mask.reshape(-1), counts, count_words(counts, KH * KW), *args)
     # the word-skipping scan must agree with the byte-by-byte one
-    plain = K.mask_elements(mask.reshape(-1), counts, np.zeros(0, np.uint64), *args)
+    plain = mask_elements(mask.reshape(-1), counts, np.zeros(0, np.uint64), *args)
     for a, b in zip(got, plain):
         np.testing.assert_array_equal(a, b)
     flat, ptr_o, nz_i, src = got
@@ -313,7 +338,7 @@ def test_mask_elements(case):
     for arr in (flat, ptr_o, nz_i, src):
         assert arr.dtype.kind == "i"
     # regrouped by input channel: a stable sort by input channel
-    ptr_i, by_i_o, by_i_src, order = K.by_input(ptr_o, nz_i, src, groups * I, 2)
+    ptr_i, by_i_o, by_i_src, order = by_input(ptr_o, nz_i, src, groups * I, 2)
     want = np.argsort(nz_i, kind="stable")
     np.testing.assert_array_equal(order, want)
     np.testing.assert_array_equal(ptr_i, np.concatenate([[0], np.cumsum(np.bincount(
@@ -401,14 +426,14 @@ def test_pool_forward_and_backward(case):
     np.testing.assert_array_equal(ref, naive_pool(x, hwin, wwin))
     init = rng.integers(0, 3, size=C * OH * OW).astype(np.float64)
     out = init.copy()
-    K.pool_forward(x.reshape(-1), C, H, W, out, OH, OW, hp, hi, wp, wi)
+    pool_forward(x.reshape(-1), C, H, W, out, OH, OW, hp, hi, wp, wi)
     np.testing.assert_array_equal((out - init).reshape(ref.shape), ref)
 
     gref = R.pool_backward(g, hwin, wwin, (H, W))
     assert (ref * g).sum() == (x * gref).sum()  # adjoint
     init = rng.integers(0, 3, size=C * H * W).astype(np.float64)
     gin = init.copy()
-    K.pool_backward(g.reshape(-1), C, H, W, gin, OH, OW, hp, hi, wp, wi)
+    pool_backward(g.reshape(-1), C, H, W, gin, OH, OW, hp, hi, wp, wi)
     np.testing.assert_array_equal((gin - init).reshape(gref.shape), gref)
 
 
@@ -428,8 +453,8 @@ def test_pool_kernels_match_torch_sum_pool(dtype):
     want = F.avg_pool2d(torch.from_numpy(x)[None], k, s, p, count_include_pad=True,
                         divisor_override=1)[0].numpy()
     out = np.zeros(want.size)
-    K.pool_forward(x.reshape(-1), C, H, W, out, len(hwin), len(wwin), *to_csr(hwin, dtype),
-                   *to_csr(wwin, dtype))
+    pool_forward(x.reshape(-1), C, H, W, out, len(hwin), len(wwin), *to_csr(hwin, dtype),
+                 *to_csr(wwin, dtype))
     np.testing.assert_array_equal(out.reshape(want.shape), want)
 
 
@@ -458,7 +483,7 @@ def test_csr_matvec(case):
     x = rng.integers(0, 7, size=A.shape[1]).astype(np.float64)
     init = rng.integers(0, 3, size=A.shape[0]).astype(np.float64)
     out = init.copy()
-    K.csr_matvec(indptr, indices, data, x, out)
+    csr_matvec(indptr, indices, data, x, out)
     np.testing.assert_array_equal(out, init + A @ x)
 
 
@@ -470,7 +495,7 @@ def test_csr_rmatvec(case):
     y[rng.random(y.shape) < 0.3] = 0.0
     init = rng.integers(0, 3, size=A.shape[1]).astype(np.float64)
     out = init.copy()
-    K.csr_rmatvec(indptr, indices, data, y, out)
+    csr_rmatvec(indptr, indices, data, y, out)
     np.testing.assert_array_equal(out, init + A.T @ y)
 
 
@@ -480,7 +505,7 @@ def test_csr_bilinear(case):
     A, indptr, indices, data, rng = case
     left = (rng.random(A.shape[0]) < 0.6).astype(np.float64)
     right = (rng.random(A.shape[1]) < 0.6).astype(np.float64)
-    assert K.csr_bilinear(indptr, indices, data, left, right) == left @ (A @ right)
+    assert csr_bilinear(indptr, indices, data, left, right) == left @ (A @ right)
 
 
 def test_csr_kernels_unsorted_and_duplicate_free_rows():
@@ -491,11 +516,11 @@ def test_csr_kernels_unsorted_and_duplicate_free_rows():
     A = sp.csr_array((data, indices, indptr), shape=(3, 5)).toarray()
     x = np.arange(1.0, 6.0)
     out = np.zeros(3)
-    K.csr_matvec(indptr, indices, data, x, out)
+    csr_matvec(indptr, indices, data, x, out)
     np.testing.assert_array_equal(out, A @ x)
     y = np.array([1.0, 2.0, 3.0])
     out = np.zeros(5)
-    K.csr_rmatvec(indptr, indices, data, y, out)
+    csr_rmatvec(indptr, indices, data, y, out)
     np.testing.assert_array_equal(out, A.T @ y)
 
 
@@ -512,7 +537,7 @@ VALUES = [0.0, 1.0, 2.0, -1.0, 0.5, float("nan"), float("inf"), -0.0, 1e-300]
 def test_validate_copy_floats(values, dtype):
     flat = np.array(values, dtype=dtype)
     out = np.full(flat.shape, 9, dtype=np.uint8)
-    n_bad = K.validate_copy(flat, out)
+    n_bad = validate_copy(flat, out)
     with np.errstate(invalid="ignore"):
         want_bad = int(np.count_nonzero(~((flat == 0) | (flat == 1))))
     assert n_bad == want_bad
@@ -524,12 +549,12 @@ def test_validate_copy_integers(dtype):
     info = np.iinfo(dtype)
     flat = np.array([0, 1, 1, 0, 2, info.max, info.min, 1], dtype=dtype)
     out = np.zeros(flat.shape, dtype=np.uint8)
-    n_bad = K.validate_copy(flat, out)
+    n_bad = validate_copy(flat, out)
     assert n_bad == int(np.count_nonzero((flat != 0) & (flat != 1)))
     np.testing.assert_array_equal(out, (flat == 1).astype(np.uint8))
     ok = np.array([0, 1, 1, 0], dtype=dtype)
     out = np.zeros(4, dtype=np.uint8)
-    assert K.validate_copy(ok, out) == 0
+    assert validate_copy(ok, out) == 0
     np.testing.assert_array_equal(out, [0, 1, 1, 0])
 
 
@@ -553,8 +578,8 @@ def test_kernel_csr(case):
     rng = np.random.default_rng(seed)
     mask = (rng.random((O, pgi) + kernel) < density).astype(np.uint8)
     group_size = int(np.prod(kernel)) if kernel else 1
-    indptr, indices, data = K.kernel_csr(mask.reshape(-1), group_size, pgi, opg,
-                                         np.zeros(1, dtype=dtype))
+    indptr, indices, data = kernel_csr(mask.reshape(-1), group_size, pgi, opg,
+                                       np.zeros(1, dtype=dtype))
     assert indptr.dtype == np.dtype(dtype) and indices.dtype == np.dtype(dtype)
     # dense multiplicity matrix from the definition
     taps = mask.reshape(O, pgi, -1).sum(axis=2)
@@ -581,7 +606,7 @@ def test_kernel_csr(case):
 def test_group_by(case, dtype):
     n_keys, keys = case
     keys = np.array(keys, dtype=dtype)
-    ptr, order = K.group_by(keys, n_keys)
+    ptr, order = group_by(keys, n_keys)
     np.testing.assert_array_equal(ptr, np.concatenate([[0], np.cumsum(np.bincount(
         keys.astype(np.int64), minlength=n_keys))]))
     np.testing.assert_array_equal(order, np.argsort(keys, kind="stable"))
@@ -593,7 +618,7 @@ def test_group_by(case, dtype):
 @given(st.lists(st.one_of(st.just(0.0), st.floats(1e-300, 1e300)), max_size=30))
 def test_scale_stats(values):
     x = np.array(values, dtype=np.float64)
-    hi, lo = K.scale_stats(x)
+    hi, lo = scale_stats(x)
     pos = x[x > 0]
     if pos.size:
         assert hi == pos.max() and lo == pos.min()
@@ -609,7 +634,7 @@ def test_scale_stats_special_values(values, seed):
     x = np.array(values, dtype=np.float64)
     if seed % 3 == 0:  # a long array spanning several chunks
         x = np.random.default_rng(seed).permutation(np.resize(x, 70_000)) if x.size else x
-    hi, lo = K.scale_stats(x)
+    hi, lo = scale_stats(x)
     pos = x[x > 0]
     assert (hi, lo) == ((pos.max(), pos.min()) if pos.size else (0.0, math.inf))
 
@@ -620,7 +645,7 @@ def test_count_both_positive(n, seed):
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 3, size=n) * rng.random(n)
     b = rng.integers(0, 3, size=n) * rng.random(n)
-    assert K.count_both_positive(a, b) == np.count_nonzero((a > 0) & (b > 0))
+    assert count_both_positive(a, b) == np.count_nonzero((a > 0) & (b > 0))
 
 
 # ---------------------------------------------------------------------------
@@ -640,20 +665,20 @@ def test_fused_intake_matches_validate_and_kernel_csr(case, src_dtype, poison):
         flat[rng.integers(flat.size)] = 2
     group_size = int(np.prod(kernel)) if kernel else 1
     ref_out = np.zeros(flat.size, dtype=np.uint8)
-    ref_bad = K.validate_copy(flat, ref_out)
+    ref_bad = validate_copy(flat, ref_out)
     out = np.full(flat.size, 9, dtype=np.uint8)
     if group_size == 1:
-        bad, ones = K.validate_count(flat, out)
+        bad, ones = validate_count(flat, out)
         counts, nonempty = out, ones
     else:
         counts = np.full(O * pgi, 99, dtype=np.uint8)
-        bad, nonempty, ones = K.validate_kernel_counts(flat, group_size, out, counts)
+        bad, nonempty, ones = validate_kernel_counts(flat, group_size, out, counts)
         np.testing.assert_array_equal(counts, ref_out.reshape(O * pgi, -1).sum(axis=1))
     assert bad == ref_bad
     np.testing.assert_array_equal(out, ref_out)
     assert ones == int(ref_out.sum()) and nonempty == int(np.count_nonzero(counts))
-    want = K.kernel_csr(ref_out, group_size, pgi, opg, np.zeros(1, dtype=dtype))
-    got = K.counts_csr(counts, pgi, opg, nonempty, np.zeros(1, dtype=dtype))
+    want = kernel_csr(ref_out, group_size, pgi, opg, np.zeros(1, dtype=dtype))
+    got = counts_csr(counts, pgi, opg, nonempty, np.zeros(1, dtype=dtype))
     for g, w in zip(got, want):
         assert g.dtype == w.dtype
         np.testing.assert_array_equal(g, w)
@@ -668,7 +693,7 @@ def test_dense_kernels_bit_identical_to_csr(case, seed2):
     O = groups * opg
     rng = np.random.default_rng(seed)
     counts = ((rng.random(O * pgi) < density) * rng.integers(1, 10, O * pgi)).astype(np.uint8)
-    csr = K.counts_csr(counts, pgi, opg, int(np.count_nonzero(counts)), np.zeros(1, dtype=dtype))
+    csr = counts_csr(counts, pgi, opg, int(np.count_nonzero(counts)), np.zeros(1, dtype=dtype))
     r2 = np.random.default_rng(seed2)
     x = r2.random(groups * pgi) * 10.0 ** r2.integers(-5, 5, groups * pgi)
     x[r2.random(x.shape) < 0.3] = 0.0
@@ -676,17 +701,17 @@ def test_dense_kernels_bit_identical_to_csr(case, seed2):
     y[r2.random(O) < 0.3] = 0.0
     init_o, init_i = r2.random(O), r2.random(groups * pgi)
     a, b = init_o.copy(), init_o.copy()
-    K.dense_matvec(counts, pgi, opg, x, a)
-    K.csr_matvec(*csr, x, b)
+    dense_matvec(counts, pgi, opg, x, a)
+    csr_matvec(*csr, x, b)
     np.testing.assert_array_equal(a, b)
     a, b = init_i.copy(), init_i.copy()
-    K.dense_rmatvec(counts, pgi, opg, y, a)
-    K.csr_rmatvec(*csr, y, b)
+    dense_rmatvec(counts, pgi, opg, y, a)
+    csr_rmatvec(*csr, y, b)
     np.testing.assert_array_equal(a, b)
-    assert K.dense_bilinear(counts, pgi, opg, y, x) == K.csr_bilinear(*csr, y, x)
+    assert dense_bilinear(counts, pgi, opg, y, x) == csr_bilinear(*csr, y, x)
     M = sp.csr_array((csr[2].astype(np.float64), csr[1], csr[0]),
                      shape=(O, groups * pgi)).toarray()
-    assert K.dense_bilinear(counts, pgi, opg, y, x) == ((y > 0) @ M @ (x > 0))
+    assert dense_bilinear(counts, pgi, opg, y, x) == ((y > 0) @ M @ (x > 0))
 
 
 def test_layer_mask_dense_and_sparse_forms_agree():
@@ -700,7 +725,7 @@ def test_layer_mask_dense_and_sparse_forms_agree():
         m = (rng.random((6, 2, 3, 3)) < density).astype(np.float32)
         lm = layer_mask(layer, 4, m, np.int64)
         assert lm.dense == (np.count_nonzero(m.reshape(12, 9).sum(1)) >= 0.05 * 12)
-        want = K.kernel_csr(m.astype(np.uint8).reshape(-1), 9, 2, 3, np.zeros(1, np.int64))
+        want = kernel_csr(m.astype(np.uint8).reshape(-1), 9, 2, 3, np.zeros(1, np.int64))
         for g, w in zip((lm.indptr, lm.indices, lm.data), want):
             np.testing.assert_array_equal(g, w)
         assert lm.unpruned == int(m.sum()) and lm.nnz == int(want[0][-1])
@@ -712,10 +737,10 @@ def test_add_into(n, seed):
     rng = np.random.default_rng(seed)
     a, b = rng.random(n), rng.random(n)
     out = np.full(n, np.nan)
-    K.add_into(a, b, out)
+    add_into(a, b, out)
     np.testing.assert_array_equal(out, a + b)
     want = a + b
-    K.add_into(a, b, a)  # in place
+    add_into(a, b, a)  # in place
     np.testing.assert_array_equal(a, want)
 
 
@@ -724,7 +749,7 @@ def test_add_into(n, seed):
 def test_image_to_rows(O, OH, OW, extra):
     y = np.arange(O * OH * OW, dtype=np.float64) + 1.0
     yq = np.full(O * OH * (OW + extra), np.nan)
-    K.image_to_rows(y, O, OH, OW, OW + extra, yq)
+    image_to_rows(y, O, OH, OW, OW + extra, yq)
     want = np.pad(y.reshape(O, OH, OW), ((0, 0), (0, 0), (0, extra)))
     np.testing.assert_array_equal(yq.reshape(O, OH, OW + extra), want)
 

@@ -21,7 +21,9 @@ marker on the bottom edge of its panel, never silently dropped.
 The axes follow the paper (Pham et al., NeurIPS 2023): x is the natural log of
 the effective nodes (channels), y is log10 of the effective paths. matplotlib
 is imported only when a figure is drawn, so ``import topo_pai.experiments.plotting`` works
-without it.
+without it. Reading results tables is :mod:`topo_pai.experiments.results_table`, the
+means over seeds :mod:`topo_pai.experiments.aggregation`; ``load_results``,
+``aggregate`` and ``method_label`` are importable from here too.
 
 >>> from topo_pai.experiments.plotting import aggregate
 >>> rows = [dict(method="snip", sparsity=0.9, seed=s, effective_nodes=100,
@@ -33,18 +35,24 @@ without it.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import numbers
-import os
-import warnings
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Iterable
 
 import numpy as np
 
-from topo_pai.experiments.schema import BOOL_COLUMNS, FLOAT_COLUMNS, INT_COLUMNS
+from topo_pai.experiments.aggregation import (
+    METHOD_ORDER,
+    aggregate,
+    as_records,
+    float_or_nan,
+    method_label,
+    method_rank,
+    one_model,
+    require_columns,
+    sparsity_key,
+)
+from topo_pai.experiments.results_table import load_results, parse_float
 
 __all__ = [
     "aggregate",
@@ -57,15 +65,13 @@ __all__ = [
     "plot_shuffle_comparison",
 ]
 
-#: Plotting order and colour slot of the built-in methods (others follow, sorted).
-METHOD_ORDER = ("random", "magnitude", "snip", "iter_snip", "grasp", "synflow",
-                "synflow_widen", "phew", "npb")
+
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "p", "<", ">")
 _NO_PATH_MARKER = "v"
 NODE_AXIS = "ln(effective nodes)"
 PATH_AXIS = "log10(effective paths)"
 
-# ------------------------------------------------------------------------ loading
+
 def _plt():
     try:
         import matplotlib
@@ -77,226 +83,8 @@ def _plt():
     return plt
 
 
-def _parse_bool(v, column):
-    if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if isinstance(v, numbers.Integral) and v in (0, 1):
-        return bool(v)
-    if isinstance(v, str) and v.strip().lower() in ("true", "1", "yes"):
-        return True
-    if isinstance(v, str) and v.strip().lower() in ("false", "0", "no", ""):
-        return False
-    raise ValueError(f"column {column!r} must be a boolean (True/False), got {v!r}")
-
-
-def _parse_float(v, column):
-    if v is None or (isinstance(v, str) and v.strip().lower() in ("", "none", "null")):
-        return math.nan
-    try:
-        return float(v)  # float() reads "-inf", "inf", "nan", "-Infinity"
-    except (TypeError, ValueError):
-        raise ValueError(f"column {column!r} must be a number, got {v!r}") from None
-
-
-def _parse_int(v, column):
-    if v is None or (isinstance(v, str) and v.strip() == ""):
-        return None
-    if isinstance(v, str):
-        v = v.strip()
-        try:
-            return int(v)
-        except ValueError:
-            v = _parse_float(v, column)
-    if isinstance(v, float):
-        if not v.is_integer():
-            raise ValueError(f"column {column!r} must be an integer, got {v!r}")
-        return int(v)
-    if isinstance(v, numbers.Integral):
-        return int(v)
-    raise ValueError(f"column {column!r} must be an integer, got {v!r}")
-
-
-def _typed(row: Mapping) -> dict:
-    out = {}
-    for k, v in row.items():
-        if k in BOOL_COLUMNS:
-            out[k] = _parse_bool(v, k)
-        elif k in INT_COLUMNS:
-            out[k] = _parse_int(v, k)
-        elif k in FLOAT_COLUMNS:
-            out[k] = _parse_float(v, k)
-        else:
-            out[k] = v
-    return out
-
-
-def load_results(path) -> list[dict]:
-    """Read a results table written by a sweep (or by hand) into a list of records.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        A ``.csv``, ``.json`` (a list of row objects, or an object holding one
-        under ``"results"``, ``"rows"``, ``"records"`` or ``"trials"``) or
-        ``.jsonl`` (one row object per line) file, or a sweep directory holding
-        ``results.json``, ``results.csv`` or ``results.jsonl``.
-
-    Returns
-    -------
-    list of dict
-        Known columns typed: ``shuffled`` bool; ``seed``, ``effective_nodes``,
-        ``n_nodes``, ``*_params``, ``flops``, ``dense_flops``, ``epochs``, ``threads`` int;
-        ``sparsity``, ``log10_paths``, ``accuracy``, ``test_loss``,
-        ``*_seconds`` float. Non-finite floats round-trip (``"-inf"``,
-        ``"nan"``, ``-Infinity``), and an empty or null accuracy reads as NaN.
-        Other columns are kept as read.
-
-    Raises
-    ------
-    FileNotFoundError
-        ``path`` does not exist, or a directory holds no results file.
-    ValueError
-        Unknown file type, malformed content, or a value of the wrong type.
-
-    Examples
-    --------
-    >>> import tempfile, os
-    >>> d = tempfile.mkdtemp()
-    >>> p = os.path.join(d, "results.csv")
-    >>> with open(p, "w") as f:
-    ...     _ = f.write("method,shuffled,sparsity,seed,log10_paths,accuracy\\n"
-    ...                 "snip,True,0.99,0,-inf,\\n")
-    >>> (row,) = load_results(p)
-    >>> row["shuffled"], row["seed"], row["log10_paths"], row["accuracy"]
-    (True, 0, -inf, nan)
-    """
-    p = Path(os.fspath(path))
-    if p.is_dir():
-        for name in ("results.json", "results.csv", "results.jsonl"):
-            if (p / name).is_file():
-                p = p / name
-                break
-        else:
-            raise FileNotFoundError(f"directory {str(p)!r} holds no results.json, results.csv "
-                                    "or results.jsonl; pass the results file or a sweep directory")
-    if not p.is_file():
-        raise FileNotFoundError(f"results file {str(p)!r} does not exist")
-    suffix = p.suffix.lower()
-    if suffix not in (".csv", ".json", ".jsonl"):
-        raise ValueError(f"results file {str(p)!r} must end in .csv, .json or .jsonl")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"results file {str(p)!r} is not a text file ({exc})") from None
-    if suffix == ".csv":
-        rows = list(csv.DictReader(text.splitlines()))
-    elif suffix == ".jsonl":
-        rows = _jsonl_rows(p, text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"results file {str(p)!r} is not valid JSON ({exc}); pass a "
-                             "sweep's results.json, results.csv or results.jsonl") from None
-        if isinstance(data, Mapping):
-            key = next((k for k in ("results", "rows", "records", "trials") if k in data), None)
-            if key is None:
-                raise ValueError(f"{str(p)!r} holds a JSON object without a 'results' list; "
-                                 "expected a list of row objects")
-            data = data[key]
-        if not isinstance(data, list) or not all(isinstance(r, Mapping) for r in data):
-            raise ValueError(f"{str(p)!r} must hold a JSON list of row objects")
-        rows = data
-    return [_typed(r) for r in rows]
-
-
-def _jsonl_rows(p: Path, text: str) -> list:
-    """The row objects of a ``.jsonl`` file. A last line cut short (a sweep killed while
-    appending it, whose trial runs again) is skipped with a warning, as the sweep skips it;
-    any other line that is not a JSON object is an error naming it."""
-    lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    rows = []
-    for k, (n, line) in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if k == len(lines) - 1 and not text.endswith("\n"):
-                warnings.warn(f"{str(p)!r}: line {n} is cut short (a sweep killed while "
-                              "writing it) and is skipped", UserWarning, stacklevel=3)
-                continue
-            raise ValueError(f"results file {str(p)!r}, line {n}: not JSON ({exc})") from None
-        if not isinstance(row, Mapping):
-            raise ValueError(f"results file {str(p)!r}, line {n}: expected a row object, got "
-                             f"{type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
-# ---------------------------------------------------------------------- records
-def _as_records(records) -> list[dict]:
-    if isinstance(records, (str, os.PathLike)):
-        records = load_results(records)
-    elif hasattr(records, "to_dict") and hasattr(records, "columns"):  # a pandas DataFrame
-        records = records.to_dict("records")
-    if isinstance(records, Mapping) or not isinstance(records, Iterable):
-        raise TypeError("records must be a list of dicts (one per trial), a path to a results "
-                         f"file, or a DataFrame; got {type(records).__name__}")
-    rows = list(records)
-    if not rows:
-        raise ValueError("records is empty: nothing to plot")
-    bad = [type(r).__name__ for r in rows if not isinstance(r, Mapping)]
-    if bad:
-        raise TypeError(f"records must be dicts (one per trial), got {bad[0]}")
-    return [_typed(r) for r in rows]
-
-
-def _require(rows: list[dict], columns: Iterable[str], what: str) -> None:
-    missing = [c for c in columns if any(c not in r for r in rows)]
-    if missing:
-        raise ValueError(f"{what} needs the column(s) {', '.join(missing)} in every record "
-                         f"(see topo_pai.experiments.plotting); missing: {missing}")
-
-
-def _one_model(rows: list[dict], model) -> list[dict]:
-    if model is not None:
-        if any("model" not in r for r in rows):
-            raise ValueError("model= was given, but the records have no 'model' column")
-        sel = [r for r in rows if r["model"] == model]
-        if not sel:
-            raise ValueError(f"no record has model {model!r}; models present: "
-                             f"{sorted({str(r['model']) for r in rows})}")
-        return sel
-    models = sorted({str(r["model"]) for r in rows if "model" in r})
-    if len(models) > 1:
-        raise ValueError(f"the records hold several models {models}; pick one with model=...")
-    datasets = sorted({str(r["dataset"]) for r in rows if "dataset" in r})
-    if len(datasets) > 1:
-        raise ValueError(f"the records hold several datasets {datasets}; filter them first, "
-                         "e.g. [r for r in records if r['dataset'] == ...]")
-    return rows
-
-
-def _skey(s: float) -> float:
-    return round(float(s), 9)
-
-
 def _sparsity_label(s: float) -> str:
     return f"{100 * s:.4g}%"
-
-
-def method_label(method: str, shuffled: bool = False) -> str:
-    """``"snip"`` or ``"snip (shuffled)"``.
-
-    >>> method_label("snip", True)
-    'snip (shuffled)'
-    """
-    return f"{method} (shuffled)" if shuffled else str(method)
-
-
-def _method_rank(method: str, others: list[str]) -> int:
-    if method in METHOD_ORDER:
-        return METHOD_ORDER.index(method)
-    return len(METHOD_ORDER) + others.index(method)
 
 
 def method_style(method: str, methods: Iterable[str] = ()) -> tuple:
@@ -312,85 +100,8 @@ def method_style(method: str, methods: Iterable[str] = ()) -> tuple:
     """
     others = sorted({m for m in methods if m not in METHOD_ORDER} | (
         set() if method in METHOD_ORDER else {method}))
-    i = _method_rank(method, others)
+    i = method_rank(method, others)
     return f"C{i % 10}", _MARKERS[i % len(_MARKERS)]
-
-
-def _float(v) -> float:
-    return math.nan if v is None else float(v)
-
-
-def aggregate(records, by=("method", "shuffled", "sparsity")) -> list[dict]:
-    """Mean over seeds of the plotted quantities, per ``(method, shuffled, sparsity)``.
-
-    Parameters
-    ----------
-    records : list of dict or path
-        Trial rows (see the module docs). ``shuffled`` defaults to False.
-    by : tuple of str
-        Grouping columns; ``("method", "shuffled", "sparsity")`` by default.
-
-    Returns
-    -------
-    list of dict
-        One per group, in plotting order (method order, then shuffled, then
-        sparsity), holding the group keys and: ``label``; ``n_seeds``;
-        ``n_no_path`` (seeds whose mask has no input-output path);
-        ``ln_nodes`` and ``log10_paths`` (means over the seeds *with* a path,
-        NaN when none has one); ``node_ratio`` (mean effective_nodes / n_nodes,
-        NaN without ``n_nodes``); ``accuracy`` and ``accuracy_std`` (mean and
-        sample standard deviation over seeds with an accuracy, NaN if none;
-        std 0 for a single seed) and ``n_accuracy``.
-
-    Examples
-    --------
-    >>> rows = [dict(method="npb", sparsity=0.99, seed=s, effective_nodes=n,
-    ...              log10_paths=p) for s, n, p in [(0, 0, float("-inf")), (1, 20, 5.0)]]
-    >>> g = aggregate(rows)[0]
-    >>> g["n_no_path"], g["log10_paths"], round(g["ln_nodes"], 3), g["accuracy"]
-    (1, 5.0, 2.996, nan)
-    """
-    rows = _as_records(records)
-    _require(rows, [c for c in by if c != "shuffled"], "aggregate")
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        key = tuple(_skey(r[c]) if c == "sparsity" else bool(r.get(c, False)) if c == "shuffled"
-                    else r[c] for c in by)
-        groups.setdefault(key, []).append(r)
-    methods = sorted({str(r["method"]) for r in rows if "method" in r})
-    others = [m for m in methods if m not in METHOD_ORDER]
-
-    def order(key):
-        d = dict(zip(by, key))
-        m = d.get("method")
-        return (_method_rank(m, others) if m is not None else 0, d.get("shuffled", False),
-                d.get("sparsity", 0.0), tuple(str(v) for v in key))
-
-    out = []
-    for key in sorted(groups, key=order):
-        g = groups[key]
-        d = dict(zip(by, key))
-        nodes = np.array([_float(r.get("effective_nodes")) for r in g])
-        paths = np.array([_float(r.get("log10_paths")) for r in g])
-        has_path = np.isfinite(paths) & (paths > -np.inf) & (nodes > 0)
-        ratio = np.array([_float(r.get("effective_nodes")) / _float(r["n_nodes"])
-                          if r.get("n_nodes") else math.nan for r in g])
-        acc = np.array([_float(r.get("accuracy")) for r in g])
-        acc = acc[np.isfinite(acc)]
-        d.update(
-            label=method_label(d.get("method", ""), d.get("shuffled", False)),
-            n_seeds=len(g),
-            n_no_path=int(np.count_nonzero(~has_path)),
-            ln_nodes=float(np.mean(np.log(nodes[has_path]))) if has_path.any() else math.nan,
-            log10_paths=float(np.mean(paths[has_path])) if has_path.any() else math.nan,
-            node_ratio=float(np.mean(ratio)) if np.isfinite(ratio).all() else math.nan,
-            accuracy=float(np.mean(acc)) if acc.size else math.nan,
-            accuracy_std=float(np.std(acc, ddof=1)) if acc.size > 1 else (0.0 if acc.size
-                                                                          else math.nan),
-            n_accuracy=int(acc.size),
-        )
-        out.append(d)
-    return out
 
 
 # ---------------------------------------------------------------------- helpers
@@ -580,21 +291,21 @@ def plot_node_path_plane(records, *, ax=None, sparsity=None, color="accuracy", a
     from matplotlib.ticker import PercentFormatter
 
     _check_choice("color", color, ("accuracy", "method"))
-    rows = _one_model(_as_records(records), model)
-    _require(rows, ("method", "sparsity", "effective_nodes", "log10_paths"),
-             "plot_node_path_plane")
-    present = sorted({_skey(r["sparsity"]) for r in rows})
+    rows = one_model(as_records(records), model)
+    require_columns(rows, ("method", "sparsity", "effective_nodes", "log10_paths"),
+                    "plot_node_path_plane")
+    present = sorted({sparsity_key(r["sparsity"]) for r in rows})
     if sparsity is not None:
         if not isinstance(sparsity, numbers.Real) or not 0 <= sparsity < 1:
             raise ValueError(f"sparsity must be a fraction in [0, 1) (e.g. 0.99), got "
                              f"{sparsity!r}")
-        if _skey(sparsity) not in present:
+        if sparsity_key(sparsity) not in present:
             raise ValueError(f"no record has sparsity {sparsity!r}; present: {present}")
-        present = [_skey(sparsity)]
+        present = [sparsity_key(sparsity)]
     elif ax is not None and len(present) > 1:
         raise ValueError(f"the records hold {len(present)} sparsities {present}; with ax= pick "
                          "one with sparsity=..., or leave ax=None for one panel per sparsity")
-    groups = aggregate([r for r in rows if _skey(r["sparsity"]) in present])
+    groups = aggregate([r for r in rows if sparsity_key(r["sparsity"]) in present])
     methods = sorted({g["method"] for g in groups})
     # the colour scale spans the drawn bubbles: a collapsed mask's chance-level
     # accuracy would otherwise squeeze every bubble into one end of it
@@ -700,9 +411,9 @@ def plot_accuracy_vs_sparsity(records, *, ax=None, model=None, dodge=True):
     [85.0, 70.0]
     """
     plt = _plt()
-    rows = _one_model(_as_records(records), model)
-    _require(rows, ("method", "sparsity", "accuracy"), "plot_accuracy_vs_sparsity")
-    rows = [r for r in rows if np.isfinite(_float(r["accuracy"]))]
+    rows = one_model(as_records(records), model)
+    require_columns(rows, ("method", "sparsity", "accuracy"), "plot_accuracy_vs_sparsity")
+    rows = [r for r in rows if np.isfinite(float_or_nan(r["accuracy"]))]
     if not rows:
         raise ValueError("no record has an accuracy (all None/NaN): the sweep did not train; "
                          "run it with training to plot accuracy")
@@ -777,9 +488,9 @@ def plot_shuffle_comparison(records, *, model=None):
     ['effective node ratio', 'log10(effective paths)']
     """
     plt = _plt()
-    rows = _one_model(_as_records(records), model)
-    _require(rows, ("method", "shuffled", "sparsity", "effective_nodes", "n_nodes",
-                    "log10_paths"), "plot_shuffle_comparison")
+    rows = one_model(as_records(records), model)
+    require_columns(rows, ("method", "shuffled", "sparsity", "effective_nodes", "n_nodes",
+                           "log10_paths"), "plot_shuffle_comparison")
     shuffled_methods = {r["method"] for r in rows if r["shuffled"]}
     if not shuffled_methods:
         raise ValueError("no record has shuffled=True: run the sweep with a shuffled variant "
@@ -863,9 +574,9 @@ def plot_node_path_curves(records, *, layout="plane", ax=None, model=None, annot
     _check_choice("layout", layout, ("plane", "panels", "both"))
     if ax is not None and layout != "plane":
         raise ValueError(f"ax= needs layout='plane' (layout {layout!r} draws several panels)")
-    rows = _one_model(_as_records(records), model)
-    _require(rows, ("method", "sparsity", "effective_nodes", "log10_paths"),
-             "plot_node_path_curves")
+    rows = one_model(as_records(records), model)
+    require_columns(rows, ("method", "sparsity", "effective_nodes", "log10_paths"),
+                    "plot_node_path_curves")
     groups = aggregate(rows)
     methods = sorted({g["method"] for g in groups})
     labels = list(dict.fromkeys(g["label"] for g in groups))
@@ -956,28 +667,28 @@ def plot_metric_vs_accuracy(records, metric: str, *, model=None):
     plt = _plt()
     if not isinstance(metric, str) or not metric:
         raise ValueError(f"metric must be a column name, got {metric!r}")
-    rows = _one_model(_as_records(records), model)
+    rows = one_model(as_records(records), model)
     if not any(metric in r for r in rows):
         columns = sorted({k for r in rows for k in r})
         raise ValueError(f"no record has the column {metric!r}; columns present: "
                          f"{', '.join(columns)} (graph measures need a sweep with metrics = "
                          "true)")
-    _require(rows, ("method", "sparsity", "accuracy"), "plot_metric_vs_accuracy")
+    require_columns(rows, ("method", "sparsity", "accuracy"), "plot_metric_vs_accuracy")
     pts = []
     for r in rows:
-        x = _parse_float(r.get(metric), metric)
-        y = _float(r["accuracy"])
+        x = parse_float(r.get(metric), metric)
+        y = float_or_nan(r["accuracy"])
         if math.isfinite(x) and math.isfinite(y):
             pts.append((r, x, y))
     if not pts:
         raise ValueError(f"no record has both an accuracy and a finite {metric!r}")
     methods = sorted({r["method"] for r, _, _ in pts})
-    sparsities = sorted({_skey(r["sparsity"]) for r, _, _ in pts})
+    sparsities = sorted({sparsity_key(r["sparsity"]) for r, _, _ in pts})
     fig, axes, spare = _panel_grid(plt, len(sparsities))
     from scipy import stats
     handles = {}
     for ax, s in zip(axes, sparsities):
-        sel = [(r, x, y) for r, x, y in pts if _skey(r["sparsity"]) == s]
+        sel = [(r, x, y) for r, x, y in pts if sparsity_key(r["sparsity"]) == s]
         for r, x, y in sel:
             c, marker = method_style(r["method"], methods)
             shuffled = bool(r.get("shuffled", False))

@@ -12,7 +12,16 @@ from __future__ import annotations
 import numpy as np
 
 from topo_pai.graph.ir import Layer, Program
-from topo_pai.kernels import propagate as K
+from topo_pai.kernels.intake import validate_copy, validate_count, validate_kernel_counts
+from topo_pai.kernels.matvec import (
+    csr_bilinear,
+    csr_matvec,
+    csr_rmatvec,
+    dense_bilinear,
+    dense_matvec,
+    dense_rmatvec,
+)
+from topo_pai.kernels.multiplicity import counts_csr, kernel_csr
 from topo_pai.masks.validate import bad_value, check_keys, check_shape, numeric_array
 
 #: A layer's multiplicity matrix is kept as dense per-kernel counts (no index
@@ -57,8 +66,8 @@ class LayerMask:
 
     def _arrays(self):
         if self._csr is None:
-            self._csr = K.counts_csr(self.counts, self.per_group_in, self.out_per_group,
-                                     self.nnz, np.zeros(1, dtype=self._index_dtype))
+            self._csr = counts_csr(self.counts, self.per_group_in, self.out_per_group,
+                                   self.nnz, np.zeros(1, dtype=self._index_dtype))
         return self._csr
 
     @property
@@ -89,23 +98,23 @@ class LayerMask:
     def matvec(self, x: np.ndarray, out: np.ndarray) -> None:
         """``out += M @ x``."""
         if self.sparse:
-            K.csr_matvec(*self._arrays(), x, out)
+            csr_matvec(*self._arrays(), x, out)
         else:
-            K.dense_matvec(self.counts, self.per_group_in, self.out_per_group, x, out)
+            dense_matvec(self.counts, self.per_group_in, self.out_per_group, x, out)
 
     def rmatvec(self, y: np.ndarray, out: np.ndarray) -> None:
         """``out += M.T @ y``."""
         if self.sparse:
-            K.csr_rmatvec(*self._arrays(), y, out)
+            csr_rmatvec(*self._arrays(), y, out)
         else:
-            K.dense_rmatvec(self.counts, self.per_group_in, self.out_per_group, y, out)
+            dense_rmatvec(self.counts, self.per_group_in, self.out_per_group, y, out)
 
     def bilinear(self, left: np.ndarray, right: np.ndarray) -> float:
         """Sum of ``M[r, c]`` over rows with ``left > 0`` and columns with ``right > 0``."""
         if self.sparse:
-            return K.csr_bilinear(*self._arrays(), left, right)
-        return K.dense_bilinear(self.counts, self.per_group_in, self.out_per_group, left,
-                                right)
+            return csr_bilinear(*self._arrays(), left, right)
+        return dense_bilinear(self.counts, self.per_group_in, self.out_per_group, left,
+                              right)
 
 
 def attached_masks(model) -> dict:
@@ -160,9 +169,9 @@ def scan(name: str, m, shape: tuple[int, ...], group_size: int, per_group_in: in
     _check_shape(name, m, shape)
     flat = _flat_numpy(name, m)
     out = np.empty(flat.shape[0], dtype=np.uint8)
-    if K.validate_copy(flat, out):
+    if validate_copy(flat, out):
         raise bad_value(name, flat, shape)
-    csr = K.kernel_csr(out, group_size, per_group_in, out_per_group, np.zeros(1, dtype=index_dtype))
+    csr = kernel_csr(out, group_size, per_group_in, out_per_group, np.zeros(1, dtype=index_dtype))
     return out.reshape(shape), csr
 
 
@@ -186,12 +195,12 @@ def layer_mask(layer: Layer, in_units: int, m, index_dtype) -> LayerMask:
         flat = _flat_numpy(layer.param, m)
         mask = np.empty(flat.shape[0], dtype=np.uint8)
         if group_size == 1:
-            bad, ones = K.validate_count(flat, mask)
+            bad, ones = validate_count(flat, mask)
             counts = mask
             nonempty = ones
         else:
             counts = np.empty(n_kernels, dtype=np.uint8 if group_size < 256 else np.int32)
-            bad, nonempty, ones = K.validate_kernel_counts(flat, group_size, mask, counts)
+            bad, nonempty, ones = validate_kernel_counts(flat, group_size, mask, counts)
         if bad:
             raise bad_value(layer.param, flat, shape)
     return LayerMask(mask.reshape(shape), int(ones), shape=(out_units, in_units), counts=counts,

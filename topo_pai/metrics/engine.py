@@ -77,7 +77,8 @@ import numpy as np
 
 from topo_pai.graph.ir import Layer
 from topo_pai.graph.masks import LayerMask
-from topo_pai.kernels import propagate as K
+from topo_pai.kernels.multiplicity import kernel_weight_sums
+from topo_pai.kernels.vectors import count_both_positive
 from topo_pai.metrics.scaled import NodeCounts, Scaled
 
 
@@ -244,7 +245,7 @@ class TableEngine(ABC):
 
     def effective_nodes(self) -> list[int]:
         rf, rb = self.reach
-        return [int(K.count_both_positive(rf[k], rb[k])) for k in self.group_keys]
+        return [int(count_both_positive(rf[k], rb[k])) for k in self.group_keys]
 
 
 def weighted_layer_masks(layers: list[Layer], layer_masks: list[LayerMask],
@@ -253,8 +254,8 @@ def weighted_layer_masks(layers: list[Layer], layer_masks: list[LayerMask],
     of the unpruned elements' weights (flat float64 ``weights``, one per layer)."""
     out = []
     for layer, lm, w in zip(layers, layer_masks, weights, strict=True):
-        data = K.kernel_weight_sums(lm.mask.reshape(-1), w, layer.kernel_volume, lm.indptr,
-                                    lm.indices, layer.weight_shape[1])
+        data = kernel_weight_sums(lm.mask.reshape(-1), w, layer.kernel_volume, lm.indptr,
+                                  lm.indices, layer.weight_shape[1])
         out.append(LayerMask(lm.mask, lm.unpruned, lm.indptr, lm.indices, data, lm.shape))
     return out
 

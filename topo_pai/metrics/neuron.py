@@ -14,7 +14,25 @@ import numpy as np
 
 from topo_pai.graph.ir import Layer, Program, spatial3
 from topo_pai.graph.masks import LayerMask
-from topo_pai.kernels import propagate as K
+from topo_pai.kernels.complement import (
+    channel_sums,
+    complement_backward,
+    complement_forward,
+    mask_effective,
+    positive_rows,
+)
+from topo_pai.kernels.elements import by_input, count_words, mask_elements
+from topo_pai.kernels.planes import (
+    image_to_rows,
+    plane_backward,
+    plane_backward_image,
+    plane_effective,
+    plane_forward,
+    plane_forward_image,
+    plane_weight_flow,
+    to_planes,
+)
+from topo_pai.kernels.pooling import pool_backward, pool_forward
 from topo_pai.metrics import exact as X
 from topo_pai.metrics import traversal
 from topo_pai.metrics.engine import (
@@ -29,7 +47,7 @@ from topo_pai.metrics.scaled import NodeCounts, Scaled, combine, log10_sum, norm
 
 @dataclass(frozen=True)
 class ConvPlan:
-    """Geometry of one conv on the phase-plane layout (see :mod:`topo_pai.kernels.propagate`).
+    """Geometry of one conv on the phase-plane layout (see :mod:`topo_pai.kernels.planes`).
 
     The input (C, H, W) becomes ``C`` blocks of ``plane`` values (``sh * sw`` planes
     of Hq x Wq); the output is computed with row stride ``Wq`` (``ostride`` values
@@ -78,7 +96,7 @@ class ConvPlan:
         if self.same_input:
             return x
         xq = np.empty(self.C * self.plane)
-        K.to_planes(x, self.C, self.H, self.W, *self.stride, *self.pad, self.Hq, self.Wq, xq)
+        to_planes(x, self.C, self.H, self.W, *self.stride, *self.pad, self.Hq, self.Wq, xq)
         return xq
 
     def out_to_rows(self, y: np.ndarray) -> np.ndarray:
@@ -86,7 +104,7 @@ class ConvPlan:
         if self.same_output:
             return y
         yq = np.empty(self.O * self.OH * self.Wq)
-        K.image_to_rows(y, self.O, self.OH, self.OW, self.Wq, yq)
+        image_to_rows(y, self.O, self.OH, self.OW, self.Wq, yq)
         return yq
 
     def out_from_rows(self, yq: np.ndarray) -> np.ndarray:
@@ -147,12 +165,12 @@ def conv_elements(layer: Layer, lm: LayerMask, plan: ConvPlan) -> ConvElements:
         counts = mask.reshape(O * per_group, KH * KW).sum(axis=1, dtype=np.int32)
     index = np.int32 if plan.C * plan.plane < 2 ** 31 else np.int64
     flat_index = np.int32 if mask.shape[0] < 2 ** 31 else np.int64  # a layer may be that large
-    flat, ptr_o, nz_i, src = K.mask_elements(
-        mask, counts, K.count_words(counts, KH * KW), O, per_group, KH * KW, layer.out_per_group,
+    flat, ptr_o, nz_i, src = mask_elements(
+        mask, counts, count_words(counts, KH * KW), O, per_group, KH * KW, layer.out_per_group,
         plan.plane, tap_offsets(plan, (KH, KW)), np.zeros(1, dtype=index),
         np.zeros(1, dtype=flat_index))
-    ptr_i, by_i_o, by_i_src, order = K.by_input(ptr_o, nz_i, src, plan.C,
-                                                numba.get_num_threads())
+    ptr_i, by_i_o, by_i_src, order = by_input(ptr_o, nz_i, src, plan.C,
+                                              numba.get_num_threads())
     return ConvElements(flat, ptr_o, src, ptr_i, by_i_o, by_i_src, order, np.zeros(0),
                         int(np.diff(ptr_o).max(initial=0)), int(np.diff(ptr_i).max(initial=0)))
 
@@ -172,10 +190,10 @@ def conv_forward(plan: ConvPlan, el: ConvElements, x: np.ndarray, val: np.ndarra
         xq = plan.to_planes(x)
     if plan.same_output:
         out = np.empty(plan.O * plan.ostride)  # every value is written: init=True
-        K.plane_forward(xq, out, plan.ostride, plan.n, el.ptr_o, el.src, val, True)
+        plane_forward(xq, out, plan.ostride, plan.n, el.ptr_o, el.src, val, True)
     else:
         out = np.empty(plan.O * plan.OH * plan.OW)
-        K.plane_forward_image(xq, plan.n, el.ptr_o, el.src, val, plan.OH, plan.OW, plan.Wq, out)
+        plane_forward_image(xq, plan.n, el.ptr_o, el.src, val, plan.OH, plan.OW, plan.Wq, out)
     return out
 
 
@@ -190,13 +208,13 @@ def conv_backward(plan: ConvPlan, el: ConvElements, g: np.ndarray, val: np.ndarr
     base = _NO_BASE if base is None else base
     if plan.same_input:
         gin = np.empty(plan.C * plan.plane)
-        K.plane_backward(gq, gin, plan.ostride, plan.n, el.ptr_i, el.by_i_o, el.by_i_src, val,
-                         plan.plane, True, base)
+        plane_backward(gq, gin, plan.ostride, plan.n, el.ptr_i, el.by_i_o, el.by_i_src, val,
+                       plan.plane, True, base)
     else:
         gin = np.empty(plan.C * plan.H * plan.W)
-        K.plane_backward_image(gq, plan.ostride, plan.n, el.ptr_i, el.by_i_o, el.by_i_src, val,
-                               plan.plane, plan.H, plan.W, *plan.stride, *plan.pad, plan.Hq,
-                               plan.Wq, gin, base)
+        plane_backward_image(gq, plan.ostride, plan.n, el.ptr_i, el.by_i_o, el.by_i_src, val,
+                             plan.plane, plan.H, plan.W, *plan.stride, *plan.pad, plan.Hq,
+                             plan.Wq, gin, base)
     return gin
 
 
@@ -287,12 +305,12 @@ def complement_conv_forward(plan: ConvPlan, dc: DenseConv, xq: np.ndarray,
         return np.zeros(plan.O * plan.OH * plan.OW), 0
     groups = plan.C // dc.per_group
     xsum = np.empty(groups * plan.plane)
-    K.channel_sums(xq, dc.per_group, plan.plane, xsum)
+    channel_sums(xq, dc.per_group, plan.plane, xsum)
     out = np.empty(plan.O * plan.OH * plan.OW)
     fell = np.zeros(plan.O, dtype=np.uint8)
-    K.complement_forward(xq, xsum, dc.mask, dc.counts, dc.per_group, dc.taps.shape[0],
-                         dc.out_per_group, dc.taps, plan.plane, plan.n, plan.OH, plan.OW, plan.Wq,
-                         dc.kept_out, factor, out, fell)
+    complement_forward(xq, xsum, dc.mask, dc.counts, dc.per_group, dc.taps.shape[0],
+                       dc.out_per_group, dc.taps, plan.plane, plan.n, plan.OH, plan.OW, plan.Wq,
+                       dc.kept_out, factor, out, fell)
     return out, int(fell.sum())
 
 
@@ -305,13 +323,13 @@ def complement_conv_backward(plan: ConvPlan, dc: DenseConv, gq: np.ndarray, fact
         return (np.zeros(plan.C * plan.H * plan.W) if base is None else base.copy()), 0
     groups = plan.C // dc.per_group
     gsum = np.empty(groups * plan.ostride)
-    K.channel_sums(gq, dc.out_per_group, plan.ostride, gsum)
+    channel_sums(gq, dc.out_per_group, plan.ostride, gsum)
     gin = np.empty(plan.C * plan.H * plan.W)
     fell = np.zeros(plan.C, dtype=np.uint8)
-    K.complement_backward(gq, gsum, dc.mask, dc.counts, dc.per_group, dc.taps.shape[0],
-                          dc.out_per_group, dc.taps, plan.plane, plan.ostride, plan.n, dc.kept_in,
-                          factor, dc.on_plane, plan.H, plan.W, *plan.stride, *plan.pad, plan.Hq,
-                          plan.Wq, gin, _NO_BASE if base is None else base, fell)
+    complement_backward(gq, gsum, dc.mask, dc.counts, dc.per_group, dc.taps.shape[0],
+                        dc.out_per_group, dc.taps, plan.plane, plan.ostride, plan.n, dc.kept_in,
+                        factor, dc.on_plane, plan.H, plan.W, *plan.stride, *plan.pad, plan.Hq,
+                        plan.Wq, gin, _NO_BASE if base is None else base, fell)
     return gin, int(fell.sum())
 
 
@@ -324,13 +342,13 @@ def complement_effective(plan: ConvPlan, dc: DenseConv, fq: np.ndarray, bq: np.n
     if plan.n == 0:
         return eff, 0
     in_full = np.empty(plan.C, dtype=np.uint8)
-    K.positive_rows(fq, plan.plane, dc.on_plane, in_full)
+    positive_rows(fq, plan.plane, dc.on_plane, in_full)
     out_full = np.empty(plan.O, dtype=np.uint8)
-    K.positive_rows(bq, plan.ostride, dc.out_valid, out_full)
+    positive_rows(bq, plan.ostride, dc.out_valid, out_full)
     row_counts = np.empty(plan.O, dtype=np.int64)
-    K.mask_effective(fq, bq, dc.mask, dc.counts, dc.per_group, dc.taps.shape[0],
-                     dc.out_per_group, dc.taps, plan.plane, plan.ostride, plan.n, dc.tap_hits,
-                     in_full, out_full, dc.kept_out, eff, row_counts)
+    mask_effective(fq, bq, dc.mask, dc.counts, dc.per_group, dc.taps.shape[0],
+                   dc.out_per_group, dc.taps, plan.plane, plan.ostride, plan.n, dc.tap_hits,
+                   in_full, out_full, dc.kept_out, eff, row_counts)
     return eff, int(row_counts.sum())
 
 
@@ -515,7 +533,7 @@ class NeuronGraph:
             return conv_forward(self.plan(layer), self.elements(layer), x, vals,
                                 self.in_planes(layer, x))
         if op.kind == "pool":
-            return self._pool(K.pool_forward, op, x, n)
+            return self._pool(pool_forward, op, x, n)
         if op.kind == "reduce":
             return x.reshape(self.p.values[op.inputs[0]]).sum(axis=op.attrs["axes"]).reshape(-1)
         if op.kind == "scale":
@@ -523,8 +541,8 @@ class NeuronGraph:
         raise AssertionError(op.kind)  # pragma: no cover
 
     def _pool(self, kernel, op, x: np.ndarray, n: int) -> np.ndarray:
-        """``kernel`` (``K.pool_forward`` or its transpose ``K.pool_backward``) of the
-        pool op ``op`` applied to ``x``: ``n`` new values."""
+        """``kernel`` (:func:`~topo_pai.kernels.pooling.pool_forward` or its transpose
+        ``pool_backward``) of the pool op ``op`` applied to ``x``: ``n`` new values."""
         out = np.zeros(n)
         C, H, W = spatial3(self.p.values[op.inputs[0]])
         _, OH, OW = spatial3(self.p.values[op.output])
@@ -570,7 +588,7 @@ class NeuronGraph:
             return conv_backward(self.plan(layer), self.elements(layer), g, vals,
                                  self.out_rows(layer, g), base)
         if op.kind == "pool":
-            return self._pool(K.pool_backward, op, g, n)
+            return self._pool(pool_backward, op, g, n)
         if op.kind == "reduce":
             in_shape = self.p.values[op.inputs[0]]
             kept = tuple(1 if a in op.attrs["axes"] else s for a, s in enumerate(in_shape))
@@ -606,7 +624,7 @@ class NeuronGraph:
         flags = np.zeros(el.flat.shape[0], dtype=np.uint8)
         plan, fq, bq = self._planes(layer, fin, bout)
         if plan.n:
-            K.plane_effective(fq, bq, plan.ostride, plan.n, el.ptr_o, el.src, flags)
+            plane_effective(fq, bq, plan.ostride, plan.n, el.ptr_o, el.src, flags)
         return el.flat, flags
 
     def effective_count(self, layer: int, fin: np.ndarray, bout: np.ndarray) -> int:
@@ -623,7 +641,7 @@ class NeuronGraph:
         sums = np.zeros(el.flat.shape[0])
         plan, fq, bq = self._planes(layer, fin, bout)
         if plan.n:
-            K.plane_weight_flow(fq, bq, plan.ostride, plan.n, el.ptr_o, el.src, sums)
+            plane_weight_flow(fq, bq, plan.ostride, plan.n, el.ptr_o, el.src, sums)
         return el.flat, sums
 
 

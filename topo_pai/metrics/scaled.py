@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from topo_pai.kernels import propagate as K
+from topo_pai.kernels.vectors import add_into, scale_stats
 
 RISKY_BITS = 900  # dynamic range (in bits) past which reachability is re-checked in 0/1
 # Mantissa maxima stay within 2**+-SLACK_BITS: products of two mantissas (forward x
@@ -74,7 +74,7 @@ def normalize(arr: np.ndarray, e: int = 0, risky: bool = False, *, copy: bool = 
     mantissa is then at least ``2**-e``, so the dynamic range is at most
     ``log2(max) + e`` bits and needs no scan for the minimum unless that bound
     passes :data:`RISKY_BITS`: one SIMD ``max`` replaces the full
-    :func:`~topo_pai.kernels.propagate.scale_stats` scan. With ``integer``, a
+    :func:`~topo_pai.kernels.vectors.scale_stats` scan. With ``integer``, a
     ``bound`` (a proven upper bound on ``max(arr)``, e.g. the input's bound times
     the largest fan-in) that keeps both tests within limits saves even that scan:
     small counts never need rescaling, so most ops touch their output only once.
@@ -91,9 +91,9 @@ def normalize(arr: np.ndarray, e: int = 0, risky: bool = False, *, copy: bool = 
         hi = float(arr.max()) if arr.shape[0] else 0.0
         lo = math.ldexp(1.0, -e)
         if hi > 0.0 and math.log2(hi) + e > RISKY_BITS:
-            hi, lo = K.scale_stats(arr)
+            hi, lo = scale_stats(arr)
     else:
-        hi, lo = K.scale_stats(arr)
+        hi, lo = scale_stats(arr)
     if hi == 0.0:
         return Scaled(arr, 0, risky, zero=True)
     if not math.isfinite(hi):
@@ -141,7 +141,7 @@ def combine(parts: list[Scaled], n: int, *, integer: bool = False) -> Scaled:
             acc, owned = term, fresh
         elif n >= PARALLEL_ADD_MIN:
             out = acc if owned else np.empty(n)
-            K.add_into(acc, term, out)
+            add_into(acc, term, out)
             acc, owned = out, True
         elif owned:
             acc += term

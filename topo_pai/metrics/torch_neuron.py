@@ -36,7 +36,7 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 from topo_pai.errors import UnsupportedOpError
 from topo_pai.graph.ir import Program, spatial3
 from topo_pai.graph.masks import LayerMask
-from topo_pai.kernels import propagate as K
+from topo_pai.kernels.vectors import scale_stats
 from topo_pai.metrics import exact as X
 from topo_pai.metrics import traversal
 from topo_pai.metrics.engine import EngineOptions, linear_log10_scores, log10_weights
@@ -79,7 +79,7 @@ def _stats(t: torch.Tensor) -> tuple[float, float]:
     if t.numel() == 0:
         return 0.0, math.inf
     if t.device.type == "cpu":
-        return K.scale_stats(t.numpy())
+        return scale_stats(t.numpy())
     # Non-negative float64 values order like their bits read as int64 (exact reductions).
     bits = t.view(torch.int64)
     hi = bits.max()

@@ -19,7 +19,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from topo_pai.kernels.propagate import group_by
+from topo_pai.kernels.sorting import group_by
 from topo_pai.masks.validate import abs_weights_array
 from topo_pai.pruners.phew.alias import Tables, edge_records
 
