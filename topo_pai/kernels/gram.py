@@ -23,7 +23,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_JIT = dict(nogil=True, cache=True)
+from topo_pai.kernels.options import JIT_OPTIONS as _JIT
 
 
 @numba.njit(**_JIT)
