@@ -533,25 +533,21 @@ def _sweep_config(args):
 
 
 def cmd_sweep(args) -> int:
-    from topo_pai.experiments.sweep import SameModelTwice, pending_trials, run_sweep
+    from topo_pai.experiments.sweep import run_sweep
 
     if args.config:
         _check_input_file(args.config, "--config")
     check_output_dir(args.out, "--out")
     cfg = _sweep_config(args)
-    try:  # run_sweep checks the names too; here a bad config is refused before the line below
-        cfg.validate_names()
-    except SameModelTwice:
-        pass  # run_sweep refuses it, or resumes a directory that already holds it (a warning)
-    total = len(cfg.trials())
-    pending = len(pending_trials(cfg, args.out))
-    todo = pending if args.limit is None else min(pending, args.limit)
-    print(f"sweep: {total} trials, {total - pending} already in {args.out}, {todo} to run "
-          f"({args.engine}, {args.workers} worker(s))", flush=True)
+
+    def announce(total: int, already: int, todo: int) -> None:  # after every up-front check
+        print(f"sweep: {total} trials, {already} already in {args.out}, {todo} to run "
+              f"({args.engine}, {args.workers} worker(s))", flush=True)
+
     rows = run_sweep(cfg, args.out, workers=args.workers, engine=args.engine,
                      data_root=args.data_root, device=args.device, retries=args.retries,
                      progress=not args.quiet, scheduler_address=args.scheduler, limit=args.limit,
-                     order=args.order)
+                     order=args.order, on_start=announce)
     print(f"results: {len(rows)} rows in {Path(args.out) / 'results.csv'} and results.json")
     return EXIT_OK
 

@@ -371,7 +371,8 @@ def test_seeds_outside_torchs_range_are_refused_by_the_parser(flag, value, tmp_p
 def test_sweep_configurations_that_cannot_run_are_refused_before_the_directory(
         extra, match, tmp_path, capsys):
     """Each of these made every trial fail (exit 1) after config.json was written, so the
-    corrected configuration was then refused as another one; now nothing is written."""
+    corrected configuration was then refused as another one; now nothing is written, and
+    nothing is printed but the error."""
     (tmp_path / "net.py").write_text("import torch\ndef build(n):\n"
                                      "    return torch.nn.Sequential(torch.nn.Flatten(), "
                                      "torch.nn.Linear(784, n))\n")
@@ -379,11 +380,12 @@ def test_sweep_configurations_that_cannot_run_are_refused_before_the_directory(
     models = "" if extra.startswith("models") else 'models = ["lenet5"]\n'
     cfg.write_text(models + 'sparsities = [0.9]\ndataset = "synthetic"\n'
                    + extra.replace("{tmp}", str(tmp_path)) + "\n")
-    code, _, err = run(capsys, "sweep", "--config", str(cfg), "--out", str(tmp_path / "s"),
-                       "--quiet")
+    code, out, err = run(capsys, "sweep", "--config", str(cfg), "--out", str(tmp_path / "s"),
+                         "--quiet")
     match = match.replace("{tmp}", str(tmp_path))
     assert code == 2 and match in err and "Traceback" not in err, err
     assert not (tmp_path / "s").exists()
+    assert "sweep:" not in out, out  # the summary line comes after every up-front check
 
 
 @pytest.mark.parametrize("source, match", [

@@ -57,7 +57,7 @@ class SweepError(TopoPaiError, RuntimeError):
 def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "local",
               data_root=None, device="auto", retries: int = 1, progress: bool = True,
               scheduler_address: str | None = None, limit: int | None = None,
-              order: str = "grid") -> list[dict]:
+              order: str = "grid", on_start=None) -> list[dict]:
     """Run every trial of ``cfg`` not yet in ``out_dir``'s table; return all rows.
 
     Parameters
@@ -84,6 +84,11 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
         sparsities, methods, seeds), reversed (e.g. the most extreme
         sparsities first), or a fixed random permutation, so that an
         interrupted sweep has covered the grid evenly. Results do not depend on it.
+    on_start : callable, optional
+        Called as ``on_start(trials, already_done, to_run)`` once the configuration has
+        passed every up-front check and the directory is locked, before the first trial
+        (also when none is left to run): the command line prints its summary line here,
+        so that a refused configuration prints only its error.
 
     Raises
     ------
@@ -127,7 +132,7 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
             failed, n_run = _run_pending(cfg, store, workers=workers, engine=engine,
                                          data_root=data_root, device=device, retries=retries,
                                          progress=progress, scheduler_address=scheduler_address,
-                                         limit=limit, order=order)
+                                         limit=limit, order=order, on_start=on_start)
         finally:
             store.export()
         if failed:
@@ -149,9 +154,11 @@ def _holds(out_dir, cfg: SweepConfig) -> bool:
 
 
 def _run_pending(cfg, store, *, workers, engine, data_root, device, retries, progress,
-                 scheduler_address, limit, order) -> tuple[dict[str, str], int]:
+                 scheduler_address, limit, order, on_start) -> tuple[dict[str, str], int]:
     done = store.done()
-    pending = [t for t in cfg.trials() if t.trial_id not in done]
+    trials = cfg.trials()
+    pending = [t for t in trials if t.trial_id not in done]
+    already = len(trials) - len(pending)
     if order == "reverse":
         pending.reverse()
     elif order == "random":
@@ -159,9 +166,12 @@ def _run_pending(cfg, store, *, workers, engine, data_root, device, retries, pro
         random.Random(cfg.fingerprint()).shuffle(pending)
     if limit is not None:
         pending = pending[:limit]
+    if pending:
+        trial_datasets(cfg, data_root)  # fail fast (missing dataset) before starting workers
+    if on_start is not None:
+        on_start(len(trials), already, len(pending))
     if not pending:
         return {}, 0
-    trial_datasets(cfg, data_root)  # fail fast (missing dataset) before starting workers
     if engine == "local":
         if cfg.resources:
             warnings.warn(f"resources {cfg.resources} are declared for distributed engines; "
