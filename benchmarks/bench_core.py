@@ -59,7 +59,11 @@ def neuron_target(density: float) -> float | None:
         return 5.0
     if density <= 0.1:
         return 2.0
-    return None  # no target for denser masks
+    if density == 1.0:  # issue 14: dense layers
+        return 3.0
+    if density == 0.5:  # issue 14: the worst case of the complement
+        return 1.5
+    return None  # no target for other densities
 
 
 # ---------------------------------------------------------------------------

@@ -758,7 +758,9 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
         CPU, whose cost follows the kept weights. ``"torch"``: torch's dense conv, linear
         and pool ops in float64 on the model's device (CPU or CUDA), whose cost does not
         depend on the density. ``"auto"`` (default): path counts and reachability on
-        Numba; weighted flows (:meth:`Topology.flows`, SynFlow) per layer on torch where
+        Numba, except conv layers of middling density (about 0.2 to 0.8, over enough
+        positions; ``topo_pai.metrics.torch_neuron.TorchConvCounts``), whose counts take
+        torch's float64 convolutions on the CPU; weighted flows (:meth:`Topology.flows`, SynFlow) per layer on torch where
         the layer's density reaches ``topo_pai.metrics.torch_neuron.TORCH_MIN_DENSITY``
         (a measured crossover; every layer when the model is on a GPU), on Numba
         elsewhere. All give the same results up to float64 rounding, and exactly the

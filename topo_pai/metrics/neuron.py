@@ -362,7 +362,7 @@ class NeuronGraph:
 
     def __init__(self, program: Program, layer_masks: list[LayerMask],
                  weights: list[np.ndarray] | None = None, elements=None,
-                 complement_min_density: float | None = None):
+                 complement_min_density: float | None = None, dense_products=None):
         self.p = program
         self.layer_masks = layer_masks
         self.weights = weights
@@ -383,6 +383,11 @@ class NeuronGraph:
         self.complement_min_density = (COMPLEMENT_MIN_DENSITY if complement_min_density is None
                                        else complement_min_density)
         self._dense: dict[int, DenseConv | None] = {}
+        # Of the layers counted by their complement, those whose unit-weight products a
+        # dense float64 product computes instead, cheaper at middling densities
+        # (engine="auto": topo_pai.metrics.torch_neuron.TorchConvCounts, whose
+        # ``takes(layer)`` chooses); None: the complement kernels take them all.
+        self.dense_products = dense_products
         # Channels recomputed directly because their complement failed the error bound:
         # (layer, "forward" | "backward") -> count, summed over the passes run so far.
         self.fallbacks: dict[tuple[int, str], int] = {}
@@ -429,6 +434,13 @@ class NeuronGraph:
                    and lm.unpruned >= self.complement_min_density * lm.mask.size)
             self._dense[layer] = dense_conv(spec, lm, self.plan(layer)) if use else None
         return self._dense[layer]
+
+    def _dense_product(self, layer: int) -> bool:
+        """Whether a layer counted by its complement takes ``dense_products`` instead.
+        Its results are sums of non-negative terms in float64, like the direct sums of
+        the element lists (same error bound, zero exactly when no path exists), and its
+        effective elements are still read off the mask (:meth:`dense`)."""
+        return self.dense_products is not None and self.dense_products.takes(layer)
 
     def _exactness(self, x: Scaled, fan: int) -> float:
         """The complement kernels' bound factor for input counts ``x`` through sums of at
@@ -523,6 +535,8 @@ class NeuronGraph:
                 self.layer_masks[layer].matvec(x, out)
                 return out
             dc = self.dense(layer)
+            if dc is not None and self._dense_product(layer):
+                return self.dense_products.forward(layer, x)
             if dc is not None:
                 out, fell = complement_conv_forward(
                     self.plan(layer), dc, self.in_planes(layer, x),
@@ -578,6 +592,8 @@ class NeuronGraph:
                 self.layer_masks[layer].rmatvec(g, gin)
                 return gin
             dc = self.dense(layer)
+            if dc is not None and self._dense_product(layer):
+                return self.dense_products.backward(layer, g, base)
             if dc is not None:
                 gin, fell = complement_conv_backward(
                     self.plan(layer), dc, self.out_rows(layer, g),
@@ -655,7 +671,8 @@ class NeuronEngine(TableEngine):
     def __init__(self, program: Program, structure, layer_masks: list[LayerMask], shared: dict,
                  *, weights: list[np.ndarray] | None = None,
                  elements: dict[int, ConvElements] | None = None,
-                 complement_min_density: float | None = None, options=None):
+                 complement_min_density: float | None = None, options=None,
+                 dense_products=None):
         super().__init__()
         # the unrolled graph needs neither structure nor shared; options (EngineOptions)
         # choose among implementations in neuron_engine, and this one runs on the CPU only
@@ -665,8 +682,9 @@ class NeuronEngine(TableEngine):
         # complement_min_density (default COMPLEMENT_MIN_DENSITY; 0: every conv, > 1:
         # none) chooses which conv layers of unweighted engines are counted by their
         # complement; an internal knob (the tests force each path with it).
+        # dense_products: see NeuronGraph (engine="auto" passes torch's convolutions).
         self.graph = NeuronGraph(program, layer_masks, weights, elements,
-                                 complement_min_density)
+                                 complement_min_density, dense_products)
         self.group_keys = program.group_values
 
     def group_shape(self, group: int) -> tuple[int, ...]:

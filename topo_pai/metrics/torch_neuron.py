@@ -193,11 +193,38 @@ class ConvGeometry:
         return F.conv2d(x, w.view(self.weight4), None, self.stride, self.padding,
                         self.dilation, self.groups).reshape(-1)
 
+    @property
+    def pointwise(self) -> bool:
+        """A 1x1, stride-1, unpadded, ungrouped conv: a matrix product over positions."""
+        return (self.weight4[2:] == (1, 1) and self.stride == (1, 1) and self.groups == 1
+                and self.pad_h == (0, 0) and self.pad_w == (0, 0))
+
+    @property
+    def flips(self) -> bool:
+        """Whether :meth:`backward_flipped` applies: stride 1, one group, symmetric
+        padding of at most the kernel's dilated reach on each side."""
+        (dh, dw), (_, _, KH, KW) = self.dilation, self.weight4
+        return (self.stride == (1, 1) and self.groups == 1 and self.symmetric
+                and self.pad_h[0] <= dh * (KH - 1) and self.pad_w[0] <= dw * (KW - 1))
+
     def backward(self, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.pointwise:  # W^T G, read through a transposed view (no unfold, no copy)
+            return torch.mm(w.view(self.O, self.C).t(), g.view(self.O, -1)).reshape(-1)
         size = (1, self.C, self.H, self.W) if self.symmetric else self.padded
         gin = conv2d_input(size, w.view(self.weight4), g.view(1, self.O, self.OH, self.OW),
                            self.stride, self.padding, self.dilation, self.groups)
         return self.unpad(gin).reshape(-1)
+
+    def backward_flipped(self, g: torch.Tensor, w_flipped: torch.Tensor) -> torch.Tensor:
+        """:meth:`backward` for a conv that :attr:`flips`, as the forward conv of ``g``
+        with the weight transposed (input and output channels swapped) and flipped in
+        both spatial axes (``w_flipped``, shape ``(C, O, KH, KW)``), padded by the
+        kernel's dilated reach minus the padding: the same sums of products, which
+        torch's forward conv computes faster than its input gradient here."""
+        (dh, dw), (_, _, KH, KW) = self.dilation, self.weight4
+        pad = (dh * (KH - 1) - self.pad_h[0], dw * (KW - 1) - self.pad_w[0])
+        return F.conv2d(g.view(1, self.O, self.OH, self.OW), w_flipped, None, 1, pad,
+                        self.dilation).reshape(-1)
 
     def backward_and_through(self, g: torch.Tensor, w: torch.Tensor,
                              x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,6 +253,16 @@ def conv_geometry(layer, in_shape, out_shape) -> ConvGeometry:
     O_, per_group = layer.weight_shape[:2]
     return ConvGeometry(C, H, W, O, OH, OW, (O_, per_group, KH, KW), (sh, sw), (dh, dw),
                         layer.groups, (ph, right_h), (pw, right_w))
+
+
+def shared_geometry(program: Program, shared: dict, layer: int) -> ConvGeometry:
+    """The layer's :class:`ConvGeometry`, kept in the trace's cache ``shared``."""
+    key = ("torch conv geometry", layer)
+    if key not in shared:
+        op = program.layer_ops[layer]
+        shared[key] = conv_geometry(program.layers[layer], program.values[op.inputs[0]],
+                                    program.values[op.output])
+    return shared[key]
 
 
 def _window_matrix(ptr: np.ndarray, idx: np.ndarray, n_in: int, device) -> torch.Tensor:
@@ -271,13 +308,7 @@ class TorchNeuronEngine:
         return contextlib.nullcontext()
 
     def _geometry(self, layer: int) -> ConvGeometry:
-        key = ("torch conv geometry", layer)
-        if key not in self.shared:
-            op = self.program.layer_ops[layer]
-            self.shared[key] = conv_geometry(self.program.layers[layer],
-                                             self.program.values[op.inputs[0]],
-                                             self.program.values[op.output])
-        return self.shared[key]
+        return shared_geometry(self.program, self.shared, layer)
 
     def _pool_matrices(self, op) -> tuple[torch.Tensor, torch.Tensor]:
         key = ("torch pool", op.output, str(self.device))
@@ -597,14 +628,104 @@ def prefers_torch(program: Program, layer_masks: list[LayerMask], device) -> boo
     return kept >= TORCH_MIN_DENSITY * total + TORCH_LAYER_WORK * len(layer_masks)
 
 
+#: ``engine="auto"`` counts a conv layer with torch's float64 convolutions (a dense
+#: product: its cost follows all of the layer's elements times the positions each
+#: slides over, plus one conversion of its mask to float64) instead of the complement
+#: kernels (cost: ``min(kept, pruned)`` elements times positions) when
+#: ``min(kept, pruned) * positions >= TORCH_COUNT_MIN_SHARE * elements * positions +
+#: TORCH_COUNT_ELEMENT_WORK * elements``: at densities from about 0.2 to 0.8 on layers
+#: with many output positions, never on layers with only a few (a conversion per
+#: element then costs more than the arithmetic saved). Fitted to the per-layer times of
+#: ResNet-50 at density 0.5 and checked against the crossover measured in
+#: docs/complement.md (``benchmarks/complement_crossover.py``).
+TORCH_COUNT_MIN_SHARE = 0.2
+TORCH_COUNT_ELEMENT_WORK = 8.0
+
+
+class TorchConvCounts:
+    """Unit-weight (0/1 mask) products of a Numba engine's middling-density conv layers
+    on torch's float64 conv ops, on the CPU: the ``dense_products`` of
+    :class:`~topo_pai.metrics.neuron.NeuronGraph`.
+
+    A layer is taken where its cost model says torch is the cheaper
+    (:data:`TORCH_COUNT_MIN_SHARE`, :data:`TORCH_COUNT_ELEMENT_WORK`). There the complement kernels add or subtract about
+    half of the layer's spans one add at a time, while a float64 GEMM does all of them
+    at BLAS speed. The results are sums of non-negative products (mask entries are 0 or
+    1, so each product is exact), within the error bound of any other order of
+    summation, and zero exactly when every term is. Counts and reachability read off
+    them keep the Numba engine's guarantees. Arrays are numpy in and out (shared
+    memory, no copies), and each layer's float64 weight is built once.
+    """
+
+    def __init__(self, program: Program, layer_masks: list[LayerMask], shared: dict,
+                 min_share: float | None = None, element_work: float | None = None):
+        self.program = program
+        self.layer_masks = layer_masks
+        self.shared = shared
+        self.min_share = TORCH_COUNT_MIN_SHARE if min_share is None else min_share
+        self.element_work = TORCH_COUNT_ELEMENT_WORK if element_work is None else element_work
+        self._takes: dict[int, bool] = {}
+        self._weights: dict[tuple[int, str], torch.Tensor] = {}
+
+    def takes(self, layer: int) -> bool:
+        """Whether torch counts this layer (a conv with elements, where it is cheaper)."""
+        if layer not in self._takes:
+            lm, spec = self.layer_masks[layer], self.program.layers[layer]
+            elements = lm.mask.size
+            take = spec.kind != "Linear" and elements > 0
+            if take:
+                out = self.program.values[self.program.layer_ops[layer].output]
+                positions = math.prod(out[1:])
+                complement = min(lm.unpruned, elements - lm.unpruned) * positions
+                take = complement >= (self.min_share * positions
+                                      + self.element_work) * elements
+            self._takes[layer] = take
+        return self._takes[layer]
+
+    def _geometry(self, layer: int) -> ConvGeometry:
+        return shared_geometry(self.program, self.shared, layer)
+
+    def _weight(self, layer: int, flipped: bool) -> torch.Tensor:
+        """The 0/1 mask as float64: as laid out (``flipped`` False), or transposed and
+        flipped for :meth:`ConvGeometry.backward_flipped`; each converted in one pass."""
+        key = (layer, "flipped" if flipped else "plain")
+        if key not in self._weights:
+            geo = self._geometry(layer)
+            mask = torch.from_numpy(self.layer_masks[layer].mask).view(geo.weight4)
+            if flipped:
+                mask = mask.flip(2, 3).transpose(0, 1)
+            self._weights[key] = mask.to(torch.float64, memory_format=torch.contiguous_format)
+        return self._weights[key]
+
+    def forward(self, layer: int, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = self._geometry(layer).forward(torch.from_numpy(x), self._weight(layer, False))
+        return out.numpy()
+
+    def backward(self, layer: int, g: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+        geo = self._geometry(layer)
+        with torch.no_grad():
+            gt = torch.from_numpy(g)
+            if geo.flips and not geo.pointwise:
+                gin = geo.backward_flipped(gt, self._weight(layer, True))
+            else:
+                gin = geo.backward(gt, self._weight(layer, False))
+            if base is not None:
+                gin = gin + torch.from_numpy(base)
+        return gin.numpy()
+
+
 class AutoNeuronEngine(NeuronEngine):
     """``engine="auto"`` at neuron resolution: path counts and reachability on the Numba
-    engine (its cost follows the kept weights), weighted flows (:meth:`with_weights`) on
-    :class:`TorchNeuronEngine` where :func:`prefers_torch` says so."""
+    engine (its cost follows the kept weights), with the conv layers that
+    :class:`TorchConvCounts` takes on torch's dense float64 convolutions; weighted flows
+    (:meth:`with_weights`) on :class:`TorchNeuronEngine` where :func:`prefers_torch` says
+    so."""
 
     def __init__(self, program: Program, structure, layer_masks: list[LayerMask], shared: dict,
                  *, device=None):
-        super().__init__(program, structure, layer_masks, shared)
+        super().__init__(program, structure, layer_masks, shared,
+                         dense_products=TorchConvCounts(program, layer_masks, shared))
         self.shared = shared
         self.device = torch.device("cpu" if device is None else device)
 
