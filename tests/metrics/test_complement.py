@@ -248,3 +248,32 @@ def test_the_choice_follows_density_and_weights():
     assert all(weighted.graph.dense(i) is None for i in range(3))
     # the two engines answer the same
     assert eng.log10_total() == pytest.approx(weighted.log10_total(), rel=1e-12)
+
+
+def test_the_threshold_depends_on_the_kernel_size(monkeypatch):
+    """Kernels with several taps take the complement from COMPLEMENT_MIN_DENSITY_TAPS,
+    1x1 kernels only from COMPLEMENT_MIN_DENSITY; an explicit threshold applies to both."""
+    assert N.COMPLEMENT_MIN_DENSITY_TAPS < N.COMPLEMENT_MIN_DENSITY
+    density = (N.COMPLEMENT_MIN_DENSITY_TAPS + N.COMPLEMENT_MIN_DENSITY) / 2
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1),
+                          nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    rng = np.random.default_rng(3)
+    masks = {}
+    for name, d in {"0.weight": density, "2.weight": density,
+                    "4.weight": N.COMPLEMENT_MIN_DENSITY_TAPS / 2}.items():
+        shape = dict(model.named_parameters())[name].shape
+        m = np.zeros(int(np.prod(shape)), dtype=np.float32)
+        m[rng.permutation(m.size)[:round(d * m.size)]] = 1  # exactly that density
+        masks[name] = torch.as_tensor(m.reshape(shape))
+    topo = topo_pai.from_torch(model, masks, input_shape=(8, 6, 6))
+    graph = topo.engine("neuron").graph
+    assert [graph.dense(i) is not None for i in range(3)] == [True, False, False]
+    for forced, want in ((0.0, [True] * 3), (2.0, [False] * 3)):
+        g = N.NeuronGraph(topo.program, graph.layer_masks, complement_min_density=forced)
+        assert [g.dense(i) is not None for i in range(3)] == want
+    _force(monkeypatch, 2.0)  # every layer on its element lists: the same answers
+    lists = topo_pai.from_torch(model, masks, input_shape=(8, 6, 6))
+    for query in ("effective_nodes", "effective_params"):
+        assert getattr(topo, query)("neuron") == getattr(lists, query)("neuron")
+    assert topo.count_paths("neuron").log10 == pytest.approx(
+        lists.count_paths("neuron").log10, rel=1e-13)

@@ -221,9 +221,15 @@ def conv_backward(plan: ConvPlan, el: ConvElements, g: np.ndarray, val: np.ndarr
 #: Conv layers at least this dense (unpruned elements / weight elements) are counted by
 #: their complement in unweighted engines (path counts and reachability): the full
 #: layer's box filter minus the spans of the pruned elements, so the cost follows
-#: min(kept, pruned). Sparser layers use the element lists. The crossover is measured
-#: in docs/complement.md.
+#: min(kept, pruned). Sparser layers use the element lists. This is the threshold of
+#: 1x1 (one-tap) kernels; kernels with more taps use
+#: :data:`COMPLEMENT_MIN_DENSITY_TAPS`. The crossovers are measured in docs/complement.md.
 COMPLEMENT_MIN_DENSITY = 0.2
+#: :data:`COMPLEMENT_MIN_DENSITY` of kernels with more than one tap (3x3, 7x7, ...):
+#: their complement kernels skip empty kernels and handle a kernel's taps together,
+#: and beat the element lists from about density 0.05 (measured per layer on VGG-19
+#: and ResNet-50), where on 1x1 kernels the lists still win at 0.1.
+COMPLEMENT_MIN_DENSITY_TAPS = 0.08
 #: Relative error a complement count may carry; channels whose proven bound exceeds it
 #: are recomputed by the direct sum (see :func:`complement_factor`).
 COMPLEMENT_REL_TOL = 2.0 ** -36
@@ -380,8 +386,8 @@ class NeuronGraph:
         self._factors: dict[int, np.ndarray] = {}  # scale op output -> flat factors
         # Conv layers counted by their complement (unweighted graphs only): layer ->
         # DenseConv, built on first use; None: the layer uses its element lists.
-        self.complement_min_density = (COMPLEMENT_MIN_DENSITY if complement_min_density is None
-                                       else complement_min_density)
+        # None: per layer, COMPLEMENT_MIN_DENSITY or COMPLEMENT_MIN_DENSITY_TAPS
+        self.complement_min_density = complement_min_density
         self._dense: dict[int, DenseConv | None] = {}
         # Of the layers counted by their complement, those whose unit-weight products a
         # dense float64 product computes instead, cheaper at middling densities
@@ -427,11 +433,17 @@ class NeuronGraph:
 
     def dense(self, layer: int) -> DenseConv | None:
         """The layer's :class:`DenseConv` if it is counted by its complement: a conv of
-        an unweighted graph whose density is at least ``complement_min_density``."""
+        an unweighted graph whose density is at least ``complement_min_density``
+        (default: :data:`COMPLEMENT_MIN_DENSITY` for one-tap kernels,
+        :data:`COMPLEMENT_MIN_DENSITY_TAPS` for larger ones)."""
         if layer not in self._dense:
             spec, lm = self.p.layers[layer], self.layer_masks[layer]
+            threshold = self.complement_min_density
+            if threshold is None:
+                threshold = (COMPLEMENT_MIN_DENSITY if spec.kernel_volume == 1
+                             else COMPLEMENT_MIN_DENSITY_TAPS)
             use = (self.weights is None and spec.kind != "Linear" and lm.mask.size > 0
-                   and lm.unpruned >= self.complement_min_density * lm.mask.size)
+                   and lm.unpruned >= threshold * lm.mask.size)
             self._dense[layer] = dense_conv(spec, lm, self.plan(layer)) if use else None
         return self._dense[layer]
 
@@ -679,7 +691,8 @@ class NeuronEngine(TableEngine):
         del structure, shared, options
         self.program = program
         self.layer_masks = layer_masks
-        # complement_min_density (default COMPLEMENT_MIN_DENSITY; 0: every conv, > 1:
+        # complement_min_density (default: per kernel size, COMPLEMENT_MIN_DENSITY or
+        # COMPLEMENT_MIN_DENSITY_TAPS; 0: every conv, > 1:
         # none) chooses which conv layers of unweighted engines are counted by their
         # complement; an internal knob (the tests force each path with it).
         # dense_products: see NeuronGraph (engine="auto" passes torch's convolutions).
