@@ -648,12 +648,13 @@ class TorchConvCounts:
     :class:`~topo_pai.metrics.neuron.NeuronGraph`.
 
     A layer is taken where its cost model says torch is the cheaper
-    (:data:`TORCH_COUNT_MIN_SHARE`, :data:`TORCH_COUNT_ELEMENT_WORK`). There the complement kernels add or subtract about
-    half of the layer's spans one add at a time, while a float64 GEMM does all of them
-    at BLAS speed. The results are sums of non-negative products (mask entries are 0 or
-    1, so each product is exact), within the error bound of any other order of
-    summation, and zero exactly when every term is. Counts and reachability read off
-    them keep the Numba engine's guarantees. Arrays are numpy in and out (shared
+    (:data:`TORCH_COUNT_MIN_SHARE`, :data:`TORCH_COUNT_ELEMENT_WORK`). There the
+    complement kernels add or subtract about half of the layer's spans one add at a
+    time, while a float64 GEMM does all of them at BLAS speed. The results are sums of
+    non-negative products (mask entries are 0 or 1, so each product is exact), within
+    the error bound of any other order of summation, and zero exactly when every term
+    is. Counts and reachability read off them keep the Numba engine's guarantees.
+    Arrays are numpy in and out (shared
     memory, no copies), and each layer's float64 weight is built once.
     """
 
