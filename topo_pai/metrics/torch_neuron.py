@@ -654,8 +654,8 @@ class TorchConvCounts:
     non-negative products (mask entries are 0 or 1, so each product is exact), within
     the error bound of any other order of summation, and zero exactly when every term
     is. Counts and reachability read off them keep the Numba engine's guarantees.
-    Arrays are numpy in and out (shared
-    memory, no copies), and each layer's float64 weight is built once.
+    Arrays are numpy in and out (shared memory, no copies), and each layer's float64
+    weight is built once.
     """
 
     def __init__(self, program: Program, layer_masks: list[LayerMask], shared: dict,
