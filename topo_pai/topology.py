@@ -763,8 +763,9 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
         torch's float64 convolutions on the CPU; weighted flows (:meth:`Topology.flows`,
         SynFlow) per layer on torch where the layer's density reaches
         ``topo_pai.metrics.torch_neuron.TORCH_MIN_DENSITY`` (a measured crossover;
-        every layer when the model is on a GPU), on Numba elsewhere. All give the same results up to float64 rounding, and exactly the
-        same reachability. Channel resolution always runs its sparse engine.
+        every layer when the model is on a GPU), on Numba elsewhere. All give the same
+        results up to float64 rounding, and exactly the same reachability. Channel
+        resolution always runs its sparse engine.
 
     Returns
     -------
