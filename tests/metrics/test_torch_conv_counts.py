@@ -16,22 +16,22 @@ import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
 
-import topo_pai  # noqa: E402
-from topo_pai.kernels import reference as R  # noqa: E402
-from topo_pai.metrics import torch_neuron as T  # noqa: E402
-from topo_pai.metrics.neuron import NeuronEngine  # noqa: E402
+import topo_pai
+from topo_pai.kernels import reference as R
+from topo_pai.metrics import torch_neuron as T
+from topo_pai.metrics.neuron import NeuronEngine
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))  # tests/: oracles
-import oracles as O  # noqa: E402
-from test_against_oracles import check_against_dp  # noqa: E402
-from test_complement import (  # noqa: E402
+import oracles as O
+from test_against_oracles import check_against_dp
+from test_complement import (
     SETTINGS,
     WEAK_SHAPE,
     WEAK_SPEC,
