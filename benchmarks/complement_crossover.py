@@ -49,7 +49,8 @@ def torch_conv_engine(program, structure, layer_masks, shared, **kwargs):
     """A Numba engine whose every conv layer's counts take torch's convolutions."""
     return N.NeuronEngine(program, structure, layer_masks, shared, complement_min_density=0.0,
                           dense_products=TorchConvCounts(program, layer_masks, shared,
-                                                         min_share=0.0, element_work=0.0),
+                                                         min_share=0.0, element_work=0.0,
+                                                         layer_work=0.0),
                           **kwargs)
 
 

@@ -633,13 +633,17 @@ def prefers_torch(program: Program, layer_masks: list[LayerMask], device) -> boo
 #: slides over, plus one conversion of its mask to float64) instead of the complement
 #: kernels (cost: ``min(kept, pruned)`` elements times positions) when
 #: ``min(kept, pruned) * positions >= TORCH_COUNT_MIN_SHARE * elements * positions +
-#: TORCH_COUNT_ELEMENT_WORK * elements``: at densities from about 0.2 to 0.8 on layers
-#: with many output positions, never on layers with only a few (a conversion per
-#: element then costs more than the arithmetic saved). Fitted to the per-layer times of
-#: ResNet-50 at density 0.5 and checked against the crossover measured in
-#: docs/complement.md (``benchmarks/complement_crossover.py``).
+#: TORCH_COUNT_ELEMENT_WORK * elements + TORCH_COUNT_LAYER_WORK``: at densities from
+#: about 0.2 to 0.8 on layers with many output positions, never on layers with only a
+#: few (a conversion per element then costs more than the arithmetic saved), nor on
+#: small layers (torch's calls cost about 0.4 ms a layer beyond their arithmetic,
+#: which the complement's work on a ResNet-20 layer does not repay). Fitted to the
+#: per-layer times of ResNet-50 at density 0.5 and of ResNet-20 and Conv-4 at 32x32,
+#: and checked against the crossover measured in docs/complement.md
+#: (``benchmarks/complement_crossover.py``).
 TORCH_COUNT_MIN_SHARE = 0.2
 TORCH_COUNT_ELEMENT_WORK = 8.0
+TORCH_COUNT_LAYER_WORK = 4e6
 
 
 class TorchConvCounts:
@@ -648,7 +652,8 @@ class TorchConvCounts:
     :class:`~topo_pai.metrics.neuron.NeuronGraph`.
 
     A layer is taken where its cost model says torch is the cheaper
-    (:data:`TORCH_COUNT_MIN_SHARE`, :data:`TORCH_COUNT_ELEMENT_WORK`). There the
+    (:data:`TORCH_COUNT_MIN_SHARE`, :data:`TORCH_COUNT_ELEMENT_WORK`,
+    :data:`TORCH_COUNT_LAYER_WORK`). There the
     complement kernels add or subtract about half of the layer's spans one add at a
     time, while a float64 GEMM does all of them at BLAS speed. The results are sums of
     non-negative products (mask entries are 0 or 1, so each product is exact), within
@@ -659,12 +664,14 @@ class TorchConvCounts:
     """
 
     def __init__(self, program: Program, layer_masks: list[LayerMask], shared: dict,
-                 min_share: float | None = None, element_work: float | None = None):
+                 min_share: float | None = None, element_work: float | None = None,
+                 layer_work: float | None = None):
         self.program = program
         self.layer_masks = layer_masks
         self.shared = shared
         self.min_share = TORCH_COUNT_MIN_SHARE if min_share is None else min_share
         self.element_work = TORCH_COUNT_ELEMENT_WORK if element_work is None else element_work
+        self.layer_work = TORCH_COUNT_LAYER_WORK if layer_work is None else layer_work
         self._takes: dict[int, bool] = {}
         self._weights: dict[tuple[int, str], torch.Tensor] = {}
 
@@ -678,8 +685,8 @@ class TorchConvCounts:
                 out = self.program.values[self.program.layer_ops[layer].output]
                 positions = math.prod(out[1:])
                 complement = min(lm.unpruned, elements - lm.unpruned) * positions
-                take = complement >= (self.min_share * positions
-                                      + self.element_work) * elements
+                take = complement >= ((self.min_share * positions + self.element_work)
+                                      * elements + self.layer_work)
             self._takes[layer] = take
         return self._takes[layer]
 
