@@ -257,7 +257,7 @@ class TorchNeuronEngine:
         self.weights = weights
         self.group_keys = program.group_values
         self._layer_weights: dict[tuple[int, bool], torch.Tensor] = {}
-        self._factors: dict[tuple[int, bool], torch.Tensor] = {}
+        self._masks: dict[int, torch.Tensor] = {}
         self._fwd: dict[int, TScaled] | None = None
         self._bwd: dict[int, TScaled] | None = None
         self._reach: tuple[dict, dict] | None = None
@@ -302,28 +302,46 @@ class TorchNeuronEngine:
             hit = self.shared[key] = (arr, t)
         return hit[1]
 
+    def _kept(self, layer: int) -> torch.Tensor:
+        """The layer's mask as a bool tensor of the weight's shape on the device: on the
+        CPU a view of the 0/1 bytes (no copy), elsewhere one byte per element moved."""
+        kept = self._masks.get(layer)
+        if kept is None:
+            kept = torch.from_numpy(self.layer_masks[layer].mask)
+            if kept.device != self.device:
+                kept = kept.to(self.device)
+            kept = self._masks[layer] = kept.view(torch.bool)
+        return kept
+
     def _weight(self, layer: int, unit: bool) -> torch.Tensor:
         """The layer's weight as a float64 tensor on the device: the 0/1 mask, times
-        the edge weights unless ``unit``."""
+        the edge weights unless ``unit``. Built in one pass from the bool mask: ``w``
+        where kept and ``0.0`` elsewhere is ``1.0 * w`` and ``0.0 * w`` bit for bit,
+        since edge weights are finite and non-negative."""
         unit = unit or self.weights is None
         key = (layer, unit)
         if key not in self._layer_weights:
-            lm = self.layer_masks[layer]
-            w = torch.from_numpy(lm.mask).to(self.device, torch.float64)
-            if not unit:
-                w.mul_(self._on_device(layer, "w").view(w.shape))
+            kept = self._kept(layer)
+            if unit:
+                w = kept.to(torch.float64)
+            else:
+                w = torch.where(kept, self._on_device(layer, "w").view(kept.shape), 0.0)
             self._layer_weights[key] = w
         return self._layer_weights[key]
 
     def _factor(self, op, unit: bool) -> torch.Tensor:
+        """A scale op's constant factor (``|c|``, or ``c != 0`` when ``unit``) as a flat
+        tensor on the device; it depends on the program alone, so it is built once per
+        trace and shared by the engines of every mask and weight."""
         unit = unit or self.weights is None
-        key = (op.output, unit)
-        if key not in self._factors:
+        key = ("torch factor", op.output, unit, str(self.device))
+        hit = self.shared.get(key)
+        if hit is None:
             f = np.asarray(op.attrs["factor"], dtype=np.float64)
             f = (f != 0).astype(np.float64) if unit else np.abs(f)
             flat = np.ascontiguousarray(np.broadcast_to(f, self.program.values[op.output]))
-            self._factors[key] = torch.from_numpy(flat.reshape(-1).copy()).to(self.device)
-        return self._factors[key]
+            hit = self.shared[key] = torch.from_numpy(flat.reshape(-1).copy()).to(self.device)
+        return hit
 
     # -- ops ---------------------------------------------------------------------------
     def _layer_forward(self, layer: int, x: torch.Tensor, unit: bool) -> torch.Tensor:
@@ -501,7 +519,7 @@ class TorchNeuronEngine:
         fin = (rf[vin] > 0).to(torch.float64)
         bout = (rb[vout] > 0).to(torch.float64)
         spec = self.program.layers[layer]
-        mask = self._weight(layer, True) > 0
+        mask = self._kept(layer)
         if spec.kind == "Linear":
             return mask & (bout[:, None] > 0) & (fin[None, :] > 0)
         with torch.no_grad(), self._ops_context():
@@ -548,7 +566,7 @@ class TorchNeuronEngine:
             score.log10_().add_(e * LOG10_2)
             if self.weights is not None:
                 score.add_(self._on_device(layer, "log10 w"))
-            score.masked_fill_(self._weight(layer, True).reshape(-1) == 0, -math.inf)
+            score.masked_fill_(self._kept(layer).reshape(-1).logical_not(), -math.inf)
         return score.cpu().numpy().reshape(self.layer_masks[layer].mask.shape)
 
     def with_weights(self, weights: list[np.ndarray]) -> TorchNeuronEngine:
