@@ -36,7 +36,7 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 from topo_pai.errors import UnsupportedOpError
 from topo_pai.graph.ir import Program, spatial3
 from topo_pai.graph.masks import LayerMask
-from topo_pai.kernels.vectors import scale_stats
+from topo_pai.kernels.vectors import finish_log10_scores, masked_values, scale_stats
 from topo_pai.metrics import exact as X
 from topo_pai.metrics import traversal
 from topo_pai.metrics.engine import EngineOptions, linear_log10_scores, log10_weights
@@ -228,6 +228,24 @@ def conv_geometry(layer, in_shape, out_shape) -> ConvGeometry:
                         layer.groups, (ph, right_h), (pw, right_w))
 
 
+def finish_scores(score: torch.Tensor, shift: float, log_w: torch.Tensor | None,
+                  kept: torch.Tensor) -> None:
+    """In place: ``score = (score + shift) + log_w`` (no ``log_w``: none) where ``kept``,
+    ``-inf`` elsewhere, for flat tensors on one device. On the CPU one numba pass
+    (:func:`~topo_pai.kernels.vectors.finish_log10_scores`), elsewhere torch's ops; the
+    same additions in the same order, so both give the same bits."""
+    if score.device.type == "cpu":
+        weighted = log_w is not None
+        finish_log10_scores(score.numpy(), shift,
+                            log_w.numpy() if weighted else score.numpy()[:0], weighted,
+                            kept.numpy())
+        return
+    score.add_(shift)
+    if log_w is not None:
+        score.add_(log_w)
+    score.masked_fill_(kept.logical_not(), -math.inf)
+
+
 def _window_matrix(ptr: np.ndarray, idx: np.ndarray, n_in: int, device) -> torch.Tensor:
     """Dense ``(n_out, n_in)`` matrix of a pool axis' windows (entry: times read)."""
     n_out = ptr.shape[0] - 1
@@ -324,6 +342,10 @@ class TorchNeuronEngine:
             kept = self._kept(layer)
             if unit:
                 w = kept.to(torch.float64)
+            elif self.device.type == "cpu":
+                w = torch.empty(kept.shape, dtype=torch.float64)
+                masked_values(kept.numpy().reshape(-1), self._on_device(layer, "w").numpy(),
+                              w.numpy().reshape(-1))
             else:
                 w = torch.where(kept, self._on_device(layer, "w").view(kept.shape), 0.0)
             self._layer_weights[key] = w
@@ -562,11 +584,9 @@ class TorchNeuronEngine:
             through, e = self._through.pop(layer, (None, fin.e + bout.e))
             if through is None:
                 through = self._geometry(layer).through(fin.m, bout.m)
-            score = through.reshape(-1)
-            score.log10_().add_(e * LOG10_2)
-            if self.weights is not None:
-                score.add_(self._on_device(layer, "log10 w"))
-            score.masked_fill_(self._kept(layer).reshape(-1).logical_not(), -math.inf)
+            score = through.reshape(-1).log10_()
+            log_w = None if self.weights is None else self._on_device(layer, "log10 w")
+            finish_scores(score, e * LOG10_2, log_w, self._kept(layer).reshape(-1))
         return score.cpu().numpy().reshape(self.layer_masks[layer].mask.shape)
 
     def with_weights(self, weights: list[np.ndarray]) -> TorchNeuronEngine:
