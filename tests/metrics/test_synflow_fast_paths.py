@@ -27,7 +27,7 @@ from torch import nn  # noqa: E402
 import topo_pai  # noqa: E402
 from topo_pai.kernels.vectors import finish_log10_scores, masked_values  # noqa: E402
 from topo_pai.metrics.scaled import LOG10_2  # noqa: E402
-from topo_pai.metrics.torch_neuron import finish_scores  # noqa: E402
+from topo_pai.metrics.torch_neuron import TorchNeuronEngine  # noqa: E402
 from topo_pai.models import resnet20  # noqa: E402
 
 
@@ -58,8 +58,8 @@ def test_finish_log10_scores_is_the_torch_sequence(seed, n, weighted, shift):
     np.testing.assert_array_equal(got, want)
     # and the dispatcher, from torch tensors (the bool view the engine passes)
     t = torch.from_numpy(score.copy())
-    finish_scores(t, shift, None if log_w is None else torch.from_numpy(log_w),
-                  torch.from_numpy(kept).view(torch.bool))
+    log_w_t = None if log_w is None else torch.from_numpy(log_w)
+    TorchNeuronEngine.finish_scores(t, shift, log_w_t, torch.from_numpy(kept).view(torch.bool))
     np.testing.assert_array_equal(t.numpy(), want)
 
 

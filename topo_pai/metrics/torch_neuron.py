@@ -228,24 +228,6 @@ def conv_geometry(layer, in_shape, out_shape) -> ConvGeometry:
                         layer.groups, (ph, right_h), (pw, right_w))
 
 
-def finish_scores(score: torch.Tensor, shift: float, log_w: torch.Tensor | None,
-                  kept: torch.Tensor) -> None:
-    """In place: ``score = (score + shift) + log_w`` (no ``log_w``: none) where ``kept``,
-    ``-inf`` elsewhere, for flat tensors on one device. On the CPU one numba pass
-    (:func:`~topo_pai.kernels.vectors.finish_log10_scores`), elsewhere torch's ops; the
-    same additions in the same order, so both give the same bits."""
-    if score.device.type == "cpu":
-        weighted = log_w is not None
-        finish_log10_scores(score.numpy(), shift,
-                            log_w.numpy() if weighted else score.numpy()[:0], weighted,
-                            kept.numpy())
-        return
-    score.add_(shift)
-    if log_w is not None:
-        score.add_(log_w)
-    score.masked_fill_(kept.logical_not(), -math.inf)
-
-
 def _window_matrix(ptr: np.ndarray, idx: np.ndarray, n_in: int, device) -> torch.Tensor:
     """Dense ``(n_out, n_in)`` matrix of a pool axis' windows (entry: times read)."""
     n_out = ptr.shape[0] - 1
@@ -573,6 +555,24 @@ class TorchNeuronEngine:
         return (NodeCounts(fin.m.reshape(self.program.values[vin]), fin.e),
                 NodeCounts(bout.m.reshape(self.program.values[vout]), bout.e))
 
+    @staticmethod
+    def finish_scores(score: torch.Tensor, shift: float, log_w: torch.Tensor | None,
+                      kept: torch.Tensor) -> None:
+        """In place: ``score = (score + shift) + log_w`` (no ``log_w``: none) where
+        ``kept``, ``-inf`` elsewhere, for flat tensors on one device. On the CPU one
+        numba pass (:func:`~topo_pai.kernels.vectors.finish_log10_scores`), elsewhere
+        torch's ops; the same additions in the same order, so both give the same bits."""
+        if score.device.type == "cpu":
+            weighted = log_w is not None
+            finish_log10_scores(score.numpy(), shift,
+                                log_w.numpy() if weighted else score.numpy()[:0], weighted,
+                                kept.numpy())
+            return
+        score.add_(shift)
+        if log_w is not None:
+            score.add_(log_w)
+        score.masked_fill_(kept.logical_not(), -math.inf)
+
     def log10_through_weights(self, layer: int) -> np.ndarray:
         vin, vout = self._io(layer)
         fin, bout = self.fwd[vin], self.bwd[vout]
@@ -586,7 +586,7 @@ class TorchNeuronEngine:
                 through = self._geometry(layer).through(fin.m, bout.m)
             score = through.reshape(-1).log10_()
             log_w = None if self.weights is None else self._on_device(layer, "log10 w")
-            finish_scores(score, e * LOG10_2, log_w, self._kept(layer).reshape(-1))
+            self.finish_scores(score, e * LOG10_2, log_w, self._kept(layer).reshape(-1))
         return score.cpu().numpy().reshape(self.layer_masks[layer].mask.shape)
 
     def with_weights(self, weights: list[np.ndarray]) -> TorchNeuronEngine:
