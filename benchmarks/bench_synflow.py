@@ -5,8 +5,8 @@ Run from the repository root::
 
     . .venv/bin/activate
     export OMP_WAIT_POLICY=PASSIVE
-    python benchmarks/bench_synflow.py            # full run: 100 rounds (~20 min here)
-    python benchmarks/bench_synflow.py --quick    # 10 rounds (~3-4 min)
+    python benchmarks/bench_synflow.py            # full run: 100 rounds (~2-3 min here)
+    python benchmarks/bench_synflow.py --quick    # 10 rounds (~30 s)
 
 Workload: ResNet-20 (input 3x32x32) and ResNet-18 with the Tiny-ImageNet stem (input
 3x64x64), built after ``torch.manual_seed(0)``, at 90 % sparsity, 100 rounds
