@@ -5,8 +5,8 @@ Run from the repository root::
 
     . .venv/bin/activate
     export OMP_WAIT_POLICY=PASSIVE
-    python benchmarks/bench_synflow.py            # full run: 100 rounds (~20 min here)
-    python benchmarks/bench_synflow.py --quick    # 10 rounds (~3-4 min)
+    python benchmarks/bench_synflow.py            # full run: 100 rounds (~2-3 min here)
+    python benchmarks/bench_synflow.py --quick    # 10 rounds (~30 s)
 
 Workload: ResNet-20 (input 3x32x32) and ResNet-18 with the Tiny-ImageNet stem (input
 3x64x64), built after ``torch.manual_seed(0)``, at 90 % sparsity, 100 rounds
@@ -17,7 +17,8 @@ the same run:
   published (neuron resolution, the default) on the default ``engine="auto"``: weighted
   flows per layer on torch's dense float64 ops (layers at density >= ``TORCH_MIN_DENSITY``)
   or on the Numba kernels (sparser layers), overflow-free. Tracing, thresholding and mask
-  construction are included; Numba compilation is excluded by a warm-up on a small model.
+  construction are included; Numba compilation is excluded by a warm-up on small
+  models that takes both engines' paths.
 * **float64 torch loop**: :func:`baselines.float64_synflow`, an independent SynFlow in
   plain float64 torch (|w|, all-ones input, autograd, a global ``torch.topk`` over all
   scores every round), the published code's loop.
@@ -78,8 +79,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rounds = QUICK_ROUNDS if args.quick else ROUNDS
     sparsities = QUICK_SPARSITIES if args.quick else SPARSITIES
-    # Numba compilation and torch start-up outside the timing.
-    topo_pai.prune(resnet18(input_size=8), "synflow", 0.9, input_shape=(3, 8, 8), rounds=2)
+    # Numba compilation (or loading it from the cache) and torch start-up outside the
+    # timing: small models through both engines of engine="auto" (the torch engine at
+    # high density, the Numba kernels once the rounds have made the network sparse).
+    topo_pai.prune(resnet18(input_size=8), "synflow", 0.99, input_shape=(3, 8, 8), rounds=4)
+    topo_pai.prune(resnet20(), "synflow", 0.99, input_shape=(3, 8, 8), rounds=4)
     clock = RunClock()
     rows = []
     for name, (make, shape) in MODELS.items():

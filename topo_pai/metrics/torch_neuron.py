@@ -36,7 +36,7 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 from topo_pai.errors import UnsupportedOpError
 from topo_pai.graph.ir import Program, spatial3
 from topo_pai.graph.masks import LayerMask
-from topo_pai.kernels.vectors import scale_stats
+from topo_pai.kernels.vectors import finish_log10_scores, masked_values, scale_stats
 from topo_pai.metrics import exact as X
 from topo_pai.metrics import traversal
 from topo_pai.metrics.engine import EngineOptions, linear_log10_scores, log10_weights
@@ -294,7 +294,7 @@ class TorchNeuronEngine:
         self.weights = weights
         self.group_keys = program.group_values
         self._layer_weights: dict[tuple[int, bool], torch.Tensor] = {}
-        self._factors: dict[tuple[int, bool], torch.Tensor] = {}
+        self._masks: dict[int, torch.Tensor] = {}
         self._fwd: dict[int, TScaled] | None = None
         self._bwd: dict[int, TScaled] | None = None
         self._reach: tuple[dict, dict] | None = None
@@ -333,28 +333,50 @@ class TorchNeuronEngine:
             hit = self.shared[key] = (arr, t)
         return hit[1]
 
+    def _kept(self, layer: int) -> torch.Tensor:
+        """The layer's mask as a bool tensor of the weight's shape on the device: on the
+        CPU a view of the 0/1 bytes (no copy), elsewhere one byte per element moved."""
+        kept = self._masks.get(layer)
+        if kept is None:
+            kept = torch.from_numpy(self.layer_masks[layer].mask)
+            if kept.device != self.device:
+                kept = kept.to(self.device)
+            kept = self._masks[layer] = kept.view(torch.bool)
+        return kept
+
     def _weight(self, layer: int, unit: bool) -> torch.Tensor:
         """The layer's weight as a float64 tensor on the device: the 0/1 mask, times
-        the edge weights unless ``unit``."""
+        the edge weights unless ``unit``. Built in one pass from the bool mask: ``w``
+        where kept and ``0.0`` elsewhere is ``1.0 * w`` and ``0.0 * w`` bit for bit,
+        since edge weights are finite and non-negative."""
         unit = unit or self.weights is None
         key = (layer, unit)
         if key not in self._layer_weights:
-            lm = self.layer_masks[layer]
-            w = torch.from_numpy(lm.mask).to(self.device, torch.float64)
-            if not unit:
-                w.mul_(self._on_device(layer, "w").view(w.shape))
+            kept = self._kept(layer)
+            if unit:
+                w = kept.to(torch.float64)
+            elif self.device.type == "cpu":
+                w = torch.empty(kept.shape, dtype=torch.float64)
+                masked_values(kept.numpy().reshape(-1), self._on_device(layer, "w").numpy(),
+                              w.numpy().reshape(-1))
+            else:
+                w = torch.where(kept, self._on_device(layer, "w").view(kept.shape), 0.0)
             self._layer_weights[key] = w
         return self._layer_weights[key]
 
     def _factor(self, op, unit: bool) -> torch.Tensor:
+        """A scale op's constant factor (``|c|``, or ``c != 0`` when ``unit``) as a flat
+        tensor on the device; it depends on the program alone, so it is built once per
+        trace and shared by the engines of every mask and weight."""
         unit = unit or self.weights is None
-        key = (op.output, unit)
-        if key not in self._factors:
+        key = ("torch factor", op.output, unit, str(self.device))
+        hit = self.shared.get(key)
+        if hit is None:
             f = np.asarray(op.attrs["factor"], dtype=np.float64)
             f = (f != 0).astype(np.float64) if unit else np.abs(f)
             flat = np.ascontiguousarray(np.broadcast_to(f, self.program.values[op.output]))
-            self._factors[key] = torch.from_numpy(flat.reshape(-1).copy()).to(self.device)
-        return self._factors[key]
+            hit = self.shared[key] = torch.from_numpy(flat.reshape(-1).copy()).to(self.device)
+        return hit
 
     # -- ops ---------------------------------------------------------------------------
     def _layer_forward(self, layer: int, x: torch.Tensor, unit: bool) -> torch.Tensor:
@@ -532,7 +554,7 @@ class TorchNeuronEngine:
         fin = (rf[vin] > 0).to(torch.float64)
         bout = (rb[vout] > 0).to(torch.float64)
         spec = self.program.layers[layer]
-        mask = self._weight(layer, True) > 0
+        mask = self._kept(layer)
         if spec.kind == "Linear":
             return mask & (bout[:, None] > 0) & (fin[None, :] > 0)
         with torch.no_grad(), self._ops_context():
@@ -564,6 +586,24 @@ class TorchNeuronEngine:
         return (NodeCounts(fin.m.reshape(self.program.values[vin]), fin.e),
                 NodeCounts(bout.m.reshape(self.program.values[vout]), bout.e))
 
+    @staticmethod
+    def finish_scores(score: torch.Tensor, shift: float, log_w: torch.Tensor | None,
+                      kept: torch.Tensor) -> None:
+        """In place: ``score = (score + shift) + log_w`` (no ``log_w``: none) where
+        ``kept``, ``-inf`` elsewhere, for flat tensors on one device. On the CPU one
+        numba pass (:func:`~topo_pai.kernels.vectors.finish_log10_scores`), elsewhere
+        torch's ops; the same additions in the same order, so both give the same bits."""
+        if score.device.type == "cpu":
+            weighted = log_w is not None
+            finish_log10_scores(score.numpy(), shift,
+                                log_w.numpy() if weighted else score.numpy()[:0], weighted,
+                                kept.numpy())
+            return
+        score.add_(shift)
+        if log_w is not None:
+            score.add_(log_w)
+        score.masked_fill_(kept.logical_not(), -math.inf)
+
     def log10_through_weights(self, layer: int) -> np.ndarray:
         vin, vout = self._io(layer)
         fin, bout = self.fwd[vin], self.bwd[vout]
@@ -575,11 +615,9 @@ class TorchNeuronEngine:
             through, e = self._through.pop(layer, (None, fin.e + bout.e))
             if through is None:
                 through = self._geometry(layer).through(fin.m, bout.m)
-            score = through.reshape(-1)
-            score.log10_().add_(e * LOG10_2)
-            if self.weights is not None:
-                score.add_(self._on_device(layer, "log10 w"))
-            score.masked_fill_(self._weight(layer, True).reshape(-1) == 0, -math.inf)
+            score = through.reshape(-1).log10_()
+            log_w = None if self.weights is None else self._on_device(layer, "log10 w")
+            self.finish_scores(score, e * LOG10_2, log_w, self._kept(layer).reshape(-1))
         return score.cpu().numpy().reshape(self.layer_masks[layer].mask.shape)
 
     def with_weights(self, weights: list[np.ndarray]) -> TorchNeuronEngine:

@@ -70,6 +70,29 @@ def _above(scores, alive, use_alive, threshold, out):
 
 
 @numba.njit(nogil=True, cache=True)
+def _at_least(scores, alive, use_alive, threshold, out):
+    """``out = alive & (scores >= threshold)``; return how many are above the threshold
+    and how many equal it."""
+    n_up = 0
+    n_eq = 0
+    if use_alive:
+        for i in range(scores.shape[0]):
+            up = alive[i] & (scores[i] > threshold)
+            eq = alive[i] & (scores[i] == threshold)
+            out[i] = up | eq
+            n_up += up
+            n_eq += eq
+    else:
+        for i in range(scores.shape[0]):
+            up = scores[i] > threshold
+            eq = scores[i] == threshold
+            out[i] = up | eq
+            n_up += up
+            n_eq += eq
+    return n_up, n_eq
+
+
+@numba.njit(nogil=True, cache=True)
 def _tied(scores, alive, use_alive, threshold, idx):
     """Write the flat indices of alive entries equal to ``threshold`` to ``idx``
     (ascending); return how many. Ties are rare, so the branch predicts well."""
@@ -136,19 +159,22 @@ def select_top(scores: list[np.ndarray], k: int, rng: np.random.Generator,
         buf[:total].partition(kth)
         threshold = float(buf[kth])
         lives = live if live is not None else [empty] * len(flat)
-        need = k - sum(_above(f, a, live is not None, threshold, o)
-                       for f, a, o in zip(flat, lives, out))
-        if need > 0:  # fill from the entries tied at the threshold, in a fixed order
+        counts = [_at_least(f, a, live is not None, threshold, o)
+                  for f, a, o in zip(flat, lives, out)]
+        need = k - sum(up for up, _ in counts)
+        if need < sum(eq for _, eq in counts):
+            # more entries tie at the threshold than are kept: keep those above it and
+            # fill from the tied ones, in a fixed order (when every tied entry is kept,
+            # which is the common case, ``>=`` above is already the answer)
+            for f, a, o in zip(flat, lives, out):
+                _above(f, a, live is not None, threshold, o)
             tied = []
             for f, a in zip(flat, lives):
                 idx = np.empty(f.size, dtype=np.int64)  # pages are touched only where written
                 tied.append(idx[:_tied(f, a, live is not None, threshold, idx)])
             sizes = np.cumsum([0] + [t.size for t in tied])
-            if need == sizes[-1]:
-                chosen = np.arange(need)
-            else:
-                chosen = np.sort(rng.choice(int(sizes[-1]), size=need, replace=False,
-                                            shuffle=False))
+            chosen = np.sort(rng.choice(int(sizes[-1]), size=need, replace=False,
+                                        shuffle=False))
             for j, (t, o) in enumerate(zip(tied, out)):
                 part = chosen[(chosen >= sizes[j]) & (chosen < sizes[j + 1])] - sizes[j]
                 o[t[part]] = True
