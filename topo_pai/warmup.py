@@ -44,6 +44,10 @@ def warm() -> None:
             topo.effective_masks(res)
             topo.flows(weights, resolution=res).log10_through_weights()
         topo.metrics(weights=weights)  # the O(non-zeros) measures' kernels, blocks built
+    # the torch engine's own numba passes (masked weights, finished scores), which
+    # engine="auto" reaches on larger dense models than this one
+    topo_pai.from_torch(model, dense, input_shape=(3, 8, 8), engine="torch").flows(
+        weights, resolution="neuron").log10_through_weights()
 
 
 def warm_spectra() -> None:
