@@ -534,6 +534,73 @@ class Topology:
         prepared = None if weights is None else self._edge_weights(weights)
         layers, sizes = self.program.layers, self.channel_structure.sizes
         mats = self._layer_matrices()
+        weighted = ([None] * len(layers) if prepared is None
+                    else self._layer_matrices(prepared))
+        # the spectra run on background threads (their Lanczos kernels release the
+        # GIL) while this thread takes every other measure; collected before the rows
+        pending = (ms.start_top_singular_values(
+            mats + ([] if prepared is None else weighted), spectral_tol) if spectra else None)
+        try:
+            counted, layer_rows, params_eff, roles = self._metrics_without_spectra(
+                resolution, mats)
+            found = None if pending is None else pending.result()
+        finally:
+            if pending is not None:
+                pending.close()  # an error above: stop the background work
+        values = [None if found is None else
+                  (found[i], None if prepared is None else found[len(mats) + i])
+                  for i in range(len(mats))]
+        for i, row in enumerate(layer_rows):
+            row.update(ms.bipartite_measures(
+                mats[i], weighted[i], spectra, degree_pair=row.pop("degree_pair"),
+                spectral_tol=spectral_tol, singular_values=values[i]))
+            layer_rows[i] = {k: row[k] for k in METRIC_COLUMNS}
+        rows = [dict(dict.fromkeys(METRIC_COLUMNS), name=self.group_names[0], kind="input",
+                     shape=tuple(self.program.values[self.program.group_values[0]]),
+                     out_units=int(sizes[0]), **roles[0])] + layer_rows
+        params, unpruned, eff = self.n_params, self.n_unpruned, sum(params_eff)
+        sparsity, compression = ms.sparsity_and_compression(params, unpruned)
+        eff_sparsity, eff_compression = ms.sparsity_and_compression(params, eff)
+        kept_out = sum(r["kept_outputs"] for r in layer_rows)
+        kept_in = sum(r["kept_inputs"] for r in layer_rows)
+        edges = float(sum(lm.unpruned for lm in self._layer_masks))
+        mins = [d for r in layer_rows for d in (r["min_in_degree"], r["min_out_degree"])]
+        gaps = [r["ramanujan_gap"] for r in layer_rows]
+        sgaps = [r["spectral_gap"] for r in layer_rows]
+        wgaps = [r["weighted_spectral_gap"] for r in layer_rows]
+
+        def mean(v):
+            if not spectra:
+                return None
+            return float(np.mean(v)) if v else 0.0
+
+        totals = dict(
+            params=params, unpruned=unpruned, effective_params=eff, sparsity=sparsity,
+            compression=compression, effective_sparsity=eff_sparsity,
+            effective_compression=eff_compression,
+            kernels=sum(r["kernels"] for r in layer_rows),
+            effective_kernels=sum(r["effective_kernels"] for r in layer_rows),
+            **counted,
+            min_degree=float(min(mins)) if mins else 0.0,
+            mean_in_degree=edges / kept_out if kept_out else 0.0,
+            mean_out_degree=edges / kept_in if kept_in else 0.0,
+            mean_ramanujan_gap=mean(gaps),
+            min_ramanujan_gap=None if not spectra else (float(min(gaps)) if gaps else 0.0),
+            mean_spectral_gap=mean(sgaps),
+            mean_weighted_spectral_gap=None if prepared is None else mean(wgaps),
+            **{k: sum(r[k] for r in rows) for k in ("sink_units", "source_units",
+                                                    "disconnected_units")},
+            **{k: sum(r[k] for r in layer_rows) for k in ("lost_in_edges", "lost_out_edges")},
+        )
+        return MetricsTable(rows, totals, resolution, prepared is not None)
+
+    def _metrics_without_spectra(self, resolution: str, mats: list):
+        """The measures of :meth:`metrics` other than the spectra: ``(counted,
+        layer_rows, params_eff, roles)``, the rows holding each layer's
+        ``degree_pair`` for :func:`~topo_pai.metrics.measures.bipartite_measures`."""
+        from topo_pai.metrics import measures as ms
+
+        layers, sizes = self.program.layers, self.channel_structure.sizes
         degree_pairs = [ms.degrees(M) for M in mats]  # once per layer: reused below
         in_deg = {0: np.zeros(sizes[0])}
         col_sums = []
@@ -558,22 +625,9 @@ class Topology:
 
         params_eff = self.engine(resolution).effective_params()
         eff_masks = None if resolution == "channel" else self.effective_masks_numpy(resolution)
-        rows = [dict(dict.fromkeys(METRIC_COLUMNS), name=self.group_names[0], kind="input",
-                     shape=tuple(self.program.values[self.program.group_values[0]]),
-                     out_units=int(sizes[0]), **roles[0])]
-        weighted = ([None] * len(layers) if prepared is None
-                    else self._layer_matrices(prepared))
-        values = None
-        if spectra:  # all blocks at once: they run side by side on the numba threads
-            found = ms.many_top_singular_values(
-                mats + ([] if prepared is None else weighted), spectral_tol)
-            values = [(found[i], None if prepared is None else found[len(mats) + i])
-                      for i in range(len(mats))]
+        layer_rows = []
         for i, (layer, lm, M) in enumerate(zip(layers, self._layer_masks, mats)):
-            W = weighted[i]
-            row = ms.bipartite_measures(M, W, spectra, degree_pair=degree_pairs[i],
-                                        spectral_tol=spectral_tol,
-                                        singular_values=None if values is None else values[i])
+            row = {"degree_pair": degree_pairs[i]}
             if resolution == "channel":
                 fin, bout = self.layer_reach(i, "channel")
                 row["effective_kernels"] = ms.effective_kernels(M, fin, bout)
@@ -590,44 +644,11 @@ class Topology:
                        unpruned=int(lm.unpruned), effective_params=int(params_eff[i]),
                        effective_sparsity=ms.sparsity_and_compression(
                            int(lm.mask.size), int(params_eff[i]))[0])
-            rows.append({k: row[k] for k in METRIC_COLUMNS})
-        layer_rows = rows[1:]
-        params, unpruned, eff = self.n_params, self.n_unpruned, sum(params_eff)
-        sparsity, compression = ms.sparsity_and_compression(params, unpruned)
-        eff_sparsity, eff_compression = ms.sparsity_and_compression(params, eff)
-        kept_out = sum(r["kept_outputs"] for r in layer_rows)
-        kept_in = sum(r["kept_inputs"] for r in layer_rows)
-        edges = float(sum(lm.unpruned for lm in self._layer_masks))
-        mins = [d for r in layer_rows for d in (r["min_in_degree"], r["min_out_degree"])]
-        gaps = [r["ramanujan_gap"] for r in layer_rows]
-        sgaps = [r["spectral_gap"] for r in layer_rows]
-        wgaps = [r["weighted_spectral_gap"] for r in layer_rows]
-
-        def mean(v):
-            if not spectra:
-                return None
-            return float(np.mean(v)) if v else 0.0
-
-        totals = dict(
-            params=params, unpruned=unpruned, effective_params=eff, sparsity=sparsity,
-            compression=compression, effective_sparsity=eff_sparsity,
-            effective_compression=eff_compression,
-            kernels=sum(r["kernels"] for r in layer_rows),
-            effective_kernels=sum(r["effective_kernels"] for r in layer_rows),
-            effective_nodes=self.effective_nodes(resolution), nodes=self.n_nodes(resolution),
-            log10_paths=self.count_paths(resolution).log10,
-            min_degree=float(min(mins)) if mins else 0.0,
-            mean_in_degree=edges / kept_out if kept_out else 0.0,
-            mean_out_degree=edges / kept_in if kept_in else 0.0,
-            mean_ramanujan_gap=mean(gaps),
-            min_ramanujan_gap=None if not spectra else (float(min(gaps)) if gaps else 0.0),
-            mean_spectral_gap=mean(sgaps),
-            mean_weighted_spectral_gap=None if prepared is None else mean(wgaps),
-            **{k: sum(r[k] for r in rows) for k in ("sink_units", "source_units",
-                                                    "disconnected_units")},
-            **{k: sum(r[k] for r in layer_rows) for k in ("lost_in_edges", "lost_out_edges")},
-        )
-        return MetricsTable(rows, totals, resolution, prepared is not None)
+            layer_rows.append(row)
+        counted = {"effective_nodes": self.effective_nodes(resolution),
+                   "nodes": self.n_nodes(resolution),
+                   "log10_paths": self.count_paths(resolution).log10}
+        return counted, layer_rows, params_eff, roles
 
     def to_networkx(self, max_edges: int = 200_000):
         """The channel graph as a ``networkx.DiGraph``.

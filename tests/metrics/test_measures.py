@@ -343,3 +343,17 @@ def test_effective_kernels_reads_reached_units_as_flags():
     M = np.array([[1, 2], [3, 0]])
     assert ms.effective_kernels(M, np.array([2, 0]), np.array([True, True])) == 2
     assert ms.effective_kernels(M, np.array([True, False]), np.array([True, True])) == 2
+
+
+def test_effective_kernels_every_unit_reached_counts_non_zeros_only():
+    """With every unit on a path the count is the non-zero entries (read without the
+    per-entry pass); explicitly stored zeros are not kernels on either route."""
+    import scipy.sparse as sp
+
+    M = sp.csr_array((np.array([2.0, 0.0, 1.0, 3.0]), np.array([0, 1, 2, 1]),
+                      np.array([0, 3, 4])), shape=(2, 3))
+    everyone = ms.effective_kernels(M, np.ones(3, bool), np.ones(2, bool))
+    assert everyone == 3
+    # the per-entry route: one unit not reached, and the stored zero still not counted
+    assert ms.effective_kernels(M, np.array([True, True, False]), np.ones(2, bool)) == 2
+    assert ms.effective_kernels(M, np.ones(3, bool), np.array([True, False])) == 2

@@ -256,6 +256,73 @@ def test_many_top_singular_values_same_on_any_thread_count():
         numba.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_started_work_results_failures_and_close(threads):
+    """``start_largest_first``: results in item order; a failing item re-raises at
+    ``result()``; ``close()`` before ``result()`` stops waiting, and ``result()``
+    then says so; the ``on_done`` callbacks run exactly once either way."""
+    import threading
+
+    import numba
+
+    saved = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        done = []
+        pending = ms.start_largest_first(lambda x: 10 * x, [3, 1, 2], sizes=[3, 1, 2])
+        pending.on_done(lambda: done.append(1))
+        assert pending.result() == [30, 10, 20]
+        assert pending.result() == [30, 10, 20] and done == [1]
+
+        def fail_on_two(x):
+            if x == 2:
+                raise ValueError("item two")
+            return x
+
+        pending = ms.start_largest_first(fail_on_two, [1, 2, 3], sizes=[1, 2, 3])
+        pending.on_done(lambda: done.append(2))
+        with pytest.raises(ValueError, match="item two"):
+            pending.result()
+        assert done == [1, 2]
+
+        release = threading.Event()
+        pending = ms.start_largest_first(lambda x: release.wait(5.0) and x, [1, 2],
+                                         sizes=[1, 2])
+        pending.on_done(lambda: done.append(3))
+        release.set()
+        pending.close()
+        pending.close()
+        assert done == [1, 2, 3]
+        with pytest.raises(RuntimeError, match="closed before"):
+            pending.result()
+    finally:
+        numba.set_num_threads(saved)
+
+
+def test_metrics_overlap_leaves_no_threads_on_an_error(monkeypatch):
+    """``metrics`` takes the other measures while the spectra run in the background;
+    when those fail, the error reaches the caller and the background work is over
+    (BLAS limit restored, no worker thread left)."""
+    import threading
+
+    import torch
+
+    import topo_pai
+
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    topo = topo_pai.from_torch(net, input_shape=(6,))
+    before = threading.active_count()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("measures failed")
+
+    monkeypatch.setattr(type(topo), "_metrics_without_spectra", broken)
+    with pytest.raises(RuntimeError, match="measures failed"):
+        topo.metrics()
+    assert threading.active_count() == before
+    assert ms._BLAS_LIMIT["depth"] == 0
+
+
 def test_metrics_same_on_any_thread_count():
     """``Topology.metrics`` builds its layer blocks (and the weighted ones) side by side
     on the numba threads: the table is the same, value for value, on one thread and on

@@ -2,8 +2,8 @@
 
 :func:`topo_pai.metrics.measures.top_singular_values` runs Lanczos on the Gram
 matrix ``G = B^T B`` of a layer's block ``B``, tens of steps per block and
-thousands per network. A step is two products (``t = B v``, ``w = B^T t``) and
-two passes of classical Gram-Schmidt against the basis; done from Python it costs
+thousands per network. A step is two products (``t = B v``, ``w = B^T t``), the
+three-term recurrence and classical Gram-Schmidt against the basis; done from Python it costs
 a dozen calls of a few microseconds each, more than the arithmetic on most
 blocks. :func:`lanczos_steps_csr` and :func:`lanczos_steps_dense` run whole
 stretches of steps, between the convergence tests that Python makes.
@@ -131,22 +131,43 @@ def csr_transpose(indptr, indices, data, n_cols):
     return ptr, rows, values
 
 
+#: A second Gram-Schmidt pass runs when the first one left less than this fraction of
+#: the vector's norm (the DGKS criterion: cancellation that large may have left
+#: rounding-level components along the basis; a pass that removed little left none).
+REORTHOGONALIZE_BELOW = 0.7071067811865476
+
+
 @numba.njit(**_JIT)
 def _extend(basis, first, w, alpha, beta, j, scale, grow):
-    """Orthogonalise ``w = G q_j`` (``q_j = basis[first + j]``) twice against
+    """Orthogonalise ``w = G q_j`` (``q_j = basis[first + j]``) against
     ``basis[:first + j + 1]``, store ``alpha[j]`` and ``beta[j] = ||w||``, and the
     next basis vector ``w / beta[j]`` when there is room. Returns the new scale
-    (``max(scale, alpha[j])`` when ``grow``)."""
+    (``max(scale, alpha[j])`` when ``grow``).
+
+    The three-term recurrence first removes ``alpha_j q_j + beta_{j-1} q_{j-1}``
+    (nearly all of ``w``); one pass of classical Gram-Schmidt against the whole basis
+    then removes what rounding left along the other vectors, and a second pass runs
+    only when the first removed much (:data:`REORTHOGONALIZE_BELOW`)."""
     Q = basis[:first + j + 1]
+    q = basis[first + j]
+    a = np.dot(q, w)
+    w -= a * q
+    if j > 0:
+        w -= beta[j - 1] * basis[first + j - 1]
+    before = np.sqrt(np.dot(w, w))
     c = np.dot(Q, w)
     w -= np.dot(c, Q)
-    c2 = np.dot(Q, w)
-    w -= np.dot(c2, Q)
-    alpha[j] = c[first + j] + c2[first + j]
+    a += c[first + j]
     b = np.sqrt(np.dot(w, w))
+    if b < REORTHOGONALIZE_BELOW * before:
+        c = np.dot(Q, w)
+        w -= np.dot(c, Q)
+        a += c[first + j]
+        b = np.sqrt(np.dot(w, w))
+    alpha[j] = a
     beta[j] = b
-    if grow and alpha[j] > scale:
-        scale = alpha[j]
+    if grow and a > scale:
+        scale = a
     if first + j + 1 < basis.shape[0] and b > 0.0:
         basis[first + j + 1] = w / b
     return scale

@@ -163,19 +163,32 @@ def csr_transpose(indptr, indices, data, n_cols):
 def lanczos_steps(gram, basis, first, alpha, beta, j, stop, scale, grow):
     """Lanczos steps ``j, ..., stop - 1`` on the operator ``gram`` (``x -> G x`` for
     a vector), written like the numba twins :func:`topo_pai.kernels.gram.lanczos_steps_csr`
-    and ``lanczos_steps_dense``: two passes of classical Gram-Schmidt against
+    and ``lanczos_steps_dense``: the three-term recurrence, then classical
+    Gram-Schmidt (a second pass when the first removed much) against
     ``basis[:first + j + 1]``, whose first ``first`` rows are locked vectors (no
     coefficient kept: deflation); stops after a step whose new vector vanished
     (``beta <= 1e-12 * scale``). Returns ``(steps done so far, scale)``."""
+    from topo_pai.kernels.gram import REORTHOGONALIZE_BELOW
+
     while j < stop:
         w = np.array(gram(basis[first + j]), dtype=np.float64)
         Q = basis[:first + j + 1]
+        a = basis[first + j] @ w
+        w -= a * basis[first + j]
+        if j > 0:
+            w -= beta[j - 1] * basis[first + j - 1]
+        before = np.sqrt(w @ w)
         c = Q @ w
         w -= c @ Q
-        c2 = Q @ w
-        w -= c2 @ Q
-        alpha[j] = c[first + j] + c2[first + j]
-        beta[j] = np.sqrt(w @ w)
+        a += c[first + j]
+        b = np.sqrt(w @ w)
+        if b < REORTHOGONALIZE_BELOW * before:
+            c = Q @ w
+            w -= c @ Q
+            a += c[first + j]
+            b = np.sqrt(w @ w)
+        alpha[j] = a
+        beta[j] = b
         if grow:
             scale = max(scale, alpha[j])
         if first + j + 1 < basis.shape[0] and beta[j] > 0.0:

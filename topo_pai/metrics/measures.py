@@ -263,8 +263,9 @@ def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
     a first run finds the top Ritz pair ``(theta_1, u_1)`` of ``G``, a second one
     the top Ritz pair of ``G`` deflated by ``u_1`` (every vector is kept orthogonal
     to ``u_1``), so a doubled top eigenvalue is found twice. Each run starts from a
-    seeded random vector, orthogonalises every new vector twice (classical
-    Gram-Schmidt) against its whole basis, and takes the Ritz pair of the
+    seeded random vector, orthogonalises every new vector fully against its whole
+    basis (the three-term recurrence, then classical Gram-Schmidt, twice when the
+    first pass removed much: :func:`topo_pai.kernels.gram._extend`), and takes the Ritz pair of the
     tridiagonal projection (:func:`_top_tridiagonal_pair`); its residual
     ``||G u - theta u||`` is ``beta |y_last|``, exact with full
     reorthogonalisation. A run stops when the singular-value bound ``min(r /
@@ -516,14 +517,111 @@ def many_top_singular_values(matrices, tol: float | None = None) -> list:
     >>> many_top_singular_values([sp.csr_array(np.ones((3, 4))), sp.csr_array((2, 2))])
     [(3.4641016151377544, 0.0), (0.0, 0.0)]
     """
+    return start_top_singular_values(matrices, tol).result()
+
+
+def start_top_singular_values(matrices, tol: float | None = None) -> Pending:
+    """:func:`many_top_singular_values`, started on background threads: the caller
+    goes on with other work (which then shares the cores with the blocks' Lanczos
+    kernels) and collects the list with ``.result()``. With one numba thread
+    nothing runs in the background: ``.result()`` computes the list then.
+
+    >>> import scipy.sparse as sp
+    >>> pending = start_top_singular_values([sp.csr_array(np.ones((3, 4)))])
+    >>> pending.result()
+    [(3.4641016151377544, 0.0)]
+    """
     matrices = list(matrices)
 
     def size(M):
         return M.nnz if sp.issparse(M) else np.size(M)
 
-    with _one_blas_thread():
-        return map_largest_first(lambda M: top_singular_values(M, tol), matrices,
-                                 [size(M) for M in matrices])
+    blas = contextlib.ExitStack()
+    blas.enter_context(_one_blas_thread())  # held until the results are collected
+    try:
+        pending = start_largest_first(lambda M: top_singular_values(M, tol), matrices,
+                                      [size(M) for M in matrices])
+    except BaseException:
+        blas.close()
+        raise
+    pending.on_done(blas.close)
+    return pending
+
+
+class Pending:
+    """Results of work started by :func:`start_largest_first`, in the order of its
+    items. ``result()`` waits for them; ``close()`` (for a caller that stops early,
+    on an error) cancels what has not started and waits for the rest. Either runs
+    the ``on_done`` callbacks once."""
+
+    def __init__(self, collect, cancel=None):
+        self._collect = collect  # () -> list: waits for (or computes) every item
+        self._cancel = cancel  # () -> None: drops the items not started, waits for the rest
+        self._callbacks = []
+        self._results = None
+        self._open = True
+
+    def on_done(self, callback) -> None:
+        """Call ``callback()`` once the work is over (collected, failed or closed)."""
+        self._callbacks.append(callback)
+
+    def result(self) -> list:
+        """The list of results; re-raises the first failure of an item."""
+        if self._open:
+            try:
+                self._results = self._collect()
+            finally:
+                self._finish()
+        if self._results is None:
+            raise RuntimeError("these results were closed before they were collected")
+        return self._results
+
+    def close(self) -> None:
+        """Stop waiting for the results (a no-op once they are collected)."""
+        if self._open:
+            try:
+                if self._cancel is not None:
+                    self._cancel()
+            finally:
+                self._finish()
+
+    def _finish(self) -> None:
+        self._open = False
+        for callback in self._callbacks:
+            callback()
+
+
+def start_largest_first(fn, items, sizes) -> Pending:
+    """:func:`map_largest_first`, started on background threads; with one thread or
+    one item nothing starts, and ``.result()`` computes the list on the caller's
+    thread.
+
+    >>> start_largest_first(lambda x: -x, [1, 2], sizes=[1, 2]).result()
+    [-1, -2]
+    """
+    import numba
+
+    items = list(items)
+    workers = min(numba.get_num_threads(), len(items))
+    if workers <= 1:
+        return Pending(lambda: [fn(x) for x in items])
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(workers)
+    try:  # tasks start in submission order: the largest first
+        futures = {i: pool.submit(fn, items[i])
+                   for i in sorted(range(len(items)), key=lambda i: sizes[i], reverse=True)}
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+
+    def collect():
+        try:
+            return [futures[i].result() for i in range(len(items))]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    return Pending(collect, lambda: pool.shutdown(wait=True, cancel_futures=True))
 
 
 def map_largest_first(fn, items, sizes) -> list:
@@ -537,18 +635,7 @@ def map_largest_first(fn, items, sizes) -> list:
     >>> map_largest_first(lambda x: x * x, [1, 5, 2], sizes=[1, 5, 2])
     [1, 25, 4]
     """
-    import numba
-
-    items = list(items)
-    workers = min(numba.get_num_threads(), len(items))
-    if workers <= 1:
-        return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(workers) as pool:  # tasks start in submission order
-        futures = {i: pool.submit(fn, items[i])
-                   for i in sorted(range(len(items)), key=lambda i: sizes[i], reverse=True)}
-    return [futures[i].result() for i in range(len(items))]
+    return start_largest_first(fn, items, sizes).result()
 
 
 def _dense_top_two(A) -> tuple[float, float]:
@@ -734,10 +821,12 @@ def effective_kernels(matrix, fin: np.ndarray, bout: np.ndarray) -> int:
     from topo_pai.kernels.degrees import csr_count_within
 
     A = _csr(matrix)
+    rows, cols = np.asarray(bout, dtype=bool), np.asarray(fin, dtype=bool)
+    if rows.all() and cols.all():  # every unit on a path (most layers): the non-zeros
+        return int(np.count_nonzero(A.data))
     # an entry counts when it is non-zero, its row reaches the output and its column
     # is reached: an integer count in one pass, no product
-    return int(csr_count_within(A.indptr, A.indices, A.data, np.asarray(bout, dtype=bool),
-                                np.asarray(fin, dtype=bool)))
+    return int(csr_count_within(A.indptr, A.indices, A.data, rows, cols))
 
 
 def sparsity_and_compression(params: int, kept: int) -> tuple[float, float]:
