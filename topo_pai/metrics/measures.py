@@ -124,8 +124,9 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
       right singular vectors of ``B V``) are the Ritz vectors with Ritz values
       ``s_i^2``;
     * the residuals ``r_i = ||G u_i - s_i^2 u_i||`` are computed explicitly, as
-      ``B^T (B u_i)`` on every route (never with a formed ``G``; on the CSR route
-      by :func:`topo_pai.kernels.gram.csr_times`, each row summed in index order).
+      ``B^T (B u_i)`` on every route, with ``B U = (B V) Z`` from the product
+      already taken (never with a formed ``G``; on the CSR route by
+      :func:`topo_pai.kernels.gram.csr_times`, each row summed in index order).
       For a symmetric matrix, an eigenvalue ``lambda`` lies within
       ``r_i`` of the Ritz value ``s_i^2`` (the residual bound ``|theta - lambda| <=
       ||G u - theta u||``), so a singular value ``sigma`` lies within ``min(r_i /
@@ -175,17 +176,15 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
             V = eigh(G, subset_by_index=[k - 2, k - 1], driver="evr")[1]
             # the certificate multiplies by B and B^T (O(nnz)), not by G as formed, so
             # G's own rounding is not trusted
-            gram, times = (lambda X: B.T @ (B @ X)), B.__matmul__
+            gram = _SparseProducts(B)
         else:
             if dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n:
-                D = A.toarray() if m >= n else A.toarray().T
-                gram, times = _DenseGram(D), D.__matmul__
+                gram = _DenseGram(A.toarray() if m >= n else A.toarray().T)
             else:  # B^T as its own CSR: a gather per row beats a scatter per column
                 gram = _CsrGram(B, A if m < n else _transposed(B, binary), binary)
-                times = B.__matmul__
             V = gram_top_ritz_vectors(gram, k, tol)
         if V is not None:
-            s = _certified(V, gram, times, tol)
+            s = _certified(V, gram, tol)
             if s is not None and s[1] >= SQUARING_FLOOR * s[0]:
                 return _clean(float(s[0]), float(s[1]))
         return _direct_top_two(A, tol)
@@ -243,12 +242,15 @@ def _error_bound(residual: float, s: float) -> float:
     return min(residual / s if s > 0.0 else math.inf, math.sqrt(residual))
 
 
-def _certified(V, gram, times, tol):
+def _certified(V, products, tol):
     """The singular values of ``B V`` if their explicit residual certificate is within
-    ``tol * s_1`` (see :func:`top_singular_values`), else ``None``."""
-    _, s, Zt = np.linalg.svd(times(V), full_matrices=False)
+    ``tol * s_1`` (see :func:`top_singular_values`), else ``None``. ``products`` has
+    ``times(X) = B X`` and ``times_t(Y) = B^T Y``; ``B U`` is ``(B V) Z`` (``U = V
+    Z``), so the residuals take one product with ``B^T`` per vector."""
+    BV = products.times(V)
+    _, s, Zt = np.linalg.svd(BV, full_matrices=False)
     U = V @ Zt.T
-    residual = np.linalg.norm(gram(U) - U * s**2, axis=0)
+    residual = np.linalg.norm(products.times_t(BV @ Zt.T) - U * s**2, axis=0)
     if np.all(singular_value_error_bound(residual, s) <= tol * s[0]):
         return s
     return None
@@ -417,19 +419,31 @@ class _CsrGram:
         self.shape = B.shape
 
     def __call__(self, X):
-        from topo_pai.kernels.gram import csr_times
+        return self.times_t(self.times(X))
 
-        t = np.empty(self.shape[0])
-        out = np.empty((self.shape[1], X.shape[1]))
-        for j in range(X.shape[1]):
-            x = np.ascontiguousarray(X[:, j], dtype=np.float64)
-            out[:, j] = csr_times(*self.BT, csr_times(*self.B, x, t), np.empty(self.shape[1]))
-        return out
+    def times(self, X):
+        """``B X``, column by column (:func:`topo_pai.kernels.gram.csr_times`)."""
+        return _columns_times(self.B, self.shape[0], X)
+
+    def times_t(self, Y):
+        """``B^T Y``, column by column."""
+        return _columns_times(self.BT, self.shape[1], Y)
 
     def steps(self, *args):
         from topo_pai.kernels.gram import lanczos_steps_csr
 
         return lanczos_steps_csr(*self.B, *self.BT, *args)
+
+
+def _columns_times(arrays, rows: int, X):
+    """The CSR matrix ``arrays`` (``indptr, indices, data``) times each column of ``X``."""
+    from topo_pai.kernels.gram import csr_times
+
+    out = np.empty((rows, X.shape[1]))
+    for j in range(X.shape[1]):
+        out[:, j] = csr_times(*arrays, np.ascontiguousarray(X[:, j], dtype=np.float64),
+                              np.empty(rows))
+    return out
 
 
 class _DenseGram:
@@ -441,10 +455,33 @@ class _DenseGram:
     def __call__(self, X):
         return self.D.T @ (self.D @ X)
 
+    def times(self, X):
+        return self.D @ X
+
+    def times_t(self, Y):
+        return self.D.T @ Y
+
     def steps(self, *args):
         from topo_pai.kernels.gram import lanczos_steps_dense
 
         return lanczos_steps_dense(self.D, *args)
+
+
+class _SparseProducts:
+    """``X -> B^T (B X)`` and the two products for a scipy sparse ``B`` (the
+    certificates of the dense-Gram and direct routes)."""
+
+    def __init__(self, B):
+        self.B = B
+
+    def __call__(self, X):
+        return self.B.T @ (self.B @ X)
+
+    def times(self, X):
+        return self.B @ X
+
+    def times_t(self, Y):
+        return self.B.T @ Y
 
 
 def _direct_top_two(A, tol: float = SPECTRAL_TOL) -> tuple[float, float]:
@@ -464,7 +501,7 @@ def _direct_top_two(A, tol: float = SPECTRAL_TOL) -> tuple[float, float]:
                          "block is too large for a dense SVD") from None
     V = np.linalg.qr(vt.T)[0]  # orthonormal to rounding, as the certificate assumes
     with _one_blas_thread():
-        s = _certified(V, lambda X: A.T @ (A @ X), A.__matmul__, tol)
+        s = _certified(V, _SparseProducts(A), tol)
     if s is None:
         raise ValueError(f"the sparse SVD of a {m}x{n} block could not be certified to "
                          f"spectral_tol={tol:g}: pass a larger spectral_tol")
