@@ -431,15 +431,17 @@ def test_hand_mlp_counts_roles_and_lost_edges(resolution):
 
 
 def test_hand_conv_counts_kernel_multiplicities():
-    """Conv2d(1, 2, 2) on a 2 x 2 input (one output position), then a Linear(2, 1).
-    Conv channel c0 keeps two of its four elements, c1 none; the Linear reads both.
-    M_conv = [[2], [0]]: one kernel of multiplicity 2, so in- and out-degree 2, mu0 = 2
-    and mu_hat = 0 (one column); c1 has no in-edge but feeds the Linear: a source, and
-    the Linear's edge out of it is a lost in-edge."""
-    net = nn.Sequential(nn.Conv2d(1, 2, 2), nn.Flatten(), nn.Linear(2, 1))
-    conv = torch.zeros(2, 1, 2, 2)
+    """Conv2d(1, 3, 2) on a 2 x 2 input (one output position), then a Linear(3, 1).
+    Conv channel c0 keeps two of its four elements, c1 and c2 none; the Linear reads
+    c0 and c1. M_conv = [[2], [0], [0]]: one kernel of multiplicity 2, so in- and
+    out-degree 2, mu0 = 2 and mu_hat = 0 (one column). c1 has no in-edge but feeds the
+    Linear: a source, and the Linear's edge out of it is its one lost in-edge; c2 has
+    no edge at all: disconnected (and it loses no edge)."""
+    net = nn.Sequential(nn.Conv2d(1, 3, 2), nn.Flatten(), nn.Linear(3, 1))
+    conv = torch.zeros(3, 1, 2, 2)
     conv[0, 0, 0, 0] = conv[0, 0, 1, 1] = 1
-    topo = topo_pai.from_torch(net, {"0.weight": conv}, input_shape=(1, 2, 2))
+    masks = {"0.weight": conv, "2.weight": torch.tensor([[1.0, 1.0, 0.0]])}
+    topo = topo_pai.from_torch(net, masks, input_shape=(1, 2, 2))
     table = topo.metrics()
     _, c, lin = table.rows
     assert (c["kernels"], c["effective_kernels"], c["unpruned"], c["effective_params"]) == (
@@ -447,13 +449,13 @@ def test_hand_conv_counts_kernel_multiplicities():
     assert (c["min_in_degree"], c["min_out_degree"]) == (2.0, 2.0)
     assert (c["mu0"], c["mu_hat"]) == (pytest.approx(2.0), 0.0)
     assert c["ramanujan_gap"] == pytest.approx(2.0)  # sqrt(2 - 1) + sqrt(2 - 1) - 0
-    assert (c["source_units"], c["sink_units"], c["disconnected_units"]) == (1, 0, 0)
+    assert (c["source_units"], c["sink_units"], c["disconnected_units"]) == (1, 0, 1)
     assert (lin["kernels"], lin["effective_kernels"], lin["effective_params"]) == (2, 1, 1)
     assert (lin["lost_in_edges"], lin["lost_out_edges"]) == (1.0, 0.0)
     assert (lin["min_in_degree"], lin["min_out_degree"]) == (2.0, 1.0)
     t = table.totals
-    assert (t["params"], t["unpruned"], t["effective_params"]) == (10, 4, 3)
-    assert t["effective_sparsity"] == pytest.approx(0.7) and t["min_degree"] == 1.0
+    assert (t["params"], t["unpruned"], t["effective_params"]) == (15, 4, 3)
+    assert t["effective_sparsity"] == pytest.approx(1 - 3 / 15) and t["min_degree"] == 1.0
 
 
 def _three_layer_mlp():
