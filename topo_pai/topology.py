@@ -382,7 +382,7 @@ class Topology:
                               if weights.get(layer.param) is None)
         return EdgeWeights(flat, defaulted)
 
-    def _all_edge_weights(self, weights, caller: str, params=None) -> "EdgeWeights":
+    def _all_edge_weights(self, weights, caller: str, params=None) -> EdgeWeights:
         """:meth:`_edge_weights`, refused with a :class:`MaskError` when a weight of
         ``params`` (default: every layer's) was not given: the weighted measures of
         ``caller`` would mix ``|w|`` with edge counts (a missing weight is 1)."""
