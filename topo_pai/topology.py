@@ -378,7 +378,26 @@ class Topology:
             w = weights.get(layer.param)
             flat[layer.param] = (np.ones(int(np.prod(layer.weight_shape))) if w is None
                                  else abs_weights_array(layer.param, w, layer.weight_shape))
-        return EdgeWeights(flat)
+        defaulted = frozenset(layer.param for layer in self.program.layers
+                              if weights.get(layer.param) is None)
+        return EdgeWeights(flat, defaulted)
+
+    def _all_edge_weights(self, weights, caller: str, params=None) -> EdgeWeights:
+        """:meth:`_edge_weights`, refused with a :class:`MaskError` when a weight of
+        ``params`` (default: every layer's) was not given: the weighted measures of
+        ``caller`` would mix ``|w|`` with edge counts (a missing weight is 1)."""
+        prepared = self._edge_weights(weights)
+        params = [layer.param for layer in self.program.layers] if params is None else params
+        missing = [p for p in params if p in prepared.defaulted]
+        if missing:
+            shown = ", ".join(repr(p) for p in missing[:6])
+            more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+            raise MaskError(
+                f"{caller} needs the weights of every prunable layer it reads, but none were "
+                f"given for {shown}{more}: its weighted values would mix |w| with edge counts "
+                "(a missing weight is 1). Pass |w| of all of them, e.g. {n: p.detach().abs() "
+                "for n, p in model.named_parameters() if n in topo.masks}, or no weights")
+        return prepared
 
     def flows(self, weights: Mapping[str, Any] | None = None,
               resolution: str = "channel") -> "Flows":
@@ -407,13 +426,13 @@ class Topology:
         """Paths from the network input into each input unit of ``layer`` (an index
         into :attr:`layers`): per channel or feature; at neuron resolution summed over
         each channel's positions. This is NPB's incoming path mass ``P_in``."""
-        return self.engine(resolution).layer_input_counts(layer)
+        return self.engine(resolution).layer_input_counts(self._layer_index(layer))
 
     def layer_reach(self, layer: int, resolution: str = "channel") -> tuple[np.ndarray, np.ndarray]:
         """``(inputs, outputs)`` bool arrays of ``layer``: which of its input units are
         reached from the network input, and which of its output units reach the
         network output (per channel/feature; at neuron resolution, any position)."""
-        return self.engine(resolution).layer_reach(layer)
+        return self.engine(resolution).layer_reach(self._layer_index(layer))
 
     def summary(self, resolution: str = "channel") -> Summary:
         """Per-layer table: params, unpruned, effective params, nodes, paths in and out,
@@ -467,21 +486,53 @@ class Topology:
         return ms.map_largest_first(lambda i: self.layer_matrix(i, weights),
                                     range(len(sizes)), sizes)
 
+    def _layer_index(self, layer) -> int:
+        """``layer`` as an index into :attr:`layers` (``-n <= layer < n``, negative
+        counting from the end as for a list), or a clear ``TypeError``/``IndexError``."""
+        n = len(self.program.layers)
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise TypeError(f"layer must be an int index into Topology.layers (-{n} <= layer < "
+                            f"{n}), got {layer!r} of type {type(layer).__name__}")
+        if not -n <= layer < n:
+            raise IndexError(f"layer {layer} is out of range: this network has {n} prunable "
+                             f"layer{'s' if n != 1 else ''} (Topology.layers), so layer must "
+                             f"be in {-n}..{n - 1}")
+        return int(layer) % n
+
     def layer_matrix(self, layer: int, weights=None):
-        """Layer ``layer``'s own channel-graph block (an index into :attr:`layers`): a
-        scipy ``csr_array`` of shape (output units, input units) holding the kept
-        elements of every kernel (edge multiplicities), or with ``weights`` (as for
-        :meth:`flows`, or an :class:`EdgeWeights`) the sum of the kept elements'
-        weights per kernel. Input units are the channels or features of the layer's
-        input, before any structure (pool, flatten, add) that feeds it."""
+        """Layer ``layer``'s own channel-graph block (an index into :attr:`layers`;
+        negative counts from the end): a scipy ``csr_array`` of shape (output units,
+        input units) holding the kept elements of every kernel (edge multiplicities),
+        or with ``weights`` (as for :meth:`flows`, or an :class:`EdgeWeights`) the sum
+        of the kept elements' ``|w|`` per kernel; ``weights`` must then hold this
+        layer's weight (a :class:`~topo_pai.errors.MaskError` otherwise, rather than
+        edge counts passed off as weights). Input units are the channels or features
+        of the layer's input, before any structure (pool, flatten, add) that feeds it.
+
+        Examples
+        --------
+        >>> import torch, topo_pai
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(),
+        ...                           torch.nn.Linear(4, 2))
+        >>> topo = topo_pai.from_torch(net, input_shape=(3,))
+        >>> topo.layer_matrix(-1).shape
+        (2, 4)
+        >>> topo.layer_matrix(2)
+        Traceback (most recent call last):
+        ...
+        IndexError: layer 2 is out of range: this network has 2 prunable layers \
+(Topology.layers), so layer must be in -2..1
+        """
         import scipy.sparse as sp
 
+        layer = self._layer_index(layer)
         lm = self._layer_masks[layer]
         if weights is None:
             data = np.asarray(lm.data, dtype=np.float64)
         else:
-            prepared = self._edge_weights(weights)
             lay = self.program.layers[layer]
+            prepared = self._all_edge_weights(weights, f"layer_matrix({layer}, weights)",
+                                              [lay.param])
             data = kernel_weight_sums(lm.mask.reshape(-1), prepared.flat[lay.param],
                                       lay.kernel_volume, lm.indptr, lm.indices,
                                       lay.weight_shape[1])
@@ -496,13 +547,19 @@ class Topology:
         bipartite channel graph with the Ramanujan gap and the spectral gap (Hoang
         et al.), and sink, source and disconnected units and lost edges (Cunegatti
         et al.); ``docs/metrics.md`` defines each. With ``weights`` (``{name:
-        |w|}``, as for :meth:`flows`) the spectral gap is also taken on ``|w|``
-        summed per kernel. ``resolution`` applies to the effective counts
+        |w|}`` for every prunable layer, or an :class:`EdgeWeights` made from them)
+        the spectral gap is also taken on ``|w|`` summed per kernel; unlike
+        :meth:`flows`, a layer left out of ``weights`` is refused with a
+        :class:`~topo_pai.errors.MaskError` naming it, since weight 1 there would
+        mix kernel counts into the weighted spectra. ``resolution`` applies to the effective counts
         (parameters, kernels, nodes, paths); the layer graphs are the channel
         graph's. The singular values cost one small eigenproblem per layer (two
         with weights; see :func:`topo_pai.metrics.measures.top_singular_values`),
         where every other measure is O(non-zeros); ``spectra=False`` leaves them
-        out (their columns and totals are then ``None``).
+        out (their columns and totals are then ``None``). A layer with no kept edge
+        keeps its conventional zeros (degrees, spectra, gaps) in its row but is left
+        out of the totals' ``min_degree`` and gap means and minima, which are over the
+        layers with an edge (0 when there is none).
 
         Accuracy: every reported ``mu0`` and ``mu_hat`` (weighted ones too) is within
         ``spectral_tol * mu0`` of the true value, by a residual certificate checked
@@ -531,7 +588,8 @@ class Topology:
         spectra = check_bool("spectra", spectra)
         if spectral_tol is not None:
             spectral_tol = ms.check_spectral_tol(spectral_tol)
-        prepared = None if weights is None else self._edge_weights(weights)
+        prepared = (None if weights is None
+                    else self._all_edge_weights(weights, "metrics(weights=...)"))
         layers, sizes = self.program.layers, self.channel_structure.sizes
         mats = self._layer_matrices()
         weighted = ([None] * len(layers) if prepared is None
@@ -564,10 +622,14 @@ class Topology:
         kept_out = sum(r["kept_outputs"] for r in layer_rows)
         kept_in = sum(r["kept_inputs"] for r in layer_rows)
         edges = float(sum(lm.unpruned for lm in self._layer_masks))
-        mins = [d for r in layer_rows for d in (r["min_in_degree"], r["min_out_degree"])]
-        gaps = [r["ramanujan_gap"] for r in layer_rows]
-        sgaps = [r["spectral_gap"] for r in layer_rows]
-        wgaps = [r["weighted_spectral_gap"] for r in layer_rows]
+        # a layer with no kept edge has no kept unit, so no degree to take a minimum of,
+        # and its spectra are 0 by convention, not measured: its row keeps them, but the
+        # network's minima and means are over the layers that have an edge
+        live = [r for r in layer_rows if r["kernels"]]
+        mins = [d for r in live for d in (r["min_in_degree"], r["min_out_degree"])]
+        gaps = [r["ramanujan_gap"] for r in live]
+        sgaps = [r["spectral_gap"] for r in live]
+        wgaps = [r["weighted_spectral_gap"] for r in live]
 
         def mean(v):
             if not spectra:
@@ -686,9 +748,11 @@ class Topology:
 @dataclass(frozen=True)
 class EdgeWeights:
     """Validated flat float64 edge weights per prunable weight (see
-    :meth:`Topology.edge_weights`)."""
+    :meth:`Topology.edge_weights`). ``defaulted`` names the prunable weights that
+    were not given and so have weight 1 (:meth:`Topology.metrics` refuses those)."""
 
     flat: dict
+    defaulted: frozenset = frozenset()
 
 
 def group_counts(engine: Engine, names: list[str], direction: str) -> dict[str, NodeCounts]:
@@ -737,7 +801,7 @@ class Flows:
         layer's per-sample input and output at neuron resolution. At channel
         resolution, the score of a weight of output ``o`` and input ``i`` is
         ``log10 w + out_of.log10[o] + into.log10[layer.input_units()[o, i]]``."""
-        return self._engine.layer_flows(layer)
+        return self._engine.layer_flows(self.topology._layer_index(layer))
 
     def log10_through_weights(self) -> dict[str, np.ndarray]:
         """log10 of the flow through every weight element, ``w * dR/dw`` (SynFlow's

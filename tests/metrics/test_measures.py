@@ -54,13 +54,20 @@ def _circulant(n, d, shift=0):
     return M
 
 
+def _circulant_sigma2(n, d):
+    """The second singular value of ``_circulant(n, d)`` in closed form: the singular
+    values of a circulant are the moduli of its eigenvalues ``sum_j w^(kj)``, i.e.
+    ``d`` (k = 0) and ``|sin(pi k d / n) / sin(pi k / n)|`` (k = 1..n-1)."""
+    k = np.arange(1, n)
+    return float(np.max(np.abs(np.sin(np.pi * k * d / n) / np.sin(np.pi * k / n))))
+
+
 @pytest.mark.parametrize("n,d", [(7, 3), (12, 4), (80, 5), (101, 9)])
 def test_d_regular_circulant(n, d):
     """A circulant d-regular bipartite graph: sigma_1 = d and the other singular values
     are |sum_j w^(kj)| = |sin(pi k d / n) / sin(pi k / n)| (k = 1..n-1)."""
     m = ms.bipartite_measures(_circulant(n, d))
-    k = np.arange(1, n)
-    second = np.max(np.abs(np.sin(np.pi * k * d / n) / np.sin(np.pi * k / n)))
+    second = _circulant_sigma2(n, d)
     assert m["mu0"] == pytest.approx(d, rel=1e-10)
     assert m["mu_hat"] == pytest.approx(second, rel=1e-8)
     assert m["ramanujan_gap"] == pytest.approx(2 * math.sqrt(d - 1) - second, rel=1e-8)
@@ -75,10 +82,12 @@ def test_disjoint_union():
     m = ms.bipartite_measures(two)
     assert m["mu0"] == pytest.approx(math.sqrt(20)) and m["mu_hat"] == pytest.approx(math.sqrt(20))
     assert m["spectral_gap"] == pytest.approx(0.0, abs=1e-9)
-    big = sl.block_diag(_circulant(80, 5), np.ones((3, 3)))  # sigma: 5 (circulant) vs 3
+    # singular values: the circulant's 5 and 4.97 (closed form) and K_{3,3}'s 3 (and 0s)
+    big = sl.block_diag(_circulant(80, 5), np.ones((3, 3)))
     m = ms.bipartite_measures(big)
-    assert m["mu0"] == pytest.approx(5.0) and m["mu_hat"] == pytest.approx(
-        max(3.0, ms.bipartite_measures(_circulant(80, 5))["mu_hat"]))
+    second = _circulant_sigma2(80, 5)  # sin(5 pi / 80) / sin(pi / 80) = 4.969...
+    assert 4.96 < second < 4.97  # the closed form itself, so that the test has teeth
+    assert m["mu0"] == pytest.approx(5.0) and m["mu_hat"] == pytest.approx(second, rel=1e-9)
 
 
 @pytest.mark.parametrize("B", [np.zeros((4, 6)), np.zeros((0, 3)), np.ones((1, 1)),
@@ -238,7 +247,8 @@ def test_tiny_and_empty_layers_through_topology(shape):
     net = nn.Sequential(nn.Linear(fan_in, fan_out), nn.ReLU(), nn.Linear(fan_out, 2))
     empty = {"0.weight": torch.zeros(fan_out, fan_in)}
     for masks in ({}, empty):
-        for weights in (None, {"2.weight": torch.rand(2, fan_out)}):
+        for weights in (None, {"0.weight": torch.rand(fan_out, fan_in),
+                               "2.weight": torch.rand(2, fan_out)}):
             table = topo_pai.from_torch(net, masks, input_shape=(fan_in,)).metrics(weights)
             for r in table.rows:
                 for k, v in r.items():
@@ -357,3 +367,184 @@ def test_effective_kernels_every_unit_reached_counts_non_zeros_only():
     # the per-entry route: one unit not reached, and the stored zero still not counted
     assert ms.effective_kernels(M, np.array([True, True, False]), np.ones(2, bool)) == 2
     assert ms.effective_kernels(M, np.ones(3, bool), np.array([True, False])) == 2
+
+
+# ------------------------------------------------- small networks worked by hand
+PHI = (1 + math.sqrt(5)) / 2  # the singular values of [[1, 1], [1, 0]] are PHI and 1 / PHI
+
+
+def _hand_mlp():
+    """x (2 units) -> h (4 units) -> o (2 units), with masks chosen so that every role
+    occurs once in h::
+
+        layer "0" (h x x):  h0 <- x0, x1      layer "2" (o x h):  o0 <- h0, h2
+                            h1 <- x0                              o1 <- h2
+                            h2, h3 <- nothing
+
+    h0: in 2, out 1 (on a path); h1: in 1, out 0 -> sink; h2: in 0, out 2 -> source;
+    h3: no edge -> disconnected. x0, x1 are network inputs and o0, o1 network outputs,
+    so they take no role."""
+    net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
+    masks = {"0.weight": torch.tensor([[1., 1.], [1., 0.], [0., 0.], [0., 0.]]),
+             "2.weight": torch.tensor([[1., 0., 1., 0.], [0., 0., 1., 0.]])}
+    return topo_pai.from_torch(net, masks, input_shape=(2,))
+
+
+@pytest.mark.parametrize("resolution", ["channel", "neuron"])
+def test_hand_mlp_counts_roles_and_lost_edges(resolution):
+    table = _hand_mlp().metrics(weights={"0.weight": torch.full((4, 2), 2.0),
+                                         "2.weight": torch.full((2, 4), 2.0)},
+                                resolution=resolution)
+    x, l0, l2 = table.rows
+    # roles: the input and the output groups have none; h has one of each
+    assert (x["sink_units"], x["source_units"], x["disconnected_units"]) == (0, 0, 0)
+    assert (l0["sink_units"], l0["source_units"], l0["disconnected_units"]) == (1, 1, 1)
+    assert (l2["sink_units"], l2["source_units"], l2["disconnected_units"]) == (0, 0, 0)
+    # lost edges: layer 0's edge into the sink h1; layer 2's two edges out of the
+    # source h2 (x0, x1 are network inputs, o0, o1 network outputs: never lost)
+    assert (l0["lost_in_edges"], l0["lost_out_edges"]) == (0.0, 1.0)
+    assert (l2["lost_in_edges"], l2["lost_out_edges"]) == (2.0, 0.0)
+    # the only paths are x0 -> h0 -> o0 and x1 -> h0 -> o0: effective weights are
+    # (h0, x0), (h0, x1) in layer 0 and (o0, h0) in layer 2 (a Linear: kernel = weight)
+    assert (l0["kernels"], l0["effective_kernels"], l0["effective_params"]) == (3, 2, 2)
+    assert (l2["kernels"], l2["effective_kernels"], l2["effective_params"]) == (3, 1, 1)
+    assert (l0["effective_sparsity"], l2["effective_sparsity"]) == (1 - 2 / 8, 1 - 1 / 8)
+    t = table.totals
+    assert (t["params"], t["unpruned"], t["effective_params"]) == (16, 6, 3)
+    assert t["sparsity"] == 1 - 6 / 16 and t["compression"] == 16 / 6
+    assert t["effective_sparsity"] == 1 - 3 / 16 and t["effective_compression"] == 16 / 3
+    assert (t["kernels"], t["effective_kernels"]) == (6, 3)
+    assert (t["effective_nodes"], t["nodes"]) == (4, 8)  # x0, x1, h0, o0 of 2 + 4 + 2
+    assert t["log10_paths"] == pytest.approx(math.log10(2))
+    assert (t["sink_units"], t["source_units"], t["disconnected_units"]) == (1, 1, 1)
+    assert (t["lost_in_edges"], t["lost_out_edges"]) == (2.0, 1.0)
+    # degrees: kept rows of layer 0 sum to 2, 1 and kept columns to 2, 1; layer 2 alike
+    for r in (l0, l2):
+        assert (r["kept_inputs"], r["kept_outputs"]) == (2, 2)
+        assert (r["min_in_degree"], r["mean_in_degree"]) == (1.0, 1.5)
+        assert (r["min_out_degree"], r["mean_out_degree"]) == (1.0, 1.5)
+        # both blocks are [[1, 1], [1, 0]] up to zero rows, columns and order
+        assert r["mu0"] == pytest.approx(PHI) and r["mu_hat"] == pytest.approx(1 / PHI)
+        assert r["ramanujan_gap"] == pytest.approx(2 * math.sqrt(0.5) - 1 / PHI)
+        assert r["weighted_spectral_gap"] == pytest.approx(2 * (PHI - 1 / PHI))  # W = 2M
+    assert (t["min_degree"], t["mean_in_degree"], t["mean_out_degree"]) == (1.0, 1.5, 1.5)
+
+
+def test_hand_conv_counts_kernel_multiplicities():
+    """Conv2d(1, 3, 2) on a 2 x 2 input (one output position), then a Linear(3, 1).
+    Conv channel c0 keeps two of its four elements, c1 and c2 none; the Linear reads
+    c0 and c1. M_conv = [[2], [0], [0]]: one kernel of multiplicity 2, so in- and
+    out-degree 2, mu0 = 2 and mu_hat = 0 (one column). c1 has no in-edge but feeds the
+    Linear: a source, and the Linear's edge out of it is its one lost in-edge; c2 has
+    no edge at all: disconnected (and it loses no edge)."""
+    net = nn.Sequential(nn.Conv2d(1, 3, 2), nn.Flatten(), nn.Linear(3, 1))
+    conv = torch.zeros(3, 1, 2, 2)
+    conv[0, 0, 0, 0] = conv[0, 0, 1, 1] = 1
+    masks = {"0.weight": conv, "2.weight": torch.tensor([[1.0, 1.0, 0.0]])}
+    topo = topo_pai.from_torch(net, masks, input_shape=(1, 2, 2))
+    table = topo.metrics()
+    _, c, lin = table.rows
+    assert (c["kernels"], c["effective_kernels"], c["unpruned"], c["effective_params"]) == (
+        1, 1, 2, 2)
+    assert (c["min_in_degree"], c["min_out_degree"]) == (2.0, 2.0)
+    assert (c["mu0"], c["mu_hat"]) == (pytest.approx(2.0), 0.0)
+    assert c["ramanujan_gap"] == pytest.approx(2.0)  # sqrt(2 - 1) + sqrt(2 - 1) - 0
+    assert (c["source_units"], c["sink_units"], c["disconnected_units"]) == (1, 0, 1)
+    assert (lin["kernels"], lin["effective_kernels"], lin["effective_params"]) == (2, 1, 1)
+    assert (lin["lost_in_edges"], lin["lost_out_edges"]) == (1.0, 0.0)
+    assert (lin["min_in_degree"], lin["min_out_degree"]) == (2.0, 1.0)
+    t = table.totals
+    assert (t["params"], t["unpruned"], t["effective_params"]) == (15, 4, 3)
+    assert t["effective_sparsity"] == pytest.approx(1 - 3 / 15) and t["min_degree"] == 1.0
+
+
+def _three_layer_mlp():
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(),
+                         nn.Linear(4, 2))
+
+
+def test_totals_leave_out_a_fully_pruned_layer():
+    """The middle layer of 3 -> 4 -> 4 -> 2 is pruned away. Its row keeps the
+    conventional zeros, but the totals are over the two layers with edges:
+    layer "0" is K_{3,4} (in-degree 3, out-degree 4, sigma 2 sqrt(3), 0) and layer "4"
+    K_{4,2} (in-degree 4, out-degree 2, sigma 2 sqrt(2), 0)."""
+    net = _three_layer_mlp()
+    topo = topo_pai.from_torch(net, {"2.weight": torch.zeros(4, 4)}, input_shape=(3,))
+    weights = {n: torch.full(p.shape, 0.5) for n, p in net.named_parameters() if p.dim() > 1}
+    table = topo.metrics(weights)
+    first, middle, last = table.rows[1:]
+    assert middle["kernels"] == 0
+    assert middle["min_in_degree"] == middle["ramanujan_gap"] == middle["spectral_gap"] == 0.0
+    gap_first = math.sqrt(4 - 1) + math.sqrt(3 - 1)  # d_L = 4 (out-degree), d_R = 3
+    gap_last = math.sqrt(2 - 1) + math.sqrt(4 - 1)
+    assert first["ramanujan_gap"] == pytest.approx(gap_first)
+    assert last["ramanujan_gap"] == pytest.approx(gap_last)
+    t = table.totals
+    assert t["min_degree"] == 2.0  # layer "4"'s input units; not the empty layer's 0
+    assert t["min_ramanujan_gap"] == pytest.approx(min(gap_first, gap_last))
+    assert t["mean_ramanujan_gap"] == pytest.approx((gap_first + gap_last) / 2)
+    assert t["mean_spectral_gap"] == pytest.approx((math.sqrt(12) + math.sqrt(8)) / 2)
+    assert t["mean_weighted_spectral_gap"] == pytest.approx(
+        0.5 * (math.sqrt(12) + math.sqrt(8)) / 2)  # W = M / 2
+    # without spectra the degree total is the same
+    assert topo.metrics(spectra=False).totals["min_degree"] == 2.0
+
+
+def test_totals_of_a_network_without_edges_are_zero():
+    net = _three_layer_mlp()
+    masks = {n: torch.zeros(p.shape) for n, p in net.named_parameters() if p.dim() > 1}
+    t = topo_pai.from_torch(net, masks, input_shape=(3,)).metrics().totals
+    assert t["min_degree"] == t["mean_ramanujan_gap"] == t["min_ramanujan_gap"] == 0.0
+    assert t["mean_spectral_gap"] == 0.0 and t["mean_weighted_spectral_gap"] is None
+
+
+def test_weights_must_cover_every_layer():
+    """Weight 1 for a missing layer would put kernel counts into its weighted spectra
+    next to |w| elsewhere: metrics refuses, naming the missing layers; flows keeps its
+    documented default (a missing weight is 1)."""
+    net = _three_layer_mlp()
+    topo = topo_pai.from_torch(net, input_shape=(3,))
+    partial = {"0.weight": torch.rand(4, 3)}
+    with pytest.raises(MaskError, match=r"none were given for '2\.weight', '4\.weight'"):
+        topo.metrics(partial)
+    with pytest.raises(MaskError, match="for '2.weight', '4.weight'"):
+        topo.metrics(topo.edge_weights(partial))  # the same when validated beforehand
+    with pytest.raises(MaskError, match="for '2.weight'"):
+        topo.layer_matrix(1, partial)
+    assert topo.layer_matrix(0, partial).sum() == pytest.approx(float(partial["0.weight"].sum()))
+    assert math.isfinite(topo.flows(partial).log10_total)  # flows: missing is 1
+    full = {n: p.detach().abs() for n, p in net.named_parameters() if p.dim() > 1}
+    assert topo.metrics(topo.edge_weights(full)).rows == topo.metrics(full).rows
+
+
+def test_layer_index_is_checked():
+    topo = topo_pai.from_torch(_three_layer_mlp(), input_shape=(3,))
+    for bad in (3, -4, 10**20):
+        with pytest.raises(IndexError, match=r"3 prunable layers .* must be in -3\.\.2"):
+            topo.layer_matrix(bad)
+    for bad in (1.5, "0", None, True, np.float64(1.0)):
+        with pytest.raises(TypeError, match=r"layer must be an int index into Topology\.layers"):
+            topo.layer_matrix(bad)
+    last = topo.layer_matrix(2)
+    for same in (-1, np.int64(2)):
+        assert (topo.layer_matrix(same) != last).nnz == 0
+    with pytest.raises(IndexError, match="must be in -3..2"):
+        topo.layer_reach(3)
+    with pytest.raises(IndexError, match="must be in -3..2"):
+        topo.layer_input_counts(3)
+    with pytest.raises(IndexError, match="must be in -3..2"):
+        topo.flows().layer_flows(3)
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_bipartite_measures_refuses_negative_and_non_finite_entries(bad, sparse):
+    B = np.array([[1.0, bad], [2.0, 1.0]])
+    wrap = sp.csr_array if sparse else np.asarray
+    with pytest.raises(ValueError, match=r"matrix has the entry .* at \(0, 1\).*>= 0"):
+        ms.bipartite_measures(wrap(B))
+    with pytest.raises(ValueError, match=r"weighted has the entry .* at \(0, 1\)"):
+        ms.bipartite_measures(np.ones((2, 2)), wrap(B))
+    # a row [1, -1] used to sum to 0: an unkept unit, and its edges uncounted
+    with pytest.raises(ValueError, match="matrix"):
+        ms.bipartite_measures(np.array([[1.0, -1.0]]), spectra=False)

@@ -722,6 +722,8 @@ def ramanujan_gap(d_left: float, d_right: float, mu_hat: float) -> float:
     ``d_left`` and ``d_right`` are the average degrees of the kept input and
     output units, so they are at least 1 whenever the layer has an edge; an
     empty layer has ``d = 0`` and its terms are taken as 0 (gap ``-mu_hat = 0``).
+    That 0 is a convention, not a measurement: :meth:`topo_pai.Topology.metrics`
+    keeps it in the layer's row but leaves such layers out of its network totals.
 
     >>> ramanujan_gap(5.0, 10.0, 4.0)
     1.0
@@ -733,6 +735,32 @@ def _sqrt_minus_one(d: float) -> float:
     return math.sqrt(d - 1.0) if d >= 1.0 else 0.0
 
 
+def check_biadjacency(name: str, matrix):
+    """``matrix`` as a float64 CSR array whose stored entries are all finite and
+    non-negative, or a ``ValueError`` naming ``name`` and the first bad entry.
+
+    A layer graph's entries are edge multiplicities (kept elements per kernel) or
+    ``|w|`` summed per kernel; a negative entry would silently cancel edges in the
+    degree sums (a row ``[1, -1]`` would count as an unkept unit).
+
+    >>> check_biadjacency("matrix", np.array([[1.0, -1.0]]))
+    Traceback (most recent call last):
+    ...
+    ValueError: matrix has the entry -1.0 at (0, 1): a layer graph holds edge multiplicities (kept elements per kernel) or |w| summed per kernel, so every entry must be finite and >= 0 (pass abs() of signed weights)
+    """
+    A = _csr(matrix)
+    data = A.data
+    bad = ~np.isfinite(data) | (data < 0)
+    if bad.any():
+        k = int(np.argmax(bad))
+        row = int(np.searchsorted(A.indptr, k, side="right") - 1)
+        raise ValueError(
+            f"{name} has the entry {float(data[k])!r} at ({row}, {int(A.indices[k])}): a layer "
+            "graph holds edge multiplicities (kept elements per kernel) or |w| summed per "
+            "kernel, so every entry must be finite and >= 0 (pass abs() of signed weights)")
+    return A
+
+
 def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
                        degree_pair=None, spectral_tol: float | None = None,
                        singular_values=None) -> dict:
@@ -741,9 +769,11 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
     Parameters
     ----------
     matrix : sparse or dense array, shape (output units, input units)
-        Edge multiplicities ``M``.
+        Edge multiplicities ``M`` (finite, non-negative: a negative or non-finite
+        entry is refused with a ``ValueError``).
     weighted : sparse or dense array, optional
-        The weighted biadjacency ``W`` (same pattern); adds
+        The weighted biadjacency ``W`` (same pattern; ``|w|`` summed per kernel,
+        finite and non-negative like ``matrix``); adds
         ``weighted_mu0``, ``weighted_mu_hat`` and ``weighted_spectral_gap``
         (``None`` without it).
     spectra : bool
@@ -773,7 +803,9 @@ def bipartite_measures(matrix, weighted=None, spectra: bool = True, *,
     >>> round(m["mu0"] ** 2, 9), m["mu_hat"], round(m["ramanujan_gap"], 9)  # 1 + sqrt(2)
     (6.0, 0.0, 2.414213562)
     """
-    A = _csr(matrix)
+    A = check_biadjacency("matrix", matrix)
+    if weighted is not None:
+        weighted = check_biadjacency("weighted", weighted)
     if A.nnz and not A.data.all():  # explicit zeros are not edges
         A = A.copy()
         A.eliminate_zeros()
