@@ -50,7 +50,8 @@ study-lenet-extra: $(VENV)/.installed
 	$(BIN)/topo-pai sweep --config docs/study/lenet5_rescale/study.toml --out docs/study/lenet5_rescale/results --workers $(STUDY_WORKERS)
 
 # Redraw the study's figures and tables from the committed results (no training); the
-# metric correlations re-prune trials whose measures are not yet in docs/study/metrics/.
+# metric correlations re-prune trials whose measures are not yet in docs/study/metrics/, and
+# rewrite metric_tables.md and the generated summary block of docs/study/METRICS.md.
 study-figures: $(VENV)/.installed
 	$(BIN)/python docs/study/analyze.py $(STUDY_OUT)
 	$(BIN)/python docs/study/analyze_plan.py
