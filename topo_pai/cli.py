@@ -324,20 +324,25 @@ def strict_json(value):
 
 
 def _print_topology(topo, resolutions, as_json, metrics=None):
+    """Print the summary of each resolution and, when ``metrics`` is a callable, the
+    ``MetricsTable`` it returns for that resolution after it (in JSON, under the
+    resolution's ``"metrics"``)."""
     out = {}
     for res in resolutions:
         summ = topo.summary(res)
         totals = dict(summ.totals, effective_flops=topo.effective_flops(res))
+        table = None if metrics is None else metrics(res)
         if as_json:
             out[res] = {"rows": summ.to_records(), "totals": totals}
+            if table is not None:
+                out[res]["metrics"] = {"rows": table.to_records(), "totals": table.totals,
+                                       "weighted": table.weighted}
         else:
             print(summ)
             print(f"effective FLOPs (MACs) = {totals['effective_flops']:,}\n")
-    if metrics is not None:
-        if as_json:
-            out["metrics"] = {"rows": metrics.to_records(), "totals": metrics.totals}
-        else:
-            print(metrics)
+            if table is not None:
+                print(table)
+                print()
     if as_json:
         json.dump(strict_json(out), sys.stdout, indent=1, allow_nan=False)
         print()
@@ -348,13 +353,16 @@ def cmd_analyze(args) -> int:
 
     if args.masks:
         _check_input_file(args.masks, "--masks")
+    if args.weighted_spectra and not args.metrics:
+        raise UsageError("--weighted-spectra adds the weighted spectral gap to the graph "
+                         "measures; pass --metrics too")
     model, shape, _ = _model_and_shape(args)
     masks = _load_masks_arg(args, model)
     topo = topo_pai.from_torch(model, masks, input_shape=shape)
     res = ("channel", "neuron") if args.resolution == "both" else (args.resolution,)
     if not args.json:
         print(f"{args.model} {shape}, masks: {args.masks or 'none (dense)'}\n")
-    _print_topology(topo, res, args.json, _metrics_table(topo, args))
+    _print_topology(topo, res, args.json, _metrics_tables(topo, model, args))
     return EXIT_OK
 
 
@@ -402,9 +410,23 @@ def _progress(quiet: bool):
             handler.bar.close()
 
 
-def _metrics_table(topo, args):
-    """``Topology.metrics()`` when ``--metrics`` asks for it (mask-only: no weights)."""
-    return topo.metrics() if getattr(args, "metrics", False) else None
+def _metrics_tables(topo, model, args):
+    """``resolution -> Topology.metrics(...)`` when ``--metrics`` asks for it, else None.
+    With ``--weighted-spectra``, the weights are ``|w|`` of ``model``'s own weights: those
+    it was built with (seeded by ``--seed``), never the values of a ``--masks`` file."""
+    if not args.metrics:
+        return None
+    weights = None
+    if args.weighted_spectra:
+        if args.masks_from_zeros:
+            warnings.warn("--weighted-spectra takes |w| of the model's initial weights "
+                          "(built with --seed), not the weights in --masks, which give only "
+                          "the masks", stacklevel=2)
+        params = dict(model.named_parameters())
+        # validated once, shared by every resolution's table
+        weights = topo.edge_weights({layer.param: params[layer.param].detach().abs()
+                                     for layer in topo.layers if layer.param in params})
+    return lambda res: topo.metrics(weights, res)
 
 
 def cmd_prune(args) -> int:
@@ -496,7 +518,7 @@ RECIPE_DEFAULTS = {
     "models": None, "methods": None, "sparsities": None, "dataset": "fashion-mnist",
     "seeds": (0,), "shuffled": (), "epochs": 0, "batch_size": 128, "lr": 0.1, "momentum": 0.9,
     "weight_decay": 5e-4, "schedule": "cosine", "train_limit": None, "test_limit": None,
-    "prune_samples": 1000, "threads": 1, "input_shape": None,
+    "prune_samples": 1000, "threads": 1, "input_shape": None, "metrics": "off",
 }
 
 
@@ -529,7 +551,7 @@ def _sweep_config(args):
                        sparsities=a["sparsities"], seeds=a["seeds"], shuffled=a["shuffled"],
                        train=train, train_limit=a["train_limit"], test_limit=a["test_limit"],
                        prune_samples=a["prune_samples"], threads=a["threads"],
-                       input_shape=a["input_shape"])
+                       input_shape=a["input_shape"], metrics=a["metrics"])
 
 
 def cmd_sweep(args) -> int:
@@ -612,6 +634,7 @@ def _print_table(header, rows) -> None:
 
 def _metric_figures(plotting, rows, metrics) -> list:
     """``(name, draw)`` of one accuracy-vs-``metric`` figure per ``--metric``."""
+    from topo_pai.experiments.schema import SPECTRAL_COLUMNS
     if metrics and not any(r.get("accuracy") is not None
                            and r.get("accuracy") == r.get("accuracy") for r in rows):
         raise UsageError("--metric plots accuracy, but no trial has one: run the sweep with "
@@ -621,7 +644,11 @@ def _metric_figures(plotting, rows, metrics) -> list:
             present = sorted({k for r in rows for k in r})
             raise UsageError(f"--metric {m!r}: the results have no such column; columns: "
                              f"{', '.join(present)} (graph measures need a sweep with "
-                             "metrics = true)")
+                             "--metrics cheap or all)")
+        if m in SPECTRAL_COLUMNS and all(r.get(m) in (None, "") for r in rows):
+            raise UsageError(f"--metric {m!r}: the results hold no value of it: the sweep "
+                             "recorded the graph measures without the spectra (--metrics "
+                             "cheap); rerun it with --metrics all in a new --out directory")
     return [(f"{m}_vs_accuracy", lambda rs, m=m: plotting.plot_metric_vs_accuracy(rs, m))
             for m in metrics]
 
@@ -691,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="topo-pai", description="Topology of sparse networks: analyze, prune, sweep, plot.",
         epilog=EPILOG, formatter_class=fmt)
     from topo_pai import __version__
+    from topo_pai.experiments.config import METRICS_MODES
     parser.add_argument("--version", action="version", version=f"topo-pai {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -703,8 +731,16 @@ def build_parser() -> argparse.ArgumentParser:
     _masks_args(p)
     p.add_argument("--metrics", action="store_true",
                    help="also print the graph measures (Topology.metrics: effective sparsity, "
-                        "spectral and Ramanujan gaps, degrees, sink/source units, lost edges)")
-    p.add_argument("--resolution", choices=("channel", "neuron", "both"), default="channel")
+                        "spectral and Ramanujan gaps, degrees, sink/source units, lost edges) "
+                        "at each --resolution (it decides the effective counts; the layer "
+                        "graphs and spectra are the channel graph's)")
+    p.add_argument("--weighted-spectra", action="store_true",
+                   help="with --metrics: also take the weighted spectral gap on |w| of the "
+                        "model's weights, i.e. its initial weights as built here with --seed "
+                        "(not trained weights, and not the values of a --masks file)")
+    p.add_argument("--resolution", choices=("channel", "neuron", "both"), default="channel",
+                   help="resolution of the tables (and of --metrics' effective counts); "
+                        "default: channel")
     p.add_argument("--json", action="store_true",
                    help="print strict JSON instead of tables; non-finite numbers are the "
                         "strings \"-inf\", \"inf\", \"nan\" (as in a sweep's results.json): "
@@ -769,6 +805,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-samples", type=_positive, help="default: 1000")
     p.add_argument("--threads", type=_positive,
                    help="intra-op threads of every trial (default 1; part of the configuration)")
+    p.add_argument("--metrics", choices=METRICS_MODES,
+                   help="graph measures as result columns (Topology.metrics totals at "
+                        "initialisation): off (default); cheap, the O(non-zeros) measures with "
+                        "the spectral columns left empty; all, with the spectral gaps (an "
+                        "eigenproblem per layer). Part of the configuration (a config file's "
+                        "metrics = \"off\"/\"cheap\"/\"all\"; true means all)")
     p.add_argument("--out", required=True,
                    help="sweep directory (created if missing; resumed if it exists)")
     p.add_argument("--workers", type=_positive, default=1)
@@ -789,8 +831,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=_positive, default=130)
     p.add_argument("--metric", action="append", default=[], metavar="COLUMN",
                    help="also draw accuracy against this column, one panel per sparsity, e.g. "
-                        "mean_ramanujan_gap (a sweep with metrics = true records the graph "
-                        "measures); repeatable")
+                        "mean_ramanujan_gap (a sweep with --metrics all records the graph "
+                        "measures, --metrics cheap all but the spectral ones); repeatable")
     p.set_defaults(func=cmd_plot)
 
     p = add("models", "list the built-in models")

@@ -25,7 +25,11 @@ ARM_KEYS = ("method", "rescale")
 #: Fields added after sweeps were first stored, with their defaults: a field at its default
 #: is left out of the recipe, so that configurations from before it keep their fingerprint.
 LATER_FIELDS = {"input_shape": None, "arms": {}, "seeds_for": {}, "dense": False,
-                "val_size": None, "metrics": False}
+                "val_size": None, "metrics": "off"}
+#: What ``SweepConfig.metrics`` records: nothing, the O(non-zeros) measures (the spectral
+#: columns left empty), or every measure. ``false`` and ``true`` (its values before the
+#: modes) mean ``"off"`` and ``"all"``.
+METRICS_MODES = ("off", "cheap", "all")
 #: The lists of a SweepConfig that span the grid: their order does not change the trials.
 GRID_FIELDS = ("models", "methods", "sparsities", "seeds", "shuffled")
 
@@ -65,6 +69,16 @@ def _tuple(name, value, kind) -> tuple:
             what = "number" if isinstance(kind, tuple) else kind.__name__
             raise ValueError(f"sweep {name} must hold {what} values, got {v!r}")
     return out
+
+
+def _metrics_mode(value) -> str:
+    """``value`` of ``SweepConfig.metrics`` as one of :data:`METRICS_MODES`."""
+    if isinstance(value, bool):
+        return "all" if value else "off"
+    if isinstance(value, str) and value in METRICS_MODES:
+        return value
+    raise ValueError(f"sweep metrics must be one of {', '.join(map(repr, METRICS_MODES))} "
+                     f"(or true for 'all', false for 'off'), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -128,10 +142,14 @@ class SweepConfig:
         Training samples given to the data-dependent pruners (one batch).
     resources : dict
         What one trial needs on a distributed engine, e.g. ``{"GPU": 1}``.
-    metrics : bool
+    metrics : {"off", "cheap", "all"} or bool
         Also record the graph measures of :data:`~topo_pai.experiments.schema.
-        METRIC_COLUMNS` (``Topology.metrics`` totals; an eigenproblem per layer, so
-        opt-in) as columns of every row.
+        METRIC_COLUMNS` (``Topology.metrics`` totals at initialisation, channel
+        resolution) as columns of every row. ``"all"`` (or ``True``): every measure,
+        the spectra included (an eigenproblem per layer, so opt-in); ``"cheap"``:
+        the O(non-zeros) measures only (``spectra=False``), the columns of
+        :data:`~topo_pai.experiments.schema.SPECTRAL_COLUMNS` then empty (None);
+        ``"off"`` (or ``False``, the default): none. Stored as the mode's name.
     threads : int
         Intra-op threads (torch and numba) of every trial, whatever the engine
         and number of workers, so that a trial's result does not depend on them
@@ -173,7 +191,7 @@ class SweepConfig:
     seeds_for: dict = field(default_factory=dict)
     dense: bool = False
     val_size: int | None = None
-    metrics: bool = False
+    metrics: str = "off"
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -237,8 +255,7 @@ class SweepConfig:
                 check_int(f"sweep {name}", getattr(self, name), minimum=1,
                           hint="or None for the whole split")
         check_int("sweep prune_samples", self.prune_samples, minimum=1)
-        if not isinstance(self.metrics, bool):
-            raise ValueError(f"sweep metrics must be true or false, got {self.metrics!r}")
+        set_(self, "metrics", _metrics_mode(self.metrics))
         check_int("sweep threads", self.threads, minimum=1,
                   hint="intra-op threads of each trial (1 is fastest side by side)")
         ids: dict[str, Trial] = {}
@@ -387,8 +404,13 @@ class SweepConfig:
 
     def _recipe(self) -> dict:
         """Everything but the grid's lists: how each trial is run."""
-        return {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS
-                and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+        recipe = {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS
+                  and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+        if recipe.get("metrics") == "all":
+            # as stored before metrics took a mode (``true``): those sweeps keep their
+            # fingerprint, and with it the order of --order random
+            recipe["metrics"] = True
+        return recipe
 
     def same_as(self, other: "SweepConfig") -> bool:
         """Whether ``other`` asks for the same set of trials with the same recipe.

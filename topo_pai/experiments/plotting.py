@@ -672,7 +672,7 @@ def plot_metric_vs_accuracy(records, metric: str, *, model=None):
         columns = sorted({k for r in rows for k in r})
         raise ValueError(f"no record has the column {metric!r}; columns present: "
                          f"{', '.join(columns)} (graph measures need a sweep with metrics = "
-                         "true)")
+                         "\"cheap\" or \"all\"; the spectral ones \"all\")")
     require_columns(rows, ("method", "sparsity", "accuracy"), "plot_metric_vs_accuracy")
     pts = []
     for r in rows:

@@ -33,6 +33,10 @@ METRIC_COLUMNS = (
     "min_ramanujan_gap", "mean_spectral_gap", "mean_weighted_spectral_gap", "sink_units",
     "source_units", "disconnected_units", "lost_in_edges", "lost_out_edges",
 )
+#: The columns of :data:`METRIC_COLUMNS` that need the spectra (an eigenproblem per layer):
+#: empty (None) in the rows of a sweep with ``metrics = "cheap"``.
+SPECTRAL_COLUMNS = ("mean_ramanujan_gap", "min_ramanujan_gap", "mean_spectral_gap",
+                    "mean_weighted_spectral_gap")
 #: Columns whose non-finite values the JSON files hold as strings (``"-inf"``, ``"nan"``)
 #: and that are read back as floats.
 NONFINITE_COLUMNS = ("log10_paths", "accuracy", "test_loss") + METRIC_COLUMNS

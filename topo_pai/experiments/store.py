@@ -183,10 +183,15 @@ def check_same_config(directory: Path, cfg: SweepConfig) -> bool:
     if config_path.exists():
         have = _read_stored_config(config_path)
         if not have.same_as(cfg):
+            differs = have.differences(cfg)
+            hint = ""
+            if "metrics" in differs:  # rows with and without the measures must not mix
+                hint = (f" Its rows hold the graph measures of metrics = {have.metrics!r} "
+                        f"(--metrics {have.metrics}); one results table has one setting.")
             raise SweepConfigMismatch(
                 f"sweep directory {str(directory)!r} holds results from a different "
-                f"configuration (differs in {have.differences(cfg)}); refusing to mix or "
-                "overwrite them. Use a new --out directory, or delete this one to start over")
+                f"configuration (differs in {differs}); refusing to mix or overwrite them."
+                f"{hint} Use a new --out directory, or delete this one to start over")
         return True
     if (directory / "results.jsonl").exists() or any(directory.glob("results.*")):
         raise SweepConfigMismatch(

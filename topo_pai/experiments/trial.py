@@ -3,7 +3,7 @@
 :func:`run_trial` returns the trial's row (the columns of
 :data:`topo_pai.experiments.schema.COLUMNS`, plus
 :data:`~topo_pai.experiments.schema.METRIC_COLUMNS` when the configuration sets
-``metrics = true``). Every executor, local or distributed, runs trials through
+``metrics`` to ``"cheap"`` or ``"all"``). Every executor, local or distributed, runs trials through
 :func:`run_trial_dict`. :func:`rebuild_trial` re-runs a trial's initialisation
 and pruning, seeded the same way, so that the measures of trials whose masks were
 not saved can be computed afterwards; callers check the rebuilt masks against
@@ -213,9 +213,10 @@ def _check_model_runs(cfg: SweepConfig, model_spec: str, shape, num_classes: int
 
 def _metric_columns(cfg: SweepConfig, model, masks, input_shape, topology) -> dict:
     """The opt-in graph-measure columns of a row (``cfg.metrics``), at initialisation."""
-    if not cfg.metrics:
+    if cfg.metrics == "off":
         return {}
-    return metric_columns(model, masks, input_shape, topology=topology)
+    return metric_columns(model, masks, input_shape, topology=topology,
+                          spectra=cfg.metrics == "all")
 
 
 def run_trial_dict(cfg_dict: dict, trial_dict: dict, data_root=None, device="auto") -> dict:
@@ -224,18 +225,21 @@ def run_trial_dict(cfg_dict: dict, trial_dict: dict, data_root=None, device="aut
                      device=device)
 
 
-def metric_columns(model, masks, input_shape, *, topology=None) -> dict:
+def metric_columns(model, masks, input_shape, *, topology=None, spectra: bool = True) -> dict:
     """:data:`METRIC_COLUMNS` of ``model`` pruned by ``masks`` (channel resolution, weights
     ``|w|`` of the model's current weights). ``topology``: a Topology of the same model
-    (any masks) to reuse its trace."""
+    (any masks) to reuse its trace. ``spectra=False`` skips the eigenproblems: the columns
+    of :data:`~topo_pai.experiments.schema.SPECTRAL_COLUMNS` are then None."""
     import topo_pai
 
     topo = (topology.with_masks(masks) if topology is not None
             else topo_pai.from_torch(model, masks, input_shape=input_shape))
-    params = dict(model.named_parameters())
-    weights = {layer.param: params[layer.param].detach().abs() for layer in topo.layers
-               if layer.param in params}
-    totals = topo.metrics(weights=weights).totals
+    weights = None
+    if spectra:  # the weights enter only the weighted spectral gap
+        params = dict(model.named_parameters())
+        weights = {layer.param: params[layer.param].detach().abs() for layer in topo.layers
+                   if layer.param in params}
+    totals = topo.metrics(weights=weights, spectra=spectra).totals
     return {c: totals[c] for c in METRIC_COLUMNS}
 
 
