@@ -84,7 +84,7 @@ def _measure(cfg_dict: dict, row: dict) -> dict:
     (``metrics = true``), else from masks rebuilt and checked against the row."""
     from topo_pai.experiments.schema import METRIC_COLUMNS
 
-    if all(c in row for c in METRIC_COLUMNS):
+    if all(row.get(c) is not None for c in METRIC_COLUMNS):  # a cheap sweep leaves spectra empty
         return dict(trial_id=row["trial_id"], reproduced=True, options={"recorded": True},
                     **{c: row[c] for c in METRIC_COLUMNS})
     try:
