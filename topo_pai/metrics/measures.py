@@ -176,7 +176,7 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
             V = eigh(G, subset_by_index=[k - 2, k - 1], driver="evr")[1]
             # the certificate multiplies by B and B^T (O(nnz)), not by G as formed, so
             # G's own rounding is not trusted
-            gram = _SparseProducts(B)
+            gram = _Products(B)
         else:
             if dense and A.nnz >= DENSE_OPERAND_MIN_DENSITY * m * n:
                 gram = _DenseGram(A.toarray() if m >= n else A.toarray().T)
@@ -446,30 +446,10 @@ def _columns_times(arrays, rows: int, X):
     return out
 
 
-class _DenseGram:
-    """``X -> D^T (D X)`` for a dense ``D``, with compiled Lanczos steps."""
-
-    def __init__(self, D):
-        self.D = D
-
-    def __call__(self, X):
-        return self.D.T @ (self.D @ X)
-
-    def times(self, X):
-        return self.D @ X
-
-    def times_t(self, Y):
-        return self.D.T @ Y
-
-    def steps(self, *args):
-        from topo_pai.kernels.gram import lanczos_steps_dense
-
-        return lanczos_steps_dense(self.D, *args)
-
-
-class _SparseProducts:
-    """``X -> B^T (B X)`` and the two products for a scipy sparse ``B`` (the
-    certificates of the dense-Gram and direct routes)."""
+class _Products:
+    """``X -> B^T (B X)`` and the two products ``B X``, ``B^T Y`` for a block ``B``
+    held as a dense array or a scipy sparse array (the dense-operand Lanczos route,
+    and the certificates of the dense-Gram and direct routes)."""
 
     def __init__(self, B):
         self.B = B
@@ -482,6 +462,15 @@ class _SparseProducts:
 
     def times_t(self, Y):
         return self.B.T @ Y
+
+
+class _DenseGram(_Products):
+    """:class:`_Products` of a dense ``D``, with compiled Lanczos steps."""
+
+    def steps(self, *args):
+        from topo_pai.kernels.gram import lanczos_steps_dense
+
+        return lanczos_steps_dense(self.B, *args)
 
 
 def _direct_top_two(A, tol: float = SPECTRAL_TOL) -> tuple[float, float]:
@@ -501,7 +490,7 @@ def _direct_top_two(A, tol: float = SPECTRAL_TOL) -> tuple[float, float]:
                          "block is too large for a dense SVD") from None
     V = np.linalg.qr(vt.T)[0]  # orthonormal to rounding, as the certificate assumes
     with _one_blas_thread():
-        s = _certified(V, _SparseProducts(A), tol)
+        s = _certified(V, _Products(A), tol)
     if s is None:
         raise ValueError(f"the sparse SVD of a {m}x{n} block could not be certified to "
                          f"spectral_tol={tol:g}: pass a larger spectral_tol")
