@@ -371,16 +371,17 @@ class Topology:
         unknown = set(weights) - known - set(self._unused)
         if unknown:
             raise MaskError(f"weights given for {sorted(unknown)}, which are not prunable weights")
-        flat = {}
+        flat, defaulted = {}, set()
         for name, w in weights.items():
             check_mask_value(name, w, "weights")
         for layer in self.program.layers:
             w = weights.get(layer.param)
-            flat[layer.param] = (np.ones(int(np.prod(layer.weight_shape))) if w is None
-                                 else abs_weights_array(layer.param, w, layer.weight_shape))
-        defaulted = frozenset(layer.param for layer in self.program.layers
-                              if weights.get(layer.param) is None)
-        return EdgeWeights(flat, defaulted)
+            if w is None:
+                defaulted.add(layer.param)
+                flat[layer.param] = np.ones(int(np.prod(layer.weight_shape)))
+            else:
+                flat[layer.param] = abs_weights_array(layer.param, w, layer.weight_shape)
+        return EdgeWeights(flat, frozenset(defaulted))
 
     def _all_edge_weights(self, weights, caller: str, params=None) -> EdgeWeights:
         """:meth:`_edge_weights`, refused with a :class:`MaskError` when a weight of
