@@ -596,7 +596,8 @@ class Topology:
         weighted = ([None] * len(layers) if prepared is None
                     else self._layer_matrices(prepared))
         # the spectra run on background threads (their Lanczos kernels release the
-        # GIL) while this thread takes every other measure; collected before the rows
+        # GIL) while this thread takes every other measure, then joins them on the
+        # blocks not yet started; collected before the rows
         pending = (ms.start_top_singular_values(
             mats + ([] if prepared is None else weighted), spectral_tol) if spectra else None)
         try:

@@ -684,6 +684,31 @@ def test_fused_intake_matches_validate_and_kernel_csr(case, src_dtype, poison):
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.parametrize("fill", [0.0, 0.02, 0.07, 0.09, 0.5, 1.0])
+def test_counts_csr_both_loops_match_the_definition(fill):
+    """counts_csr branches per kernel below BRANCH_FREE_FRACTION of non-empty kernels
+    and compacts branch-free above it: both loops (the fills fall on either side)
+    give the row-major non-zeros of the count matrix, with grouped columns."""
+    from topo_pai.kernels.multiplicity import BRANCH_FREE_FRACTION
+
+    groups, pgi, opg = 3, 40, 50
+    O = groups * opg
+    rng = np.random.default_rng(int(fill * 100))
+    counts = ((rng.random(O * pgi) < fill) * rng.integers(1, 10, O * pgi)).astype(np.uint8)
+    nnz = int(np.count_nonzero(counts))
+    assert (nnz >= BRANCH_FREE_FRACTION * counts.size) == (fill > 0.08)
+    indptr, indices, data = counts_csr(counts, pgi, opg, nnz, np.zeros(1, dtype=np.int32))
+    M = np.zeros((O, groups * pgi), dtype=np.int64)
+    for o in range(O):
+        M[o, (o // opg) * pgi:(o // opg + 1) * pgi] = counts[o * pgi:(o + 1) * pgi]
+    rows, cols = np.nonzero(M)
+    assert indices.shape == data.shape == (nnz,)
+    np.testing.assert_array_equal(indptr, np.concatenate([[0], np.cumsum(np.bincount(
+        rows, minlength=O))]))
+    np.testing.assert_array_equal(indices, cols)
+    np.testing.assert_array_equal(data, M[rows, cols])
+
+
 @EXAMPLES
 @given(kernel_csr_cases(), st.integers(0, 2 ** 31 - 1))
 def test_dense_kernels_bit_identical_to_csr(case, seed2):

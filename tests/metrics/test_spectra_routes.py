@@ -299,6 +299,41 @@ def test_started_work_results_failures_and_close(threads):
         numba.set_num_threads(saved)
 
 
+def test_started_work_caller_joins_with_one_background_thread():
+    """With two numba threads, ``start_largest_first`` starts one background thread
+    and the caller's thread takes items at ``result()``: while one thread is held on
+    the largest item, the other takes all the rest, and one of the two is the
+    caller's."""
+    import threading
+
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two numba threads")
+    saved = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        release = threading.Event()
+
+        def fn(x):
+            if x == "held":
+                release.wait(10.0)
+            elif x == 1:  # the smallest, so the last of the others: let "held" go
+                release.set()
+            return threading.get_ident()
+
+        before = threading.active_count()
+        pending = ms.start_largest_first(fn, ["held", 3, 2, 1], sizes=[9, 3, 2, 1])
+        assert threading.active_count() <= before + 1
+        ran = pending.result()
+        assert release.is_set()
+        assert ran[1] == ran[2] == ran[3] != ran[0]
+        assert threading.get_ident() in ran
+        assert threading.active_count() == before
+    finally:
+        numba.set_num_threads(saved)
+
+
 def test_metrics_overlap_leaves_no_threads_on_an_error(monkeypatch):
     """``metrics`` takes the other measures while the spectra run in the background;
     when those fail, the error reaches the caller and the background work is over

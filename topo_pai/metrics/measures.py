@@ -547,10 +547,11 @@ def many_top_singular_values(matrices, tol: float | None = None) -> list:
 
 
 def start_top_singular_values(matrices, tol: float | None = None) -> Pending:
-    """:func:`many_top_singular_values`, started on background threads: the caller
-    goes on with other work (which then shares the cores with the blocks' Lanczos
-    kernels) and collects the list with ``.result()``. With one numba thread
-    nothing runs in the background: ``.result()`` computes the list then.
+    """:func:`many_top_singular_values`, started on ``numba.get_num_threads() - 1``
+    background threads (:func:`start_largest_first`): the caller goes on with other
+    work (which then shares the cores with the blocks' Lanczos kernels) and collects
+    the list with ``.result()``, taking the blocks not yet started itself. With one
+    numba thread nothing runs in the background: ``.result()`` computes the list then.
 
     >>> import scipy.sparse as sp
     >>> pending = start_top_singular_values([sp.csr_array(np.ones((3, 4)))])
@@ -618,9 +619,13 @@ class Pending:
 
 
 def start_largest_first(fn, items, sizes) -> Pending:
-    """:func:`map_largest_first`, started on background threads; with one thread or
-    one item nothing starts, and ``.result()`` computes the list on the caller's
-    thread.
+    """:func:`map_largest_first`, started in the background: ``numba.get_num_threads()
+    - 1`` threads take the items largest first, and the caller's thread joins them
+    at ``.result()`` (taking items not yet started, then waiting for the rest), so the
+    work never holds more threads than the numba threads, and the caller's thread
+    does not sit idle while the work it waits for is queued. With one thread or one
+    item nothing starts, and ``.result()`` computes the list on the caller's thread.
+    ``.close()`` leaves the items not yet started and waits for the others.
 
     >>> start_largest_first(lambda x: -x, [1, 2], sizes=[1, 2]).result()
     [-1, -2]
@@ -631,23 +636,46 @@ def start_largest_first(fn, items, sizes) -> Pending:
     workers = min(numba.get_num_threads(), len(items))
     if workers <= 1:
         return Pending(lambda: [fn(x) for x in items])
-    from concurrent.futures import ThreadPoolExecutor
+    queue = iter(sorted(range(len(items)), key=lambda i: sizes[i], reverse=True))
+    lock = threading.Lock()
+    results = [None] * len(items)
+    failures = {}  # item index -> its exception
+    state = {"stop": False}
 
-    pool = ThreadPoolExecutor(workers)
-    try:  # tasks start in submission order: the largest first
-        futures = {i: pool.submit(fn, items[i])
-                   for i in sorted(range(len(items)), key=lambda i: sizes[i], reverse=True)}
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
+    def take():
+        with lock:
+            return None if state["stop"] else next(queue, None)
+
+    def work():
+        while (i := take()) is not None:
+            try:
+                results[i] = fn(items[i])
+            except BaseException as error:  # noqa: BLE001 (re-raised by result(); stops the others)
+                with lock:
+                    failures[i] = error
+                    state["stop"] = True
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers - 1)]
+    for t in threads:
+        t.start()
+
+    def join():
+        for t in threads:
+            t.join()
 
     def collect():
-        try:
-            return [futures[i].result() for i in range(len(items))]
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        work()
+        join()
+        if failures:
+            raise failures[min(failures)]
+        return results
 
-    return Pending(collect, lambda: pool.shutdown(wait=True, cancel_futures=True))
+    def cancel():
+        with lock:
+            state["stop"] = True
+        join()
+
+    return Pending(collect, cancel)
 
 
 def map_largest_first(fn, items, sizes) -> list:
