@@ -116,7 +116,7 @@ def test_uncertified_vectors_are_not_returned(monkeypatch):
     monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 0)
     poor = []
 
-    def not_converged(gram, k, tol=None, max_columns=None):
+    def not_converged(gram, k, tol=None, max_columns=None, nonnegative=False):
         poor.append(k)
         return np.linalg.qr(np.random.default_rng(1).standard_normal((k, 2)))[0]
 
@@ -215,3 +215,26 @@ def test_the_arpack_fallback_is_certified_too(monkeypatch):
     monkeypatch.setattr(ms, "_certified", lambda *a: None)
     with pytest.raises(ValueError, match="spectral_tol"):
         ms.top_singular_values(sp.csr_array(B), tol=1e-8)
+
+
+@pytest.mark.parametrize("route_name", ["lanczos-dense", "lanczos-sparse"])
+def test_first_run_starts_from_ones_on_non_negative_blocks(monkeypatch, route_name):
+    """The first Lanczos run starts from the all-ones vector on a non-negative block
+    (its top eigenvector is non-negative, so the start reaches it) and from a random
+    vector otherwise; the second run always from a random one. Both blocks (the second
+    with signs flipped at random, so no longer non-negative) meet the contract."""
+    force_route(monkeypatch, route_name)
+    starts = []
+    real = ms._top_ritz_pair
+
+    def spy(gram, k, locked, *args):
+        starts.append((locked is None, args[-1]))
+        return real(gram, k, locked, *args)
+
+    monkeypatch.setattr(ms, "_top_ritz_pair", spy)
+    B = _bulk_edge_block(300, 140, 0.1, 5)
+    signs = np.where(np.random.default_rng(6).random(B.shape) < 0.5, -1.0, 1.0)
+    for block, ones in ((B, True), (B * signs, False)):
+        starts.clear()
+        _assert_contract(block, 1e-8)
+        assert starts == [(True, ones), (False, False)]

@@ -139,7 +139,8 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
 
     The certificate says that each value is that close to *a* singular value; that
     it is the first and second one, rather than a later one, rests on the Krylov
-    spaces of the seeded random start vectors reaching the top singular
+    spaces of the start vectors (seeded random ones, and all ones for the first
+    run on a non-negative block) reaching the top singular
     directions, the assumption of every Krylov method (ARPACK's ``svds``
     included); the second run is deflated by the first vector, so a doubled top
     value is found twice, and the residual stop makes each run go well past the
@@ -182,7 +183,10 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
                 gram = _DenseGram(A.toarray() if m >= n else A.toarray().T)
             else:  # B^T as its own CSR: a gather per row beats a scatter per column
                 gram = _CsrGram(B, A if m < n else _transposed(B, binary), binary)
-            V = gram_top_ritz_vectors(gram, k, tol)
+            # a non-negative block (kernel counts, |w| sums) has a non-negative top
+            # eigenvector of G: its first Lanczos run starts from ones
+            nonnegative = binary or bool(A.data.min() >= 0)
+            V = gram_top_ritz_vectors(gram, k, tol, nonnegative=nonnegative)
         if V is not None:
             s = _certified(V, gram, tol)
             if s is not None and s[1] >= SQUARING_FLOOR * s[0]:
@@ -257,7 +261,7 @@ def _certified(V, products, tol):
 
 
 def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
-                          max_columns: int | None = None):
+                          max_columns: int | None = None, nonnegative: bool = False):
     """Two orthonormal Ritz vectors (``k x 2``) of the largest eigenvalues of a
     symmetric positive semidefinite operator ``G``, or ``None`` without convergence.
 
@@ -265,7 +269,14 @@ def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
     a first run finds the top Ritz pair ``(theta_1, u_1)`` of ``G``, a second one
     the top Ritz pair of ``G`` deflated by ``u_1`` (every vector is kept orthogonal
     to ``u_1``), so a doubled top eigenvalue is found twice. Each run starts from a
-    seeded random vector, orthogonalises every new vector fully against its whole
+    seeded random vector, except the first one on a ``nonnegative`` operator (one
+    with no negative entry, such as ``B^T B`` of a block of kernel counts or ``|w|``
+    sums), which starts from the all-ones vector: by Perron-Frobenius ``G`` then has
+    a non-negative top eigenvector ``p``, and ``1^T p >= ||p|| > 0``, so the start
+    always has a component along the top eigenvalue's eigenspace, at least the
+    typical ``1 / sqrt(k)`` of a random start and near 1 when ``p`` is spread out,
+    as on random masks (about a third fewer steps in that run). The run then
+    orthogonalises every new vector fully against its whole
     basis (the three-term recurrence, then classical Gram-Schmidt, twice when the
     first pass removed much: :func:`topo_pai.kernels.gram._extend`), and takes the Ritz pair of the
     tridiagonal projection (:func:`_top_tridiagonal_pair`); its residual
@@ -289,11 +300,11 @@ def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
     tol = SPECTRAL_TOL if tol is None else tol
     max_columns = min(k, LANCZOS_MAX_COLUMNS if max_columns is None else max_columns)
     rng = np.random.default_rng(0)
-    first = _top_ritz_pair(gram, k, None, 0.0, 0.0, tol, max_columns, rng)
+    first = _top_ritz_pair(gram, k, None, 0.0, 0.0, tol, max_columns, rng, nonnegative)
     if first is None:
         return None
     u1, theta1, r1, _ = first
-    second = _top_ritz_pair(gram, k, u1, theta1, r1, tol, max_columns, rng)
+    second = _top_ritz_pair(gram, k, u1, theta1, r1, tol, max_columns, rng, False)
     if second is None:
         return None
     return np.linalg.qr(np.column_stack([u1, second[0]]))[0]
@@ -308,11 +319,13 @@ LANCZOS_MARGIN = 0.5
 LOCK_RESIDUAL = 1e-3
 
 
-def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng):
+def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng, from_ones):
     """``(u, theta, residual, columns)``: the top Ritz pair of ``G`` (``locked`` is
     ``None``) or of ``G`` deflated by the unit vector ``locked``, whose Ritz value
     ``theta1`` and residual ``r1`` are given; ``None`` when ``max_columns`` vectors
-    do not converge (see :func:`gram_top_ritz_vectors`). The steps between two
+    do not converge (see :func:`gram_top_ritz_vectors`). The run starts from the
+    all-ones vector when ``from_ones``, else from ``rng``'s next normal vector (drawn
+    either way, so that the second run's start does not depend on the first's). The steps between two
     tests run in ``gram.steps`` when the operator has compiled ones
     (:class:`_CsrGram`, :class:`_DenseGram`), else in their numpy twin."""
     first = 0 if locked is None else 1  # rows of `basis` before the Lanczos vectors
@@ -335,6 +348,8 @@ def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng):
     alpha = np.zeros(size)
     beta = np.zeros(size)
     v = rng.standard_normal(k)
+    if from_ones:
+        v = np.ones(k)
     for _ in range(2):
         v -= (basis[:first] @ v) @ basis[:first]
     basis[first] = v / np.linalg.norm(v)
