@@ -6,7 +6,9 @@
   and float weights;
 * ``lanczos_steps_csr`` / ``lanczos_steps_dense`` step for step against the
   reference: the same basis, the same tridiagonal coefficients, with and without a
-  locked vector, and the early stop on a vanished vector.
+  locked vector, and the early stop on a vanished vector;
+* ``top_tridiagonal_pair`` against scipy's ``eigh_tridiagonal``, and whole runs
+  (``lanczos_run_csr`` / ``lanczos_run_dense``) against ``reference.lanczos_run``.
 """
 
 from __future__ import annotations
@@ -233,3 +235,83 @@ def test_degree_kernels_equal_their_twins_and_scipy(index_dtype, shape, density,
     want = int(dense[row_flags][:, col_flags].sum())
     assert D.csr_count_within(indptr, indices, B.data, row_flags, col_flags) == want
     assert R.csr_count_within(indptr, indices, B.data, row_flags, col_flags) == want
+
+
+# ---------------------------------------------------------------------------
+# the top pair of a tridiagonal matrix, and whole Lanczos runs
+# ---------------------------------------------------------------------------
+
+def _tridiagonal_cases():
+    rng = np.random.default_rng(31)
+    cases = [(np.array([2.5]), np.zeros(0)), (np.array([2.0, 2.0]), np.array([1.0])),
+             (np.ones(7), np.full(6, 1e-9)),  # a tight cluster at the top
+             (np.array([3.0, 3.0, 1.0, 3.0]), np.array([0.0, 2.0, 0.0])),  # splits
+             (np.zeros(5), np.zeros(4)), (np.arange(40.0), np.full(39, 1e-300))]
+    for n in (2, 3, 10, 60, 250):
+        for scale in (1e-200, 1e-3, 1.0, 1e200):
+            cases.append((rng.standard_normal(n) * scale, rng.standard_normal(n - 1) * scale))
+    return cases
+
+
+@pytest.mark.parametrize("case", range(len(_tridiagonal_cases())))
+def test_top_tridiagonal_pair_matches_scipy(case):
+    """The largest eigenvalue within a few ulps of ``||T||`` of scipy's
+    ``eigh_tridiagonal``, and a unit vector whose residual is at rounding level: on
+    one entry, clusters, splits (zero off-diagonal entries), a zero matrix, and random
+    matrices over 400 orders of magnitude."""
+    from scipy.linalg import eigh_tridiagonal
+
+    d, e = _tridiagonal_cases()[case]
+    theta, y = K.top_tridiagonal_pair(d, e)
+    want = d[0] if d.size == 1 else eigh_tridiagonal(d, e, eigvals_only=True)[-1]
+    norm = max(np.abs(d).max() + 2 * (np.abs(e).max() if e.size else 0.0), 1e-300)
+    assert abs(theta - want) <= 8 * np.finfo(float).eps * norm
+    T = (np.diag(d) + np.diag(e, 1) + np.diag(e, -1)) / norm  # no overflow in the check
+    assert np.linalg.norm(y) == pytest.approx(1.0, rel=1e-14)
+    assert np.linalg.norm(T @ y - theta / norm * y) <= 1e-13
+
+
+def _run_inputs(k, first, seed):
+    basis = _start(k, first, seed)
+    return basis, np.zeros(11), np.zeros(11)
+
+
+@pytest.mark.parametrize("first", [0, 1])
+@pytest.mark.parametrize("route", ["csr", "dense"])
+def test_lanczos_run_against_the_numpy_twin(first, route):
+    """``lanczos_run_csr`` / ``lanczos_run_dense`` against
+    ``reference.lanczos_run`` (the numpy steps between the same compiled tests): the
+    same state and number of steps, the same Ritz pair to rounding, the pair an
+    eigenpair of the tridiagonal projection, and its residual ``beta |y_last|``."""
+    B = _random_csr(60, 40, 0.3, seed=13 + first, integer=False)
+    D = B.toarray()
+    BT = B.T.tocsr()
+    size, limit = 11, 40 - first
+    want_basis, want_a, want_b = _run_inputs(40, first, 14)
+    got_basis, got_a, got_b = want_basis.copy(), want_a.copy(), want_b.copy()
+    theta1, r1 = (0.0, 0.0) if first == 0 else (50.0, 1e-9)
+    tail = (size, limit, theta1, first == 0, r1, 1e-4, 0.5, 1e-3)
+    want = R.lanczos_run(lambda x: D.T @ (D @ x), want_basis, first, want_a, want_b, *tail)
+    if route == "csr":
+        got = K.lanczos_run_csr(B.indptr, B.indices, B.data, BT.indptr, BT.indices, BT.data,
+                                got_basis, first, got_a, got_b, *tail)
+    else:
+        got = K.lanczos_run_dense(D, got_basis, first, got_a, got_b, *tail)
+    assert got[:2] == want[:2] and got[0] in (1, -1)
+    j = got[1]
+    assert got[2] == pytest.approx(want[2], rel=1e-12)
+    assert np.abs(got[3]) == pytest.approx(np.abs(want[3]), abs=1e-9)
+    T = np.diag(got_a[:j]) + np.diag(got_b[:j - 1], 1) + np.diag(got_b[:j - 1], -1)
+    assert np.linalg.norm(T @ got[3] - got[2] * got[3]) <= 1e-12 * abs(got[2])
+    assert got[4] == pytest.approx(got_b[j - 1] * abs(got[3][-1]), rel=1e-12)
+
+
+def test_lanczos_run_gives_up_after_size_vectors():
+    """A tolerance no run can meet within ``size`` vectors: state -1 after exactly
+    ``size`` steps (the caller then takes a direct SVD)."""
+    B = _random_csr(80, 50, 0.3, seed=17, integer=False)
+    BT = B.T.tocsr()
+    basis, a, b = _run_inputs(50, 0, 18)
+    got = K.lanczos_run_csr(B.indptr, B.indices, B.data, BT.indptr, BT.indices, BT.data,
+                            basis, 0, a, b, 11, 50, 0.0, True, 0.0, 1e-300, 0.5, 1e-3)
+    assert got[:2] == (-1, 11)

@@ -5,8 +5,12 @@ matrix ``G = B^T B`` of a layer's block ``B``, tens of steps per block and
 thousands per network. A step is two products (``t = B v``, ``w = B^T t``), the
 three-term recurrence and classical Gram-Schmidt against the basis; done from Python it costs
 a dozen calls of a few microseconds each, more than the arithmetic on most
-blocks. :func:`lanczos_steps_csr` and :func:`lanczos_steps_dense` run whole
-stretches of steps, between the convergence tests that Python makes.
+blocks. :func:`lanczos_run_csr` and :func:`lanczos_run_dense` run a whole run in
+compiled code: stretches of steps (:func:`lanczos_steps_csr`,
+:func:`lanczos_steps_dense`) between the convergence tests of :func:`ritz_test`,
+which takes the top eigenpair of the small tridiagonal projection by bisection and
+inverse iteration (:func:`top_tridiagonal_pair`). A run holds no GIL from its start to
+its end, so blocks on other threads, and Python on the caller's, are not held up by it.
 
 The products are plain row-by-row sums (:func:`csr_times`), so ``B^T`` is passed
 as its own CSR (a gather per row is faster than a scatter per column); a 0/1 block
@@ -203,3 +207,205 @@ def lanczos_steps_dense(D, basis, first, alpha, beta, j, stop, scale, grow):
         if beta[j - 1] <= 1e-12 * scale:
             break
     return j, scale
+
+
+@numba.njit(**_JIT)
+def _eigenvalues_below(diagonal, squares, x, pivmin):
+    """How many eigenvalues of the symmetric tridiagonal matrix (``squares`` the
+    squared off-diagonal) are below ``x``: the negative pivots of ``T - x I = L D L^T``
+    (Sturm), a pivot of magnitude under ``pivmin`` taken as ``-pivmin``, as in LAPACK's
+    bisection (``dstebz``), which keeps the count monotone in ``x``."""
+    q = diagonal[0] - x
+    if abs(q) < pivmin:
+        q = -pivmin
+    count = 1 if q < 0.0 else 0
+    for i in range(1, diagonal.shape[0]):
+        q = diagonal[i] - x - squares[i - 1] / q
+        if abs(q) < pivmin:
+            q = -pivmin
+        if q < 0.0:
+            count += 1
+    return count
+
+
+@numba.njit(**_JIT)
+def _solve_shifted(diagonal, off_diagonal, theta, rhs, floor):
+    """``(T - theta I)^{-1} rhs`` for the symmetric tridiagonal ``T``, by Gaussian
+    elimination with partial pivoting (the factor has two super-diagonals); a pivot
+    under ``floor`` in magnitude is raised to ``floor`` (with its sign), so a shift at
+    an eigenvalue, which inverse iteration wants, gives a large finite solution."""
+    n = diagonal.shape[0]
+    u0 = diagonal - theta  # pivots
+    u1 = np.zeros(n)  # first super-diagonal of the factor
+    u2 = np.zeros(n)  # second one (rows where two rows were swapped)
+    u1[:n - 1] = off_diagonal
+    multiplier = np.zeros(n)
+    swapped = np.zeros(n, dtype=np.bool_)
+    b = rhs.copy()
+    for i in range(n - 1):
+        below = off_diagonal[i]  # entry (i + 1, i)
+        if abs(u0[i]) >= abs(below):
+            if abs(u0[i]) < floor:
+                u0[i] = floor if u0[i] >= 0.0 else -floor
+            m = below / u0[i]
+            u0[i + 1] -= m * u1[i]
+        else:  # rows i and i + 1 change places
+            swapped[i] = True
+            m = u0[i] / below
+            row_i1, row_i2 = u1[i], 0.0  # the old row i past its pivot
+            u0[i] = below
+            u1[i] = u0[i + 1]
+            u2[i] = off_diagonal[i + 1] if i + 1 < n - 1 else 0.0
+            u0[i + 1] = row_i1 - m * u1[i]
+            if i + 1 < n - 1:
+                u1[i + 1] = row_i2 - m * u2[i]
+            b[i], b[i + 1] = b[i + 1], b[i]
+        multiplier[i] = m
+        b[i + 1] -= m * b[i]
+    if abs(u0[n - 1]) < floor:
+        u0[n - 1] = floor if u0[n - 1] >= 0.0 else -floor
+    x = np.empty(n)
+    for i in range(n - 1, -1, -1):
+        t = b[i]
+        if i + 1 < n:
+            t -= u1[i] * x[i + 1]
+        if i + 2 < n:
+            t -= u2[i] * x[i + 2]
+        x[i] = t / u0[i]
+    return x
+
+
+@numba.njit(**_JIT)
+def top_tridiagonal_pair(diagonal, off_diagonal):
+    """The largest eigenvalue of a symmetric tridiagonal matrix and a unit
+    eigenvector: bisection on Sturm counts from the Gershgorin bound down to adjacent
+    floating-point numbers (LAPACK's ``dstebz`` method), then three steps of inverse
+    iteration at that value (``dstein``'s), from a fixed start. Pure arithmetic on
+    O(n) arrays, so a Lanczos run tests convergence without leaving compiled code;
+    ``tests/kernels/test_gram_kernels.py`` holds it to scipy's ``eigh_tridiagonal``."""
+    n = diagonal.shape[0]
+    if n == 1:
+        return diagonal[0], np.ones(1)
+    norm = 0.0  # a bound on ||T||: the largest Gershgorin centre plus radius
+    for i in range(n):
+        left = abs(off_diagonal[i - 1]) if i > 0 else 0.0
+        right = abs(off_diagonal[i]) if i < n - 1 else 0.0
+        norm = max(norm, abs(diagonal[i]) + left + right)
+    x = np.empty(n)
+    for i in range(n):  # a fixed start with no special direction
+        x[i] = 1.0 + (i * 0.6180339887498949) % 1.0
+    x /= np.sqrt(np.dot(x, x))
+    if norm == 0.0:  # the zero matrix: every vector is an eigenvector
+        return 0.0, x
+    # scaled by a power of two near 1 / ||T|| (exact): no squares under- or overflow
+    unit = 2.0 ** -np.round(np.log2(norm))
+    diagonal = diagonal * unit
+    off_diagonal = off_diagonal * unit
+    norm *= unit
+    squares = off_diagonal * off_diagonal
+    lo = diagonal.max()  # the largest eigenvalue is at least every diagonal entry
+    hi = lo
+    for i in range(n):
+        left = abs(off_diagonal[i - 1]) if i > 0 else 0.0
+        right = abs(off_diagonal[i]) if i < n - 1 else 0.0
+        hi = max(hi, diagonal[i] + left + right)
+    eps = np.finfo(np.float64).eps
+    pivmin = np.finfo(np.float64).tiny * max(1.0, squares.max())
+    hi += 2.0 * eps * norm + pivmin  # strictly above every eigenvalue
+    # invariant: fewer than n eigenvalues below lo, all n below hi
+    while True:
+        mid = 0.5 * (lo + hi)
+        if mid <= lo or mid >= hi:
+            break
+        if _eigenvalues_below(diagonal, squares, mid, pivmin) == n:
+            hi = mid
+        else:
+            lo = mid
+    theta = 0.5 * (lo + hi)
+    floor = eps * norm
+    for _ in range(3):
+        x = _solve_shifted(diagonal, off_diagonal, theta, x, floor)
+        x /= np.sqrt(np.dot(x, x))
+    return theta / unit, x
+
+
+@numba.njit(**_JIT)
+def _error_bound(residual, s):
+    """``min(residual / s, sqrt(residual))``: the distance from ``s`` to a singular
+    value certified by the residual ``||G u - s^2 u||`` (see
+    :func:`topo_pai.metrics.measures.singular_value_error_bound`)."""
+    relative = residual / s if s > 0.0 else np.inf
+    return min(relative, np.sqrt(residual))
+
+
+@numba.njit(**_JIT)
+def ritz_test(alpha, beta, j, scale, grow, r1, tol, margin, lock_residual, size, limit,
+              last_step, last_log):
+    """One convergence test of a Lanczos run after ``j`` steps (the rule of
+    :func:`topo_pai.metrics.measures.gram_top_ritz_vectors`). Returns ``(state, theta,
+    y, residual, scale, next_check, last_step, last_log)``: ``state`` 1 when the run
+    stops with the top Ritz pair ``(theta, y)`` of the tridiagonal projection (its
+    bound met, its new vector vanished, or ``limit`` dimensions spanned), -1 when
+    ``size`` vectors did not converge, 0 to go on to step ``next_check``.
+
+    The test comes when the bound's log-linear decrease since the previous test
+    (``last_step``, ``last_log``; ``last_step < 0`` for none) says it may have
+    converged: between 1 and 8 steps on, 4 without a decrease to go by."""
+    b = beta[j - 1]
+    vanished = b <= 1e-12 * scale
+    theta, y = top_tridiagonal_pair(alpha[:j], beta[:j - 1])
+    residual = b * abs(y[j - 1])
+    s = np.sqrt(max(theta, 0.0))
+    if grow:
+        scale = max(scale, theta)
+        # the first vector's residual also enters the second one's bound
+        excess = residual / max(lock_residual * tol * scale, 1e-300)
+        bound = _error_bound(residual, s)
+    else:
+        excess = 0.0
+        bound = _error_bound(residual + r1, s)
+    target = margin * tol * np.sqrt(scale)
+    excess = max(excess, bound / max(target, 1e-300))
+    if vanished or j == limit or excess <= 1.0:
+        return 1, theta, y, residual, scale, j, last_step, last_log
+    if j == size:
+        return -1, theta, y, residual, scale, j, last_step, last_log
+    log_excess = np.log(excess)
+    wait = 4
+    if last_step >= 0 and log_excess < last_log:
+        rate = (last_log - log_excess) / (j - last_step)
+        wait = min(8, max(1, int(np.ceil(log_excess / rate))))
+    return 0, theta, y, residual, scale, j + wait, j, log_excess
+
+
+@numba.njit(**_JIT)
+def lanczos_run_csr(indptr, indices, data, indptr_t, indices_t, data_t, basis, first,
+                    alpha, beta, size, limit, scale, grow, r1, tol, margin, lock_residual):
+    """A whole Lanczos run (:func:`lanczos_steps_csr` between the tests of
+    :func:`ritz_test`) from ``basis[first]``, in compiled code: ``(state, steps,
+    theta, y, residual)`` (``state`` as in :func:`ritz_test`, never 0)."""
+    j, next_check, last_step, last_log = 0, 1, -1, 0.0
+    while True:
+        j, scale = lanczos_steps_csr(indptr, indices, data, indptr_t, indices_t, data_t,
+                                     basis, first, alpha, beta, j, min(next_check, size),
+                                     scale, grow)
+        state, theta, y, residual, scale, next_check, last_step, last_log = ritz_test(
+            alpha, beta, j, scale, grow, r1, tol, margin, lock_residual, size, limit,
+            last_step, last_log)
+        if state != 0:
+            return state, j, theta, y, residual
+
+
+@numba.njit(**_JIT)
+def lanczos_run_dense(D, basis, first, alpha, beta, size, limit, scale, grow, r1, tol,
+                      margin, lock_residual):
+    """:func:`lanczos_run_csr` with a dense ``B = D`` (:func:`lanczos_steps_dense`)."""
+    j, next_check, last_step, last_log = 0, 1, -1, 0.0
+    while True:
+        j, scale = lanczos_steps_dense(D, basis, first, alpha, beta, j,
+                                       min(next_check, size), scale, grow)
+        state, theta, y, residual, scale, next_check, last_step, last_log = ritz_test(
+            alpha, beta, j, scale, grow, r1, tol, margin, lock_residual, size, limit,
+            last_step, last_log)
+        if state != 0:
+            return state, j, theta, y, residual

@@ -199,6 +199,26 @@ def lanczos_steps(gram, basis, first, alpha, beta, j, stop, scale, grow):
     return j, scale
 
 
+def lanczos_run(gram, basis, first, alpha, beta, size, limit, scale, grow, r1, tol, margin,
+                lock_residual):
+    """A whole Lanczos run on the operator ``gram``, the twin of
+    :func:`topo_pai.kernels.gram.lanczos_run_csr` (and ``lanczos_run_dense``): the
+    steps of :func:`lanczos_steps` between the convergence tests of the compiled
+    :func:`topo_pai.kernels.gram.ritz_test`. Returns ``(state, steps, theta, y,
+    residual)``."""
+    from topo_pai.kernels.gram import ritz_test
+
+    j, next_check, last_step, last_log = 0, 1, -1, 0.0
+    while True:
+        j, scale = lanczos_steps(gram, basis, first, alpha, beta, j, min(next_check, size),
+                                 scale, grow)
+        state, theta, y, residual, scale, next_check, last_step, last_log = ritz_test(
+            alpha, beta, j, scale, grow, r1, tol, margin, lock_residual, size, limit,
+            last_step, last_log)
+        if state != 0:
+            return state, j, theta, y, residual
+
+
 def csr_degrees(indptr, indices, data, n_cols):
     """Twin of :func:`topo_pai.kernels.degrees.csr_degrees`: row sums by a loop over
     the rows (``np.add.reduce`` of a row is pairwise, so the twin adds one by one)

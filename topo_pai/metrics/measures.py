@@ -240,12 +240,6 @@ def singular_value_error_bound(residual, s):
     return np.minimum(relative, np.sqrt(residual))
 
 
-def _error_bound(residual: float, s: float) -> float:
-    """:func:`singular_value_error_bound` of one pair, in plain floats (it runs at
-    every convergence test of :func:`_top_ritz_pair`)."""
-    return min(residual / s if s > 0.0 else math.inf, math.sqrt(residual))
-
-
 def _certified(V, products, tol):
     """The singular values of ``B V`` if their explicit residual certificate is within
     ``tol * s_1`` (see :func:`top_singular_values`), else ``None``. ``products`` has
@@ -279,7 +273,7 @@ def gram_top_ritz_vectors(gram, k: int, tol: float | None = None,
     orthogonalises every new vector fully against its whole
     basis (the three-term recurrence, then classical Gram-Schmidt, twice when the
     first pass removed much: :func:`topo_pai.kernels.gram._extend`), and takes the Ritz pair of the
-    tridiagonal projection (:func:`_top_tridiagonal_pair`); its residual
+    tridiagonal projection (:func:`topo_pai.kernels.gram.top_tridiagonal_pair`); its residual
     ``||G u - theta u||`` is ``beta |y_last|``, exact with full
     reorthogonalisation. A run stops when the singular-value bound ``min(r /
     sqrt(theta), sqrt(r))`` is at most :data:`LANCZOS_MARGIN` times ``tol *
@@ -325,21 +319,15 @@ def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng, from_ones
     ``theta1`` and residual ``r1`` are given; ``None`` when ``max_columns`` vectors
     do not converge (see :func:`gram_top_ritz_vectors`). The run starts from the
     all-ones vector when ``from_ones``, else from ``rng``'s next normal vector (drawn
-    either way, so that the second run's start does not depend on the first's). The steps between two
-    tests run in ``gram.steps`` when the operator has compiled ones
-    (:class:`_CsrGram`, :class:`_DenseGram`), else in their numpy twin."""
+    either way, so that the second run's start does not depend on the first's). The
+    whole run, steps and convergence tests, is compiled code (``gram.run``) when the
+    operator has it (:class:`_CsrGram`, :class:`_DenseGram`), else its numpy twin
+    :func:`topo_pai.kernels.reference.lanczos_run` with ``gram`` as the operator."""
     first = 0 if locked is None else 1  # rows of `basis` before the Lanczos vectors
     limit = k - first  # the dimensions the Lanczos vectors can span
     size = min(limit, max_columns)
     if size < 1:
         return None
-    steps = getattr(gram, "steps", None)
-    if steps is None:
-        from topo_pai.kernels.reference import lanczos_steps
-
-        def steps(*args):
-            return lanczos_steps(lambda x: gram(x[:, None])[:, 0], *args)
-
     # rows past the current step are written before they are read: no zeroing (the
     # basis may be hundreds of vectors, of which a run uses tens)
     basis = np.empty((first + size, k))
@@ -353,71 +341,23 @@ def _top_ritz_pair(gram, k, locked, theta1, r1, tol, max_columns, rng, from_ones
     for _ in range(2):
         v -= (basis[:first] @ v) @ basis[:first]
     basis[first] = v / np.linalg.norm(v)
-    grow = locked is None
-    scale = theta1
-    next_check, last = 1, None  # (step, log of the worst excess) at the last check
-    j = 0
-    while True:
-        # the small eigenproblem costs about a step: test when the bound's log-linear
-        # decrease since the last test says it may have converged
-        j, scale = steps(basis, first, alpha, beta, j, min(next_check, size), float(scale),
-                         grow)
-        b = float(beta[j - 1])
-        vanished = b <= 1e-12 * scale
-        theta, y = _top_tridiagonal_pair(alpha[:j], beta[:j - 1])
-        residual = b * abs(float(y[-1]))
-        s = math.sqrt(max(theta, 0.0))
-        if grow:
-            scale = max(scale, theta)
-            # the first vector's residual also enters the second one's bound
-            excess = residual / max(LOCK_RESIDUAL * tol * scale, 1e-300)
-            bound = _error_bound(residual, s)
-        else:
-            excess = 0.0
-            bound = _error_bound(residual + r1, s)
-        target = LANCZOS_MARGIN * tol * math.sqrt(scale)
-        excess = max(excess, bound / max(target, 1e-300))
-        if vanished or j == limit or excess <= 1.0:
-            return y @ basis[first:first + j], theta, residual, j
-        if j == size:
-            return None
-        log_excess = math.log(excess)
-        wait = 4
-        if last is not None and log_excess < last[1]:
-            rate = (last[1] - log_excess) / (j - last[0])
-            wait = min(8, max(1, math.ceil(log_excess / rate)))
-        next_check, last = j + wait, (j, log_excess)
+    args = (basis, first, alpha, beta, size, limit, float(theta1), locked is None, float(r1),
+            float(tol), LANCZOS_MARGIN, LOCK_RESIDUAL)
+    run = getattr(gram, "run", None)
+    if run is None:
+        from topo_pai.kernels.reference import lanczos_run
 
-
-def _top_tridiagonal_pair(diagonal, off_diagonal):
-    """The largest eigenvalue of a symmetric tridiagonal matrix and its unit
-    eigenvector: LAPACK's bisection (``stebz``, to full accuracy) and inverse
-    iteration (``stein``), called directly (``eigh_tridiagonal``'s checks cost more
-    than the work on these small matrices).
-
-    >>> theta, y = _top_tridiagonal_pair(np.array([2.0, 2.0]), np.array([1.0]))
-    >>> round(theta, 12), bool(np.allclose(np.abs(y), np.sqrt(0.5), rtol=1e-12))
-    (3.0, True)
-    """
-    from scipy.linalg.lapack import dstebz, dstein
-
-    j = diagonal.shape[0]
-    if j == 1:
-        return float(diagonal[0]), np.ones(1)
-    count, w, block, split, info = dstebz(diagonal, off_diagonal, 3, 0.0, 0.0, j, j, 0.0, "B")
-    if info == 0 and count == 1:
-        y, info = dstein(diagonal, off_diagonal, w[:1], block, split)
-        if info == 0:
-            return float(w[0]), y[:, 0]
-    from scipy.linalg import eigh_tridiagonal
-
-    theta, y = eigh_tridiagonal(diagonal, off_diagonal, select="i", select_range=(j - 1, j - 1))
-    return float(theta[0]), y[:, 0]
+        state, j, theta, y, residual = lanczos_run(lambda x: gram(x[:, None])[:, 0], *args)
+    else:
+        state, j, theta, y, residual = run(*args)
+    if state < 0:
+        return None
+    return y @ basis[first:first + j], float(theta), float(residual), int(j)
 
 
 class _CsrGram:
     """``X -> B^T (B X)`` for a CSR ``B`` with ``B^T`` given as its own CSR, by the
-    kernels of :mod:`topo_pai.kernels.gram` (products and Lanczos steps; a 0/1 block,
+    kernels of :mod:`topo_pai.kernels.gram` (products and whole Lanczos runs; a 0/1 block,
     ``binary``, found from ``B`` when not given, passes empty values, which the
     kernels read as ones)."""
 
@@ -444,10 +384,11 @@ class _CsrGram:
         """``B^T Y``, column by column."""
         return _columns_times(self.BT, self.shape[1], Y)
 
-    def steps(self, *args):
-        from topo_pai.kernels.gram import lanczos_steps_csr
+    def run(self, *args):
+        """A whole Lanczos run (:func:`topo_pai.kernels.gram.lanczos_run_csr`)."""
+        from topo_pai.kernels.gram import lanczos_run_csr
 
-        return lanczos_steps_csr(*self.B, *self.BT, *args)
+        return lanczos_run_csr(*self.B, *self.BT, *args)
 
 
 def _columns_times(arrays, rows: int, X):
@@ -482,10 +423,11 @@ class _Products:
 class _DenseGram(_Products):
     """:class:`_Products` of a dense ``D``, with compiled Lanczos steps."""
 
-    def steps(self, *args):
-        from topo_pai.kernels.gram import lanczos_steps_dense
+    def run(self, *args):
+        """A whole Lanczos run (:func:`topo_pai.kernels.gram.lanczos_run_dense`)."""
+        from topo_pai.kernels.gram import lanczos_run_dense
 
-        return lanczos_steps_dense(self.B, *args)
+        return lanczos_run_dense(self.B, *args)
 
 
 def _direct_top_two(A, tol: float = SPECTRAL_TOL) -> tuple[float, float]:
