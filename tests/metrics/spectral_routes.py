@@ -13,8 +13,8 @@ def force_route(monkeypatch, route: str) -> str:
     assert route in ROUTES, route
     if route != "default":
         monkeypatch.setattr(ms, "DENSE_SVD_MAX_ENTRIES", 0)
-        if route != "gram-eigh":
-            monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 0)
+        # every side takes the dense Gram matrix, or none does
+        monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 1 << 30 if route == "gram-eigh" else 0)
         if route == "lanczos-dense":
             monkeypatch.setattr(ms, "DENSE_OPERAND_MIN_DENSITY", 0.0)
         if route == "lanczos-sparse":

@@ -180,8 +180,9 @@ def test_deterministic_and_input_untouched(route):
 
 
 @pytest.mark.parametrize("shape, density, route", [
-    ((600, 100), 0.1, "gram-eigh"),  # side 100 <= GRAM_MAX_SIDE
-    ((300, 100), 0.6, "gram-eigh"),  # the same, dense enough for a dense operand
+    ((600, 30), 0.1, "gram-eigh"),  # side 30 <= GRAM_MAX_SIDE
+    ((300, 30), 0.6, "gram-eigh"),  # the same, dense enough for a dense operand
+    ((600, 100), 0.6, "_DenseGram"),  # side 100 > GRAM_MAX_SIDE, dense enough
     ((600, 200), 0.6, "_DenseGram"),  # side 200 > GRAM_MAX_SIDE, dense enough
     ((600, 200), 0.1, "_CsrGram"),  # side 200 > GRAM_MAX_SIDE, sparse
     ((300, 900), 0.1, "_CsrGram"),  # the same, wide: B^T is the block itself

@@ -66,11 +66,14 @@ DENSE_OPERAND_MAX_ENTRIES = 1 << 22
 #: Blocks whose shorter side is at most this (and with at most
 #: :data:`DENSE_OPERAND_MAX_ENTRIES` entries) form the dense Gram matrix (``side^2``
 #: entries, one BLAS product) and take its top two eigenvectors from LAPACK
-#: (``syevr``); longer sides take Lanczos, which never forms it (measured block by
-#: block on the VGG-19 and ResNet-50 layers of ``benchmarks/bench_metrics.py``: from
-#: side 256 on, dense or sparse, Lanczos with compiled steps is as fast or faster; at
-#: 128 and below the Gram route is).
-GRAM_MAX_SIDE = 128
+#: (``syevr``); longer sides take Lanczos, which never forms it. Measured block by
+#: block on the VGG-19 and ResNet-50 layers of ``benchmarks/bench_metrics.py`` at
+#: density 0.1, since whole Lanczos runs are compiled: Lanczos is faster on every one
+#: of their blocks of side 64 and 128 (by 10-45 %; it was the other way round with
+#: the convergence tests in Python). Tall random blocks with values 1-9 still favour
+#: the Gram route at side 64 (1024 x 64) and 128 (2048 x 128), and at side 32 it is
+#: faster on all of them: the bound stays there.
+GRAM_MAX_SIDE = 32
 
 
 #: The tightest ``spectral_tol`` accepted: float64 rounding of the products (and the
