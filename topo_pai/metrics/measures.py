@@ -69,7 +69,7 @@ DENSE_OPERAND_MAX_ENTRIES = 1 << 22
 #: (``syevr``); longer sides take Lanczos, which never forms it. Measured block by
 #: block on the VGG-19 and ResNet-50 layers of ``benchmarks/bench_metrics.py`` at
 #: density 0.1, since whole Lanczos runs are compiled: Lanczos is faster on every one
-#: of their blocks of side 64 and 128 (by 10-45 %; it was the other way round with
+#: of their blocks of side 64 and 128 (by 5-45 %; it was the other way round with
 #: the convergence tests in Python). Tall random blocks with values 1-9 still favour
 #: the Gram route at side 64 (1024 x 64) and 128 (2048 x 128), and at side 32 it is
 #: faster on all of them: the bound stays there.
