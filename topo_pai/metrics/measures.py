@@ -623,16 +623,23 @@ def start_largest_first(fn, items, sizes) -> Pending:
         for t in threads:
             t.join()
 
+    def stop():
+        with lock:
+            state["stop"] = True
+
     def collect():
-        work()
-        join()
+        try:
+            work()
+            join()
+        except BaseException:  # an interrupt while waiting: start nothing more
+            stop()
+            raise
         if failures:
             raise failures[min(failures)]
         return results
 
     def cancel():
-        with lock:
-            state["stop"] = True
+        stop()
         join()
 
     return Pending(collect, cancel)
