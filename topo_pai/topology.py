@@ -601,8 +601,9 @@ class Topology:
         pending = (ms.start_top_singular_values(
             mats + ([] if prepared is None else weighted), spectral_tol) if spectra else None)
         try:
-            counted, layer_rows, params_eff, roles = self._metrics_without_spectra(
-                resolution, mats)
+            with ms.numba_threads_beside(pending):
+                counted, layer_rows, params_eff, roles = self._metrics_without_spectra(
+                    resolution, mats)
             found = None if pending is None else pending.result()
         finally:
             if pending is not None:

@@ -325,12 +325,39 @@ def test_started_work_caller_joins_with_one_background_thread():
 
         before = threading.active_count()
         pending = ms.start_largest_first(fn, ["held", 3, 2, 1], sizes=[9, 3, 2, 1])
-        assert threading.active_count() <= before + 1
+        assert threading.active_count() <= before + 1 and pending.background == 1
+        with ms.numba_threads_beside(pending):  # the caller's kernels keep to the rest
+            assert numba.get_num_threads() == 1
+        assert numba.get_num_threads() == 2
         ran = pending.result()
         assert release.is_set()
         assert ran[1] == ran[2] == ran[3] != ran[0]
         assert threading.get_ident() in ran
         assert threading.active_count() == before
+    finally:
+        numba.set_num_threads(saved)
+
+
+def test_numba_threads_beside_background_work():
+    """``numba_threads_beside``: the caller's numba threads are those the background
+    threads leave, at least one, and are restored after the block, also on an error;
+    with nothing in the background they are unchanged."""
+    import numba
+
+    saved = numba.get_num_threads()
+    n = numba.config.NUMBA_NUM_THREADS
+    try:
+        numba.set_num_threads(n)
+        for background, inside in ((0, n), (1, max(1, n - 1)), (n + 3, 1)):
+            with ms.numba_threads_beside(ms.Pending(list, background=background)):
+                assert numba.get_num_threads() == inside
+            assert numba.get_num_threads() == n
+        with ms.numba_threads_beside(None):
+            assert numba.get_num_threads() == n
+        with pytest.raises(RuntimeError, match="inside"):
+            with ms.numba_threads_beside(ms.Pending(list, background=n)):
+                raise RuntimeError("inside")
+        assert numba.get_num_threads() == n
     finally:
         numba.set_num_threads(saved)
 

@@ -489,6 +489,26 @@ def _one_blas_thread():
                 _BLAS_LIMIT["limiter"] = None
 
 
+@contextlib.contextmanager
+def numba_threads_beside(pending):
+    """The calling thread's numba kernels run on the numba threads that ``pending``'s
+    background threads leave (at least one) until the block ends: the background work
+    and the caller's own parallel kernels then hold no more threads than there are
+    numba threads, instead of two on one core (``numba.set_num_threads`` is per
+    thread, so the background threads are not affected). Measured on ResNet-50's
+    ``metrics()`` with two numba threads: 6-8 % faster than letting the caller's
+    kernels take both."""
+    import numba
+
+    saved = numba.get_num_threads()
+    busy = 0 if pending is None else pending.background
+    numba.set_num_threads(max(1, saved - busy))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)
+
+
 def many_top_singular_values(matrices, tol: float | None = None) -> list:
     """:func:`top_singular_values` of each matrix, in order, on up to
     ``numba.get_num_threads()`` threads.
@@ -541,9 +561,11 @@ class Pending:
     on an error) cancels what has not started and waits for the rest. Either runs
     the ``on_done`` callbacks once."""
 
-    def __init__(self, collect, cancel=None):
+    def __init__(self, collect, cancel=None, background: int = 0):
         self._collect = collect  # () -> list: waits for (or computes) every item
         self._cancel = cancel  # () -> None: drops the items not started, waits for the rest
+        #: threads working in the background until the results are collected
+        self.background = background
         self._callbacks = []
         self._results = None
         self._open = True
@@ -642,7 +664,7 @@ def start_largest_first(fn, items, sizes) -> Pending:
         stop()
         join()
 
-    return Pending(collect, cancel)
+    return Pending(collect, cancel, background=len(threads))
 
 
 def map_largest_first(fn, items, sizes) -> list:
