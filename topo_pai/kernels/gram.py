@@ -239,9 +239,7 @@ def _solve_shifted(diagonal, off_diagonal, theta, rhs, floor):
     u1 = np.zeros(n)  # first super-diagonal of the factor
     u2 = np.zeros(n)  # second one (rows where two rows were swapped)
     u1[:n - 1] = off_diagonal
-    multiplier = np.zeros(n)
-    swapped = np.zeros(n, dtype=np.bool_)
-    b = rhs.copy()
+    b = rhs.copy()  # eliminated along with the rows
     for i in range(n - 1):
         below = off_diagonal[i]  # entry (i + 1, i)
         if abs(u0[i]) >= abs(below):
@@ -250,17 +248,15 @@ def _solve_shifted(diagonal, off_diagonal, theta, rhs, floor):
             m = below / u0[i]
             u0[i + 1] -= m * u1[i]
         else:  # rows i and i + 1 change places
-            swapped[i] = True
             m = u0[i] / below
-            row_i1, row_i2 = u1[i], 0.0  # the old row i past its pivot
+            old_u1 = u1[i]  # the old row i past its pivot: (u1[i], 0)
             u0[i] = below
             u1[i] = u0[i + 1]
             u2[i] = off_diagonal[i + 1] if i + 1 < n - 1 else 0.0
-            u0[i + 1] = row_i1 - m * u1[i]
+            u0[i + 1] = old_u1 - m * u1[i]
             if i + 1 < n - 1:
-                u1[i + 1] = row_i2 - m * u2[i]
+                u1[i + 1] = -m * u2[i]
             b[i], b[i + 1] = b[i + 1], b[i]
-        multiplier[i] = m
         b[i + 1] -= m * b[i]
     if abs(u0[n - 1]) < floor:
         u0[n - 1] = floor if u0[n - 1] >= 0.0 else -floor
@@ -287,10 +283,12 @@ def top_tridiagonal_pair(diagonal, off_diagonal):
     if n == 1:
         return diagonal[0], np.ones(1)
     norm = 0.0  # a bound on ||T||: the largest Gershgorin centre plus radius
+    hi = diagonal[0]  # the largest Gershgorin upper end: no eigenvalue above it
     for i in range(n):
         left = abs(off_diagonal[i - 1]) if i > 0 else 0.0
         right = abs(off_diagonal[i]) if i < n - 1 else 0.0
         norm = max(norm, abs(diagonal[i]) + left + right)
+        hi = max(hi, diagonal[i] + left + right)
     x = np.empty(n)
     for i in range(n):  # a fixed start with no special direction
         x[i] = 1.0 + (i * 0.6180339887498949) % 1.0
@@ -302,13 +300,9 @@ def top_tridiagonal_pair(diagonal, off_diagonal):
     diagonal = diagonal * unit
     off_diagonal = off_diagonal * unit
     norm *= unit
+    hi *= unit
     squares = off_diagonal * off_diagonal
     lo = diagonal.max()  # the largest eigenvalue is at least every diagonal entry
-    hi = lo
-    for i in range(n):
-        left = abs(off_diagonal[i - 1]) if i > 0 else 0.0
-        right = abs(off_diagonal[i]) if i < n - 1 else 0.0
-        hi = max(hi, diagonal[i] + left + right)
     eps = np.finfo(np.float64).eps
     pivmin = np.finfo(np.float64).tiny * max(1.0, squares.max())
     hi += 2.0 * eps * norm + pivmin  # strictly above every eigenvalue
