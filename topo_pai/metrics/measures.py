@@ -622,20 +622,19 @@ def start_largest_first(fn, items, sizes) -> Pending:
     lock = threading.Lock()
     results = [None] * len(items)
     failures = {}  # item index -> its exception
-    state = {"stop": False}
+    stopped = threading.Event()  # a failure, an interrupt or close(): start nothing more
 
     def take():
         with lock:
-            return None if state["stop"] else next(queue, None)
+            return None if stopped.is_set() else next(queue, None)
 
     def work():
         while (i := take()) is not None:
             try:
                 results[i] = fn(items[i])
             except BaseException as error:  # noqa: BLE001 (re-raised by result(); stops the others)
-                with lock:
-                    failures[i] = error
-                    state["stop"] = True
+                failures[i] = error
+                stopped.set()
 
     threads = [threading.Thread(target=work, daemon=True) for _ in range(workers - 1)]
     for t in threads:
@@ -645,23 +644,19 @@ def start_largest_first(fn, items, sizes) -> Pending:
         for t in threads:
             t.join()
 
-    def stop():
-        with lock:
-            state["stop"] = True
-
     def collect():
         try:
             work()
             join()
-        except BaseException:  # an interrupt while waiting: start nothing more
-            stop()
+        except BaseException:  # an interrupt while waiting
+            stopped.set()
             raise
         if failures:
             raise failures[min(failures)]
         return results
 
     def cancel():
-        stop()
+        stopped.set()
         join()
 
     return Pending(collect, cancel, background=len(threads))
