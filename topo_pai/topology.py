@@ -849,9 +849,11 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
         Numba, except conv layers of middling density (about 0.2 to 0.8, over enough
         positions; ``topo_pai.metrics.torch_neuron.TorchConvCounts``), whose counts take
         torch's float64 convolutions on the CPU; weighted flows (:meth:`Topology.flows`,
-        SynFlow) per layer on torch where the layer's density reaches
+        SynFlow) on torch where the network's work density reaches
         ``topo_pai.metrics.torch_neuron.TORCH_MIN_DENSITY`` (a measured crossover;
-        every layer when the model is on a GPU), on Numba elsewhere. All give the same
+        always when the model is on a GPU), on Numba elsewhere; on the CPU, torch's
+        sparse conv layers run on their kept elements
+        (``topo_pai.metrics.torch_sparse.SPARSE_MAX_DENSITY``). All give the same
         results up to float64 rounding, and exactly the same reachability. Channel
         resolution always runs its sparse engine.
 

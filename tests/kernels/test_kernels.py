@@ -684,6 +684,30 @@ def test_fused_intake_matches_validate_and_kernel_csr(case, src_dtype, poison):
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.parametrize("n_kernels", [1, 7, 40_000])
+@pytest.mark.parametrize("parallel_from", [1, 1 << 30])
+def test_intake_serial_and_chunked_agree(monkeypatch, n_kernels, parallel_from):
+    """Both drivers of the intake (one serial span, or chunks on numba's threads, split
+    wherever the size falls) give the reference's copy, counts and totals."""
+    from topo_pai.kernels import intake
+
+    monkeypatch.setattr(intake, "PARALLEL_MIN_ELEMENTS", parallel_from)
+    rng = np.random.default_rng(n_kernels)
+    flat = (rng.random(n_kernels * 9) < 0.3).astype(np.float32)
+    flat[rng.integers(flat.size)] = 0.5
+    out = np.full(flat.size, 7, dtype=np.uint8)
+    counts = np.full(n_kernels, 99, dtype=np.uint8)
+    bad, nonempty, ones = validate_kernel_counts(flat, 9, out, counts)
+    ref = (flat == 1).astype(np.uint8)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(counts, ref.reshape(n_kernels, 9).sum(axis=1))
+    assert (bad, nonempty, ones) == (1, int(np.count_nonzero(counts)), int(ref.sum()))
+    out2 = np.empty_like(out)
+    assert validate_count(flat, out2) == (1, int(ref.sum()))
+    assert validate_copy(flat, out2) == 1
+    np.testing.assert_array_equal(out2, ref)
+
+
 @pytest.mark.parametrize("fill", [0.0, 0.02, 0.07, 0.09, 0.5, 1.0])
 def test_counts_csr_both_loops_match_the_definition(fill):
     """counts_csr branches per kernel below BRANCH_FREE_FRACTION of non-empty kernels

@@ -78,7 +78,8 @@ def test_masked_values_is_mask_times_weights(seed, n):
 
 
 def _previous_scores(topo, absw):
-    """Per conv layer, the torch engine's scores as its previous code path computed them."""
+    """Per conv layer, the torch engine's scores as its previous code path computed them
+    (separate passes; ``log10`` is numpy's, which the engine takes on the CPU)."""
     flows = topo.flows(absw, "neuron")
     engine = flows._engine
     out = {}
@@ -89,8 +90,11 @@ def _previous_scores(topo, absw):
             vin, vout = engine._io(i)
             fin, bout = engine.fwd[vin], engine.bwd[vout]
             t = engine._geometry(i).through(fin.m, bout.m).reshape(-1).clone()
-            t.log10_().add_((fin.e + bout.e) * LOG10_2)
-            t.add_(torch.log10(torch.from_numpy(absw[layer.param].reshape(-1))))
+            with np.errstate(divide="ignore"):
+                t = torch.from_numpy(np.log10(t.numpy()))
+                log_w = torch.from_numpy(np.log10(absw[layer.param].reshape(-1)))
+            t.add_((fin.e + bout.e) * LOG10_2)
+            t.add_(log_w)
             mask = torch.from_numpy(engine.layer_masks[i].mask).to(torch.float64)
             t.masked_fill_(mask.reshape(-1) == 0, -math.inf)
             out[layer.param] = t.numpy().reshape(layer.weight_shape)

@@ -30,7 +30,7 @@ from torch import nn  # noqa: E402
 import oracles as O  # noqa: E402
 import topo_pai  # noqa: E402
 from own_models import CatNet, ResDepthNet  # noqa: E402
-from topo_pai.metrics import torch_neuron  # noqa: E402
+from topo_pai.metrics import torch_neuron, torch_sparse  # noqa: E402
 from topo_pai.metrics.neuron import NeuronEngine  # noqa: E402
 from topo_pai.metrics.torch_neuron import (  # noqa: E402
     AutoNeuronEngine,
@@ -227,7 +227,7 @@ def test_engine_option_selects_the_implementation():
     assert type(auto.engine("neuron")) is AutoNeuronEngine  # counts on Numba
     flows = auto.flows(absw, "neuron")._engine
     assert type(flows) is TorchNeuronEngine and flows.device == torch.device("cpu")
-    sparse = topo_pai.from_torch(model, _bernoulli(model, 0.02), (3, 6, 6))
+    sparse = topo_pai.from_torch(model, _bernoulli(model, 0.005), (3, 6, 6))
     assert type(sparse.flows(absw, "neuron")._engine) is NeuronEngine
     with_masks = auto.with_masks(masks)  # the choice travels with the trace
     assert type(with_masks.engine("neuron")) is AutoNeuronEngine
@@ -333,3 +333,96 @@ def test_work_density_weights_layers_by_their_output_positions():
     mask[:, :2] = 1
     topo = topo_pai.from_torch(model, {"0.weight": mask}, (8, 8, 8))
     assert work_density(topo.program, topo._layer_masks) == (16 * 64 + 1024) / (64 * 64 + 1024)
+
+
+# ---------------------------------------------------------------------------
+# conv layers on their kept elements (CSR products)
+# ---------------------------------------------------------------------------
+
+def _all_sparse():
+    """Every one-group conv on its kept elements, whatever its size and density."""
+    return mock.patch.multiple(torch_sparse, SPARSE_MAX_DENSITY=1.0, SPARSE_MIN_WORK=1)
+
+
+@SETTINGS
+@given(st.data())
+def test_kept_element_convs_equal_numba_on_random_architectures(data):
+    """Strides, dilations, asymmetric and cropping pads, pools, adds and cats: the
+    sparse products give the Numba engine's counts, flows and exact reachability."""
+    spec, shape = data.draw(O.specs(extras=True, uniform=data.draw(st.booleans())),
+                            label="spec")
+    model = O.build_torch(spec, shape)
+    masks = O.masks_for(model, data.draw)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
+    with _all_sparse():
+        assert_engines_agree(model, masks, shape, _abs_weights(model, masks, rng))
+
+
+@pytest.mark.parametrize("make, shape", [(ResDepthNet, (3, 9, 7)), (CatNet, (2, 8, 8))])
+def test_kept_element_convs_on_own_models(make, shape):
+    torch.manual_seed(0)
+    model = make().eval()
+    masks = O.masks_for(model, np.random.default_rng(5), 0.15)
+    absw = {n: model.get_parameter(n).detach().abs() for n in masks}
+    with _all_sparse():
+        _, got = assert_engines_agree(model, masks, shape, absw)
+    engine = got.engine("neuron")
+    assert any(engine._is_sparse(i) for i in range(len(got.layers)))
+
+
+def test_kept_element_convs_on_a_deep_chain_past_float64():
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Conv1d(2, 2, 3, padding=1) for _ in range(200)])
+    masks = O.masks_for(model, np.random.default_rng(1), 0.8)
+    for m in masks.values():
+        m[:, :, 1] = 1
+    absw = {n: model.get_parameter(n).detach().abs() for n in masks}
+    with _all_sparse():
+        _, got = assert_engines_agree(model, masks, (2, 6), absw)
+    assert got.count_paths("neuron").log10 > 100
+
+
+def test_kept_elements_follow_shrinking_masks_and_fall_back_otherwise():
+    """From the previous list when the new mask keeps a subset of it, from the mask
+    when it does not (a revived element): the same lists as from scratch."""
+    rng = np.random.default_rng(0)
+    rows, cols = 7, 30
+    first = (rng.random(rows * cols) < 0.5).astype(np.uint8)
+    prev = torch_sparse.kept_elements(first, rows, cols)
+    shrunk = first & (rng.random(rows * cols) < 0.6)
+    revived = shrunk.copy()
+    revived[np.flatnonzero(first == 0)[0]] = 1
+    for mask in (shrunk, revived, np.zeros_like(first)):
+        got = torch_sparse.kept_elements(mask, rows, cols, prev)
+        want = torch_sparse.kept_elements(mask, rows, cols)
+        for a, b in zip(vars(got).values(), vars(want).values()):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(want.flat, np.flatnonzero(mask))
+        by_col = np.flatnonzero(mask.reshape(rows, cols).T.reshape(-1))
+        np.testing.assert_array_equal(want.by_column, (by_col % rows) * cols + by_col // rows)
+
+
+def test_synflow_rounds_on_kept_elements_keep_the_dense_masks():
+    """Many rounds (each list read off the previous one): the masks of the dense path."""
+    torch.manual_seed(0)
+    model = resnet20(width=4)
+    dense = topo_pai.prune(model, "synflow", 0.9, input_shape=(3, 16, 16), rounds=8)
+    with _all_sparse():
+        sparse = topo_pai.prune(model, "synflow", 0.9, input_shape=(3, 16, 16), rounds=8)
+    for k in dense:
+        np.testing.assert_array_equal(dense[k].numpy(), sparse[k].numpy(), err_msg=k)
+
+
+def test_a_conv_with_no_kept_element_runs_on_its_empty_lists():
+    """A pruned-away conv (a ResNet shortcut SynFlow empties) costs no convolution and
+    counts as the dense path does, whatever its size."""
+    torch.manual_seed(0)
+    model = ResDepthNet().eval()
+    masks = O.masks_for(model, np.random.default_rng(2), 0.5)
+    name = next(n for n, m in masks.items() if m.dim() == 4 and model.get_parameter(n).shape[1] > 1)
+    masks[name] = torch.zeros_like(masks[name])
+    absw = {n: model.get_parameter(n).detach().abs() for n in masks}
+    _, got = assert_engines_agree(model, masks, (3, 9, 7), absw)
+    engine = got.flows(absw, "neuron")._engine
+    index = [layer.param for layer in got.layers].index(name)
+    assert engine._is_sparse(index)

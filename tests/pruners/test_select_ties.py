@@ -5,10 +5,13 @@ draws among ties) must be the same as before, bit for bit."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from topo_pai.pruners import select
 from topo_pai.pruners.select import rng_for, select_top
 
 
@@ -71,3 +74,59 @@ def test_all_tied_entries_kept_without_a_draw():
     scores = [np.array([3.0, 1.0, 2.0, 2.0]), np.array([2.0, 0.0])]
     masks = {tuple(np.concatenate(select_top(scores, 4, rng_for(s, "t")))) for s in range(20)}
     assert masks == {(True, False, True, True, True, False)}
+
+
+# -- the bracketed k-th largest (large inputs) -----------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.sampled_from(["ties", "spread", "inf"]),
+       st.booleans(), st.floats(0.0, 1.0))
+def test_bracketed_selection_keeps_what_a_full_partition_keeps(seed, n_layers, kind, with_alive,
+                                                               at):
+    """With the bracket on from the first candidate and a small sample, every size of
+    tie, -inf/+inf blocks and layers sorted by value: the masks of a full partition."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(200, 3000))
+    if kind == "ties":
+        values = rng.integers(0, 4, n).astype(float)
+    elif kind == "spread":
+        values = np.sort(rng.standard_normal(n))  # each layer a band of values
+    else:
+        values = np.where(rng.random(n) < 0.5, -np.inf, rng.standard_normal(n))
+        values[rng.random(n) < 0.05] = np.inf
+    alive = rng.random(n) < 0.7 if with_alive else None
+    parts = np.array_split(np.arange(n), n_layers)
+    scores = [values[p] for p in parts]
+    lives = None if alive is None else [alive[p] for p in parts]
+    n_alive = n if alive is None else int(alive.sum())
+    k = max(1, min(n_alive - 1, round(at * n_alive)))
+    with mock.patch.object(select, "BRACKET_MIN_CANDIDATES", 1), \
+            mock.patch.object(select, "BRACKET_SAMPLE", 128):
+        got = select_top(scores, k, rng_for(3, "ties"), lives, workspace={})
+    want = previous_select_top(scores, k, rng_for(3, "ties"), lives)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_bracket_takes_large_inputs_and_gives_the_partitions_value():
+    rng = np.random.default_rng(0)
+    scores = [rng.standard_normal(150_000), np.log10(rng.random(90_000))]
+    flat = np.concatenate(scores)
+    for k in (1, 1000, 120_000, 239_999):
+        buf = np.empty(flat.size + 1)
+        got = select._bracketed_kth(scores, None, flat.size, k, buf)
+        assert got == np.partition(flat, flat.size - k)[flat.size - k]
+
+
+def test_bracket_misled_by_its_sample_falls_back_to_the_full_partition():
+    """Values that are large exactly where the strided sample looks: the bracket misses
+    the k-th largest, says so, and ``select_top`` still keeps the right entries."""
+    n = 1 << 17
+    step = n // select.BRACKET_SAMPLE
+    values = np.arange(n, dtype=float)
+    values[::step] += 10.0 * n  # the sample sees only these
+    k = n // 2
+    assert select._bracketed_kth([values], None, n, k, np.empty(n + 1)) is None
+    got = select_top([values], k, rng_for(0, "t"))[0]
+    want = previous_select_top([values], k, rng_for(0, "t"))[0]
+    np.testing.assert_array_equal(got, want)

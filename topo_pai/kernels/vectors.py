@@ -110,6 +110,19 @@ def finish_log10_scores(score, shift, log_w, weighted, kept):
 
 
 @numba.njit(**JIT_OPTIONS)
+def scatter_log10_scores(flat, score, shift, log_w, weighted, out):
+    """``out[flat[j]] = (score[j] + shift) + log_w[flat[j]]`` (without ``log_w`` unless
+    ``weighted``): :func:`finish_log10_scores` for scores listed by kept element, with
+    the same additions in the same order; ``out`` elsewhere untouched."""
+    for j in range(flat.shape[0]):
+        t = flat[j]
+        v = score[j] + shift
+        if weighted:
+            v = v + log_w[t]
+        out[t] = v
+
+
+@numba.njit(**JIT_OPTIONS)
 def masked_values(kept, values, out):
     """``out = values`` where ``kept`` is non-zero, ``0.0`` elsewhere (flat arrays): for
     finite non-negative ``values`` the bits of ``kept * values``, in one pass. One

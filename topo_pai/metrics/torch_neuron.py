@@ -6,10 +6,12 @@ dense arithmetic in float64: a conv layer is ``F.conv2d`` with the 0/1 mask (or
 flow through every weight element ``torch.nn.grad.conv2d_weight``; a Linear
 layer is a matrix-vector product; a pool is ``P_h X P_w^T`` with 0/1 window
 matrices; sums, concatenations and constant factors as elsewhere. Dense kernels
-cost the same at any density, so this engine wins on dense layers and loses on
-sparse ones, where the Numba engine's cost follows the kept weights
-(:mod:`topo_pai.metrics.neuron`); ``engine="auto"`` chooses between the two by
-the network's density (:func:`prefers_torch`, ``docs/architecture.md``).
+cost the same at any density, so on the CPU a sparse conv layer (density at most
+:data:`~topo_pai.metrics.torch_sparse.SPARSE_MAX_DENSITY`) runs instead as CSR
+products over its kept elements (:mod:`topo_pai.metrics.torch_sparse`), a choice
+made per layer. The Numba engine's cost follows the kept weights everywhere
+(:mod:`topo_pai.metrics.neuron`); ``engine="auto"`` chooses between the two engines
+by the network's density (:func:`prefers_torch`, ``docs/architecture.md``).
 
 Counts stay overflow-free as in :mod:`topo_pai.metrics.scaled`: a float64
 mantissa tensor plus one Python-int power-of-two exponent per value, rescaled
@@ -36,7 +38,12 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 from topo_pai.errors import UnsupportedOpError
 from topo_pai.graph.ir import Program, spatial3
 from topo_pai.graph.masks import LayerMask
-from topo_pai.kernels.vectors import finish_log10_scores, masked_values, scale_stats
+from topo_pai.kernels.vectors import (
+    finish_log10_scores,
+    masked_values,
+    scale_stats,
+    scatter_log10_scores,
+)
 from topo_pai.metrics import exact as X
 from topo_pai.metrics import traversal
 from topo_pai.metrics.engine import EngineOptions, linear_log10_scores, log10_weights
@@ -48,6 +55,12 @@ from topo_pai.metrics.scaled import (
     NodeCounts,
     Scaled,
     log10_scaled,
+)
+from topo_pai.metrics.torch_sparse import (
+    KeptElements,
+    SparseConv,
+    layer_kept_elements,
+    runs_sparse,
 )
 
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -88,6 +101,18 @@ def _stats(t: torch.Tensor) -> tuple[float, float]:
     lo_bits = int(out[1])
     f = out.view(torch.float64)
     return float(f[0]), (float(f[1]) if lo_bits != _INT64_MAX else math.inf)
+
+
+def _log10_in_place(t: torch.Tensor) -> torch.Tensor:
+    """``t = log10(t)`` in place (``-inf`` where zero), returned. On the CPU numpy's
+    ``log10``: the Numba engine's, and 2-4x faster here than torch's ``log10_`` on
+    SynFlow's 11M scores a round."""
+    if t.device.type != "cpu":
+        return t.log10_()
+    arr = t.numpy()
+    with np.errstate(divide="ignore"):
+        np.log10(arr, out=arr)
+    return t
 
 
 def _times_pow2(t: torch.Tensor, shift: int) -> None:
@@ -299,7 +324,11 @@ class TorchNeuronEngine:
         self._bwd: dict[int, TScaled] | None = None
         self._reach: tuple[dict, dict] | None = None
         self._tables: dict[str, list[Scaled]] = {}
-        self._through: dict[int, tuple[torch.Tensor, int]] = {}  # from the backward pass
+        # from the backward pass: (flows, exponent, the kept elements they are listed
+        # by, or None when every element's flow is there in the weight's layout)
+        self._through: dict[int, tuple[torch.Tensor, int, KeptElements | None]] = {}
+        self._runs_sparse: dict[int, bool] = {}
+        self._sparse: dict[tuple[int, bool], SparseConv] = {}
 
     # -- helpers ---------------------------------------------------------------------------
     def _ops_context(self):
@@ -329,7 +358,7 @@ class TorchNeuronEngine:
         if hit is None or hit[0] is not arr:
             t = torch.from_numpy(arr).to(self.device)
             if what == "log10 w":
-                t = torch.log10(t)
+                t = _log10_in_place(t.clone())
             hit = self.shared[key] = (arr, t)
         return hit[1]
 
@@ -378,9 +407,33 @@ class TorchNeuronEngine:
             hit = self.shared[key] = torch.from_numpy(flat.reshape(-1).copy()).to(self.device)
         return hit
 
+    def _is_sparse(self, layer: int) -> bool:
+        """Whether the layer runs on its kept elements (:func:`runs_sparse`)."""
+        hit = self._runs_sparse.get(layer)
+        if hit is None:
+            spec = self.program.layers[layer]
+            out = self.program.values[self.program.layer_ops[layer].output]
+            hit = self._runs_sparse[layer] = runs_sparse(
+                self.layer_masks[layer], spec.kind, spec.groups, math.prod(out[1:]),
+                self.device)
+        return hit
+
+    def _sparse_conv(self, layer: int, unit: bool) -> SparseConv:
+        unit = unit or self.weights is None
+        key = (layer, unit)
+        if key not in self._sparse:
+            lm = self.layer_masks[layer]
+            kept = layer_kept_elements(self.shared, layer, lm, self.program.layers[layer]
+                                       .weight_shape[0])
+            self._sparse[key] = SparseConv(self._geometry(layer), kept,
+                                           None if unit else self.weights[layer])
+        return self._sparse[key]
+
     # -- ops ---------------------------------------------------------------------------
     def _layer_forward(self, layer: int, x: torch.Tensor, unit: bool) -> torch.Tensor:
         spec = self.program.layers[layer]
+        if spec.kind != "Linear" and self._is_sparse(layer):
+            return self._sparse_conv(layer, unit).forward(x)
         w = self._weight(layer, unit)
         if spec.kind == "Linear":
             return torch.mv(w, x)
@@ -388,6 +441,8 @@ class TorchNeuronEngine:
 
     def _layer_backward(self, layer: int, g: torch.Tensor, unit: bool) -> torch.Tensor:
         spec = self.program.layers[layer]
+        if spec.kind != "Linear" and self._is_sparse(layer):
+            return self._sparse_conv(layer, unit).backward(g)
         w = self._weight(layer, unit)
         if spec.kind == "Linear":
             return torch.mv(w.t(), g)
@@ -470,9 +525,14 @@ class TorchNeuronEngine:
             # Weighted flows: the flow through every weight now, with the input
             # gradient, as SynFlow's scores will ask for it (one conv call, not two).
             layer, x = op.attrs["layer"], self._fwd[op.inputs[0]]
-            gin, through = self._geometry(layer).backward_and_through(
-                g.m, self._weight(layer, False), x.m)
-            self._through[layer] = (through, x.e + g.e)
+            if self._is_sparse(layer):
+                sparse = self._sparse_conv(layer, False)
+                gin, through = sparse.backward(g.m), sparse.through(x.m, g.m)
+                self._through[layer] = (through, x.e + g.e, sparse.kept)
+            else:
+                gin, through = self._geometry(layer).backward_and_through(
+                    g.m, self._weight(layer, False), x.m)
+                self._through[layer] = (through, x.e + g.e, None)
         else:
             gin = self._op_backward(op, g.m, saturate)
         pending.append(normalize(gin, g.e, g.risky))
@@ -612,11 +672,17 @@ class TorchNeuronEngine:
             logw = log10_weights(lm, None if self.weights is None else self.weights[layer])
             return linear_log10_scores(logw, fin.to_scaled(), bout.to_scaled())
         with torch.no_grad(), self._ops_context():
-            through, e = self._through.pop(layer, (None, fin.e + bout.e))
+            through, e, kept = self._through.pop(layer, (None, fin.e + bout.e, None))
             if through is None:
                 through = self._geometry(layer).through(fin.m, bout.m)
-            score = through.reshape(-1).log10_()
+            score = _log10_in_place(through.reshape(-1))
             log_w = None if self.weights is None else self._on_device(layer, "log10 w")
+            if kept is not None:  # flows of the kept elements only: -inf elsewhere
+                out = np.full(self.layer_masks[layer].mask.size, -math.inf)
+                weighted = log_w is not None
+                scatter_log10_scores(kept.flat, score.numpy(), e * LOG10_2,
+                                     log_w.numpy() if weighted else out[:0], weighted, out)
+                return out.reshape(self.layer_masks[layer].mask.shape)
             self.finish_scores(score, e * LOG10_2, log_w, self._kept(layer).reshape(-1))
         return score.cpu().numpy().reshape(self.layer_masks[layer].mask.shape)
 
@@ -628,14 +694,18 @@ class TorchNeuronEngine:
 #: The cost model behind ``engine="auto"`` for weighted flows on the CPU, fitted to
 #: ``benchmarks/results_engines.md`` (ResNet-20 and ResNet-18 at 64x64, densities
 #: 1 ... 0.01): the Numba kernels cost about ``kept_work`` (kept weights times the
-#: output positions each slides over), torch's dense ops about
+#: output positions each slides over), the torch engine about
 #: ``TORCH_MIN_DENSITY * total_work`` (the same over all weights) plus a fixed cost per
-#: layer worth ``TORCH_LAYER_WORK`` units of Numba work (small float64 convolutions
-#: spend most of their time outside the arithmetic). Torch runs when it is the cheaper.
-#: One choice per network, not per layer: alternating Numba's and torch's thread pools
-#: within one pass slowed torch's convolutions 3-4x on the shared CPUs measured here.
-TORCH_MIN_DENSITY = 0.1
-TORCH_LAYER_WORK = 1e6
+#: layer worth ``TORCH_LAYER_WORK`` units of Numba work. Torch runs when it is the
+#: cheaper. Since its sparse layers (:mod:`topo_pai.metrics.torch_sparse`) the torch
+#: engine is at least as fast down to about density 0.03 on ResNet-18 and about 0.02
+#: on ResNet-20 (the table), and published SynFlow on ResNet-20 (100 rounds, alternated
+#: 3 times) took 3.4-3.6 s with these constants against 3.9-4.5 s with the previous
+#: 0.1 and 1e6. One choice per network, not per layer: alternating Numba's and torch's
+#: thread pools within one pass slowed torch's convolutions 3-4x on the shared CPUs
+#: measured here.
+TORCH_MIN_DENSITY = 0.03
+TORCH_LAYER_WORK = 5e4
 
 
 def layer_work(program: Program, layer_masks: list[LayerMask]) -> tuple[int, int]:

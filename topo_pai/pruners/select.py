@@ -9,10 +9,18 @@ never make the result depend on memory layout.
 Iterative methods select among the weights still *alive*; two small numba
 kernels (gather the alive scores, then compare against the threshold) keep a
 round at a few passes over the score arrays, with no index arrays.
+
+On large inputs the k-th largest score is found by bracketing
+(:func:`_bracketed_kth`): two order statistics of a strided sample bound it, one
+pass counts the scores above the bracket and copies those inside it, and only
+that copy, a few per cent of the scores, is partitioned. The value found is the
+one a full partition finds (the k-th largest is unique as a value), so masks do
+not change; when the sample misleads, the full partition runs instead.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import numba
@@ -50,6 +58,27 @@ def _gather_alive(scores, alive, out, start):
         out[k] = scores[i]
         k += alive[i]
     return k
+
+
+@numba.njit(nogil=True, cache=True)
+def _bracket(scores, alive, use_alive, lo, hi, out, start):
+    """Copy the alive scores in ``[lo, hi]`` to ``out`` from ``start``; return the end
+    and how many alive scores are above ``hi``. ``out`` needs one slot of slack."""
+    k = start
+    n_above = 0
+    if use_alive:
+        for i in range(scores.shape[0]):
+            v = scores[i]
+            out[k] = v
+            k += alive[i] & (v >= lo) & (v <= hi)
+            n_above += alive[i] & (v > hi)
+    else:
+        for i in range(scores.shape[0]):
+            v = scores[i]
+            out[k] = v
+            k += (v >= lo) & (v <= hi)
+            n_above += v > hi
+    return k, n_above
 
 
 @numba.njit(nogil=True, cache=True)
@@ -108,6 +137,62 @@ def _flat(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(-1)
 
 
+#: Candidates from which :func:`_bracketed_kth` replaces a full partition (below it, a
+#: partition is as fast), and the size of its strided sample.
+BRACKET_MIN_CANDIDATES = 1 << 16
+BRACKET_SAMPLE = 1 << 14
+
+
+def _scratch(workspace: dict | None, size: int) -> np.ndarray:
+    """A float64 buffer of at least ``size`` entries, kept in ``workspace`` for reuse."""
+    buf = None if workspace is None else workspace.get("gather")
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype=np.float64)
+        if workspace is not None:
+            workspace["gather"] = buf
+    return buf
+
+
+def _bracketed_kth(flat, live, total: int, k: int, buf: np.ndarray) -> float | None:
+    """The k-th largest of the ``total`` candidates (alive entries of ``flat``), or
+    ``None`` when the sample's bracket misses it.
+
+    A strided sample (every layer in proportion to its size) gives two order
+    statistics about ``4 sigma`` of a binomial count on either side of the k-th
+    largest's rank; everything above the upper one is counted, everything within is
+    copied to ``buf`` and partitioned. The result is exact whatever the sample: the
+    bracket only decides whether this shortcut applies.
+    """
+    n_all = sum(f.size for f in flat)
+    step = max(1, n_all // BRACKET_SAMPLE)
+    if live is None:
+        sample = np.concatenate([f[::step] for f in flat])
+    else:
+        sample = np.concatenate([f[::step][a[::step].view(np.bool_)] for f, a in zip(flat, live)])
+    m = sample.size
+    if m < 64:
+        return None
+    q = (total - k) / total  # the k-th largest's rank from below, as a fraction
+    r = q * (m - 1)
+    spread = 4.0 * math.sqrt(m * q * (1.0 - q)) + 2.0
+    lo_i, hi_i = max(0, math.floor(r - spread)), min(m - 1, math.ceil(r + spread))
+    sample.partition((lo_i, hi_i))
+    lo = -math.inf if lo_i == 0 else float(sample[lo_i])
+    hi = math.inf if hi_i == m - 1 else float(sample[hi_i])
+    empty = np.zeros(0, dtype=np.bool_)
+    end, above = 0, 0
+    for i, f in enumerate(flat):
+        end, n_up = _bracket(f, empty if live is None else live[i], live is not None,
+                             lo, hi, buf, end)
+        above += n_up
+    need = k - above  # the k-th largest is the need-th largest within the bracket
+    if not 1 <= need <= end:
+        return None
+    idx = end - need
+    buf[:end].partition(idx)
+    return float(buf[idx])
+
+
 def select_top(scores: list[np.ndarray], k: int, rng: np.random.Generator,
                alive: list[np.ndarray] | None = None,
                workspace: dict | None = None) -> list[np.ndarray]:
@@ -144,20 +229,20 @@ def select_top(scores: list[np.ndarray], k: int, rng: np.random.Generator,
             else:
                 o[:] = a
     elif k > 0:
-        if live is None:
-            buf = np.concatenate(flat) if len(flat) > 1 else flat[0].copy()
-        else:
-            buf = None if workspace is None else workspace.get("gather")
-            if buf is None or buf.size < total + 1:
-                buf = np.empty(total + 1, dtype=np.float64)
-                if workspace is not None:
-                    workspace["gather"] = buf
-            end = 0
-            for f, a in zip(flat, live):
-                end = _gather_alive(f, a, buf, end)
-        kth = total - k
-        buf[:total].partition(kth)
-        threshold = float(buf[kth])
+        threshold = None
+        if total >= BRACKET_MIN_CANDIDATES:
+            threshold = _bracketed_kth(flat, live, total, k, _scratch(workspace, total + 1))
+        if threshold is None:
+            if live is None:
+                buf = np.concatenate(flat) if len(flat) > 1 else flat[0].copy()
+            else:
+                buf = _scratch(workspace, total + 1)
+                end = 0
+                for f, a in zip(flat, live):
+                    end = _gather_alive(f, a, buf, end)
+            kth = total - k
+            buf[:total].partition(kth)
+            threshold = float(buf[kth])
         lives = live if live is not None else [empty] * len(flat)
         counts = [_at_least(f, a, live is not None, threshold, o)
                   for f, a, o in zip(flat, lives, out)]
