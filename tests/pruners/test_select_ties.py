@@ -80,11 +80,12 @@ def test_all_tied_entries_kept_without_a_draw():
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(1, 4), st.sampled_from(["ties", "spread", "inf"]),
-       st.booleans(), st.floats(0.0, 1.0))
+       st.booleans(), st.floats(0.0, 1.0), st.booleans())
 def test_bracketed_selection_keeps_what_a_full_partition_keeps(seed, n_layers, kind, with_alive,
-                                                               at):
+                                                               at, chunked):
     """With the bracket on from the first candidate and a small sample, every size of
-    tie, -inf/+inf blocks and layers sorted by value: the masks of a full partition."""
+    tie, -inf/+inf blocks and layers sorted by value, one pass or chunks on threads:
+    the masks of a full partition."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(200, 3000))
     if kind == "ties":
@@ -101,7 +102,8 @@ def test_bracketed_selection_keeps_what_a_full_partition_keeps(seed, n_layers, k
     n_alive = n if alive is None else int(alive.sum())
     k = max(1, min(n_alive - 1, round(at * n_alive)))
     with mock.patch.object(select, "BRACKET_MIN_CANDIDATES", 1), \
-            mock.patch.object(select, "BRACKET_SAMPLE", 128):
+            mock.patch.object(select, "BRACKET_SAMPLE", 128), \
+            mock.patch.object(select, "PARALLEL_MIN_SCORES", 1 if chunked else 1 << 30):
         got = select_top(scores, k, rng_for(3, "ties"), lives, workspace={})
     want = previous_select_top(scores, k, rng_for(3, "ties"), lives)
     for g, w in zip(got, want):

@@ -45,12 +45,14 @@ SPARSE_MIN_WORK = 1 << 24
 class KeptElements:
     """The kept elements of an ``(O, K)`` weight matrix: row-major flat indices
     (ascending) with their row pointers, and the same elements column by column
-    (rows ascending within a column) with the column pointers."""
+    (rows ascending within a column; ``by_column = flat[order]``) with the column
+    pointers."""
 
     flat: np.ndarray
     row_ptr: np.ndarray
     by_column: np.ndarray
     col_ptr: np.ndarray
+    order: np.ndarray
 
 
 def kept_elements(mask: np.ndarray, rows: int, cols: int,
@@ -76,7 +78,7 @@ def kept_elements(mask: np.ndarray, rows: int, cols: int,
         flat = np.flatnonzero(mask)
     row_ptr = np.searchsorted(flat, np.arange(rows + 1, dtype=np.int64) * cols)
     col_ptr, order = group_by(flat % cols, cols)
-    return KeptElements(flat, row_ptr, flat[order], col_ptr)
+    return KeptElements(flat, row_ptr, flat[order], col_ptr, order)
 
 
 def _csr(ptr: np.ndarray, index: np.ndarray, values: np.ndarray, shape) -> torch.Tensor:
@@ -103,15 +105,23 @@ class SparseConv:
         if weights is None:
             values = np.ones(kept.flat.size)
             values_t = values
-        else:
-            values, values_t = weights[kept.flat], weights[kept.by_column]
+        else:  # the column-major values from the row-major ones: a gather from a short array
+            values = weights[kept.flat]
+            values_t = values[kept.order]
         self.matrix = _csr(kept.row_ptr, kept.flat % self.K, values, (O, self.K))
         self.matrix_t = _csr(kept.col_ptr, kept.by_column // self.K, values_t, (self.K, O))
+        self._unfolded: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _unfold(self, x: torch.Tensor) -> torch.Tensor:
+        """The unfolded input ``(K, P)``; the last one is kept, as the flows through the
+        weights need the forward pass's input again."""
+        if self._unfolded is not None and self._unfolded[0] is x:
+            return self._unfolded[1]
         g = self.geo
-        x = g.pad(x.view(1, g.C, g.H, g.W))
-        return F.unfold(x, g.weight4[2:], g.dilation, g.padding, g.stride)[0]
+        cols = F.unfold(g.pad(x.view(1, g.C, g.H, g.W)), g.weight4[2:], g.dilation, g.padding,
+                        g.stride)[0]
+        self._unfolded = (x, cols)
+        return cols
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.matrix @ self._unfold(x)).reshape(-1)

@@ -81,6 +81,42 @@ def _bracket(scores, alive, use_alive, lo, hi, out, start):
     return k, n_above
 
 
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _bracket_chunks(scores, alive, use_alive, lo, hi, out, start, chunks):
+    """:func:`_bracket` over ``chunks`` slices on numba's threads, each writing from
+    its own offset (``out`` needs ``start + len(scores)`` slots), then compacted in
+    order: the same result."""
+    n = scores.shape[0]
+    ends = np.empty(chunks, dtype=np.int64)
+    n_above = 0
+    for c in numba.prange(chunks):
+        a, b = c * n // chunks, (c + 1) * n // chunks
+        ends[c], up = _bracket(scores[a:b], alive[a:b] if use_alive else alive, use_alive,
+                               lo, hi, out, start + a)
+        n_above += up
+    k = start
+    for c in range(chunks):
+        for t in range(start + c * n // chunks, ends[c]):  # t >= k: moves go left
+            out[k] = out[t]
+            k += 1
+    return k, n_above
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _at_least_chunks(scores, alive, use_alive, threshold, out, chunks):
+    """:func:`_at_least` over ``chunks`` slices on numba's threads."""
+    n = scores.shape[0]
+    n_up = 0
+    n_eq = 0
+    for c in numba.prange(chunks):
+        a, b = c * n // chunks, (c + 1) * n // chunks
+        up, eq = _at_least(scores[a:b], alive[a:b] if use_alive else alive, use_alive,
+                           threshold, out[a:b])
+        n_up += up
+        n_eq += eq
+    return n_up, n_eq
+
+
 @numba.njit(nogil=True, cache=True)
 def _above(scores, alive, use_alive, threshold, out):
     """``out = alive & (scores > threshold)``; return how many are set."""
@@ -141,6 +177,22 @@ def _flat(a: np.ndarray) -> np.ndarray:
 #: partition is as fast), and the size of its strided sample.
 BRACKET_MIN_CANDIDATES = 1 << 16
 BRACKET_SAMPLE = 1 << 14
+#: Layers with at least this many scores are bracketed and thresholded in
+#: :data:`CHUNKS` slices on numba's threads (waking them costs about 0.1 ms).
+PARALLEL_MIN_SCORES = 1 << 18
+CHUNKS = 16
+
+
+def _bracket_layer(scores, alive, use_alive, lo, hi, out, start):
+    if scores.shape[0] >= PARALLEL_MIN_SCORES:
+        return _bracket_chunks(scores, alive, use_alive, lo, hi, out, start, CHUNKS)
+    return _bracket(scores, alive, use_alive, lo, hi, out, start)
+
+
+def _at_least_layer(scores, alive, use_alive, threshold, out):
+    if scores.shape[0] >= PARALLEL_MIN_SCORES:
+        return _at_least_chunks(scores, alive, use_alive, threshold, out, CHUNKS)
+    return _at_least(scores, alive, use_alive, threshold, out)
 
 
 def _scratch(workspace: dict | None, size: int) -> np.ndarray:
@@ -160,7 +212,7 @@ def _bracketed_kth(flat, live, total: int, k: int, buf: np.ndarray) -> float | N
     A strided sample (every layer in proportion to its size) gives two order
     statistics about ``4 sigma`` of a binomial count on either side of the k-th
     largest's rank; everything above the upper one is counted, everything within is
-    copied to ``buf`` and partitioned. The result is exact whatever the sample: the
+    copied to ``buf`` (room for every score, alive or not, plus one) and partitioned. The result is exact whatever the sample: the
     bracket only decides whether this shortcut applies.
     """
     n_all = sum(f.size for f in flat)
@@ -182,7 +234,7 @@ def _bracketed_kth(flat, live, total: int, k: int, buf: np.ndarray) -> float | N
     empty = np.zeros(0, dtype=np.bool_)
     end, above = 0, 0
     for i, f in enumerate(flat):
-        end, n_up = _bracket(f, empty if live is None else live[i], live is not None,
+        end, n_up = _bracket_layer(f, empty if live is None else live[i], live is not None,
                              lo, hi, buf, end)
         above += n_up
     need = k - above  # the k-th largest is the need-th largest within the bracket
@@ -231,7 +283,8 @@ def select_top(scores: list[np.ndarray], k: int, rng: np.random.Generator,
     elif k > 0:
         threshold = None
         if total >= BRACKET_MIN_CANDIDATES:
-            threshold = _bracketed_kth(flat, live, total, k, _scratch(workspace, total + 1))
+            threshold = _bracketed_kth(flat, live, total, k,
+                                       _scratch(workspace, sum(f.size for f in flat) + 1))
         if threshold is None:
             if live is None:
                 buf = np.concatenate(flat) if len(flat) > 1 else flat[0].copy()
@@ -244,7 +297,7 @@ def select_top(scores: list[np.ndarray], k: int, rng: np.random.Generator,
             buf[:total].partition(kth)
             threshold = float(buf[kth])
         lives = live if live is not None else [empty] * len(flat)
-        counts = [_at_least(f, a, live is not None, threshold, o)
+        counts = [_at_least_layer(f, a, live is not None, threshold, o)
                   for f, a, o in zip(flat, lives, out)]
         need = k - sum(up for up, _ in counts)
         if need < sum(eq for _, eq in counts):
