@@ -15,8 +15,10 @@ the same run:
 
 * **topo_pai**: ``topo_pai.prune(model, "synflow", sparsity, rounds=...)``, SynFlow as
   published (neuron resolution, the default) on the default ``engine="auto"``: weighted
-  flows per layer on torch's dense float64 ops (layers at density >= ``TORCH_MIN_DENSITY``)
-  or on the Numba kernels (sparser layers), overflow-free. Tracing, thresholding and mask
+  flows on the torch engine (float64; a layer at density <= ``SPARSE_MAX_DENSITY`` as CSR
+  products over its kept elements, the others on torch's dense convolutions) while the
+  network's work density is at least ``TORCH_MIN_DENSITY``, on the Numba kernels below
+  it, overflow-free. Tracing, thresholding and mask
   construction are included; Numba compilation is excluded by a warm-up on small
   models that takes both engines' paths.
 * **float64 torch loop**: :func:`baselines.float64_synflow`, an independent SynFlow in
