@@ -51,7 +51,7 @@ LOOSE = 1e-4
 def svd_seconds(topo) -> float:
     """Time of the layer spectra alone, as ``metrics()`` takes them (all blocks in one
     ``many_top_singular_values`` call; the blocks are built before the clock starts)."""
-    from topo_pai.metrics.measures import many_top_singular_values
+    from topo_pai.metrics.spectra import many_top_singular_values
 
     mats = [topo.layer_matrix(i) for i in range(len(topo.layers))]
     t0 = time.perf_counter()

@@ -481,11 +481,11 @@ class Topology:
         """:meth:`layer_matrix` of every layer, built side by side on the numba threads
         (the CSR kernels release the GIL; each layer's block is built once, by one
         thread), the largest masks first."""
-        from topo_pai.metrics import measures as ms
+        from topo_pai.metrics import scheduling
 
         sizes = [lm.mask.size for lm in self._layer_masks]
-        return ms.map_largest_first(lambda i: self.layer_matrix(i, weights),
-                                    range(len(sizes)), sizes)
+        return scheduling.map_largest_first(lambda i: self.layer_matrix(i, weights),
+                                            range(len(sizes)), sizes)
 
     def _layer_index(self, layer) -> int:
         """``layer`` as an index into :attr:`layers` (``-n <= layer < n``, negative
@@ -555,7 +555,7 @@ class Topology:
         mix kernel counts into the weighted spectra. ``resolution`` applies to the effective counts
         (parameters, kernels, nodes, paths); the layer graphs are the channel
         graph's. The singular values cost one small eigenproblem per layer (two
-        with weights; see :func:`topo_pai.metrics.measures.top_singular_values`),
+        with weights; see :func:`topo_pai.metrics.spectra.top_singular_values`),
         where every other measure is O(non-zeros); ``spectra=False`` leaves them
         out (their columns and totals are then ``None``). A layer with no kept edge
         keeps its conventional zeros (degrees, spectra, gaps) in its row but is left
@@ -569,7 +569,7 @@ class Topology:
         certificate places each value near *a* singular value; that these are the
         first two rests on the Krylov assumption stated in ``docs/metrics.md``.
         ``spectral_tol`` defaults to ``1e-8``
-        (:data:`topo_pai.metrics.measures.SPECTRAL_TOL`); smaller is tighter and
+        (:data:`topo_pai.metrics.spectra.SPECTRAL_TOL`); smaller is tighter and
         costs more Lanczos steps, and a block that cannot be certified takes a
         direct SVD. See ``docs/metrics.md`` for the proof and its one assumption.
 
@@ -584,11 +584,13 @@ class Topology:
         1.0
         """
         from topo_pai.metrics import measures as ms
+        from topo_pai.metrics import scheduling
+        from topo_pai.metrics import spectra as spectral
 
         _check_resolution(resolution)
         spectra = check_bool("spectra", spectra)
         if spectral_tol is not None:
-            spectral_tol = ms.check_spectral_tol(spectral_tol)
+            spectral_tol = spectral.check_spectral_tol(spectral_tol)
         prepared = (None if weights is None
                     else self._all_edge_weights(weights, "metrics(weights=...)"))
         layers, sizes = self.program.layers, self.channel_structure.sizes
@@ -598,10 +600,10 @@ class Topology:
         # the spectra run on background threads (their Lanczos kernels release the
         # GIL) while this thread takes every other measure, then joins them on the
         # blocks not yet started; collected before the rows
-        pending = (ms.start_top_singular_values(
+        pending = (spectral.start_top_singular_values(
             mats + ([] if prepared is None else weighted), spectral_tol) if spectra else None)
         try:
-            with ms.numba_threads_beside(pending):
+            with scheduling.numba_threads_beside(pending):
                 counted, layer_rows, params_eff, roles = self._metrics_without_spectra(
                     resolution, mats)
             found = None if pending is None else pending.result()

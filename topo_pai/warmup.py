@@ -52,13 +52,13 @@ def warm() -> None:
 
 def warm_spectra() -> None:
     """Compile the Lanczos kernels of the layer spectra (:mod:`topo_pai.kernels.gram`)
-    for the types :func:`~topo_pai.metrics.measures.top_singular_values` passes them:
+    for the types :func:`~topo_pai.metrics.spectra.top_singular_values` passes them:
     a sparse block with int32 and with int64 indices, and a dense one stored in C
     order (a tall block) and in Fortran order (a wide one, transposed)."""
     import numpy as np
     import scipy.sparse as sp
 
-    from topo_pai.metrics.measures import top_singular_values
+    from topo_pai.metrics.spectra import top_singular_values
 
     rng = np.random.default_rng(0)
     sparse = sp.csr_array((rng.random((300, 300)) < 0.05).astype(np.float64))

@@ -16,6 +16,7 @@ from torch import nn
 import topo_pai
 from topo_pai.errors import MaskError
 from topo_pai.metrics import measures as ms
+from topo_pai.metrics import spectra
 from topo_pai.metrics_table import COLUMNS, TOTALS, MetricsTable
 
 
@@ -112,12 +113,12 @@ def test_tiny_layers_are_well_defined(B):
 def test_spectra_against_dense_adjacency(m, n, density, seed, force_sparse):
     rng = np.random.default_rng(seed)
     B = (rng.random((m, n)) < density) * rng.integers(1, 10, (m, n))
-    old = ms.DENSE_SVD_MAX_ENTRIES
-    ms.DENSE_SVD_MAX_ENTRIES = 0 if force_sparse else old  # ARPACK even on small blocks
+    old = spectra.DENSE_SVD_MAX_ENTRIES
+    spectra.DENSE_SVD_MAX_ENTRIES = 0 if force_sparse else old  # ARPACK even on small blocks
     try:
-        mu0, mu_hat = ms.top_singular_values(sp.csr_array(B))
+        mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B))
     finally:
-        ms.DENSE_SVD_MAX_ENTRIES = old
+        spectra.DENSE_SVD_MAX_ENTRIES = old
     e0, e1 = _adjacency_oracle(B)
     assert mu0 == pytest.approx(max(e0, 0.0), abs=1e-8 * max(1.0, e0))
     assert mu_hat == pytest.approx(max(e1, 0.0), abs=1e-7 * max(1.0, e0))
@@ -127,16 +128,16 @@ def test_spectra_against_dense_adjacency(m, n, density, seed, force_sparse):
 def test_spectra_large_block_against_dense():
     rng = np.random.default_rng(3)
     B = (rng.random((90, 120)) < 0.1) * rng.integers(1, 5, (90, 120))
-    assert B.size > ms.DENSE_SVD_MAX_ENTRIES
+    assert B.size > spectra.DENSE_SVD_MAX_ENTRIES
     e0, e1 = _adjacency_oracle(B)
     # rel=1e-9 is tighter than the default contract (1e-8 * mu0): ask for it
-    assert ms.top_singular_values(sp.csr_array(B), 1e-12) == pytest.approx((e0, e1), rel=1e-9)
+    assert spectra.top_singular_values(sp.csr_array(B), 1e-12) == pytest.approx((e0, e1), rel=1e-9)
 
 
 def test_spectra_deterministic():
     rng = np.random.default_rng(5)
     B = sp.csr_array((rng.random((200, 150)) < 0.3).astype(float))
-    assert ms.top_singular_values(B) == ms.top_singular_values(B)
+    assert spectra.top_singular_values(B) == spectra.top_singular_values(B)
 
 
 # ------------------------------------------------------------ Topology.metrics

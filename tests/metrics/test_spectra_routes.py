@@ -1,4 +1,4 @@
-"""The routes of topo_pai.metrics.measures.top_singular_values (dense Gram + LAPACK,
+"""The routes of topo_pai.metrics.spectra.top_singular_values (dense Gram + LAPACK,
 block Lanczos on a dense or a sparse operand, the direct-SVD fallbacks) against
 dense LAPACK SVDs of the block and closed forms, on the cases where they differ from
 a plain SVD: clustered and repeated top spectra, rank-deficient blocks, a tiny
@@ -14,7 +14,7 @@ import scipy.linalg as sl
 import scipy.sparse as sp
 
 from spectral_routes import force_route
-from topo_pai.metrics import measures as ms
+from topo_pai.metrics import scheduling, spectra
 
 ROUTES = ["gram-eigh", "lanczos-dense", "lanczos-sparse"]
 TIGHT = 1e-12
@@ -30,13 +30,13 @@ def route(request, monkeypatch):
 def direct_calls(monkeypatch):
     """Counts the calls of the direct-SVD fallback."""
     calls = []
-    real = ms._direct_top_two
+    real = spectra._direct_top_two
 
     def spy(A, *args):
         calls.append(A.shape)
         return real(A, *args)
 
-    monkeypatch.setattr(ms, "_direct_top_two", spy)
+    monkeypatch.setattr(spectra, "_direct_top_two", spy)
     return calls
 
 
@@ -58,7 +58,7 @@ def _with_spectrum(m, n, sigma, seed):
 def test_random_blocks_against_lapack(route, shape):
     rng = np.random.default_rng(sum(shape))
     B = (rng.random(shape) < 0.3) * rng.integers(1, 9, shape)
-    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B), TIGHT)
+    mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B), TIGHT)
     e0, e1 = _svd_oracle(B)
     assert mu0 == pytest.approx(e0, rel=1e-12)
     assert mu_hat == pytest.approx(e1, rel=1e-10)
@@ -69,7 +69,7 @@ def test_clustered_top_spectrum(route):
     value is still sigma_2, to rounding."""
     sigma = [10.0, 4.0, 4.0 - 1e-7, 3.99, 3.9] + list(np.linspace(3.8, 0.1, 40))
     B = _with_spectrum(70, 55, sigma, seed=1)
-    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B), TIGHT)
+    mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B), TIGHT)
     assert mu0 == pytest.approx(10.0, rel=1e-12)
     assert mu_hat == pytest.approx(4.0, rel=1e-10)
 
@@ -81,7 +81,7 @@ def test_repeated_top_value_two_equal_components(route, inner):
     rng = np.random.default_rng(7)
     R = rng.integers(1, 5, inner).astype(float)
     B = sl.block_diag(R, R, 0.5 * R)
-    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B), TIGHT)
+    mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B), TIGHT)
     top = np.linalg.norm(R, 2)
     assert mu0 == pytest.approx(top, rel=1e-12)
     assert mu_hat == pytest.approx(top, rel=1e-10)
@@ -92,7 +92,7 @@ def test_depthwise_diagonal_block(route):
     multiplicities, sorted."""
     d = np.full(40, 9.0)
     d[5] = 7.0
-    mu0, mu_hat = ms.top_singular_values(sp.diags_array(d).tocsr(), TIGHT)
+    mu0, mu_hat = spectra.top_singular_values(sp.diags_array(d).tocsr(), TIGHT)
     assert (mu0, mu_hat) == pytest.approx((9.0, 9.0), rel=1e-12)
 
 
@@ -103,7 +103,7 @@ def test_rank_deficient(route, direct_calls, rank):
     rng = np.random.default_rng(rank)
     B = rng.integers(0, 3, (50, rank)) @ rng.integers(1, 3, (rank, 40))
     B[:, 0] = 0  # an empty column as well
-    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B.astype(float)), TIGHT)
+    mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B.astype(float)), TIGHT)
     e0, e1 = _svd_oracle(B)
     assert mu0 == pytest.approx(e0, rel=1e-12)
     if rank == 1:
@@ -117,7 +117,7 @@ def test_tiny_mu_hat_takes_the_direct_svd(route, direct_calls):
     """sigma_2 / sigma_1 = 1e-9: below the squaring floor, the direct SVD recovers it
     to relative precision (squared, it would be lost under eps * sigma_1^2)."""
     B = _with_spectrum(40, 30, [1.0, 1e-9], seed=3)
-    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B), TIGHT)
+    mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B), TIGHT)
     assert direct_calls == [(40, 30)]
     assert mu0 == pytest.approx(1.0, rel=1e-12)
     assert mu_hat == pytest.approx(1e-9, rel=1e-5)
@@ -127,17 +127,17 @@ def test_mu_hat_above_the_floor_stays_on_the_fast_route(route, direct_calls):
     B = _with_spectrum(40, 30, [1.0, 1e-3, 1e-4], seed=4)
     # 1e-10, not TIGHT: a residual certificate of 1e-12 * mu0 on a mu_hat of 1e-3 * mu0
     # is below rounding, and an uncertifiable block rightly takes the direct SVD
-    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B), 1e-10)
+    mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B), 1e-10)
     assert not direct_calls
     assert (mu0, mu_hat) == pytest.approx((1.0, 1e-3), rel=1e-9)
 
 
 def test_lanczos_without_convergence_falls_back(monkeypatch, direct_calls):
-    monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 0)
-    monkeypatch.setattr(ms, "LANCZOS_MAX_COLUMNS", 4)
+    monkeypatch.setattr(spectra, "GRAM_MAX_SIDE", 0)
+    monkeypatch.setattr(spectra, "LANCZOS_MAX_COLUMNS", 4)
     rng = np.random.default_rng(9)
     B = (rng.random((90, 80)) < 0.2) * 1.0
-    assert ms.top_singular_values(sp.csr_array(B), TIGHT) == pytest.approx(_svd_oracle(B),
+    assert spectra.top_singular_values(sp.csr_array(B), TIGHT) == pytest.approx(_svd_oracle(B),
                                                                          rel=1e-12)
     assert direct_calls == [(90, 80)]
 
@@ -146,7 +146,7 @@ def test_lanczos_without_convergence_falls_back(monkeypatch, direct_calls):
 def test_thin_blocks(shape):
     rng = np.random.default_rng(0)
     B = (rng.random(shape) < 0.1) * rng.integers(1, 4, shape)
-    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B), TIGHT)
+    mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B), TIGHT)
     e0, e1 = _svd_oracle(B)
     assert mu0 == pytest.approx(e0, rel=1e-12)
     assert mu_hat == (0.0 if 1 in shape else pytest.approx(e1, rel=1e-12))
@@ -154,7 +154,7 @@ def test_thin_blocks(shape):
 
 @pytest.mark.parametrize("shape", [(1000, 1000), (0, 700), (700, 0), (3, 5000)])
 def test_empty_blocks(shape):
-    assert ms.top_singular_values(sp.csr_array(shape)) == (0.0, 0.0)
+    assert spectra.top_singular_values(sp.csr_array(shape)) == (0.0, 0.0)
 
 
 def test_gram_top_ritz_vectors_closed_form():
@@ -162,20 +162,20 @@ def test_gram_top_ritz_vectors_closed_form():
     vectors span the top eigenvalues' space, and an exhausted Krylov space (k = 6)
     still returns them."""
     d = np.array([5.0, 3.0, 3.0 - 1e-9, 1.0, 0.5, 0.25])
-    V = ms.gram_top_ritz_vectors(lambda X: d[:, None] * X, 6, TIGHT)
+    V = spectra.gram_top_ritz_vectors(lambda X: d[:, None] * X, 6, TIGHT)
     assert np.allclose(V.T @ V, np.eye(2), atol=1e-13)
     assert np.diag(V.T @ (d[:, None] * V)) == pytest.approx([5.0, 3.0], rel=1e-9)
     d = np.concatenate([[4.0, 4.0], np.linspace(3, 0, 300)])
-    V = ms.gram_top_ritz_vectors(lambda X: d[:, None] * X, d.size, TIGHT)
+    V = spectra.gram_top_ritz_vectors(lambda X: d[:, None] * X, d.size, TIGHT)
     assert np.diag(V.T @ (d[:, None] * V)) == pytest.approx([4.0, 4.0], rel=1e-10)
-    assert ms.gram_top_ritz_vectors(lambda X: d[:, None] * X, d.size, max_columns=4) is None
+    assert spectra.gram_top_ritz_vectors(lambda X: d[:, None] * X, d.size, max_columns=4) is None
 
 
 def test_deterministic_and_input_untouched(route):
     rng = np.random.default_rng(5)
     A = sp.csr_array((rng.random((120, 90)) < 0.3).astype(float))
     before = A.copy()
-    assert ms.top_singular_values(A) == ms.top_singular_values(A)
+    assert spectra.top_singular_values(A) == spectra.top_singular_values(A)
     assert (A != before).nnz == 0 and A.has_canonical_format == before.has_canonical_format
 
 
@@ -191,16 +191,16 @@ def test_route_choice(monkeypatch, shape, density, route):
     """The size and density rules pick the route, and every route meets the default
     contract against LAPACK."""
     seen = []
-    real = ms.gram_top_ritz_vectors
+    real = spectra.gram_top_ritz_vectors
 
     def spy(gram, k, *args, **kwargs):
         seen.append(type(gram).__name__)
         return real(gram, k, *args, **kwargs)
 
-    monkeypatch.setattr(ms, "gram_top_ritz_vectors", spy)
+    monkeypatch.setattr(spectra, "gram_top_ritz_vectors", spy)
     rng = np.random.default_rng(shape[0] + int(10 * density))
     B = (rng.random(shape) < density) * rng.integers(1, 4, shape).astype(float)
-    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B))
+    mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B))
     assert seen == ([] if route == "gram-eigh" else [route])
     e0, e1 = _svd_oracle(B)
     assert abs(mu0 - e0) <= 1e-8 * e0 and abs(mu_hat - e1) <= 1e-8 * e0
@@ -212,14 +212,14 @@ def test_binary_csr_route_reads_no_values():
     the same spectrum as the same block with its ones stored."""
     rng = np.random.default_rng(22)
     B = sp.csr_array((rng.random((400, 300)) < 0.1).astype(float))
-    gram = ms._CsrGram(B, B.T.tocsr())
+    gram = spectra._CsrGram(B, B.T.tocsr())
     assert gram.B[2].size == 0 and gram.BT[2].size == 0
-    weighted = ms._CsrGram(B * 2.0, (B * 2.0).T.tocsr())
+    weighted = spectra._CsrGram(B * 2.0, (B * 2.0).T.tocsr())
     assert weighted.B[2].size == B.nnz
     X = rng.standard_normal((300, 2))
     assert np.array_equal(4.0 * gram(X), weighted(X))  # powers of two: exact
     e0, e1 = _svd_oracle(B.toarray())
-    mu0, mu_hat = ms.top_singular_values(B)
+    mu0, mu_hat = spectra.top_singular_values(B)
     assert abs(mu0 - e0) <= 1e-8 * e0 and abs(mu_hat - e1) <= 1e-8 * e0
 
 
@@ -230,9 +230,9 @@ def test_compiled_lanczos_matches_its_numpy_twin():
     B = sp.csr_array((rng.random((300, 120)) < 0.2) * rng.random((300, 120)))
     BT = B.T.tocsr()
     D = B.toarray()
-    want = ms.gram_top_ritz_vectors(lambda X: D.T @ (D @ X), 120, TIGHT)
-    for gram in (ms._CsrGram(B, BT), ms._DenseGram(D)):
-        got = ms.gram_top_ritz_vectors(gram, 120, TIGHT)
+    want = spectra.gram_top_ritz_vectors(lambda X: D.T @ (D @ X), 120, TIGHT)
+    for gram in (spectra._CsrGram(B, BT), spectra._DenseGram(D)):
+        got = spectra.gram_top_ritz_vectors(gram, 120, TIGHT)
         assert np.abs(got.T @ want) == pytest.approx(np.eye(2), abs=1e-9)
         assert gram(want) == pytest.approx(D.T @ (D @ want), rel=1e-12, abs=1e-12)
 
@@ -247,12 +247,12 @@ def test_many_top_singular_values_same_on_any_thread_count():
               for shape, d in (((600, 300), 0.1), ((200, 400), 0.6), ((90, 60), 0.3),
                                ((5, 7), 0.5))]
     blocks.append(sp.csr_array((40, 30)))
-    want = [ms.top_singular_values(B) for B in blocks]
+    want = [spectra.top_singular_values(B) for B in blocks]
     saved = numba.get_num_threads()
     try:
         for threads in {1, min(2, numba.config.NUMBA_NUM_THREADS)}:
             numba.set_num_threads(threads)
-            assert ms.many_top_singular_values(blocks) == want
+            assert spectra.many_top_singular_values(blocks) == want
     finally:
         numba.set_num_threads(saved)
 
@@ -270,7 +270,7 @@ def test_started_work_results_failures_and_close(threads):
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
         done = []
-        pending = ms.start_largest_first(lambda x: 10 * x, [3, 1, 2], sizes=[3, 1, 2])
+        pending = scheduling.start_largest_first(lambda x: 10 * x, [3, 1, 2], sizes=[3, 1, 2])
         pending.on_done(lambda: done.append(1))
         assert pending.result() == [30, 10, 20]
         assert pending.result() == [30, 10, 20] and done == [1]
@@ -280,14 +280,14 @@ def test_started_work_results_failures_and_close(threads):
                 raise ValueError("item two")
             return x
 
-        pending = ms.start_largest_first(fail_on_two, [1, 2, 3], sizes=[1, 2, 3])
+        pending = scheduling.start_largest_first(fail_on_two, [1, 2, 3], sizes=[1, 2, 3])
         pending.on_done(lambda: done.append(2))
         with pytest.raises(ValueError, match="item two"):
             pending.result()
         assert done == [1, 2]
 
         release = threading.Event()
-        pending = ms.start_largest_first(lambda x: release.wait(5.0) and x, [1, 2],
+        pending = scheduling.start_largest_first(lambda x: release.wait(5.0) and x, [1, 2],
                                          sizes=[1, 2])
         pending.on_done(lambda: done.append(3))
         release.set()
@@ -324,9 +324,9 @@ def test_started_work_caller_joins_with_one_background_thread():
             return threading.get_ident()
 
         before = threading.active_count()
-        pending = ms.start_largest_first(fn, ["held", 3, 2, 1], sizes=[9, 3, 2, 1])
+        pending = scheduling.start_largest_first(fn, ["held", 3, 2, 1], sizes=[9, 3, 2, 1])
         assert threading.active_count() <= before + 1 and pending.background == 1
-        with ms.numba_threads_beside(pending):  # the caller's kernels keep to the rest
+        with scheduling.numba_threads_beside(pending):  # the caller's kernels keep to the rest
             assert numba.get_num_threads() == 1
         assert numba.get_num_threads() == 2
         ran = pending.result()
@@ -349,13 +349,13 @@ def test_numba_threads_beside_background_work():
     try:
         numba.set_num_threads(n)
         for background, inside in ((0, n), (1, max(1, n - 1)), (n + 3, 1)):
-            with ms.numba_threads_beside(ms.Pending(list, background=background)):
+            with scheduling.numba_threads_beside(scheduling.Pending(list, background=background)):
                 assert numba.get_num_threads() == inside
             assert numba.get_num_threads() == n
-        with ms.numba_threads_beside(None):
+        with scheduling.numba_threads_beside(None):
             assert numba.get_num_threads() == n
         with pytest.raises(RuntimeError, match="inside"):
-            with ms.numba_threads_beside(ms.Pending(list, background=n)):
+            with scheduling.numba_threads_beside(scheduling.Pending(list, background=n)):
                 raise RuntimeError("inside")
         assert numba.get_num_threads() == n
     finally:
@@ -383,7 +383,7 @@ def test_metrics_overlap_leaves_no_threads_on_an_error(monkeypatch):
     with pytest.raises(RuntimeError, match="measures failed"):
         topo.metrics()
     assert threading.active_count() == before
-    assert ms._BLAS_LIMIT["depth"] == 0
+    assert spectra._BLAS_LIMIT["depth"] == 0
 
 
 def test_metrics_same_on_any_thread_count():

@@ -1,4 +1,4 @@
-"""The accuracy contract of topo_pai.metrics.measures.top_singular_values:
+"""The accuracy contract of topo_pai.metrics.spectra.top_singular_values:
 |mu_reported - mu| <= spectral_tol * mu0 for mu0 and mu_hat, reported values never above
 the true ones, on every route, against dense LAPACK SVDs (the oracle) on blocks where
 convergence is hard (mu_hat at the bulk edge of a random sparse block, clustered and
@@ -15,7 +15,7 @@ import torch
 
 import topo_pai
 from spectral_routes import force_route
-from topo_pai.metrics import measures as ms
+from topo_pai.metrics import spectra
 
 ROUTES = ["default", "gram-eigh", "lanczos-dense", "lanczos-sparse"]
 #: rounding slack on top of the stated bound (the contract says "plus rounding")
@@ -33,7 +33,7 @@ def _oracle(B):
 
 
 def _assert_contract(B, tol):
-    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B), tol)
+    mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B), tol)
     e0, e1 = _oracle(B)
     slack = ROUNDING * e0
     assert abs(mu0 - e0) <= tol * e0 + slack
@@ -99,12 +99,12 @@ def test_residual_bound_holds_for_any_unit_vector():
         u /= np.linalg.norm(u)
         s = np.linalg.norm(B @ u)
         r = np.linalg.norm(B.T @ (B @ u) - s**2 * u)
-        bound = ms.singular_value_error_bound(np.array([r]), np.array([s]))[0]
+        bound = spectra.singular_value_error_bound(np.array([r]), np.array([s]))[0]
         assert np.min(np.abs(sigma - s)) <= bound * (1 + 1e-12) + 1e-12
 
 
 def test_singular_value_error_bound_closed_form():
-    out = ms.singular_value_error_bound(np.array([1e-6, 4e-2, 0.0]), np.array([2.0, 0.1, 0.0]))
+    out = spectra.singular_value_error_bound(np.array([1e-6, 4e-2, 0.0]), np.array([2.0, 0.1, 0.0]))
     assert out[0] == pytest.approx(5e-7)  # r / s
     assert out[1] == pytest.approx(0.2)  # sqrt(r) < r / s
     assert out[2] == 0.0
@@ -113,19 +113,19 @@ def test_singular_value_error_bound_closed_form():
 def test_uncertified_vectors_are_not_returned(monkeypatch):
     """Vectors that fail the explicit residual certificate send the block to the direct
     SVD, whatever produced them."""
-    monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 0)
+    monkeypatch.setattr(spectra, "GRAM_MAX_SIDE", 0)
     poor = []
 
     def not_converged(gram, k, tol=None, max_columns=None, nonnegative=False):
         poor.append(k)
         return np.linalg.qr(np.random.default_rng(1).standard_normal((k, 2)))[0]
 
-    monkeypatch.setattr(ms, "gram_top_ritz_vectors", not_converged)
+    monkeypatch.setattr(spectra, "gram_top_ritz_vectors", not_converged)
     direct = []
-    real = ms._direct_top_two
-    monkeypatch.setattr(ms, "_direct_top_two", lambda A, *a: direct.append(A.shape) or real(A, *a))
+    real = spectra._direct_top_two
+    monkeypatch.setattr(spectra, "_direct_top_two", lambda A, *a: direct.append(A.shape) or real(A, *a))
     B = _bulk_edge_block(120, 100, 0.2, 4)
-    assert ms.top_singular_values(sp.csr_array(B)) == pytest.approx(_oracle(B), rel=1e-12)
+    assert spectra.top_singular_values(sp.csr_array(B)) == pytest.approx(_oracle(B), rel=1e-12)
     assert poor == [100] and direct == [(120, 100)]
 
 
@@ -136,7 +136,7 @@ def test_float32_gram_is_exact_or_not_used(scale):
     rng = np.random.default_rng(scale)
     D = (rng.random((600, 80)) < 0.5) * rng.integers(1, scale + 1, (600, 80)).astype(float)
     for B in (D, D + 0.5 * (D > 0)):
-        G = ms._gram_matrix(sp.csr_array(B))
+        G = spectra._gram_matrix(sp.csr_array(B))
         assert G.dtype == np.float64 and np.array_equal(G, B.T @ B)
 
 
@@ -149,7 +149,7 @@ def test_float32_gram_route_is_taken_where_exact(scale, float32, monkeypatch):
     monkeypatch.setattr(sp.csr_array, "astype",
                         lambda self, dtype, *a, **k: casts.append(np.dtype(dtype))
                         or real(self, dtype, *a, **k))
-    ms._gram_matrix(sp.csr_array(D))
+    spectra._gram_matrix(sp.csr_array(D))
     assert (np.dtype(np.float32) in casts) == float32
 
 
@@ -165,7 +165,7 @@ def test_duplicate_entries_are_summed_before_the_float32_test():
     assert not A.has_canonical_format or A.nnz < rows.size  # the duplicates are there
     dense = A.toarray()
     nnz_before = A.nnz
-    got = ms.top_singular_values(A, tol=1e-12)
+    got = spectra.top_singular_values(A, tol=1e-12)
     assert got == pytest.approx(_oracle(dense), rel=1e-11)
     assert A.nnz == nnz_before  # the caller's matrix is left as it was
 
@@ -174,7 +174,7 @@ def test_duplicate_entries_are_summed_before_the_float32_test():
                                  True, [1e-8], 10**400, 1e-13, np.float64(1e-15)])
 def test_spectral_tol_is_validated(bad):
     with pytest.raises(ValueError, match="spectral_tol"):
-        ms.check_spectral_tol(bad)
+        spectra.check_spectral_tol(bad)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     with pytest.raises(ValueError, match="spectral_tol must be a number"):
         topo_pai.from_torch(net, input_shape=(3,)).metrics(spectral_tol=bad)
@@ -189,8 +189,8 @@ def test_metrics_passes_spectral_tol_and_meets_it(monkeypatch):
     topo = topo_pai.from_torch(net, masks, input_shape=(90,))
     weights = {n: p.detach().abs() for n, p in net.named_parameters() if n in masks}
     seen = []
-    real = ms.top_singular_values
-    monkeypatch.setattr(ms, "top_singular_values",
+    real = spectra.top_singular_values
+    monkeypatch.setattr(spectra, "top_singular_values",
                         lambda A, tol=None: seen.append(tol) or real(A, tol))
     table = topo.metrics(weights, spectral_tol=1e-3)
     assert seen == [1e-3] * 4
@@ -204,17 +204,17 @@ def test_metrics_passes_spectral_tol_and_meets_it(monkeypatch):
 def test_the_arpack_fallback_is_certified_too(monkeypatch):
     """Blocks too large to densify fall back to ARPACK's svds; its vectors pass the
     same residual certificate (else a ValueError names spectral_tol)."""
-    monkeypatch.setattr(ms, "DENSE_SVD_FALLBACK_MAX_ENTRIES", 0)
-    monkeypatch.setattr(ms, "gram_top_ritz_vectors", lambda *a, **k: None)  # no convergence
-    monkeypatch.setattr(ms, "GRAM_MAX_SIDE", 0)
+    monkeypatch.setattr(spectra, "DENSE_SVD_FALLBACK_MAX_ENTRIES", 0)
+    monkeypatch.setattr(spectra, "gram_top_ritz_vectors", lambda *a, **k: None)  # no convergence
+    monkeypatch.setattr(spectra, "GRAM_MAX_SIDE", 0)
     B = _bulk_edge_block(150, 90, 0.2, 5)
-    mu0, mu_hat = ms.top_singular_values(sp.csr_array(B), tol=1e-8)
+    mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B), tol=1e-8)
     want = _oracle(B)
     assert mu0 <= want[0] * (1 + ROUNDING) and mu_hat <= want[1] + ROUNDING * want[0]
     assert abs(mu0 - want[0]) <= 1e-8 * want[0] and abs(mu_hat - want[1]) <= 1e-8 * want[0]
-    monkeypatch.setattr(ms, "_certified", lambda *a: None)
+    monkeypatch.setattr(spectra, "_certified", lambda *a: None)
     with pytest.raises(ValueError, match="spectral_tol"):
-        ms.top_singular_values(sp.csr_array(B), tol=1e-8)
+        spectra.top_singular_values(sp.csr_array(B), tol=1e-8)
 
 
 @pytest.mark.parametrize("route_name", ["lanczos-dense", "lanczos-sparse"])
@@ -225,13 +225,13 @@ def test_first_run_starts_from_ones_on_non_negative_blocks(monkeypatch, route_na
     with signs flipped at random, so no longer non-negative) meet the contract."""
     force_route(monkeypatch, route_name)
     starts = []
-    real = ms._top_ritz_pair
+    real = spectra._top_ritz_pair
 
     def spy(gram, k, locked, *args):
         starts.append((locked is None, args[-1]))
         return real(gram, k, locked, *args)
 
-    monkeypatch.setattr(ms, "_top_ritz_pair", spy)
+    monkeypatch.setattr(spectra, "_top_ritz_pair", spy)
     B = _bulk_edge_block(300, 140, 0.1, 5)
     signs = np.where(np.random.default_rng(6).random(B.shape) < 0.5, -1.0, 1.0)
     for block, ones in ((B, True), (B * signs, False)):

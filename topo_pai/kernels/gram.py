@@ -1,6 +1,6 @@
 """Numba kernels for the Lanczos iteration of the layer spectra.
 
-:func:`topo_pai.metrics.measures.top_singular_values` runs Lanczos on the Gram
+:func:`topo_pai.metrics.spectra.top_singular_values` runs Lanczos on the Gram
 matrix ``G = B^T B`` of a layer's block ``B``, tens of steps per block and
 thousands per network. A step is two products (``t = B v``, ``w = B^T t``), the
 three-term recurrence and classical Gram-Schmidt against the basis; done from Python it costs
@@ -327,7 +327,7 @@ def top_tridiagonal_pair(diagonal, off_diagonal):
 def _error_bound(residual, s):
     """``min(residual / s, sqrt(residual))``: the distance from ``s`` to a singular
     value certified by the residual ``||G u - s^2 u||`` (see
-    :func:`topo_pai.metrics.measures.singular_value_error_bound`)."""
+    :func:`topo_pai.metrics.spectra.singular_value_error_bound`)."""
     relative = residual / s if s > 0.0 else np.inf
     return min(relative, np.sqrt(residual))
 
@@ -336,7 +336,7 @@ def _error_bound(residual, s):
 def ritz_test(alpha, beta, j, scale, grow, r1, tol, margin, lock_residual, size, limit,
               last_step, last_log):
     """One convergence test of a Lanczos run after ``j`` steps (the rule of
-    :func:`topo_pai.metrics.measures.gram_top_ritz_vectors`). Returns ``(state, theta,
+    :func:`topo_pai.metrics.spectra.gram_top_ritz_vectors`). Returns ``(state, theta,
     y, residual, scale, next_check, last_step, last_log)``: ``state`` 1 when the run
     stops with the top Ritz pair ``(theta, y)`` of the tridiagonal projection (its
     bound met, its new vector vanished, or ``limit`` dimensions spanned), -1 when
