@@ -150,13 +150,15 @@ def _aligned(p: TScaled, e: int) -> torch.Tensor:
 
 
 def combine(parts: list[TScaled], n: int, device) -> TScaled:
-    """Sum of scaled tensors of length ``n``, exponents aligned first; parts untouched."""
+    """Sum of scaled tensors of length ``n``, exponents aligned first; parts untouched.
+    A lone non-zero part is the sum: it comes back sharing its mantissa (every scaled
+    tensor left :func:`normalize` in the window, and none is changed in place after)."""
     live = [p for p in parts if not p.zero]
     risky = any(p.risky for p in parts)
     if not live:
         return TScaled(torch.zeros(n, dtype=torch.float64, device=device), 0, risky, zero=True)
     if len(live) == 1:
-        return normalize(live[0].m.clone(), live[0].e, risky)
+        return TScaled(live[0].m, live[0].e, risky)
     e = max(p.e for p in live)
     risky = risky or any(e - p.e > RISKY_BITS for p in live)
     acc = _aligned(live[0], e)
@@ -198,20 +200,33 @@ class ConvGeometry:
         return self.pad_h[0] == self.pad_h[1] and self.pad_w[0] == self.pad_w[1]
 
     @property
+    def native(self) -> bool:
+        """Whether torch's own padding (``pad_h[0]``, ``pad_w[0]`` on both sides) gives
+        this layer: the same output size, and no read past the trailing pads, which are
+        then smaller than the leading ones or crop unread input (a stride-2 conv with
+        padding 1 on an even input, which torch pads on both sides but reads on one).
+        The extra zeros are never read, so no copy of the padded input is needed."""
+        (sh, sw), (dh, dw), (_, _, KH, KW) = self.stride, self.dilation, self.weight4
+        (top, bottom), (left, right) = self.pad_h, self.pad_w
+        return (bottom <= top and right <= left
+                and (self.H + 2 * top - dh * (KH - 1) - 1) // sh + 1 == self.OH
+                and (self.W + 2 * left - dw * (KW - 1) - 1) // sw + 1 == self.OW)
+
+    @property
     def padded(self) -> tuple[int, int, int, int]:
         return (1, self.C, self.H + sum(self.pad_h), self.W + sum(self.pad_w))
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.symmetric else F.pad(x, (*self.pad_w, *self.pad_h))
+        return x if self.native else F.pad(x, (*self.pad_w, *self.pad_h))
 
     def unpad(self, g: torch.Tensor) -> torch.Tensor:
-        if self.symmetric:
+        if self.native:
             return g
         return F.pad(g, (-self.pad_w[0], -self.pad_w[1], -self.pad_h[0], -self.pad_h[1]))
 
     @property
     def padding(self) -> tuple[int, int]:
-        return (self.pad_h[0], self.pad_w[0]) if self.symmetric else (0, 0)
+        return (self.pad_h[0], self.pad_w[0]) if self.native else (0, 0)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         x = self.pad(x.view(1, self.C, self.H, self.W))
@@ -235,7 +250,7 @@ class ConvGeometry:
     def backward(self, g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         if self.pointwise:  # W^T G, read through a transposed view (no unfold, no copy)
             return torch.mm(w.view(self.O, self.C).t(), g.view(self.O, -1)).reshape(-1)
-        size = (1, self.C, self.H, self.W) if self.symmetric else self.padded
+        size = (1, self.C, self.H, self.W) if self.native else self.padded
         gin = conv2d_input(size, w.view(self.weight4), g.view(1, self.O, self.OH, self.OW),
                            self.stride, self.padding, self.dilation, self.groups)
         return self.unpad(gin).reshape(-1)

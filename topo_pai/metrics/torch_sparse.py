@@ -129,7 +129,7 @@ class SparseConv:
     def backward(self, g: torch.Tensor) -> torch.Tensor:
         geo = self.geo
         cols = self.matrix_t @ g.view(geo.O, self.P)
-        size = (geo.H, geo.W) if geo.symmetric else geo.padded[2:]
+        size = (geo.H, geo.W) if geo.native else geo.padded[2:]
         gin = F.fold(cols.unsqueeze(0), size, geo.weight4[2:], geo.dilation, geo.padding,
                      geo.stride)
         return geo.unpad(gin).reshape(-1)
