@@ -18,10 +18,12 @@ _INT64_MAX = np.iinfo(np.int64).max
 
 
 @numba.njit(**JIT_OPTIONS)
-def _bit_extremes(bits, lo_t, hi_t):
+def _bit_extremes(bits):
+    # A loop over a slice's whole length: over ``range(lo, hi)`` of the full array it did
+    # not vectorise (10x slower, measured); the callers pass slices.
     hi = np.int64(0)
     lo = np.int64(_INT64_MAX)
-    for t in range(lo_t, hi_t):
+    for t in range(bits.shape[0]):
         b = bits[t]
         hi = max(hi, b)
         lo = min(lo, b if b > 0 else _INT64_MAX)
@@ -35,7 +37,7 @@ def _bit_extremes_parallel(bits, chunk):
     his = np.zeros(n_chunks, dtype=np.int64)
     los = np.zeros(n_chunks, dtype=np.int64)
     for c in numba.prange(n_chunks):
-        his[c], los[c] = _bit_extremes(bits, c * chunk, min((c + 1) * chunk, n))
+        his[c], los[c] = _bit_extremes(bits[c * chunk:min((c + 1) * chunk, n)])
     return his.max(), los.min()
 
 
@@ -54,7 +56,7 @@ def scale_stats(x):
     if n >= 1 << 17:
         hi, lo = _bit_extremes_parallel(bits, 1 << 15)
     else:
-        hi, lo = _bit_extremes(bits, 0, n)
+        hi, lo = _bit_extremes(bits)
     out = np.empty(2, dtype=np.int64)
     out[0] = hi
     out[1] = lo
@@ -63,9 +65,9 @@ def scale_stats(x):
 
 
 @numba.njit(**JIT_OPTIONS)
-def _count_both(a, b, lo, hi):
+def _count_both(a, b):
     n = 0
-    for t in range(lo, hi):
+    for t in range(a.shape[0]):  # over slices, as _bit_extremes
         n += (a[t] > 0.0) & (b[t] > 0.0)
     return n
 
@@ -75,7 +77,8 @@ def _count_both_parallel(a, b, chunk):
     n_chunks = (a.shape[0] + chunk - 1) // chunk
     n = 0
     for c in numba.prange(n_chunks):
-        n += _count_both(a, b, c * chunk, min((c + 1) * chunk, a.shape[0]))
+        lo, hi = c * chunk, min((c + 1) * chunk, a.shape[0])
+        n += _count_both(a[lo:hi], b[lo:hi])
     return n
 
 
@@ -84,7 +87,7 @@ def count_both_positive(a, b):
     """Number of positions with ``a > 0`` and ``b > 0``."""
     if a.shape[0] >= 1 << 17:
         return _count_both_parallel(a, b, 1 << 15)
-    return _count_both(a, b, 0, a.shape[0])
+    return _count_both(a, b)
 
 
 @numba.njit(parallel=True, **JIT_OPTIONS)
