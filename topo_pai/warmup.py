@@ -71,11 +71,39 @@ def warm_spectra() -> None:
         top_singular_values(sp.csr_array(block))
 
 
+def warm_by_size() -> None:
+    """Compile the kernels that size, not type, selects, which the small network of
+    :func:`warm` does not reach: the chunked mask intake (masks of 2^18 elements or
+    more, bool and float), the bracketed, chunked threshold of the pruners, and the
+    torch engine's sparse layers' lists and scores."""
+    import numpy as np
+
+    from topo_pai.kernels import intake
+    from topo_pai.kernels.sorting import group_by
+    from topo_pai.kernels.vectors import scatter_log10_scores
+    from topo_pai.pruners.select import rng_for, select_top
+
+    n = intake.PARALLEL_MIN_ELEMENTS * 9
+    out, counts = np.empty(n, dtype=np.uint8), np.empty(n // 9, dtype=np.uint8)
+    for dtype in (np.bool_, np.float32):
+        mask = np.ones(n, dtype=dtype)
+        intake.validate_kernel_counts(mask, 9, out, counts)
+        intake.validate_count(mask, out)
+    scores = np.random.default_rng(0).random(n)
+    alive = scores > 0.1
+    select_top([scores], n // 2, rng_for(0))
+    select_top([scores], n // 4, rng_for(0), [alive], workspace={})
+    flat = np.flatnonzero(alive[:1000])
+    group_by(flat % 9, 9)
+    scatter_log10_scores(flat, scores[:flat.size], 0.0, scores, True, np.empty(1000))
+
+
 def main() -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP runtime
     start = time.perf_counter()
     warm()
     warm_spectra()
+    warm_by_size()
     print(f"numba cache warm ({time.perf_counter() - start:.0f} s)")
     return 0
 

@@ -5,7 +5,7 @@ holds ``v == 1`` and the return value counts the elements that are neither 0
 nor 1 (NaN included), so that a bad mask is refused without a separate check.
 Reference: ``flat == 1`` and ``((flat != 0) & (flat != 1)).sum()``.
 
-Each function runs one loop body (a ``_span`` kernel over an index range) either
+Each function runs one loop body (a ``_span`` kernel over a slice) either
 in one call or in :data:`CHUNKS` chunks on numba's threads. Waking the threads
 costs about 0.1 ms here, more than a serial pass over a small mask takes, and an
 iterative pruner takes in every layer's mask every round; so masks below

@@ -716,9 +716,9 @@ class TorchNeuronEngine:
 #: engine is at least as fast as Numba on ResNet-18 at every density measured (down to
 #: 0.01), and on ResNet-20 within 5 % from 0.1 down (the table, 2026-12-04); published
 #: SynFlow on ResNet-20 (100 rounds, alternated 3 times) took 3.4-3.6 s with these
-#: constants against 3.9-4.5 s with the previous 0.1 and 1e6. One choice per network, not per layer: alternating Numba's and torch's
-#: thread pools within one pass slowed torch's convolutions 3-4x on the shared CPUs
-#: measured here.
+#: constants against 3.9-4.5 s with the previous 0.1 and 1e6. One choice per network,
+#: not per layer: alternating Numba's and torch's thread pools within one pass slowed
+#: torch's convolutions 3-4x on the shared CPUs measured here.
 TORCH_MIN_DENSITY = 0.03
 TORCH_LAYER_WORK = 5e4
 
