@@ -78,12 +78,12 @@ def warm_by_size() -> None:
     torch engine's sparse layers' lists and scores."""
     import numpy as np
 
-    from topo_pai.kernels import intake
+    from topo_pai.kernels import intake, options
     from topo_pai.kernels.sorting import group_by
     from topo_pai.kernels.vectors import scatter_log10_scores
     from topo_pai.pruners.select import rng_for, select_top
 
-    n = intake.PARALLEL_MIN_ELEMENTS * 9
+    n = options.PARALLEL_MIN_ELEMENTS * 9
     out, counts = np.empty(n, dtype=np.uint8), np.empty(n // 9, dtype=np.uint8)
     for dtype in (np.bool_, np.float32):
         mask = np.ones(n, dtype=dtype)

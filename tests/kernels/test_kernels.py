@@ -689,9 +689,9 @@ def test_fused_intake_matches_validate_and_kernel_csr(case, src_dtype, poison):
 def test_intake_serial_and_chunked_agree(monkeypatch, n_kernels, parallel_from):
     """Both drivers of the intake (one serial span, or chunks on numba's threads, split
     wherever the size falls) give the reference's copy, counts and totals."""
-    from topo_pai.kernels import intake
+    from topo_pai.kernels import options
 
-    monkeypatch.setattr(intake, "PARALLEL_MIN_ELEMENTS", parallel_from)
+    monkeypatch.setattr(options, "PARALLEL_MIN_ELEMENTS", parallel_from)
     rng = np.random.default_rng(n_kernels)
     flat = (rng.random(n_kernels * 9) < 0.3).astype(np.float32)
     flat[rng.integers(flat.size)] = 0.5

@@ -11,6 +11,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from topo_pai.kernels import options
 from topo_pai.pruners import select
 from topo_pai.pruners.select import rng_for, select_top
 
@@ -103,7 +104,7 @@ def test_bracketed_selection_keeps_what_a_full_partition_keeps(seed, n_layers, k
     k = max(1, min(n_alive - 1, round(at * n_alive)))
     with mock.patch.object(select, "BRACKET_MIN_CANDIDATES", 1), \
             mock.patch.object(select, "BRACKET_SAMPLE", 128), \
-            mock.patch.object(select, "PARALLEL_MIN_SCORES", 1 if chunked else 1 << 30):
+            mock.patch.object(options, "PARALLEL_MIN_ELEMENTS", 1 if chunked else 1 << 30):
         got = select_top(scores, k, rng_for(3, "ties"), lives, workspace={})
     want = previous_select_top(scores, k, rng_for(3, "ties"), lives)
     for g, w in zip(got, want):

@@ -6,24 +6,18 @@ nor 1 (NaN included), so that a bad mask is refused without a separate check.
 Reference: ``flat == 1`` and ``((flat != 0) & (flat != 1)).sum()``.
 
 Each function runs one loop body (a ``_span`` kernel over a slice) either
-in one call or in :data:`CHUNKS` chunks on numba's threads. Waking the threads
-costs about 0.1 ms here, more than a serial pass over a small mask takes, and an
-iterative pruner takes in every layer's mask every round; so masks below
-:data:`PARALLEL_MIN_ELEMENTS` are taken in on the calling thread alone.
+in one call or in chunks on numba's threads
+(:data:`~topo_pai.kernels.options.PARALLEL_MIN_ELEMENTS`): an iterative pruner takes
+in every layer's mask every round, and waking the threads for a small mask costs
+more than the pass.
 """
 
 from __future__ import annotations
 
 import numba
 
+from topo_pai.kernels import options
 from topo_pai.kernels.options import JIT_OPTIONS
-
-#: Masks with fewer elements are taken in serially (measured crossover on 2 cores:
-#: about 200k elements; a ResNet-20 layer has at most 37k, a ResNet-18 layer up to 2.4M).
-PARALLEL_MIN_ELEMENTS = 1 << 18
-#: Chunks of a parallel intake (a few per thread, so that a slow thread is waited on less).
-CHUNKS = 16
-
 
 # The spans take slices and loop over their whole length: a loop over ``range(lo, hi)``
 # of the full arrays did not vectorise (15x slower, measured).
@@ -88,9 +82,9 @@ def _count_chunks(out, group_size, counts, chunks):
 
 
 def _copy(flat, out) -> tuple[int, int]:
-    if flat.shape[0] < PARALLEL_MIN_ELEMENTS:
+    if flat.shape[0] < options.PARALLEL_MIN_ELEMENTS:
         return _copy_span(flat, out)
-    return _copy_chunks(flat, out, CHUNKS)
+    return _copy_chunks(flat, out, options.PARALLEL_CHUNKS)
 
 
 def validate_copy(flat, out) -> int:
@@ -113,8 +107,8 @@ def validate_kernel_counts(flat, group_size: int, out, counts) -> tuple[int, int
     validating copy vectorises, and the counts then read the compact uint8 copy.
     """
     bad, _ = _copy(flat, out)
-    if flat.shape[0] < PARALLEL_MIN_ELEMENTS:
+    if flat.shape[0] < options.PARALLEL_MIN_ELEMENTS:
         nonempty, ones = _count_span(out, group_size, counts)
     else:
-        nonempty, ones = _count_chunks(out, group_size, counts, CHUNKS)
+        nonempty, ones = _count_chunks(out, group_size, counts, options.PARALLEL_CHUNKS)
     return int(bad), int(nonempty), int(ones)

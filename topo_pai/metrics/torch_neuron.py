@@ -447,7 +447,7 @@ class TorchNeuronEngine:
     # -- ops ---------------------------------------------------------------------------
     def _layer_forward(self, layer: int, x: torch.Tensor, unit: bool) -> torch.Tensor:
         spec = self.program.layers[layer]
-        if spec.kind != "Linear" and self._is_sparse(layer):
+        if self._is_sparse(layer):
             return self._sparse_conv(layer, unit).forward(x)
         w = self._weight(layer, unit)
         if spec.kind == "Linear":
@@ -456,7 +456,7 @@ class TorchNeuronEngine:
 
     def _layer_backward(self, layer: int, g: torch.Tensor, unit: bool) -> torch.Tensor:
         spec = self.program.layers[layer]
-        if spec.kind != "Linear" and self._is_sparse(layer):
+        if self._is_sparse(layer):
             return self._sparse_conv(layer, unit).backward(g)
         w = self._weight(layer, unit)
         if spec.kind == "Linear":

@@ -26,6 +26,8 @@ import zlib
 import numba
 import numpy as np
 
+from topo_pai.kernels import options
+
 
 def rng_for(seed: int, *keys) -> np.random.Generator:
     """An independent generator for ``seed`` and string/int ``keys`` (e.g. a layer name).
@@ -177,21 +179,22 @@ def _flat(a: np.ndarray) -> np.ndarray:
 #: partition is as fast), and the size of its strided sample.
 BRACKET_MIN_CANDIDATES = 1 << 16
 BRACKET_SAMPLE = 1 << 14
-#: Layers with at least this many scores are bracketed and thresholded in
-#: :data:`CHUNKS` slices on numba's threads (waking them costs about 0.1 ms).
-PARALLEL_MIN_SCORES = 1 << 18
-CHUNKS = 16
 
+
+# Layers of options.PARALLEL_MIN_ELEMENTS scores or more are bracketed and thresholded
+# in slices on numba's threads.
 
 def _bracket_layer(scores, alive, use_alive, lo, hi, out, start):
-    if scores.shape[0] >= PARALLEL_MIN_SCORES:
-        return _bracket_chunks(scores, alive, use_alive, lo, hi, out, start, CHUNKS)
+    if scores.shape[0] >= options.PARALLEL_MIN_ELEMENTS:
+        return _bracket_chunks(scores, alive, use_alive, lo, hi, out, start,
+                               options.PARALLEL_CHUNKS)
     return _bracket(scores, alive, use_alive, lo, hi, out, start)
 
 
 def _at_least_layer(scores, alive, use_alive, threshold, out):
-    if scores.shape[0] >= PARALLEL_MIN_SCORES:
-        return _at_least_chunks(scores, alive, use_alive, threshold, out, CHUNKS)
+    if scores.shape[0] >= options.PARALLEL_MIN_ELEMENTS:
+        return _at_least_chunks(scores, alive, use_alive, threshold, out,
+                                options.PARALLEL_CHUNKS)
     return _at_least(scores, alive, use_alive, threshold, out)
 
 
@@ -212,8 +215,9 @@ def _bracketed_kth(flat, live, total: int, k: int, buf: np.ndarray) -> float | N
     A strided sample (every layer in proportion to its size) gives two order
     statistics about ``4 sigma`` of a binomial count on either side of the k-th
     largest's rank; everything above the upper one is counted, everything within is
-    copied to ``buf`` (room for every score, alive or not, plus one) and partitioned. The result is exact whatever the sample: the
-    bracket only decides whether this shortcut applies.
+    copied to ``buf`` (room for every score, alive or not, plus one) and
+    partitioned. The result is exact whatever the sample: the bracket only decides
+    whether this shortcut applies.
     """
     n_all = sum(f.size for f in flat)
     step = max(1, n_all // BRACKET_SAMPLE)
@@ -235,7 +239,7 @@ def _bracketed_kth(flat, live, total: int, k: int, buf: np.ndarray) -> float | N
     end, above = 0, 0
     for i, f in enumerate(flat):
         end, n_up = _bracket_layer(f, empty if live is None else live[i], live is not None,
-                             lo, hi, buf, end)
+                                   lo, hi, buf, end)
         above += n_up
     need = k - above  # the k-th largest is the need-th largest within the bracket
     if not 1 <= need <= end:
