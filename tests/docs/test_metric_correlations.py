@@ -76,6 +76,32 @@ def test_code_of_record_is_imported_from_its_export(tmp_path, monkeypatch):
     assert Path(proc.stdout.strip()).resolve() == (code / "topo_pai" / "__init__.py").resolve()
 
 
+def test_a_trial_is_rebuilt_at_the_cpu_level_its_row_ran_at(tmp_path):
+    """A SNIP trial swept with torch limited to its portable kernels records that level,
+    and the retry rebuilds it in a process limited the same way (the cause of the 26 study
+    trials that did not reproduce on an AVX-512 machine)."""
+    import json
+    import os
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from topo_pai.experiments.sweep import SweepConfig, run_sweep\n"
+        "cfg = SweepConfig(models=('lenet_300_100',), dataset='synthetic', methods=('snip',),\n"
+        "                  sparsities=(0.9,), seeds=(0,), prune_samples=64,\n"
+        "                  model_kwargs={'lenet_300_100': {'width': 0.1}})\n"
+        "run_sweep(cfg, sys.argv[1], workers=1, progress=False)\n")
+    out = tmp_path / "s"
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True,
+                   env=dict(os.environ, **mc.CPU_LIMITS["DEFAULT"]))
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    (row,) = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert row["cpu_capability"] == "DEFAULT"
+    rec = mc._measure_at_cpu(cfg, row, row["cpu_capability"])
+    assert rec["reproduced"], rec.get("error")
+    assert rec["options"] == {"cpu": "DEFAULT"} and math.isfinite(rec["mean_in_degree"])
+
+
 def test_dense_reference_trials_are_counted_but_not_ranked(tmp_path, monkeypatch):
     """An unpruned reference (sparsity 0) has no mask to rank: it is named in the count
     and left out of every correlation and of the leave-one-method-out model."""

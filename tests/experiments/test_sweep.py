@@ -428,6 +428,7 @@ def test_a_trial_gives_the_same_metrics_with_one_or_two_workers(tmp_path):
     strip = [{k: v for k, v in r.items() if k not in timing} for r in one]
     assert strip == [{k: v for k, v in r.items() if k not in timing} for r in two]
     assert {r["threads"] for r in one + two} == {1}
+    assert {r["cpu_capability"] for r in one + two} == {torch.backends.cpu.get_cpu_capability()}
 
     def histories(out):
         return {e["trial_id"]: [{k: v for k, v in h.items() if k != "seconds"}
@@ -532,3 +533,25 @@ def test_a_model_with_more_logits_than_classes_still_trains(tmp_path):
                       train_limit=64, test_limit=32)
     rows = run_sweep(cfg, tmp_path / "s", progress=False)
     assert len(rows) == 1 and 0.0 <= rows[0]["accuracy"] <= 1.0
+
+
+def test_a_row_records_the_cpu_capability_its_process_ran_at(tmp_path):
+    """Float32 kernels round differently at each SIMD level (the cause of SNIP masks that did
+    not reproduce across machines), so each row says which level its process used: here one
+    run limited to the portable kernels by ``ATEN_CPU_CAPABILITY=default``."""
+    import subprocess
+
+    code = (
+        "import json, sys\n"
+        "from topo_pai.experiments.sweep import SweepConfig, run_sweep\n"
+        "cfg = SweepConfig(models=('lenet_300_100',), dataset='synthetic', methods=('random',),\n"
+        "                  sparsities=(0.5,), seeds=(0,),\n"
+        "                  model_kwargs={'lenet_300_100': {'width': 0.1}})\n"
+        "rows = run_sweep(cfg, sys.argv[1], workers=1, progress=False)\n"
+        "print(json.dumps([r['cpu_capability'] for r in rows]))\n")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], env=env,
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == ["DEFAULT"]
+    with open(tmp_path / "s" / "results.csv", newline="") as f:
+        assert [r["cpu_capability"] for r in csv.DictReader(f)] == ["DEFAULT"]

@@ -21,10 +21,15 @@ TOPOLOGY_COLUMNS = ("effective_nodes", "n_nodes", "log10_paths", "effective_para
                     "unpruned_params", "total_params", "flops")
 #: Columns of one node-path curve row (nothing is trained, so ``accuracy`` is None).
 RESULT_COLUMNS = KEY_COLUMNS + TOPOLOGY_COLUMNS + ("accuracy",)
-#: Columns of every sweep row, in the order of the results files.
+#: Columns of every sweep row, in the order of the results files. ``cpu_capability`` is
+#: the SIMD level of torch's CPU kernels in the trial's process
+#: (``torch.backends.cpu.get_cpu_capability()``: ``"AVX2"``, ``"AVX512"``, ...): float32
+#: sums round differently at each level, so masks from data (SNIP's gradients) and
+#: trained accuracies reproduce bit for bit only at the same level (README, "Reproducible
+#: trials").
 COLUMNS = KEY_COLUMNS + TOPOLOGY_COLUMNS + (
     "dense_flops", "accuracy", "test_loss", "val_accuracy", "val_loss", "epochs",
-    "prune_seconds", "train_seconds", "device", "threads",
+    "prune_seconds", "train_seconds", "device", "threads", "cpu_capability",
 )
 #: Network totals of ``Topology.metrics`` added to sweep rows (``docs/metrics.md``).
 METRIC_COLUMNS = (

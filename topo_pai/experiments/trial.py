@@ -130,6 +130,7 @@ def _run_trial(cfg: SweepConfig, trial: Trial, *, data_root, device) -> dict:
         accuracy=None, test_loss=None, val_accuracy=None, val_loss=None, epochs=0,
         prune_seconds=round(prune_seconds, 3),
         train_seconds=0.0, device=str(resolve_device(device)), threads=cfg.threads,
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
     )
     extra = _metric_columns(cfg, model, masks, (C, H, W), dense)
     if rescale:
