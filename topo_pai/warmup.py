@@ -74,11 +74,14 @@ def warm_spectra() -> None:
 def warm_by_size() -> None:
     """Compile the kernels that size, not type, selects, which the small network of
     :func:`warm` does not reach: the chunked mask intake (masks of 2^18 elements or
-    more, bool and float), the bracketed, chunked threshold of the pruners, and the
-    torch engine's sparse layers' lists and scores."""
+    more, bool and float), the threaded element lists of large conv layers, the
+    bracketed, chunked threshold of the pruners, and the torch engine's sparse layers'
+    lists and scores."""
+    import numba
     import numpy as np
 
     from topo_pai.kernels import intake, options
+    from topo_pai.kernels.elements import by_input, count_words, mask_elements
     from topo_pai.kernels.sorting import group_by
     from topo_pai.kernels.vectors import scatter_log10_scores
     from topo_pai.pruners.select import rng_for, select_top
@@ -89,6 +92,14 @@ def warm_by_size() -> None:
         mask = np.ones(n, dtype=dtype)
         intake.validate_kernel_counts(mask, 9, out, counts)
         intake.validate_count(mask, out)
+    side = 1 << 9  # a 1x1 conv of 2^18 kernels, all kept: the threaded element lists
+    kernels = np.ones(side * side, dtype=np.uint8)
+    for index in (np.int32, np.int64):
+        _, ptr_o, nz_i, src = mask_elements(
+            kernels, kernels, count_words(kernels, 1), side, side, 1, side, 1,
+            np.zeros(1, dtype=np.int64), np.zeros(1, dtype=index), np.zeros(1, dtype=np.int32),
+            kernels.size)
+        by_input(ptr_o, nz_i, src, side, numba.get_num_threads())
     scores = np.random.default_rng(0).random(n)
     alive = scores > 0.1
     select_top([scores], n // 2, rng_for(0))

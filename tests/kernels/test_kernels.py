@@ -29,6 +29,7 @@ from hypothesis import assume, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from topo_pai.kernels import reference as R  # noqa: E402
+from topo_pai.kernels import elements as element_kernels  # noqa: E402
 from topo_pai.kernels.elements import by_input, count_words, mask_elements  # noqa: E402
 from topo_pai.kernels.intake import (  # noqa: E402
     validate_copy,
@@ -322,11 +323,16 @@ def test_mask_elements(case):
     taps = rng.permutation(KH * KW).astype(np.int64)  # any table: spans are looked up
     flat_dtype = np.int32 if seed % 2 else np.int64  # int64 for layers of 2**31+ elements
     args = (O, I, KH * KW, opg, plane, taps, np.zeros(1, np.int64), np.zeros(1, flat_dtype))
-    got = mask_elements(mask.reshape(-1), counts, count_words(counts, KH * KW), *args)
-    # the word-skipping scan must agree with the byte-by-byte one
-    plain = mask_elements(mask.reshape(-1), counts, np.zeros(0, np.uint64), *args)
-    for a, b in zip(got, plain):
+    words = count_words(counts, KH * KW)
+    got = mask_elements(mask.reshape(-1), counts, words, *args, int(mask.sum()))
+    # the word-skipping scan must agree with the byte-by-byte one, and the kernel that
+    # large layers get (on numba's threads) with the one small layers get
+    plain = mask_elements(mask.reshape(-1), counts, np.zeros(0, np.uint64), *args,
+                          int(mask.sum()))
+    threaded = element_kernels._mask_elements_parallel(mask.reshape(-1), counts, words, *args)
+    for a, b, c in zip(got, plain, threaded):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
     flat, ptr_o, nz_i, src = got
     o, i, kh, kw = np.nonzero(mask)  # output-major, as documented
     np.testing.assert_array_equal(flat, np.flatnonzero(mask))
@@ -339,6 +345,10 @@ def test_mask_elements(case):
         assert arr.dtype.kind == "i"
     # regrouped by input channel: a stable sort by input channel
     ptr_i, by_i_o, by_i_src, order = by_input(ptr_o, nz_i, src, groups * I, 2)
+    for parts in (1, 2, 5):  # the threaded kernel, as many tasks as output channels or more
+        for a, b in zip((ptr_i, by_i_o, by_i_src, order),
+                        element_kernels._by_input_parallel(ptr_o, nz_i, src, groups * I, parts)):
+            np.testing.assert_array_equal(a, b)
     want = np.argsort(nz_i, kind="stable")
     np.testing.assert_array_equal(order, want)
     np.testing.assert_array_equal(ptr_i, np.concatenate([[0], np.cumsum(np.bincount(

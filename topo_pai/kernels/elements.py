@@ -12,6 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from topo_pai.kernels import options
 from topo_pai.kernels.options import JIT_OPTIONS
 
 _BYTE_SUM = np.uint64(0x0101010101010101)
@@ -51,9 +52,8 @@ def _emit_kernel(mask, k, kk, in_channel, t, flat, nz_i, src, start, taps):
     return t
 
 
-@numba.njit(parallel=True, **JIT_OPTIONS)
 def mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, plane, taps,
-                  index_sample, flat_sample):
+                  index_sample, flat_sample, n_kept):
     """Unpruned elements of a 0/1 uint8 conv mask (O, I/groups, *kernel), output-major.
 
     ``counts`` holds the number of unpruned elements of every kernel (as the mask
@@ -65,7 +65,22 @@ def mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, p
     Returns ``(flat, ptr_o, nz_i, src)``: flat weight index (of ``flat_sample``'s
     dtype: int64 for a weight of 2**31 elements or more), CSR row pointer over output
     channels, global input channel and span start (of ``index_sample``'s dtype).
+    ``n_kept`` (the number of unpruned elements) sizes the work: under
+    :data:`~topo_pai.kernels.options.PARALLEL_MIN_ELEMENTS` kernels plus elements it runs
+    on the calling thread.
     """
+    kernel = (_mask_elements_serial
+              if counts.shape[0] + n_kept < options.PARALLEL_MIN_ELEMENTS
+              else _mask_elements_parallel)
+    return kernel(mask, counts, words, n_out, per_group_in, kk, out_per_group, plane, taps,
+                  index_sample, flat_sample)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, plane, taps,
+                   index_sample, flat_sample):
+    """:func:`mask_elements`' body: inlined into a serial and a parallel kernel, whose
+    ``prange`` loops then run on the calling thread or on numba's threads."""
     P = per_group_in
     ptr_o = np.zeros(n_out + 1, dtype=np.int64)
     for o in numba.prange(n_out):
@@ -105,7 +120,20 @@ def mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, p
     return flat, ptr_o, nz_i, src
 
 
+@numba.njit(**JIT_OPTIONS)
+def _mask_elements_serial(mask, counts, words, n_out, per_group_in, kk, out_per_group, plane,
+                          taps, index_sample, flat_sample):
+    return _mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, plane,
+                          taps, index_sample, flat_sample)
+
+
 @numba.njit(parallel=True, **JIT_OPTIONS)
+def _mask_elements_parallel(mask, counts, words, n_out, per_group_in, kk, out_per_group, plane,
+                            taps, index_sample, flat_sample):
+    return _mask_elements(mask, counts, words, n_out, per_group_in, kk, out_per_group, plane,
+                          taps, index_sample, flat_sample)
+
+
 def by_input(ptr_o, nz_i, src, n_in, n_parts):
     """Regroup output-major elements by input channel (stable within a channel).
 
@@ -114,7 +142,17 @@ def by_input(ptr_o, nz_i, src, n_in, n_parts):
     A parallel counting sort: each of ``n_parts`` tasks takes a range of output
     channels, counts its elements per input channel, and after a prefix sum over
     (channel, task) scatters them into its own slots, which keeps the order stable.
+    Under :data:`~topo_pai.kernels.options.PARALLEL_MIN_ELEMENTS` elements it runs as one
+    task on the calling thread.
     """
+    if nz_i.shape[0] < options.PARALLEL_MIN_ELEMENTS:
+        return _by_input_serial(ptr_o, nz_i, src, n_in, 1)
+    return _by_input_parallel(ptr_o, nz_i, src, n_in, n_parts)
+
+
+@numba.njit(inline="always", **JIT_OPTIONS)
+def _by_input(ptr_o, nz_i, src, n_in, n_parts):
+    """:func:`by_input`'s body, inlined into a serial and a parallel kernel."""
     n_out = ptr_o.shape[0] - 1
     nnz = nz_i.shape[0]
     n_parts = max(1, min(n_out, n_parts))
@@ -146,6 +184,16 @@ def by_input(ptr_o, nz_i, src, n_in, n_parts):
                 order[p] = t
                 fill[i] = p + 1
     return ptr_i, by_i_o, by_i_src, order
+
+
+@numba.njit(**JIT_OPTIONS)
+def _by_input_serial(ptr_o, nz_i, src, n_in, n_parts):
+    return _by_input(ptr_o, nz_i, src, n_in, n_parts)
+
+
+@numba.njit(parallel=True, **JIT_OPTIONS)
+def _by_input_parallel(ptr_o, nz_i, src, n_in, n_parts):
+    return _by_input(ptr_o, nz_i, src, n_in, n_parts)
 
 
 def count_words(counts: np.ndarray, kernel_volume: int) -> np.ndarray:

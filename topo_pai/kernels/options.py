@@ -15,7 +15,8 @@ JIT_OPTIONS = dict(nogil=True, cache=True)
 #: Passes over at least this many elements run in :data:`PARALLEL_CHUNKS` slices on
 #: numba's threads, shorter ones on the calling thread: waking the threads costs about
 #: 0.1 ms with torch loaded, more than a serial pass over ~200k elements takes (measured
-#: on 2 cores). Used by the mask intake and the pruners' threshold; read at call time.
+#: on 2 cores). Used by the mask intake, the conv layers' element lists and the pruners'
+#: threshold; read at call time.
 PARALLEL_MIN_ELEMENTS = 1 << 18
 #: Slices of such a pass: a few per thread, so that a slow thread is waited on less.
 PARALLEL_CHUNKS = 16

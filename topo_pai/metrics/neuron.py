@@ -168,7 +168,7 @@ def conv_elements(layer: Layer, lm: LayerMask, plan: ConvPlan) -> ConvElements:
     flat, ptr_o, nz_i, src = mask_elements(
         mask, counts, count_words(counts, KH * KW), O, per_group, KH * KW, layer.out_per_group,
         plan.plane, tap_offsets(plan, (KH, KW)), np.zeros(1, dtype=index),
-        np.zeros(1, dtype=flat_index))
+        np.zeros(1, dtype=flat_index), lm.unpruned)
     ptr_i, by_i_o, by_i_src, order = by_input(ptr_o, nz_i, src, plan.C,
                                               numba.get_num_threads())
     return ConvElements(flat, ptr_o, src, ptr_i, by_i_o, by_i_src, order, np.zeros(0),
