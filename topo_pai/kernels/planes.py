@@ -180,8 +180,12 @@ def plane_backward(gout, gq, ostride, n, ptr_i, by_i_o, by_i_src, val, plane, in
             gq[i * plane:(i + 1) * plane] = 0.0
         _conv_span_t(gout, gq, 0, ostride, n, ptr_i[i], ptr_i[i + 1], by_i_o, by_i_src, val)
         if base.shape[0] > 0:
-            for j in range(i * plane, (i + 1) * plane):
-                gq[j] += base[j]
+            # over slices, not range(i * plane, ...) of the whole arrays: LLVM vectorises
+            # this form only (measured 2x on a ResNet-50 plane)
+            g = gq[i * plane:(i + 1) * plane]
+            b = base[i * plane:(i + 1) * plane]
+            for j in range(plane):
+                g[j] += b[j]
 
 
 @numba.njit(parallel=True, **JIT_OPTIONS)
