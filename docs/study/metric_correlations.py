@@ -289,9 +289,10 @@ def _safely(measure, cfg_dict: dict, row: dict, *args) -> dict:
 
 
 def _retry(out: Path, rows: list[dict], tried: str, label: str, measure, args, workers: int):
-    """Measure again, by ``measure(cfg, row, *args(row))``, the trials of ``rows`` that
-    ``out`` lists as not reproduced and not yet ``tried``; append each result with
-    ``tried`` set (a later line for a trial id replaces an earlier one; see _read_jsonl)."""
+    """Measure again, by ``measure(*args(row))`` (``args``: ``(cfg, row, what)``, or None to
+    skip the row), the trials of ``rows`` that ``out`` lists as not reproduced and not yet
+    ``tried``; append each result with ``tried = what`` (a later line for a trial id
+    replaces an earlier one; see _read_jsonl)."""
     done = _read_jsonl(out)
     retry = [r for r in rows if r["trial_id"] in done and not done[r["trial_id"]]["reproduced"]
              and tried not in done[r["trial_id"]] and args(r) is not None]

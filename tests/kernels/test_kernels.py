@@ -718,6 +718,40 @@ def test_intake_serial_and_chunked_agree(monkeypatch, n_kernels, parallel_from):
     np.testing.assert_array_equal(out2, ref)
 
 
+def test_element_lists_pick_the_threaded_kernels_by_size(monkeypatch):
+    """mask_elements and by_input run their threaded kernels from
+    PARALLEL_MIN_ELEMENTS (kernels plus kept elements; elements) up, the serial ones
+    below, with the same lists either way."""
+    from topo_pai.kernels import options
+
+    rng = np.random.default_rng(3)
+    O, I, kk = 6, 5, 9
+    mask = (rng.random(O * I * kk) < 0.3).astype(np.uint8)
+    counts = mask.reshape(O * I, kk).sum(axis=1).astype(np.uint8)
+    args = (mask, counts, count_words(counts, kk), O, I, kk, O, 100,
+            np.arange(kk, dtype=np.int64), np.zeros(1, np.int32), np.zeros(1, np.int32))
+    n_kept = int(mask.sum())
+    threaded = []
+    for name in ("_mask_elements_parallel", "_by_input_parallel"):
+        kernel = getattr(element_kernels, name)
+        monkeypatch.setattr(element_kernels, name,
+                            lambda *a, _k=kernel, _n=name: threaded.append(_n) or _k(*a))
+    results = {}
+    for parallel_from in (1 << 30, O * I + n_kept, 1):
+        monkeypatch.setattr(options, "PARALLEL_MIN_ELEMENTS", parallel_from)
+        threaded.clear()
+        flat, ptr_o, nz_i, src = mask_elements(*args, n_kept)
+        lists = by_input(ptr_o, nz_i, src, I, 2)
+        results[parallel_from] = (flat, ptr_o, nz_i, src) + lists
+        assert threaded == (["_mask_elements_parallel"] if parallel_from <= O * I + n_kept
+                            else []) + (["_by_input_parallel"] if parallel_from <= n_kept
+                                        else [])
+    first, *others = results.values()
+    for other in others:
+        for a, b in zip(first, other):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("fill", [0.0, 0.02, 0.07, 0.09, 0.5, 1.0])
 def test_counts_csr_both_loops_match_the_definition(fill):
     """counts_csr branches per kernel below BRANCH_FREE_FRACTION of non-empty kernels
