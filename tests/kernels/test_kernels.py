@@ -29,7 +29,6 @@ from hypothesis import assume, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from topo_pai.kernels import reference as R  # noqa: E402
-from topo_pai.kernels import elements as element_kernels  # noqa: E402
 from topo_pai.kernels.elements import by_input, count_words, mask_elements  # noqa: E402
 from topo_pai.kernels.intake import (  # noqa: E402
     validate_copy,
@@ -320,6 +319,8 @@ def test_mask_elements(case):
     mask = (rng.random((O, I, KH, KW)) < density).astype(np.uint8)
     counts = mask.reshape(O * I, KH * KW).sum(axis=1).astype(np.uint8)
     plane = 1000
+    from topo_pai.kernels import elements as element_kernels
+
     taps = rng.permutation(KH * KW).astype(np.int64)  # any table: spans are looked up
     flat_dtype = np.int32 if seed % 2 else np.int64  # int64 for layers of 2**31+ elements
     args = (O, I, KH * KW, opg, plane, taps, np.zeros(1, np.int64), np.zeros(1, flat_dtype))
@@ -722,6 +723,7 @@ def test_element_lists_pick_the_threaded_kernels_by_size(monkeypatch):
     """mask_elements and by_input run their threaded kernels from
     PARALLEL_MIN_ELEMENTS (kernels plus kept elements; elements) up, the serial ones
     below, with the same lists either way."""
+    from topo_pai.kernels import elements as element_kernels
     from topo_pai.kernels import options
 
     rng = np.random.default_rng(3)
