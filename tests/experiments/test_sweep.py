@@ -555,3 +555,23 @@ def test_a_row_records_the_cpu_capability_its_process_ran_at(tmp_path):
     assert json.loads(out.stdout.splitlines()[-1]) == ["DEFAULT"]
     with open(tmp_path / "s" / "results.csv", newline="") as f:
         assert [r["cpu_capability"] for r in csv.DictReader(f)] == ["DEFAULT"]
+
+
+def test_resuming_on_a_cpu_of_another_simd_level_warns(tmp_path):
+    """A sweep resumed where torch's CPU kernels run at another SIMD level than its
+    earlier rows did mixes two roundings in one table: the store says so, naming both
+    levels and the way back."""
+    import torch
+
+    cfg = SweepConfig(**{**TINY, "methods": ("random",), "sparsities": (0.5,), "shuffled": ()})
+    out = tmp_path / "s"
+    run_sweep(cfg, out, progress=False, limit=1)
+    other = "AVX2" if torch.backends.cpu.get_cpu_capability() != "AVX2" else "DEFAULT"
+    path = out / "results.jsonl"
+    (row,) = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text(json.dumps({**row, "cpu_capability": other}) + "\n")  # "another machine"
+    with pytest.warns(UserWarning, match=f"earlier rows at {other}.*ATEN_CPU_CAPABILITY="
+                                         f"{other.lower()}"):
+        rows = run_sweep(cfg, out, progress=False)
+    assert len(rows) == 2 and {r["cpu_capability"] for r in rows} == {
+        other, torch.backends.cpu.get_cpu_capability()}

@@ -270,6 +270,7 @@ class ResultsStore:
                 _atomic_write(self.config_path, json.dumps(
                     {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}, indent=2) + "\n")
             self._rows = read_results(self.jsonl)
+            self._warned_levels: set[str] = set()
             self._drop_orphan_epochs()
             self.export()
         except BaseException:
@@ -320,6 +321,7 @@ class ResultsStore:
             raise ValueError(f"result row lacks columns {missing}")
         if row["trial_id"] in self._rows:
             return False
+        self._check_cpu_level(row)
         if row.get("history"):
             _append(self.epochs, {"trial_id": row["trial_id"], "history": row["history"]})
         _crash_point("before-row")
@@ -329,6 +331,23 @@ class ResultsStore:
         _crash_point("after-row")
         self.export()
         return True
+
+    def _check_cpu_level(self, row: dict) -> None:
+        """Warn (once per level) when a trial ran with torch's CPU kernels at another SIMD
+        level than the rows before it: its float32 results would differ in the last bits
+        on their machine, so the table mixes two machines' roundings."""
+        level = row.get("cpu_capability")
+        others = sorted({r.get("cpu_capability") for r in self._rows.values()} - {None, level})
+        if level is None or not others or level in self._warned_levels:
+            return
+        self._warned_levels.add(level)
+        warnings.warn(
+            f"sweep {str(self.dir)!r}: trial {row['trial_id']!r} ran with torch's CPU kernels at "
+            f"{level}, earlier rows at {', '.join(others)}; float32 results (masks pruned from "
+            "data, trained accuracies) are bit-identical only at one level. To stay at "
+            f"{others[0]}, set ATEN_CPU_CAPABILITY={others[0].lower()} (and "
+            "ONEDNN_MAX_CPU_ISA) before torch is imported (README, 'Reproducible trials')",
+            UserWarning, stacklevel=3)
 
     def record_failure(self, trial: Trial, error: str) -> None:
         _append(self.dir / "failures.jsonl",
