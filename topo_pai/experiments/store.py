@@ -270,6 +270,8 @@ class ResultsStore:
                 _atomic_write(self.config_path, json.dumps(
                     {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}, indent=2) + "\n")
             self._rows = read_results(self.jsonl)
+            # the SIMD levels the rows ran at, and those already warned about
+            self._levels = {r.get("cpu_capability") for r in self._rows.values()} - {None}
             self._warned_levels: set[str] = set()
             self._drop_orphan_epochs()
             self.export()
@@ -337,8 +339,11 @@ class ResultsStore:
         level than the rows before it: its float32 results would differ in the last bits
         on their machine, so the table mixes two machines' roundings."""
         level = row.get("cpu_capability")
-        others = sorted({r.get("cpu_capability") for r in self._rows.values()} - {None, level})
-        if level is None or not others or level in self._warned_levels:
+        if level is None:
+            return
+        others = sorted(self._levels - {level})
+        self._levels.add(level)
+        if not others or level in self._warned_levels:
             return
         self._warned_levels.add(level)
         warnings.warn(
