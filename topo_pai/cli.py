@@ -286,7 +286,7 @@ def _load_masks_arg(args, model):
     model's parameters that carry no edges (e.g. a norm weight pruned with
     torch.nn.utils.prune) are skipped with a warning naming them."""
     import topo_pai
-    from topo_pai.graph.trace import param_name, prunable_modules
+    from topo_pai.graph.modules import param_name, prunable_modules
 
     if not args.masks:
         if getattr(args, "masks_from_zeros", False):

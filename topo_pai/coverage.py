@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 from topo_pai.errors import UncoveredWeightsWarning
-from topo_pai.graph.trace import param_name, prunable_modules
+from topo_pai.graph.modules import param_name, prunable_modules
 
 
 @dataclass(frozen=True)

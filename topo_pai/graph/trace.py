@@ -30,6 +30,14 @@ import numpy as np
 
 from topo_pai.errors import InputShapeError, NoPrunableLayerError, TraceError, UnsupportedOpError
 from topo_pai.graph.ir import Layer, Op, Program, windows_csr
+from topo_pai.graph.modules import (
+    check_untied,
+    param_name,
+    prunable_modules,
+    weight_shape,
+    weight_tensors,
+)
+from topo_pai.graph.windows import adaptive_windows, conv_out_size, pool_windows
 
 
 class _Tensor:
@@ -99,37 +107,6 @@ def _op_tables():
     return unary_modules, unary_functions, unary_methods, pool_functions
 
 
-def _conv_out(size, k, s, p_total, d, ceil_mode=False, p_left=None):
-    span = size + p_total - d * (k - 1) - 1
-    if ceil_mode:
-        out = -(-span // s) + 1
-        # torch: the last window must start inside the input or left padding
-        if (out - 1) * s >= size + (p_left if p_left is not None else p_total // 2):
-            out -= 1
-    else:
-        out = span // s + 1
-    return out
-
-
-def _pool_windows(size, out, k, s, p, d):
-    """Input positions of each output position of a (max/avg) pool, clipped."""
-    wins = []
-    for y in range(out):
-        start = y * s - p
-        pos = start + d * np.arange(k)
-        wins.append(pos[(pos >= 0) & (pos < size)])
-    return windows_csr(wins)
-
-
-def _adaptive_windows(size, out):
-    wins = []
-    for y in range(out):
-        start = (y * size) // out
-        end = -(-((y + 1) * size) // out)
-        wins.append(np.arange(start, end))
-    return windows_csr(wins)
-
-
 def _whole_units(old, new) -> bool:
     """Whether reshaping per-sample shape ``old`` to ``new`` splits each unit (dim 0) into
     whole units or merges whole units into one."""
@@ -152,7 +129,7 @@ class _Tracer:
         self.input_shape = input_shape
         self.prunable = prunable  # module name -> module, for Linear/Conv
         self.weights = {id(w): param_name(name) for name, m in prunable.items()
-                        for w in _weight_tensors(m)}
+                        for w in weight_tensors(m)}
         self.values: list[tuple[int, ...]] = []
         self.ops: list[Op] = []
         self.layers: list[Layer] = []
@@ -367,7 +344,7 @@ class _Tracer:
         else:
             pl = tuple(mod.padding)
             ptot = tuple(2 * p for p in pl)
-        out_sp = tuple(_conv_out(n, k, s, pt, d) for n, k, s, pt, d in
+        out_sp = tuple(conv_out_size(n, k, s, pt, d) for n, k, s, pt, d in
                        zip(spatial, ks, stride, ptot, dil))
         if any(o <= 0 for o in out_sp):
             self.shape_error(node, f"{kind} {where} input of spatial size {spatial} is "
@@ -400,11 +377,11 @@ class _Tracer:
         ds = _pair(dilation, dims)
         windows, out_sp = [], []
         for n, k, s, p, d in zip(shape[1:], ks, ss, ps, ds):
-            o = _conv_out(n, k, s, 2 * p, d, ceil_mode, p_left=p)
+            o = conv_out_size(n, k, s, 2 * p, d, ceil_mode, p_left=p)
             if o <= 0:
                 self.shape_error(node, f"pool window {ks} does not fit spatial size {shape[1:]}")
             out_sp.append(o)
-            windows.append(_pool_windows(n, o, k, s, p, d))
+            windows.append(pool_windows(n, o, k, s, p, d))
         return self.emit_pool(node, x, shape, out_sp, windows)
 
     def adaptive_pool(self, node, x, dims, output_size):
@@ -417,7 +394,7 @@ class _Tracer:
         for n, o in zip(shape[1:], outs):
             o = n if o is None else int(o)
             out_sp.append(o)
-            windows.append(_adaptive_windows(n, o))
+            windows.append(adaptive_windows(n, o))
         return self.emit_pool(node, x, shape, out_sp, windows)
 
     def emit_pool(self, node, x, shape, out_sp, windows):
@@ -799,66 +776,6 @@ def _fetch_attr(gm, target: str):
     return obj
 
 
-def _stored_weight(mod):
-    """The weight tensor a prunable module stores (under pruning or parametrisation,
-    the original it masks)."""
-    orig = getattr(mod, "weight_orig", None)
-    if orig is not None:
-        return orig
-    parametrizations = getattr(mod, "parametrizations", None)
-    if parametrizations is not None and "weight" in parametrizations:
-        return parametrizations["weight"].original
-    return mod.weight
-
-
-def weight_shape(mod):
-    """The shape of a prunable module's weight (under pruning or parametrisation, of
-    the original it masks)."""
-    return _stored_weight(mod).shape
-
-
-def _weight_tensors(mod) -> list:
-    """Every tensor that holds (a view of) the module's weight values."""
-    torch = _torch()
-    out = [_stored_weight(mod)]
-    w = mod.__dict__.get("weight", mod._parameters.get("weight"))
-    if isinstance(w, torch.Tensor):
-        out.append(w)
-    return out
-
-
-def param_name(module_name: str) -> str:
-    """The name of a prunable module's weight (``"weight"`` for the model itself)."""
-    return f"{module_name}.weight" if module_name else "weight"
-
-
-def prunable_modules(model) -> dict[str, Any]:
-    """Modules whose ``weight`` carries edges: Linear, Conv1d and Conv2d."""
-    torch = _torch()
-    nn = torch.nn
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))}
-
-
-def check_untied(modules: dict[str, Any]) -> None:
-    """Refuse prunable modules that share their weight tensor (weight tying): one mask
-    would have to stand for several layers, as for a module called twice."""
-    seen: dict[Any, str] = {}
-    for name, mod in modules.items():
-        w = _stored_weight(mod)
-        keys = [("id", id(w))]
-        if w.device.type != "meta" and w.numel() and w.data_ptr():
-            keys.append(("memory", w.device, w.data_ptr(), tuple(w.shape), tuple(w.stride())))
-        for key in keys:
-            if key in seen and seen[key] != name:
-                first = seen[key]
-                raise UnsupportedOpError(
-                    f"the prunable weights '{param_name(first)}' and '{param_name(name)}' are one "
-                    "tensor (tied weights); one mask would stand for two layers, which topo_pai "
-                    "does not count or prune. Untie them: give each layer its own Parameter.")
-            seen[key] = name
-
-
 @functools.cache
 def _root_class():
     """The wrapper traced in place of the model: its forward is ``model(x)`` (a class
@@ -965,5 +882,4 @@ def trace(model, input_shape) -> Program:
     return _Tracer(model, root, shape, prunable).run(graph)
 
 
-__all__ = ["trace", "prunable_modules", "check_untied", "param_name", "validate_input_shape",
-           "weight_shape"]
+__all__ = ["trace", "validate_input_shape"]

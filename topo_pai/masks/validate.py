@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from topo_pai.errors import MaskError
-from topo_pai.graph.trace import check_untied, param_name, prunable_modules, weight_shape
+from topo_pai.graph.modules import check_untied, param_name, prunable_modules, weight_shape
 
 
 def _torch():

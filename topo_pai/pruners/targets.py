@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from topo_pai.errors import NoPrunableLayerError
-from topo_pai.graph.trace import check_untied, param_name, prunable_modules, weight_shape
+from topo_pai.graph.modules import check_untied, param_name, prunable_modules, weight_shape
 
 
 @dataclass(frozen=True)
