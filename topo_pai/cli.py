@@ -27,6 +27,9 @@ import time
 import warnings
 from pathlib import Path
 
+from topo_pai import cli_args
+from topo_pai.cli_args import UsageError, check_output_dir, check_output_file, parse_sparsity
+
 #: Exit statuses (141 = 128 + SIGPIPE, as a shell reports a command whose reader left).
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_INTERRUPTED, EXIT_PIPE_CLOSED = 0, 1, 2, 130, 141
 DEBUG_ENV = "TOPO_PAI_DEBUG"
@@ -58,193 +61,11 @@ record the thread count.
 """
 
 
-class UsageError(ValueError):
-    """A mistake in the command line, reported without the exception's name."""
-
-
-# ------------------------------------------------------------------ argument types
-def _int_at_least(minimum: int, what: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return v
-    return parse
-
-
-_positive = _int_at_least(1, "a positive integer")
-_non_negative = _int_at_least(0, "an integer >= 0")
-
-
-def _seed(text: str) -> int:
-    from topo_pai.checks import check_seed
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    try:
-        return check_seed("a seed", value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seeds(text: str) -> tuple[int, ...]:
-    return tuple(_seed(v) for v in text.split(",") if v.strip())
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
-            from None
-
-
-def _number(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return v
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
-
-
-def parse_sparsity(text: str) -> float:
-    """A sparsity given as a fraction (``0.9``) or a percentage with ``%`` (``90%``).
-
-    A bare number >= 1 is refused: ``1`` could mean 100 % or 1 %.
-
-    >>> parse_sparsity("0.99"), parse_sparsity("99.5%"), parse_sparsity("0%")
-    (0.99, 0.995, 0.0)
-    >>> parse_sparsity("99")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    argparse.ArgumentTypeError: sparsity '99' is not a fraction in [0, 1); for 99 percent ...
-    """
-    raw = text.strip()
-    percent = raw.endswith("%")
-    try:
-        v = float(raw[:-1] if percent else raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"sparsity must be a fraction such as 0.9 or a "
-                                         f"percentage such as 90%, got {text!r}") from None
-    if percent:
-        if not 0.0 <= v < 100.0:  # NaN fails too
-            raise argparse.ArgumentTypeError(f"a sparsity percentage must lie in [0%, 100%), "
-                                             f"got {text!r}")
-        return v / 100.0
-    if 0.0 <= v < 1.0:
-        return v
-    hint = (f"; for {v:g} percent write {v:g}% (or {v / 100:g})" if 1.0 <= v < 100.0
-            else "; e.g. 0.9 or 90%")
-    raise argparse.ArgumentTypeError(f"sparsity {text!r} is not a fraction in [0, 1){hint}")
-
-
-def _sparsities(text: str) -> tuple[float, ...]:
-    return tuple(parse_sparsity(v) for v in text.split(",") if v.strip())
-
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _key_values(pairs, flag: str) -> dict:
-    out = {}
-    for p in pairs or ():
-        key, sep, val = p.partition("=")
-        if not sep or not key:
-            raise UsageError(f"{flag} expects KEY=VALUE, got {p!r}")
-        out[key] = _value(val)
-    return out
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    dims = _ints(text.replace("x", ","))
-    if not 1 <= len(dims) <= 3 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"input shape must be C,H,W (e.g. 3,32,32), or C,L or F "
-                                         f"for 1-d inputs, got {text!r}")
-    return dims
-
-
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 8}}', "
-                                         f"got {text!r} ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 8}}', "
-                                         f"got {text!r}")
-    return value
-
-
-# ------------------------------------------------------------------ output paths
-def _writable_dir(directory: Path, flag: str) -> None:
-    """Raise unless ``directory`` exists, is a directory and can be written to."""
-    if not directory.exists():
-        raise UsageError(f"{flag}: directory {str(directory)!r} does not exist; create it first")
-    if not directory.is_dir():
-        raise UsageError(f"{flag}: {str(directory)!r} is not a directory")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag}: directory {str(directory)!r} is not writable")
-
-
-def check_output_file(path, flag: str, *, force: bool, suffixes=()) -> Path:
-    """Check before any work that ``path`` can be written: its directory exists and is
-    writable, it is not a directory, it has one of ``suffixes``, and it is only
-    overwritten with ``force``."""
-    path = Path(path)
-    if path.is_dir():
-        raise UsageError(f"{flag}: {str(path)!r} is a directory; give a file name")
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise UsageError(f"{flag}: {str(path)!r} must end in {', '.join(suffixes)}")
-    if path.exists() and not force:
-        raise UsageError(f"{flag}: {str(path)!r} exists; refusing to overwrite it (pass "
-                         "--force, or choose another file)")
-    _writable_dir(path.parent if str(path.parent) else Path("."), flag)
-    return path
-
-
-def check_output_dir(path, flag: str) -> Path:
-    """Check before any work that directory ``path`` exists or can be created."""
-    path = Path(path)
-    if path.exists():
-        if not path.is_dir():
-            raise UsageError(f"{flag}: {str(path)!r} is a file; give a directory")
-        _writable_dir(path, flag)
-        return path
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"{flag}: cannot create {str(path)!r}: {str(parent)!r} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag}: cannot create {str(path)!r}: {str(parent)!r} is not "
-                         "writable")
-    return path
-
-
-def _check_input_file(path, flag: str) -> None:
-    if not Path(path).is_file():
-        raise UsageError(f"{flag}: file {str(path)!r} does not exist")
-
-
 # ------------------------------------------------------------------ commands
 COMPACT_SUFFIXES = (".pt", ".pth")
 def _model_args(args) -> dict:
     """--model-args JSON and the repeatable --model-arg KEY=VALUE, merged."""
-    pairs = _key_values(args.model_arg, "--model-arg")
+    pairs = cli_args.key_values(args.model_arg, "--model-arg")
     given = dict(args.model_args or {})
     both = sorted(set(pairs) & set(given))
     if both:
@@ -352,7 +173,7 @@ def cmd_analyze(args) -> int:
     import topo_pai
 
     if args.masks:
-        _check_input_file(args.masks, "--masks")
+        cli_args.check_input_file(args.masks, "--masks")
     if args.weighted_spectra and not args.metrics:
         raise UsageError("--weighted-spectra adds the weighted spectral gap to the graph "
                          "measures; pass --metrics too")
@@ -443,7 +264,7 @@ def cmd_prune(args) -> int:
     if method.needs_data and args.dataset is None:
         raise UsageError(f"method {args.method!r} scores weights on data; pass --dataset (e.g. "
                          "fashion-mnist, digits or synthetic)")
-    options = _key_values(args.option, "--option")
+    options = cli_args.key_values(args.option, "--option")
     given_by_flags = {"seed": "--seed", "data": "--dataset and --prune-samples",
                       "input_shape": "--input-shape or --dataset"}
     clashing = sorted(set(options) & set(given_by_flags))
@@ -452,7 +273,7 @@ def cmd_prune(args) -> int:
         raise UsageError(f"--option {key}=...: {key} is set by {given_by_flags[key]}; use that "
                          "instead")
     if args.masks:
-        _check_input_file(args.masks, "--masks")
+        cli_args.check_input_file(args.masks, "--masks")
         if method.budgets_from_option is None:
             raise UsageError(f"--masks is for methods that rework given masks (shuffle); "
                              f"{args.method!r} prunes the dense model")
@@ -491,7 +312,7 @@ def cmd_prune(args) -> int:
 
 def cmd_compact(args) -> int:
     out = check_output_file(args.out, "--out", force=args.force, suffixes=COMPACT_SUFFIXES)
-    _check_input_file(args.masks, "--masks")
+    cli_args.check_input_file(args.masks, "--masks")
     import torch
 
     from topo_pai.compaction import compact_with_report
@@ -558,7 +379,7 @@ def cmd_sweep(args) -> int:
     from topo_pai.experiments.sweep import run_sweep
 
     if args.config:
-        _check_input_file(args.config, "--config")
+        cli_args.check_input_file(args.config, "--config")
     check_output_dir(args.out, "--out")
     cfg = _sweep_config(args)
 
@@ -687,19 +508,19 @@ def _common_model_args(p):
     p.add_argument("--dataset", default=None,
                    help="take the input shape and class count from this dataset")
     p.add_argument("--data-root", default=None, help="where the dataset's files are")
-    p.add_argument("--input-shape", type=_shape, default=None, metavar="C,H,W",
+    p.add_argument("--input-shape", type=cli_args.shape, default=None, metavar="C,H,W",
                    help="one sample's shape without the batch dimension (default 3,32,32 for a "
                         "zoo model; required for a callable unless --dataset gives it; must "
                         "match --dataset)")
-    p.add_argument("--num-classes", type=_positive, default=None,
+    p.add_argument("--num-classes", type=cli_args.positive, default=None,
                    help="classes of a zoo model (default 10, or the dataset's; a callable "
                         "fixes its own)")
-    p.add_argument("--model-args", type=_json_object, default=None, metavar="JSON",
+    p.add_argument("--model-args", type=cli_args.json_object, default=None, metavar="JSON",
                    help="keyword arguments of the model as a JSON object, e.g. "
                         "'{\"width\": 8}' (a zoo model's options, or the callable's arguments)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="one model argument, e.g. width=8 (repeatable)")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=cli_args.seed, default=0)
 
 
 def _masks_args(p, required: bool = False):
@@ -757,7 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="method option, e.g. rounds=100 or alpha=0.01 (repeatable)")
-    p.add_argument("--prune-samples", type=_positive, default=1000,
+    p.add_argument("--prune-samples", type=cli_args.positive, default=1000,
                    help="training samples for data-dependent methods")
     p.add_argument("--masks", default=None,
                    help="masks to rework, for shuffle (any format --masks of analyze reads)")
@@ -780,30 +601,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None,
                    help="a .json or .toml SweepConfig (then the grid and recipe flags below "
                         "must not be given)")
-    p.add_argument("--models", type=_names,
+    p.add_argument("--models", type=cli_args.names,
                    help="comma-separated zoo names, package.module:callable or "
                         "path/to/file.py:callable")
-    p.add_argument("--input-shape", type=_shape, default=None, metavar="C,H,W",
+    p.add_argument("--input-shape", type=cli_args.shape, default=None, metavar="C,H,W",
                    help="the shape the models are meant for; refused unless the dataset's")
     p.add_argument("--dataset", default=None, help="default: fashion-mnist")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--methods", type=_names)
-    p.add_argument("--sparsities", type=_sparsities,
+    p.add_argument("--methods", type=cli_args.names)
+    p.add_argument("--sparsities", type=cli_args.sparsities,
                    help="comma-separated fractions (0.9) or percentages (90%%)")
-    p.add_argument("--seeds", type=_seeds, help="default: 0")
-    p.add_argument("--shuffled", type=_names,
+    p.add_argument("--seeds", type=cli_args.seeds, help="default: 0")
+    p.add_argument("--shuffled", type=cli_args.names,
                    help="methods whose masks also run shuffled within layers")
-    p.add_argument("--epochs", type=_non_negative, help="default 0: measure topology only")
-    p.add_argument("--batch-size", type=_positive, help="default: 128")
-    p.add_argument("--lr", type=_number, help="default: 0.1")
-    p.add_argument("--momentum", type=_number, help="default: 0.9")
-    p.add_argument("--weight-decay", type=_number, help="default: 5e-4")
+    p.add_argument("--epochs", type=cli_args.non_negative, help="default 0: measure topology only")
+    p.add_argument("--batch-size", type=cli_args.positive, help="default: 128")
+    p.add_argument("--lr", type=cli_args.number, help="default: 0.1")
+    p.add_argument("--momentum", type=cli_args.number, help="default: 0.9")
+    p.add_argument("--weight-decay", type=cli_args.number, help="default: 5e-4")
     p.add_argument("--schedule", choices=("cosine", "step", "constant"),
                    help="default: cosine")
-    p.add_argument("--train-limit", type=_positive)
-    p.add_argument("--test-limit", type=_positive)
-    p.add_argument("--prune-samples", type=_positive, help="default: 1000")
-    p.add_argument("--threads", type=_positive,
+    p.add_argument("--train-limit", type=cli_args.positive)
+    p.add_argument("--test-limit", type=cli_args.positive)
+    p.add_argument("--prune-samples", type=cli_args.positive, help="default: 1000")
+    p.add_argument("--threads", type=cli_args.positive,
                    help="intra-op threads of every trial (default 1; part of the configuration)")
     p.add_argument("--metrics", choices=METRICS_MODES,
                    help="graph measures as result columns (Topology.metrics totals at "
@@ -813,12 +634,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "metrics = \"off\"/\"cheap\"/\"all\"; true means all)")
     p.add_argument("--out", required=True,
                    help="sweep directory (created if missing; resumed if it exists)")
-    p.add_argument("--workers", type=_positive, default=1)
+    p.add_argument("--workers", type=cli_args.positive, default=1)
     p.add_argument("--engine", choices=("local", "dask"), default="local")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (engine dask)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--retries", type=_non_negative, default=1)
-    p.add_argument("--limit", type=_non_negative, default=None,
+    p.add_argument("--retries", type=cli_args.non_negative, default=1)
+    p.add_argument("--limit", type=cli_args.non_negative, default=None,
                    help="run at most this many trials now (0: only re-export the tables)")
     p.add_argument("--order", choices=("grid", "reverse", "random"), default="grid",
                    help="order in which pending trials start (results do not depend on it)")
@@ -828,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("plot", "node-path plane and accuracy-vs-sparsity figures")
     p.add_argument("results", help="a sweep directory or its results.json / results.csv")
     p.add_argument("--out", default=None, help="figure directory (default: <results>/figures)")
-    p.add_argument("--dpi", type=_positive, default=130)
+    p.add_argument("--dpi", type=cli_args.positive, default=130)
     p.add_argument("--metric", action="append", default=[], metavar="COLUMN",
                    help="also draw accuracy against this column, one panel per sparsity, e.g. "
                         "mean_ramanujan_gap (a sweep with --metrics all records the graph "

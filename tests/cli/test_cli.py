@@ -114,7 +114,7 @@ def test_console_script_is_installed():
 @pytest.mark.parametrize("text, value", [("0.9", 0.9), ("90%", 0.9), ("99.68%", 0.9968),
                                          ("0%", 0.0), ("0", 0.0), (" 0.5 ", 0.5)])
 def test_sparsity_as_fraction_or_percentage(text, value):
-    from topo_pai.cli import parse_sparsity
+    from topo_pai.cli_args import parse_sparsity
     assert parse_sparsity(text) == pytest.approx(value, abs=0, rel=1e-15)
 
 
