@@ -21,7 +21,15 @@ def stored_weight(mod):
         return orig
     parametrizations = getattr(mod, "parametrizations", None)
     if parametrizations is not None and "weight" in parametrizations:
-        return parametrizations["weight"].original
+        plist = parametrizations["weight"]
+        if not hasattr(plist, "original"):  # e.g. weight_norm: a direction and a norm
+            parts = ", ".join(name for name, _ in plist.named_parameters(recurse=False))
+            raise UnsupportedOpError(
+                f"the weight of a {type(mod).__name__} is parametrized from several tensors "
+                f"({parts}, e.g. by torch.nn.utils.parametrizations.weight_norm), so topo_pai "
+                "cannot tell which of them a mask stands for. Remove the parametrization "
+                "first: torch.nn.utils.parametrize.remove_parametrizations(module, 'weight').")
+        return plist.original
     return mod.weight
 
 

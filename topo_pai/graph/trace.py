@@ -37,6 +37,7 @@ from topo_pai.graph.modules import (
     weight_shape,
     weight_tensors,
 )
+from topo_pai.graph.mutation import check_hooks, check_in_place, in_place_tracer
 from topo_pai.graph.windows import adaptive_windows, conv_out_size, pool_windows
 
 
@@ -252,6 +253,7 @@ class _Tracer:
         torch = _torch()
         nn = torch.nn
         mod = self.model.get_submodule(node.target)
+        check_hooks(node, mod)
         unary_modules = self.tables[0]
         x = args[0] if args else next(iter(kwargs.values()), None)
         if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d)) and type(mod).__name__ not in (
@@ -421,6 +423,10 @@ class _Tracer:
     def flatten(self, node, x, start_dim=0, end_dim=-1):
         shape = self.batched(x)
         s, e = start_dim % len(shape), end_dim % len(shape)
+        if s > e:
+            raise TraceError(f"fx node '{node.name}' flattens from dim {start_dim} to dim "
+                             f"{end_dim} of a tensor of shape {shape}: start_dim comes after "
+                             "end_dim, which torch refuses too")
         if s == 0:
             self.unsupported(node, "flatten of the batch dimension",
                              "Flatten from dim 1, e.g. torch.flatten(x, 1).")
@@ -480,6 +486,8 @@ class _Tracer:
             return self.emit("add", node, [a, b], self.shape(a))
         t, c = (a, b) if ta else (b, a)
         self.constant_operand(node, t, c, "added to")
+        if alpha != 1 and t is b:  # c + alpha * t scales the tensor, as for two tensors
+            return self.scale(node, t, self.factor(node, t, alpha))
         return t
 
     def constant_operand(self, node, t, c, verb: str) -> np.ndarray | None:
@@ -661,9 +669,10 @@ class _Tracer:
             if not _find(args, kwargs, _Tensor):
                 return self.evaluate(node, _method(name), args, kwargs)
             other = rest[0] if rest else kwargs.get("other")
-            if name in ("mul", "multiply", "add") and isinstance(other, _Tensor):
-                return self.multiply(node, other, x) if name != "add" else \
-                    self.add(node, other, x)  # c.mul(t) = t * c, c.add(t) = t + c
+            if name in ("mul", "multiply") and isinstance(other, _Tensor):
+                return self.multiply(node, other, x)  # c.mul(t) = t * c
+            if name == "add" and isinstance(other, _Tensor):
+                return self.add(node, x, other, kwargs.get("alpha", 1))  # c + alpha * t
             self.unsupported(node, f"method '{name}' of a value that does not depend on the "
                                    "input, with an argument that does")
         unary_methods = self.tables[2]
@@ -871,14 +880,15 @@ def trace(model, input_shape) -> Program:
     root = _root_class()(model)
     try:
         # Tracer.trace gives the Graph without compiling a GraphModule, which we never run.
-        graph = torch.fx.Tracer().trace(root)
+        graph = in_place_tracer()().trace(root)
     except Exception as exc:  # noqa: BLE001 - fx raises many types; all become TraceError
-        raise TraceError(
-            f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}. "
-            "Data-dependent control flow (if/for on tensor values) cannot be traced; make it "
-            "static or move it out of forward."
-        ) from exc
+        hint = ("Data-dependent control flow (if/for on tensor values) cannot be traced; make "
+                "it static or move it out of forward." if isinstance(exc, torch.fx.proxy.TraceError)
+                else "torch.fx traces forward with symbolic tensors; see its error above.")
+        raise TraceError(f"torch.fx could not trace {type(model).__name__}: "
+                         f"{type(exc).__name__}: {exc}. {hint}") from exc
     _strip_root(graph)
+    check_in_place(graph, model)
     return _Tracer(model, root, shape, prunable).run(graph)
 
 
