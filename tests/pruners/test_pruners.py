@@ -338,6 +338,43 @@ def test_data_dependent_methods_refuse_data_they_cannot_score_on(small, method):
                        allocation=f"ratios:{method}")
 
 
+@pytest.mark.parametrize("method", ["snip", "iter_snip", "grasp"])
+def test_data_that_fit_input_shape_but_not_the_model_is_an_input_shape_error(method):
+    """The data were checked against input_shape only: a model that takes other samples
+    raised torch's own RuntimeError (the command line called it an internal error)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 3))
+    data = (torch.randn(4, 1, 5, 5), torch.randint(0, 3, (4,)))
+    with pytest.raises(topo_pai.InputShapeError, match=r"batch 0 of the data .*\(4, 1, 5, 5\)"):
+        topo_pai.prune(model, method, 0.5, input_shape=(1, 5, 5), data=data)
+
+
+@pytest.mark.parametrize("method", ["snip", "grasp"])
+@pytest.mark.parametrize("loss, match", [
+    (lambda out, y: F.cross_entropy(out, y, reduction="none"), "shape \\(4,\\)"),
+    (lambda out, y: 1.0, "returned a float"),
+    (lambda out, y: torch.tensor(1.0), "does not depend on the logits"),
+    (lambda out, y: out.sum() + y.missing, "loss= raised AttributeError"),
+], ids=["per-sample", "float", "constant", "raises"])
+def test_a_loss_that_is_not_a_scalar_of_the_logits_is_refused_naming_loss(small, method,
+                                                                           loss, match):
+    with pytest.raises(ValueError, match=match) as err:
+        run(method, small, 0.5, data=make_data(4), loss=loss)
+    assert "loss=" in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "synflow", "npb", "phew"])
+def test_nan_weights_are_refused_naming_the_weight(method):
+    """npb returned masks for a model holding NaN; synflow and phew spoke of |w| passed to
+    Topology.flows, which a prune() caller never passed."""
+    _require(method)
+    model = nn.Sequential(nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 3))
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="weight '0.weight' holds 1 NaN or infinite value"):
+        topo_pai.prune(model, method, 0.5, input_shape=(8,))
+    assert math.isnan(model[0].weight[0, 0].item())  # the model is left as it was
+
+
 @pytest.mark.parametrize("method, options, name", [
     ("random", dict(allocation="erk", erk_power=float("nan")), "erk_power"),
     ("random", dict(allocation="erk", erk_power=float("inf")), "erk_power"),

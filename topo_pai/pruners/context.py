@@ -209,6 +209,12 @@ class PruneContext:
             for t in self.targets:
                 w = effective_weight(self.model.get_submodule(t.module))
                 out[t.param] = w.cpu().to(_torch().float64).numpy()
+                if out[t.param].size and not np.isfinite(out[t.param].min()):  # min: NaN too
+                    bad = int(np.count_nonzero(~np.isfinite(out[t.param])))
+                    raise ValueError(
+                        f"the model's weight {t.param!r} holds {bad} NaN or infinite value(s) "
+                        f"of {out[t.param].size}; pruning scores finite weights. Check the "
+                        "initialisation or the checkpoint the model was loaded from.")
             self._weights = out
         return self._weights
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from topo_pai.checks import check_int, check_number
+from topo_pai.errors import InputShapeError
 from topo_pai.pruners.registry import Method, register_method
 from topo_pai.pruners.select import rng_for, top_k
 from topo_pai.topology import RESOLUTIONS
@@ -175,11 +176,38 @@ def _batch_losses(ctx, net, ws, temperature=None):
     divided by ``temperature`` first, if given)."""
     dev = _device(net)
     loss_fn = _loss_fn(ctx)
-    for x, y in ctx.batches():
-        out = _call(net, ws, x.to(dev))
+    for i, (x, y) in enumerate(ctx.batches()):
+        try:
+            out = _call(net, ws, x.to(dev))
+        except RuntimeError as exc:  # e.g. a Linear that expects other features
+            raise InputShapeError(
+                f"the model cannot run on batch {i} of the data (inputs of shape "
+                f"{tuple(x.shape)}, input_shape={tuple(ctx.input_shape)}): {exc}. Give data "
+                "and an input_shape that fit the model.") from exc
         if temperature is not None:
             out = out / temperature
-        yield loss_fn(out, y.to(dev))
+        yield _checked_loss(ctx, loss_fn, out, y.to(dev))
+
+
+def _checked_loss(ctx, loss_fn, out, y):
+    """``loss_fn(out, y)``, refused unless it is a scalar tensor that depends on the
+    logits (a loss given as ``loss=`` may not be)."""
+    given = ctx.options.get("loss") is not None
+    try:
+        loss = loss_fn(out, y)
+    except Exception as exc:
+        if not given:
+            raise
+        raise ValueError(f"loss= raised {type(exc).__name__}: {exc} (logits of shape "
+                         f"{tuple(out.shape)}, labels of shape {tuple(y.shape)})") from exc
+    if not (isinstance(loss, torch.Tensor) and loss.numel() == 1 and loss.requires_grad):
+        what = (f"a tensor of shape {tuple(loss.shape)}" if isinstance(loss, torch.Tensor)
+                and loss.numel() != 1 else "a tensor that does not depend on the logits"
+                if isinstance(loss, torch.Tensor) else f"a {type(loss).__name__}")
+        raise ValueError(f"loss= must return a scalar tensor computed from the logits (e.g. "
+                         f"torch.nn.functional.cross_entropy(logits, y), reduction 'mean' or "
+                         f"'sum'); it returned {what}")
+    return loss
 
 
 def _accumulate(total, grads):
