@@ -466,7 +466,8 @@ def _metric_figures(plotting, rows, metrics) -> list:
             raise UsageError(f"--metric {m!r}: the results have no such column; columns: "
                              f"{', '.join(present)} (graph measures need a sweep with "
                              "--metrics cheap or all)")
-        if m in SPECTRAL_COLUMNS and all(r.get(m) in (None, "") for r in rows):
+        if m in SPECTRAL_COLUMNS and all(r.get(m) in (None, "") or r.get(m) != r.get(m)
+                                         for r in rows):  # None, empty or NaN: not recorded
             raise UsageError(f"--metric {m!r}: the results hold no value of it: the sweep "
                              "recorded the graph measures without the spectra (--metrics "
                              "cheap); rerun it with --metrics all in a new --out directory")

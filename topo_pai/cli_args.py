@@ -48,13 +48,30 @@ def seed(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def fields(text: str, sep: str = ",") -> list[str]:
+    """The ``sep``-separated fields of ``text``, stripped; an empty one (``0.5,,0.9``, a
+    trailing comma) is refused rather than dropped, as it is likely a value left out.
+
+    >>> fields(" 0.5, 0.9")
+    ['0.5', '0.9']
+    """
+    parts = [v.strip() for v in text.split(sep)]
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a value, got an empty string")
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty field between separators "
+                                         f"{sep!r}; write each value once, without stray "
+                                         "separators")
+    return parts
+
+
 def seeds(text: str) -> tuple[int, ...]:
-    return tuple(seed(v) for v in text.split(",") if v.strip())
+    return tuple(seed(v) for v in fields(text))
 
 
 def ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
+        return tuple(int(v) for v in fields(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
             from None
@@ -71,7 +88,7 @@ def number(text: str) -> float:
 
 
 def names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+    return tuple(fields(text))
 
 
 def parse_sparsity(text: str) -> float:
@@ -106,7 +123,7 @@ def parse_sparsity(text: str) -> float:
 
 
 def sparsities(text: str) -> tuple[float, ...]:
-    return tuple(parse_sparsity(v) for v in text.split(",") if v.strip())
+    return tuple(parse_sparsity(v) for v in fields(text))
 
 
 def value(text: str):
@@ -127,7 +144,10 @@ def key_values(pairs, flag: str) -> dict:
 
 
 def shape(text: str) -> tuple[int, ...]:
-    dims = ints(text.replace("x", ","))
+    try:
+        dims = tuple(int(v) for v in fields(text.replace("x", ",")))
+    except (ValueError, argparse.ArgumentTypeError):
+        dims = ()
     if not 1 <= len(dims) <= 3 or min(dims) < 1:
         raise argparse.ArgumentTypeError(f"input shape must be C,H,W (e.g. 3,32,32), or C,L or F "
                                          f"for 1-d inputs, got {text!r}")

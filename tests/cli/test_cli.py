@@ -118,6 +118,23 @@ def test_sparsity_as_fraction_or_percentage(text, value):
     assert parse_sparsity(text) == pytest.approx(value, abs=0, rel=1e-15)
 
 
+@pytest.mark.parametrize("argv, match", [
+    (["analyze", "lenet5", "--input-shape", "1,,28"], "got '1,,28'"),
+    (["analyze", "lenet5", "--input-shape", "1x28x28x"], "got '1x28x28x'"),
+    (["sweep", "--models", "lenet5", "--methods", "random", "--sparsities", "0.5,,0.9",
+      "--out", "{tmp}/s"], "'0.5,,0.9' has an empty field"),
+    (["sweep", "--models", "lenet5,", "--methods", "random", "--sparsities", "0.5",
+      "--out", "{tmp}/s"], "'lenet5,' has an empty field"),
+])
+def test_empty_fields_of_lists_are_refused(argv, match, tmp_path, capsys):
+    """They were dropped: 1,,28 read as the shape (1, 28), 0.5,,0.9 as two sparsities."""
+    with pytest.raises(SystemExit) as exit_:
+        main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and match in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("text, hint", [
     ("1", "1%"), ("1.0", "1%"), ("99", "99%"), ("100%", "100%)"), ("-0.1", "0.9 or 90%"),
     ("nan", "0.9 or 90%"), ("inf", "0.9 or 90%"), ("150%", "[0%, 100%)"), ("abc", "90%"),

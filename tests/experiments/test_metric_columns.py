@@ -335,3 +335,24 @@ def test_sweep_metrics_in_a_config_file_and_its_mistakes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "invalid choice: 'true'" in err
     assert "choose from 'off', 'cheap', 'all'" in err
+
+
+def test_load_results_types_metric_and_validation_columns_alike_from_csv_and_json(tmp_path):
+    """From a .csv the metric columns were strings ('2.79') and an empty val_accuracy '',
+    while the .json of the same sweep gave numbers and None."""
+    from topo_pai.experiments.results_table import load_results
+    row = dict(model="lenet5", method="snip", shuffled=False, sparsity=0.9, seed=0,
+               accuracy=0.5, val_accuracy=None, val_loss=None, kernels=12, sink_units=0,
+               effective_compression=math.inf, mean_ramanujan_gap=2.79)
+    (tmp_path / "r.json").write_text(json.dumps([{k: ("inf" if v == math.inf else v)
+                                                   for k, v in row.items()}]))
+    with open(tmp_path / "r.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        w.writeheader()
+        w.writerow({k: ("" if v is None else "inf" if v == math.inf else v)
+                    for k, v in row.items()})
+    from_json, from_csv = load_results(tmp_path / "r.json")[0], load_results(tmp_path / "r.csv")[0]
+    for got in (from_json, from_csv):
+        assert got["mean_ramanujan_gap"] == 2.79 and got["effective_compression"] == math.inf
+        assert got["kernels"] == 12 and isinstance(got["kernels"], int) and got["sink_units"] == 0
+        assert math.isnan(got["val_accuracy"]) and math.isnan(got["val_loss"])

@@ -11,6 +11,7 @@ import pytest
 import topo_pai
 from topo_pai.experiments import sweep as S
 from topo_pai.experiments.config import LATER_FIELDS
+from topo_pai.experiments.results_table import load_results
 from topo_pai.experiments.executors import local as local_executor
 from topo_pai.experiments.sweep import (COLUMNS, ResultsStore, SweepConfig, SweepConfigMismatch,
                                         SweepError, SweepLocked, read_results, run_sweep)
@@ -90,6 +91,12 @@ def test_a_line_cut_short_by_a_kill_reruns_that_trial(tmp_path):
     rows = run_sweep(cfg, out, progress=False)
     assert len(rows) == 12
     assert len({r["trial_id"] for r in rows}) == 12
+    # the resumed run removed the torn line: every line is a row, for any reader (plot
+    # refused the file when the torn line stayed between rows)
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and all(json.loads(line)["trial_id"] for line in lines)
+    assert len(load_results(out / "results.jsonl")) == 12
+    assert lines[:2] == text.splitlines()[:2]  # the rows before it, byte for byte
 
 
 def test_a_directory_of_another_configuration_is_refused(tmp_path):

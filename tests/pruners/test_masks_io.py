@@ -255,6 +255,9 @@ def test_load_refuses_pickles_and_garbage(tmp_path):
 
 
 def test_save_validates_content(tmp_path):
+    with pytest.raises(topo_pai.MaskError, match="save_masks\\(None"):
+        topo_pai.save_masks(None, tmp_path / "none.pt")
+    assert not (tmp_path / "none.pt").exists()
     with pytest.raises(topo_pai.MaskError, match="0 and 1"):
         topo_pai.save_masks({"w": torch.tensor([3])}, tmp_path / "m.pt")
     with pytest.raises(topo_pai.MaskError, match="tensor or array"):
@@ -281,3 +284,31 @@ def test_files_of_the_wrong_kind_are_named_as_such(tmp_path, model):
         assert "\n" not in str(exc.value)
     with pytest.raises(FileNotFoundError, match="does not exist; create it first"):
         topo_pai.save_masks({"w": torch.ones(2)}, tmp_path / "missing" / "m.pt")
+
+
+def test_from_zeros_also_reads_the_plain_weights_of_a_pruned_state_dict(tmp_path):
+    """--masks-from-zeros was ignored once a file had *_orig/*_mask keys: a layer pruned and
+    then made permanent (prune.remove) was read as dense."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+    torch.nn.utils.prune.l1_unstructured(net[0], "weight", 0.5)
+    torch.nn.utils.prune.l1_unstructured(net[2], "weight", 0.5)
+    torch.nn.utils.prune.remove(net[2], "weight")
+    path = tmp_path / "mixed.pt"
+    torch.save(net.state_dict(), path)
+    masks = topo_pai.load_masks(path, from_zeros=True)
+    assert torch.equal(masks["0.weight"], net[0].weight_mask.bool())
+    assert torch.equal(masks["2.weight"], net[2].weight != 0)
+    assert int(masks["2.weight"].sum()) == 12
+    assert set(topo_pai.load_masks(path)) == {"0.weight"}  # without the flag: the masks only
+
+
+def test_parametrized_masks_of_a_bare_layer_round_trip(tmp_path):
+    """A model that is itself the Linear has keys 'parametrizations.weight...' (no leading
+    dot), which were guessed to be a plain mask mapping and refused."""
+    layer = nn.Linear(12, 3)
+    masks = topo_pai.prune(layer, "random", 0.5, input_shape=(12,))
+    path = tmp_path / "bare.pt"
+    torch.save(topo_pai.apply_masks(copy.deepcopy(layer), masks, method="parametrize")
+               .state_dict(), path)
+    assert torch.equal(topo_pai.load_masks(path)["weight"], masks["weight"])

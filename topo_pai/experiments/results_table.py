@@ -90,12 +90,14 @@ def load_results(path) -> list[dict]:
     Returns
     -------
     list of dict
-        Known columns typed: ``shuffled`` bool; ``seed``, ``effective_nodes``,
-        ``n_nodes``, ``*_params``, ``flops``, ``dense_flops``, ``epochs``, ``threads`` int;
-        ``sparsity``, ``log10_paths``, ``accuracy``, ``test_loss``,
-        ``*_seconds`` float. Non-finite floats round-trip (``"-inf"``,
-        ``"nan"``, ``-Infinity``), and an empty or null accuracy reads as NaN.
-        Other columns are kept as read.
+        Known columns typed, whatever the file type: ``shuffled`` bool; ``seed``,
+        ``effective_nodes``, ``n_nodes``, ``*_params``, ``flops``, ``dense_flops``,
+        ``epochs``, ``threads`` and the metric counts (``kernels``,
+        ``effective_kernels``, ``*_units``) int; ``sparsity``, ``log10_paths``,
+        ``accuracy``, ``test_loss``, ``val_*``, ``*_seconds`` and the other metric
+        columns float. Non-finite floats round-trip (``"-inf"``, ``"nan"``,
+        ``-Infinity``), an empty or null float reads as NaN and an empty int as
+        ``None``. Other columns are kept as read.
 
     Raises
     ------
@@ -170,7 +172,9 @@ def _jsonl_rows(p: Path, text: str) -> list:
                 warnings.warn(f"{str(p)!r}: line {n} is cut short (a sweep killed while "
                               "writing it) and is skipped", UserWarning, stacklevel=3)
                 continue
-            raise ValueError(f"results file {str(p)!r}, line {n}: not JSON ({exc})") from None
+            raise ValueError(f"results file {str(p)!r}, line {n}: not JSON ({exc}); if a sweep "
+                             "wrote it, rerunning the sweep's command removes lines cut short "
+                             "by a kill") from None
         if not isinstance(row, Mapping):
             raise ValueError(f"results file {str(p)!r}, line {n}: expected a row object, got "
                              f"{type(row).__name__}")

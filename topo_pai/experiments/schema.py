@@ -49,9 +49,11 @@ NONFINITE_COLUMNS = ("log10_paths", "accuracy", "test_loss") + METRIC_COLUMNS
 #: Column types when a table is read back from text (CSV) by the plots.
 BOOL_COLUMNS = {"shuffled"}
 INT_COLUMNS = {"seed", "effective_nodes", "n_nodes", "effective_params", "unpruned_params",
-               "total_params", "flops", "dense_flops", "epochs", "threads"}
-FLOAT_COLUMNS = {"sparsity", "log10_paths", "accuracy", "test_loss", "prune_seconds",
-                 "train_seconds"}
+               "total_params", "flops", "dense_flops", "epochs", "threads", "kernels",
+               "effective_kernels", "sink_units", "source_units", "disconnected_units"}
+FLOAT_COLUMNS = {"sparsity", "log10_paths", "accuracy", "test_loss", "val_accuracy",
+                 "val_loss", "prune_seconds", "train_seconds"} | (set(METRIC_COLUMNS)
+                                                                  - INT_COLUMNS)
 
 
 def table_columns(rows: Iterable[dict]) -> tuple[str, ...]:

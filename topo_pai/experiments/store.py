@@ -10,7 +10,9 @@ A sweep directory holds
   trial, appended and fsync'ed as each trial finishes. A killed sweep loses
   only the trials still running; the next run skips every trial in the table.
   Should a trial id appear twice, the first row counts (with a warning); a line
-  cut short by a kill is ignored and its trial runs again.
+  cut short by a kill is ignored and its trial runs again, and the next run
+  removes it from the file (under the lock), so that every line of the file
+  stays a row for any reader.
 * ``results.csv`` and ``results.json``: the same rows sorted by trial id,
   exported from ``results.jsonl`` (atomically) when a run starts, after every
   trial and when a run ends -- also when nothing was left to run -- so a kill
@@ -112,6 +114,25 @@ def _append(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _drop_torn_lines(path: Path) -> None:
+    """Rewrite ``path`` (atomically) without the lines that are not JSON: rows cut short by
+    a kill, whose trials run again. Called under the directory's lock; the rows that parse
+    are kept byte for byte."""
+    if not path.exists():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    kept = []
+    for line in text.splitlines(keepends=True):
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a blank line too: nothing to keep
+        kept.append(line if line.endswith("\n") else line + "\n")
+    repaired = "".join(kept)
+    if repaired != text:
+        _atomic_write(path, repaired)
 
 
 def _json_lines(path: Path):
@@ -269,6 +290,7 @@ class ResultsStore:
             if not check_same_config(self.dir, cfg):
                 _atomic_write(self.config_path, json.dumps(
                     {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}, indent=2) + "\n")
+            _drop_torn_lines(self.jsonl)
             self._rows = read_results(self.jsonl)
             # the SIMD levels the rows ran at, and those already warned about
             self._levels = {r.get("cpu_capability") for r in self._rows.values()} - {None}

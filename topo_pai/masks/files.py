@@ -62,6 +62,12 @@ FORMAT_ZEROS = "a {name: weight} mapping whose zeros are the pruned entries"
 _PARAMETRIZED = ".parametrizations."
 
 
+def _parametrized(key: str) -> bool:
+    """Whether ``key`` belongs to a parametrisation (also of the model itself, whose keys
+    start with ``parametrizations.``)."""
+    return _PARAMETRIZED in "." + key
+
+
 def _read_raw(path):
     suffix = check_suffix(path)
     if suffix == ".npz":
@@ -107,7 +113,7 @@ def guess_format(raw: Mapping) -> str:
     keys = [k for k in raw if isinstance(k, str)]
     if any(k.endswith("_mask") and k[:-len("_mask")] + "_orig" in raw for k in keys):
         return FORMAT_PRUNE
-    if any(_PARAMETRIZED in k for k in keys):
+    if any(_parametrized(k) for k in keys):
         return FORMAT_PARAMETRIZE
     return FORMAT_MASKS
 
@@ -130,6 +136,15 @@ def _mask_or_error(name, m, source: str, fmt: str, hint: str = "") -> np.ndarray
         raise MaskError(f"{source}: key '{name}': {exc} (format guessed: {fmt}){hint}") from None
 
 
+def _in_reparametrization(key: str, raw: Mapping) -> bool:
+    """Whether ``key`` of a pruned or parametrised state_dict is part of how it stores a
+    masked tensor (``*_orig``/``*_mask`` pairs, ``*.parametrizations.*``)."""
+    for suffix, partner in (("_orig", "_mask"), ("_mask", "_orig")):
+        if key.endswith(suffix) and key[:-len(suffix)] + partner in raw:
+            return True
+    return _parametrized(key)
+
+
 def _from_prune(raw: dict, source: str) -> dict:
     out = {}
     for key in raw:
@@ -148,10 +163,10 @@ def _from_parametrize(raw: dict, source: str) -> dict:
     the shape of ``T``'s original (several act as their product, as a chain applies them)."""
     out = {}
     originals = {k[:-len(".original")]: v for k, v in raw.items()
-                 if _PARAMETRIZED in k and k.endswith(".original")}
+                 if _parametrized(k) and k.endswith(".original")}
     for prefix, original in originals.items():
-        owner, _, tensor = prefix.partition(_PARAMETRIZED)
-        base = f"{owner}.{tensor}"
+        owner, _, tensor = ("." + prefix).partition(_PARAMETRIZED)
+        base = f"{owner[1:]}.{tensor}" if owner else tensor  # the model itself: no owner
         held = [k for k in raw if k.startswith(prefix + ".") and k != prefix + ".original"
                 and isinstance(raw[k], (torch.Tensor, np.ndarray))
                 and tuple(raw[k].shape) == tuple(original.shape)]
@@ -205,10 +220,12 @@ def masks_from_mapping(raw, *, from_zeros: bool = False, source: str = "masks") 
     if from_zeros and fmt == FORMAT_MASKS:
         fmt = FORMAT_ZEROS
     raw = _tensor_entries(raw, source, fmt)
-    if fmt == FORMAT_PRUNE:
-        return _from_prune(raw, source)
-    if fmt == FORMAT_PARAMETRIZE:
-        return _from_parametrize(raw, source)
+    if fmt in (FORMAT_PRUNE, FORMAT_PARAMETRIZE):
+        out = (_from_prune if fmt == FORMAT_PRUNE else _from_parametrize)(raw, source)
+        if from_zeros:  # the state_dict's other weights (e.g. pruned, then prune.remove'd)
+            rest = {k: v for k, v in raw.items() if not _in_reparametrization(k, raw)}
+            out.update({k: m for k, m in _from_zeros(rest, source).items() if k not in out})
+        return out
     if fmt == FORMAT_ZEROS:
         return _from_zeros(raw, source)
     nested = next((k for k, v in raw.items() if isinstance(v, Mapping)), None)

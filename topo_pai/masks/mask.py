@@ -180,7 +180,9 @@ class Masks(dict):
         * with ``from_zeros=True``, a ``{name: weight}`` mapping (e.g. the ``state_dict`` of
           a model whose pruned weights were set to zero): the mask of every tensor of two or
           more dimensions is its non-zeros; 1-d and 0-d entries (biases, norms, counters)
-          are skipped.
+          are skipped. In a pruned or parametrised ``state_dict`` the weights stored as
+          plain tensors (e.g. made permanent with ``prune.remove``) get masks from their
+          zeros too.
 
         Raises :class:`topo_pai.MaskError` when the file holds none of these; nothing is
         unpickled (``weights_only=True``, ``allow_pickle=False``).
@@ -229,6 +231,9 @@ def save_masks(masks: Mapping, path) -> Path:
     [[True, False]]
     """
     files.check_suffix(path)
+    if masks is None:  # Masks(None) is "no masks"; a file of none is a mistake
+        raise MaskError("save_masks(None, ...): give the masks to save, e.g. the result of "
+                        "topo_pai.prune or topo_pai.read_masks(model)")
     return as_masks(masks).save(path)
 
 
