@@ -120,7 +120,11 @@ def _load_masks_arg(args, model):
     if skipped:
         warnings.warn(f"--masks: skipped the masks of {', '.join(map(repr, skipped))}: not "
                       "Linear or Conv weights, so they carry no edges", stacklevel=2)
-    return {k: v for k, v in masks.items() if k not in skipped}
+    try:  # checked against the model here, so that the error names the file
+        return topo_pai.Masks({k: v for k, v in masks.items() if k not in skipped},
+                              model=model)
+    except topo_pai.MaskError as exc:
+        raise topo_pai.MaskError(f"--masks {args.masks!r}: {exc}") from None
 
 
 def strict_json(value):

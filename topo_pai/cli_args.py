@@ -213,5 +213,7 @@ def check_output_dir(path, flag: str) -> Path:
 
 
 def check_input_file(path, flag: str) -> None:
+    if Path(path).is_dir():
+        raise UsageError(f"{flag}: {str(path)!r} is a directory; give a file")
     if not Path(path).is_file():
         raise UsageError(f"{flag}: file {str(path)!r} does not exist")

@@ -460,3 +460,36 @@ def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path):
     assert proc.wait(timeout=120) == 141, err
     assert "error" not in err and "Traceback" not in err and "Exception" not in err, err
     assert out.exists()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--masks", "{tmp}/other.pt"], "--masks '{tmp}/other.pt': mask key 'a.weight'"),
+    (["--masks", "{tmp}/wrapped.pt"], "prefix 'module.' of a wrapped model"),
+    (["--masks", "{tmp}/empty.pt"], "'{tmp}/empty.pt' is not a mask file torch can load "
+                                    "safely (it is empty or cut short)"),
+    (["--masks", "{tmp}"], "--masks: '{tmp}' is a directory; give a file"),
+], ids=["other-model", "wrapped", "empty", "directory"])
+def test_mask_file_mistakes_name_the_file_and_the_fix(argv, match, tmp_path, capsys):
+    """Key errors named neither --masks nor the file; a DataParallel prefix got no hint; an
+    empty file said 'EOFError: ' and a directory 'does not exist'."""
+    (tmp_path / "net.py").write_text("import torch\ndef build():\n"
+                                     "    return torch.nn.Linear(4, 2)\n")
+    torch.save({"a.weight": torch.ones(2, 4, dtype=torch.bool)}, tmp_path / "other.pt")
+    torch.save({"module.weight": torch.ones(2, 4, dtype=torch.bool)}, tmp_path / "wrapped.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    code, _, err = run(capsys, "analyze", f"{tmp_path}/net.py:build", "--input-shape", "4",
+                       *[a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert code == 2 and match.replace("{tmp}", str(tmp_path)) in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("source, match", [
+    ("import nonexistent_pkg_xyz\n", "model file '{tmp}/m.py' could not import what it needs"),
+    ("import sys\nsys.exit(3)\n", "model file '{tmp}/m.py' called sys.exit(3)"),
+], ids=["missing-import", "sys.exit"])
+def test_a_model_file_that_fails_on_import_is_named(source, match, tmp_path, capsys):
+    """A failing import inside the file did not name it; sys.exit(3) ended the command with
+    status 3 and no message."""
+    (tmp_path / "m.py").write_text(source)
+    code, _, err = run(capsys, "analyze", f"{tmp_path}/m.py:build", "--input-shape", "4")
+    assert code == 2 and match.replace("{tmp}", str(tmp_path)) in err, err

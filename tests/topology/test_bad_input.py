@@ -539,7 +539,8 @@ def test_weights_that_are_no_mapping_or_hold_nan_say_where():
         topo.flows({"0.weight": w})
     with torch.no_grad():
         net[0].weight[1, 2] = math.nan  # SynFlow reads |w| off the model
-    with pytest.raises(MaskError, match=r"hold nan at index \(1, 2\).*the model's weight"):
+    with pytest.raises(ValueError, match=r"model's weight '0.weight' holds 1 NaN .*nan, at "
+                                         r"index \(1, 2\)"):
         topo_pai.prune(net, "synflow", 0.5, input_shape=(3,))
 
 

@@ -97,8 +97,11 @@ def _read_raw(path):
                             "unpickling runs code; save model.state_dict() or the masks "
                             "(topo_pai.save_masks) instead") from exc
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise MaskError(f"{os.fspath(path)!r} is not a mask file torch can load safely: "
-                        f"{type(exc).__name__}: {first}") from exc
+        reason = ("it is empty or cut short" if isinstance(exc, EOFError)
+                  else f"{type(exc).__name__}: {first}")
+        raise MaskError(f"{os.fspath(path)!r} is not a mask file torch can load safely "
+                        f"({reason}); expected a file written by topo_pai.save_masks or "
+                        "torch.save") from exc
 
 
 def guess_format(raw: Mapping) -> str:

@@ -151,6 +151,12 @@ def check_keys(keys, prunable, param_names) -> None:
         if key in param_names:
             raise MaskError(f"mask key '{key}' is a parameter but not a prunable weight: only the "
                             "weights of Linear and Conv1d/Conv2d layers carry edges. Drop it.")
+        for prefix in ("module.", "_orig_mod."):  # DataParallel/DDP, torch.compile
+            if isinstance(key, str) and key.startswith(prefix) and key[len(prefix):] in prunable:
+                raise MaskError(f"mask key {key!r} is the weight {key[len(prefix):]!r} with the "
+                                f"prefix {prefix!r} of a wrapped model (DataParallel, "
+                                "DistributedDataParallel or torch.compile); strip it, e.g. "
+                                f"{{k.removeprefix({prefix!r}): v for k, v in masks.items()}}")
         sample = ", ".join(sorted(prunable)[:6])
         raise MaskError(f"mask key {key!r} is not a parameter of the model, so not a prunable "
                         f"weight. Prunable weights are e.g.: {sample}"

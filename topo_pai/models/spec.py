@@ -111,7 +111,14 @@ def _import_file(path: Path):
         spec.loader.exec_module(module)
     except BaseException as exc:
         del sys.modules[name]
-        if isinstance(exc, Exception) and not isinstance(exc, ImportError):
+        if isinstance(exc, ImportError):  # keeps its type; names the file that imports
+            raise type(exc)(f"model file {str(path)!r} could not import what it needs: "
+                            f"{exc}") from exc
+        if isinstance(exc, SystemExit):
+            raise ModelBuildError(
+                f"model file {str(path)!r} called sys.exit({exc.code!r}) while being imported; "
+                "put its script part under `if __name__ == '__main__':`") from None
+        if isinstance(exc, Exception):
             raise ModelBuildError(f"model file {str(path)!r} raised {type(exc).__name__} while "
                                   f"being imported: {exc}") from exc
         raise

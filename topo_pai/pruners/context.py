@@ -210,11 +210,13 @@ class PruneContext:
                 w = effective_weight(self.model.get_submodule(t.module))
                 out[t.param] = w.cpu().to(_torch().float64).numpy()
                 if out[t.param].size and not np.isfinite(out[t.param].min()):  # min: NaN too
-                    bad = int(np.count_nonzero(~np.isfinite(out[t.param])))
+                    bad = ~np.isfinite(out[t.param])
+                    first = np.unravel_index(int(np.argmax(bad)), bad.shape)
                     raise ValueError(
-                        f"the model's weight {t.param!r} holds {bad} NaN or infinite value(s) "
-                        f"of {out[t.param].size}; pruning scores finite weights. Check the "
-                        "initialisation or the checkpoint the model was loaded from.")
+                        f"the model's weight {t.param!r} holds {int(bad.sum())} NaN or infinite "
+                        f"value(s) of {bad.size} (the first, {out[t.param][first]}, at index "
+                        f"{tuple(int(i) for i in first)}); pruning scores finite weights. Check "
+                        "the initialisation or the checkpoint the model was loaded from.")
             self._weights = out
         return self._weights
 
