@@ -467,6 +467,25 @@ def test_two_spellings_of_one_model_are_refused_before_the_directory(models, tmp
     SweepConfig(models=(models[0],), **ALIAS).validate_names()  # one spelling is fine
 
 
+def test_a_sweep_whose_model_file_changed_is_not_resumed(tmp_path, monkeypatch):
+    """Rows of the file's old model (8 hidden units) and of its edited one (32) were
+    mixed under one model name, with no warning."""
+    monkeypatch.chdir(tmp_path)
+    net = tmp_path / "net.py"
+    source = ("import torch\ndef build():\n    return torch.nn.Sequential(torch.nn.Flatten(), "
+              "torch.nn.Linear(784, 8), torch.nn.ReLU(), torch.nn.Linear(8, 10))\n")
+    net.write_text(source)
+    cfg = SweepConfig(models=("net.py:build",), **ALIAS)
+    run_sweep(cfg, tmp_path / "s", progress=False, limit=1)
+    before = (tmp_path / "s" / "results.jsonl").read_text()
+    net.write_text(source.replace("8", "32"))
+    with pytest.raises(SweepConfigMismatch, match="model file of 'net.py:build' changed"):
+        run_sweep(cfg, tmp_path / "s", progress=False)
+    assert (tmp_path / "s" / "results.jsonl").read_text() == before
+    net.write_text(source)  # restored: the sweep goes on
+    assert len(run_sweep(cfg, tmp_path / "s", progress=False)) == 2
+
+
 def test_an_old_directory_with_a_non_canonical_spelling_resumes_unchanged(tmp_path,
                                                                           monkeypatch):
     """Model names are not rewritten: an old-style config.json (no later fields) naming

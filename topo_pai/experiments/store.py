@@ -5,7 +5,9 @@ A sweep directory holds
 * ``config.json``: the :class:`SweepConfig` that created it. A later run must
   ask for the same set of trials with the same recipe (the order of the grid's
   lists does not matter); another configuration is refused
-  (:class:`SweepConfigMismatch`), never mixed in or overwritten.
+  (:class:`SweepConfigMismatch`), never mixed in or overwritten. It also holds
+  the SHA-256 of every model given as ``file.py:callable``; a later run whose
+  file differs is refused too (two models under one name).
 * ``results.jsonl``: the single source of truth, one JSON line per finished
   trial, appended and fsync'ed as each trial finishes. A killed sweep loses
   only the trials still running; the next run skips every trial in the table.
@@ -37,6 +39,7 @@ measure columns when present); this module is the only writer of these files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -197,6 +200,41 @@ def _read_stored_config(path: Path) -> SweepConfig:
             "start a new --out directory") from None
 
 
+def model_file_hashes(cfg: SweepConfig) -> dict[str, str]:
+    """``{model spec: sha256 of its file}`` for the models given as
+    ``path/to/file.py:callable`` whose file exists (as a sweep resolves it, from the
+    current directory). Zoo and ``package.module`` models are not hashed."""
+    from topo_pai.models.spec import FILE, parse_model_spec
+
+    out = {}
+    for text in cfg.models:
+        try:
+            spec = parse_model_spec(text)
+        except ValueError:
+            continue  # refused with its own message where the model is built
+        path = Path(spec.target)
+        if spec.kind == FILE and path.is_file():
+            out[text] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def check_model_files(config_path: Path, cfg: SweepConfig) -> None:
+    """Refuse to resume a sweep whose model file changed since its first run: the rows
+    already written and the new ones would come from two different models under one
+    name. Directories written before the hashes were stored are not checked."""
+    try:
+        stored = json.loads(config_path.read_text(encoding="utf-8")).get("model_files") or {}
+    except (OSError, ValueError, AttributeError):
+        return  # a missing or corrupt config.json is refused by check_same_config
+    for text, digest in model_file_hashes(cfg).items():
+        if text in stored and stored[text] != digest:
+            raise SweepConfigMismatch(
+                f"model file of {text!r} changed since the first run of the sweep in "
+                f"{str(config_path.parent)!r}: its rows and new ones would come from two "
+                "different models under one name. Restore the file, or use a new --out "
+                "directory for the changed model")
+
+
 def check_same_config(directory: Path, cfg: SweepConfig) -> bool:
     """Raise unless ``directory`` is empty of results or holds ``cfg``'s; True if it has
     a config.json."""
@@ -289,7 +327,9 @@ class ResultsStore:
             self.epochs = self.dir / "epochs.jsonl"
             if not check_same_config(self.dir, cfg):
                 _atomic_write(self.config_path, json.dumps(
-                    {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}, indent=2) + "\n")
+                    {"fingerprint": cfg.fingerprint(), "config": cfg.to_dict(),
+                     "model_files": model_file_hashes(cfg)}, indent=2) + "\n")
+            check_model_files(self.config_path, cfg)
             _drop_torn_lines(self.jsonl)
             self._rows = read_results(self.jsonl)
             # the SIMD levels the rows ran at, and those already warned about
