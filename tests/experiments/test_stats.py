@@ -76,3 +76,28 @@ def test_collapsed_runs_are_counted_not_tested():
     assert (c.n, c.collapsed_a, c.collapsed_b, c.test) == (3, 1, 0, None)
     c = compare_arms({0: 0.8, 1: 0.7, 2: 0.75}, {0: 0.6, 1: 0.5, 2: 0.65})
     assert c.collapsed_a == c.collapsed_b == 0 and c.test.mean == pytest.approx(0.1667, abs=1e-4)
+
+
+def test_dz_of_a_constant_shift_has_the_sign_of_the_shift():
+    """Every seed 0.25 lower gave dz = +inf (noise of 1e-16 gave -3.8e15)."""
+    assert paired_difference({0: 0.25, 1: 0.5}, {0: 0.5, 1: 0.75}).dz == -math.inf
+    assert paired_difference({0: 0.5, 1: 0.75}, {0: 0.25, 1: 0.5}).dz == math.inf
+
+
+def test_collapse_values_given_decide_and_must_cover_every_seed():
+    """An empty collapse mapping fell back to the compared (test) values; one lacking a
+    seed raised a bare KeyError."""
+    test_a, test_b = {0: 0.8, 1: 0.15}, {0: 0.7, 1: 0.6}
+    with pytest.raises(ValueError, match=r"collapse has no value for seed\(s\) \[0, 1\]"):
+        compare_arms(test_a, test_b, collapse={}, collapse_b={})
+    with pytest.raises(ValueError, match=r"collapse_b has no value for seed\(s\) \[1\]"):
+        compare_arms(test_a, test_b, collapse={0: 0.8, 1: 0.8}, collapse_b={0: 0.7})
+    c = compare_arms(test_a, test_b, collapse={0: 0.8, 1: 0.8}, collapse_b={0: 0.7, 1: 0.6})
+    assert c.collapsed_a == 0 and c.test is not None  # validation decided: no collapse
+
+
+def test_missing_values_and_non_numeric_p_values_are_refused():
+    with pytest.raises(ValueError, match=r"seed\(s\) \[1\] have no value"):
+        paired_difference({0: 0.5, 1: None}, {0: 0.4, 1: 0.3})
+    with pytest.raises(ValueError, match="must be numbers"):
+        holm(["0.1", True])

@@ -75,6 +75,9 @@ def test_dense_reference_keeps_every_weight(tmp_path):
     (dict(methods=("x",), arms={"x": {"method": "random", "rescale": "yes"}}), "rescale"),
     (dict(methods=("random",), val_size=0), "val_size"),
     (dict(methods=("random",), dense="yes"), "dense"),
+    # was accepted: random pruning recorded and plotted as "snip"
+    (dict(methods=("snip",), arms={"snip": {"method": "random"}}),
+     "'snip' is a registered method, but the arm runs 'random'"),
 ])
 def test_bad_arm_configurations(change, match):
     with pytest.raises(ValueError, match=match):

@@ -128,3 +128,14 @@ def test_diverging_loss_is_reported(data):
     with pytest.raises(FloatingPointError, match="lower lr"):
         train(_model(), tr, epochs=3, lr=1e6, momentum=0.0, weight_decay=0.0, progress=False,
               device="cpu")
+
+
+def test_a_model_with_fewer_logits_than_classes_is_refused_by_name():
+    """torch's own IndexError ('Target 7 is out of bounds') reached the caller."""
+    from topo_pai.experiments.data import load_dataset
+    from topo_pai.experiments.training import train
+    from topo_pai.models import get_model
+    data = load_dataset("digits", limit=100)
+    model = get_model("lenet_300_100", in_channels=1, num_classes=5, input_size=8)
+    with pytest.raises(ValueError, match=r"outputs of shape \(100, 5\).*num_classes=10"):
+        train(model, data, epochs=1, progress=False, device="cpu")

@@ -89,6 +89,22 @@ def float_or_nan(v) -> float:
     return math.nan if v is None else float(v)
 
 
+def _check_one_run_per_seed(group: list[dict], by: tuple, where: dict) -> None:
+    """Refuse a group that pools models or datasets not in ``by`` (means over two networks)
+    or holds one seed twice (a seed counted twice)."""
+    for column in ("model", "dataset"):
+        values = {str(r[column]) for r in group if column in r and column not in by}
+        if len(values) > 1:
+            raise ValueError(f"aggregate: the group {where} holds rows of several {column}s "
+                             f"({', '.join(sorted(values))}); pass the rows of one {column}, "
+                             f"or add {column!r} to by=")
+    seeds = [r["seed"] for r in group if "seed" in r]
+    twice = sorted({s for s in seeds if seeds.count(s) > 1}, key=str)
+    if twice:
+        raise ValueError(f"aggregate: the group {where} holds seed(s) {twice} more than "
+                         "once; one row per seed (drop the repeated rows)")
+
+
 def aggregate(records, by=("method", "shuffled", "sparsity")) -> list[dict]:
     """Mean over seeds of the plotted quantities, per ``(method, shuffled, sparsity)``.
 
@@ -139,6 +155,7 @@ def aggregate(records, by=("method", "shuffled", "sparsity")) -> list[dict]:
     for key in sorted(groups, key=order):
         g = groups[key]
         d = dict(zip(by, key))
+        _check_one_run_per_seed(g, by, d)
         nodes = np.array([float_or_nan(r.get("effective_nodes")) for r in g])
         paths = np.array([float_or_nan(r.get("log10_paths")) for r in g])
         has_path = np.isfinite(paths) & (paths > -np.inf) & (nodes > 0)

@@ -283,6 +283,12 @@ class SweepConfig:
             if name in self.method_options:
                 raise ValueError(f"sweep method_options[{name!r}]: give an arm's options in "
                                  f"arms[{name!r}] itself")
+            from topo_pai.pruners import available_methods
+            if name in available_methods() and spec["method"] != name:
+                raise ValueError(f"sweep arm name {name!r} is a registered method, but the arm "
+                                 f"runs {spec['method']!r}: its trials would be recorded and "
+                                 f"plotted as {name!r}. Give the arm a name of its own (e.g. "
+                                 f"'{spec['method']}_{name}')")
             spec = dict(spec)
             spec["rescale"] = check_bool(f"sweep arms[{name!r}].rescale",
                                          spec.get("rescale", False))

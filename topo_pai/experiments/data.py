@@ -130,8 +130,10 @@ class Dataset:
     def subset(self, n: int, seed: int = 0) -> Dataset:
         """A stratified random subset of ``n`` samples, deterministic in ``seed``.
 
-        Every class gets ``n`` times its share of the split, within one
-        sample. Subsets with the same seed are nested: ``subset(m, s)`` is
+        Every class gets ``n`` times its share of the split, within
+        ``0.5 + C * share / 2`` samples for ``C`` classes (one sample on a
+        balanced split such as Fashion-MNIST's; more for a small class among
+        large ones). Subsets with the same seed are nested: ``subset(m, s)`` is
         contained in ``subset(n, s)`` for ``m < n``. Samples keep their
         original order.
 
@@ -211,8 +213,11 @@ def _stratified_order(y: np.ndarray, seed: int) -> np.ndarray:
 
     Within each class the order is random; classes are interleaved by the
     fractional position ``(rank + 0.5) / class_size`` so that any prefix holds
-    each class in proportion to its size (within one sample). Ties go to the
-    earlier sample of the random permutation.
+    each class in proportion to its size: a class's count is within ``0.5`` of
+    ``t * class_size`` for the prefix's last key ``t``, and ``t`` within
+    ``C / 2`` samples of the prefix's share, so the count is within
+    ``0.5 + C * share / 2`` of its quota (one sample for ``C`` equal classes).
+    Ties go to the earlier sample of the random permutation.
     """
     seed = _check_seed(seed)
     y = np.asarray(y)

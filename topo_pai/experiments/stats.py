@@ -85,6 +85,10 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], *, margin:
     seeds = tuple(sorted(set(a) & set(b)))
     if not seeds:
         raise ValueError(f"the arms share no seed (seeds {sorted(a)} and {sorted(b)})")
+    missing = [s for s in seeds if a[s] is None or b[s] is None]
+    if missing:
+        raise ValueError(f"seed(s) {missing} have no value (None) in one arm; drop them, or "
+                         "record the run's value")
     d = np.array([float(a[s]) - float(b[s]) for s in seeds])
     if not np.isfinite(d).all():
         raise ValueError(f"non-finite values among the paired differences {d.tolist()}")
@@ -95,7 +99,7 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], *, margin:
                                 math.nan, math.nan, margin)
     sd = float(d.std(ddof=1))
     if sd == 0.0:  # every seed moved by exactly the same amount: no spread to test against
-        dz = math.inf if mean != 0.0 else math.nan
+        dz = math.copysign(math.inf, mean) if mean != 0.0 else math.nan
         p = 1.0 if mean == 0.0 else 0.0
         p_greater = 0.0 if mean > margin else 1.0
         p_less = 0.0 if mean < margin else 1.0
@@ -123,6 +127,9 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     >>> holm([0.01, 0.04, 0.03, float("nan")])
     [0.03, 0.06, 0.06, nan]
     """
+    kinds = [x for x in pvalues if isinstance(x, (str, bytes, bool, np.bool_))]
+    if kinds:
+        raise ValueError(f"p-values must be numbers, got {kinds[:3]}")
     p = [float(x) for x in pvalues]
     bad = [x for x in p if not (math.isnan(x) or 0.0 <= x <= 1.0)]
     if bad:
@@ -172,8 +179,17 @@ def compare_arms(a: Mapping[int, float], b: Mapping[int, float], *,
     (2, 1, 0, True)
     """
     seeds = sorted(set(a) & set(b))
-    ca = collapsed({s: (collapse or a)[s] for s in seeds}, below)
-    cb = collapsed({s: (collapse_b or b)[s] for s in seeds}, below)
+    deciding = []
+    for name, given, own in (("collapse", collapse, a), ("collapse_b", collapse_b, b)):
+        if given is None:  # `is None`: an empty mapping given is not "use the compared values"
+            given = own
+        lacking = [s for s in seeds if s not in given]
+        if lacking:
+            raise ValueError(f"{name} has no value for seed(s) {lacking} of the compared "
+                             "arms; give one for every shared seed")
+        deciding.append(given)
+    ca = collapsed({s: deciding[0][s] for s in seeds}, below)
+    cb = collapsed({s: deciding[1][s] for s in seeds}, below)
     k_a, k_b = sum(ca.values()), sum(cb.values())
     test = None
     if k_a == 0 and k_b == 0 and seeds:

@@ -341,6 +341,7 @@ def train(model: nn.Module, train_set, test_set=None, *, val_set=None, masks=Non
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         sink = open(log, "a", encoding="utf-8")
     result = TrainResult(device=str(dev), config=asdict(cfg))
+    n_classes = int(y.max()) + 1 if y.numel() else 0
     start = time.perf_counter()
     try:
         for epoch in range(cfg.epochs):
@@ -357,6 +358,11 @@ def train(model: nn.Module, train_set, test_set=None, *, val_set=None, masks=Non
                 idx = order[i:i + cfg.batch_size]
                 xb, yb = x[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)
                 out = model(xb)
+                if out.dim() != 2 or out.shape[1] < n_classes:  # torch: "Target 7 is out of bounds"
+                    raise ValueError(f"the model gives outputs of shape {tuple(out.shape)}, but "
+                                     f"the training labels go up to {n_classes - 1}: it needs "
+                                     f"(batch, {n_classes}) logits (e.g. num_classes="
+                                     f"{n_classes})")
                 loss = nn.functional.cross_entropy(out, yb)
                 if not torch.isfinite(loss.detach()):
                     raise FloatingPointError(f"training loss became {float(loss.detach())} in epoch "
