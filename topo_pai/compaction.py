@@ -40,6 +40,7 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
+from topo_pai.checks import check_seed
 from topo_pai.errors import UnsupportedOpError
 
 #: Modules that act on each channel on its own and hold no parameters.
@@ -689,6 +690,7 @@ def compact_with_report(model: nn.Module, masks: Mapping | None = None, input_sh
             f"cannot compact {type(model).__name__}: the model is itself one layer, whose "
             "inputs and outputs are the network's, so it has no unit to remove; compaction "
             "rebuilds models that hold their layers as submodules")
+    seed = check_seed("compact's seed", seed)
     return _Compactor(model, masks, tuple(input_shape), topo, seed).run()
 
 

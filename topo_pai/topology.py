@@ -374,6 +374,8 @@ class Topology:
         flat, defaulted = {}, set()
         for name, w in weights.items():
             check_mask_value(name, w, "weights")
+            if name in self._unused:  # not on the graph, but a mistake there is one anyway
+                abs_weights_array(name, w, self._unused[name].shape)
         for layer in self.program.layers:
             w = weights.get(layer.param)
             if w is None:
@@ -762,10 +764,17 @@ class EdgeWeights:
 
 def group_counts(engine: Engine, names: list[str], direction: str) -> dict[str, NodeCounts]:
     """An engine's ``"forward"`` or ``"backward"`` counts as :class:`NodeCounts` per node
-    group name, each with its group's shape."""
+    group name, each with its group's shape. The mantissas are read-only views of the
+    engine's cached arrays: no copy, and a write cannot change later results."""
     table = engine.forward() if direction == "forward" else engine.backward()
-    return {name: NodeCounts(s.m.reshape(engine.group_shape(g)), s.e)
+    return {name: NodeCounts(_read_only(s.m.reshape(engine.group_shape(g))), s.e)
             for g, (name, s) in enumerate(zip(names, table, strict=True))}
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
 
 
 class Flows:

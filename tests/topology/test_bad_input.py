@@ -581,3 +581,52 @@ def test_edge_weights_of_another_network_and_bad_exact_limits_are_refused():
         with pytest.raises(ValueError, match="max_work must be a number"):
             b.count_paths().exact_value(max_work=bad)
     assert b.count_paths().exact_value(max_work=math.inf) == 3 * 4 * 2
+
+
+@pytest.mark.parametrize("resolution", ["channel", "neuron"])
+def test_returned_counts_cannot_change_the_topologys_cache(resolution):
+    """forward_counts() handed out the engine's cached arrays: zeroing one in place changed
+    later effective_params() (20 -> 12 on this MLP) and Flows' later scores."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    topo = topo_pai.from_torch(net, None, input_shape=(3,))
+    before = topo.effective_params(resolution)
+    for counts in (topo.forward_counts(resolution), topo.backward_counts(resolution)):
+        for c in counts.values():
+            with pytest.raises(ValueError, match="read-only"):
+                c.mantissa[...] = 0
+    flows = topo.flows(None, resolution)
+    with pytest.raises(ValueError, match="read-only"):
+        next(iter(flows.forward.values())).mantissa[...] = 0
+    assert topo.effective_params(resolution) == before == 20
+
+
+def test_checked_edge_weights_do_not_follow_later_changes_of_the_callers_arrays():
+    """edge_weights kept views of float64 inputs: filling them with -1 afterwards made
+    log10_total -inf, and a NaN an internal FloatingPointError."""
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    topo = topo_pai.from_torch(net, None, input_shape=(3,))
+    w = {n: p.detach().double().abs() + 0.5 for n, p in net.named_parameters() if p.dim() > 1}
+    prepared = topo.edge_weights(w)
+    total = topo.flows(prepared).log10_total
+    for t in w.values():
+        t.fill_(math.nan)
+    assert topo.flows(prepared).log10_total == total
+
+
+def test_weights_of_an_unused_layer_are_checked_and_compact_checks_its_seed():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 2), nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.used(x)
+
+    model = Unused()
+    topo = topo_pai.from_torch(model, None, input_shape=(3,))
+    with pytest.raises(MaskError, match="'unused.weight' have shape \\(7,\\)"):
+        topo.flows({"unused.weight": -torch.ones(7)})
+    with pytest.raises(MaskError, match="'unused.weight' hold -1.0"):
+        topo.edge_weights({"unused.weight": -torch.ones(3, 3)})
+    with pytest.raises(ValueError, match="compact's seed must be an int"):
+        topo_pai.compact(model, None, (3,), seed="0")

@@ -177,4 +177,5 @@ def abs_weights_array(name: str, w, shape) -> np.ndarray:
         raise MaskError(f"weights for '{name}' hold {arr[where].item()!r} at index {where}: they "
                         "must be finite and non-negative (pass |w|, e.g. weight.abs(); NaN or "
                         "inf there means the model's weight holds one)")
-    return np.ascontiguousarray(arr).reshape(-1)
+    # a copy: the caller's float64 array must not be able to change weights once checked
+    return np.array(arr, dtype=np.float64, order="C", copy=True).reshape(-1)
