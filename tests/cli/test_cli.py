@@ -465,8 +465,8 @@ def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path):
 @pytest.mark.parametrize("argv, match", [
     (["--masks", "{tmp}/other.pt"], "--masks '{tmp}/other.pt': mask key 'a.weight'"),
     (["--masks", "{tmp}/wrapped.pt"], "prefix 'module.' of a wrapped model"),
-    (["--masks", "{tmp}/empty.pt"], "'{tmp}/empty.pt' is not a mask file torch can load "
-                                    "safely (it is empty or cut short)"),
+    (["--masks", "{tmp}/empty.pt"], ("'{tmp}/empty.pt' is not a mask file torch can load "
+                                     "safely (it is empty or cut short)")),
     (["--masks", "{tmp}"], "--masks: '{tmp}' is a directory; give a file"),
 ], ids=["other-model", "wrapped", "empty", "directory"])
 def test_mask_file_mistakes_name_the_file_and_the_fix(argv, match, tmp_path, capsys):

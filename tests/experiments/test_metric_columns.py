@@ -341,9 +341,9 @@ def test_load_results_types_metric_and_validation_columns_alike_from_csv_and_jso
     """From a .csv the metric columns were strings ('2.79') and an empty val_accuracy '',
     while the .json of the same sweep gave numbers and None."""
     from topo_pai.experiments.results_table import load_results
-    row = dict(model="lenet5", method="snip", shuffled=False, sparsity=0.9, seed=0,
-               accuracy=0.5, val_accuracy=None, val_loss=None, kernels=12, sink_units=0,
-               effective_compression=math.inf, mean_ramanujan_gap=2.79)
+    row = {"model": "lenet5", "method": "snip", "shuffled": False, "sparsity": 0.9, "seed": 0,
+           "accuracy": 0.5, "val_accuracy": None, "val_loss": None, "kernels": 12,
+           "sink_units": 0, "effective_compression": math.inf, "mean_ramanujan_gap": 2.79}
     (tmp_path / "r.json").write_text(json.dumps([{k: ("inf" if v == math.inf else v)
                                                    for k, v in row.items()}]))
     with open(tmp_path / "r.csv", "w", newline="") as f:

@@ -375,9 +375,9 @@ def test_load_results_skips_a_jsonl_line_cut_short_by_a_kill(tmp_path):
 def test_aggregate_refuses_rows_of_two_models_or_a_seed_twice():
     """Both were pooled: a mean over two networks, a seed counted twice."""
     from topo_pai.experiments.aggregation import aggregate
-    rows = [dict(model=m, method="snip", sparsity=0.9, seed=s, accuracy=a, effective_nodes=5,
-                 log10_paths=1.0) for m, s, a in [("lenet5", 0, 0.6), ("lenet5", 1, 0.8),
-                                                   ("lenet_300_100", 0, 0.1)]]
+    rows = [{"model": m, "method": "snip", "sparsity": 0.9, "seed": s, "accuracy": a,
+             "effective_nodes": 5, "log10_paths": 1.0}
+            for m, s, a in [("lenet5", 0, 0.6), ("lenet5", 1, 0.8), ("lenet_300_100", 0, 0.1)]]
     with pytest.raises(ValueError, match="several models .*add 'model' to by="):
         aggregate(rows)
     assert [g["n_seeds"] for g in aggregate(rows, by=("model", "method", "sparsity"))] == [2, 1]

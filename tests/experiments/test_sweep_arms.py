@@ -76,7 +76,7 @@ def test_dense_reference_keeps_every_weight(tmp_path):
     (dict(methods=("random",), val_size=0), "val_size"),
     (dict(methods=("random",), dense="yes"), "dense"),
     # was accepted: random pruning recorded and plotted as "snip"
-    (dict(methods=("snip",), arms={"snip": {"method": "random"}}),
+    ({"methods": ("snip",), "arms": {"snip": {"method": "random"}}},
      "'snip' is a registered method, but the arm runs 'random'"),
 ])
 def test_bad_arm_configurations(change, match):
