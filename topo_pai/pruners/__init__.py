@@ -13,7 +13,8 @@ masks for given per-layer budgets. :func:`prune` does the rest: validation,
 budgets (:mod:`~topo_pai.pruners.allocation`), O(n) thresholding with seeded
 tie-breaking (:mod:`~topo_pai.pruners.select`) and, for iterative methods,
 rounds on the exponential schedule ``density_t = density ** (t / rounds)``
-(weights pruned in a round stay pruned).
+(weights pruned in a round stay pruned; ``density`` is the final kept count's share,
+see :mod:`~topo_pai.pruners.registry`).
 
 Methods (``describe_methods()`` prints their options):
 

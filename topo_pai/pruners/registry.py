@@ -14,7 +14,10 @@ Kinds
     The same signature, called once per round with the current masks (dict of
     bool arrays, excluded layers absent); the shared loop prunes along the
     exponential schedule ``density_t = density ** (t / rounds)`` and sets
-    ``ctx.round`` (1, 2, ...) before each call. Its ``rounds`` option is the loop's.
+    ``ctx.round`` (1, 2, ...) before each call. ``density`` is that of the final kept
+    count (``keep / total``, ``keep = round((1 - sparsity) * total)``), not the requested
+    ``1 - sparsity``: a round before the last may keep one weight more or fewer than
+    Synaptic-Flow's ``(1 - sparsity) ** (t / rounds)``; the last keeps ``keep``. Its ``rounds`` option is the loop's.
 ``"masks"``
     ``fn(ctx, budgets, **options) -> {param: bool array}`` meeting every
     layer's integer budget exactly (PHEW, shuffle).
