@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,8 +57,8 @@ from topo_pai.metrics import exact as X
 from topo_pai.metrics.channel import Block, ChannelEngine
 from topo_pai.metrics.degrees import FAN_FIELDS, fan_stats
 from topo_pai.metrics.engine import Engine, EngineFactory, EngineOptions
+from topo_pai.metrics.scaled import RISKY_BITS, NodeCounts
 from topo_pai.metrics.torch_neuron import neuron_engine
-from topo_pai.metrics.scaled import NodeCounts
 from topo_pai.metrics_table import COLUMNS as METRIC_COLUMNS
 from topo_pai.metrics_table import MetricsTable
 from topo_pai.summary import Summary
@@ -767,8 +768,21 @@ def group_counts(engine: Engine, names: list[str], direction: str) -> dict[str, 
     group name, each with its group's shape. The mantissas are read-only views of the
     engine's cached arrays: no copy, and a write cannot change later results."""
     table = engine.forward() if direction == "forward" else engine.backward()
+    warn_if_underflowed(engine, f"{direction} counts", stacklevel=4)
     return {name: NodeCounts(_read_only(s.m.reshape(engine.group_shape(g))), s.e)
             for g, (name, s) in enumerate(zip(names, table, strict=True))}
+
+
+def warn_if_underflowed(engine: Engine, what: str, stacklevel: int = 3) -> None:
+    """Warn when ``what`` may hold a count or flow read as zero although non-zero: one
+    exponent per node group holds about 2**1074 of dynamic range (README, "How it
+    works"). Never silent: the values are then only exact for the larger entries."""
+    if engine.may_have_underflowed():
+        warnings.warn(
+            f"{what}: a node group spans more than 2**{RISKY_BITS} between its largest and "
+            "smallest non-zero count or flow, so the smallest may read as 0 (log10 -inf) or "
+            "lose precision. Effective nodes, params and masks stay exact, the total accurate.",
+            RuntimeWarning, stacklevel=stacklevel)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
@@ -823,6 +837,7 @@ class Flows:
         program = self.topology.program
         out = {layer.param: self._engine.log10_through_weights(i)
                for i, layer in enumerate(program.layers)}
+        warn_if_underflowed(self._engine, "flows through the weights")
         for name, shape in program.unused_params.items():  # off the traced graph: no flow
             out[name] = np.full(shape, -np.inf)
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -630,3 +631,25 @@ def test_weights_of_an_unused_layer_are_checked_and_compact_checks_its_seed():
         topo.edge_weights({"unused.weight": -torch.ones(3, 3)})
     with pytest.raises(ValueError, match="compact's seed must be an int"):
         topo_pai.compact(model, None, (3,), seed="0")
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+def test_counts_and_flows_past_a_groups_dynamic_range_warn(engine):
+    """Two independent lanes, one with |w| = 1e-3 over 130 layers: the weak lane's flows
+    (10^-390 against 1) read as 0, which was silent. It is a known limit (README, "How it
+    works"); now it warns, while reachability stays exact."""
+    layers = 130
+    net = nn.Sequential(*[nn.Linear(2, 2, bias=False) for _ in range(layers)])
+    masks = {f"{i}.weight": torch.eye(2, dtype=torch.bool) for i in range(layers)}
+    w = {f"{i}.weight": torch.tensor([[1.0, 0.0], [0.0, 1e-3]]) for i in range(layers)}
+    topo = topo_pai.from_torch(net, masks, input_shape=(2,), engine=engine)
+    flows = topo.flows(w, "neuron")
+    with pytest.warns(RuntimeWarning, match="flows through the weights: a node group spans"):
+        flows.log10_through_weights()
+    with pytest.warns(RuntimeWarning, match="forward counts: a node group spans"):
+        flows.forward  # noqa: B018 - the property is what warns
+    assert bool(topo.effective_masks("neuron")["0.weight"][1, 1])  # exact all the same
+    plain = topo_pai.from_torch(net, masks, input_shape=(2,), engine=engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # within range: no warning
+        plain.flows({n: t.abs() + 0.5 for n, t in w.items()}, "neuron").log10_through_weights()

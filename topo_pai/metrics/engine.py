@@ -98,6 +98,11 @@ class Engine(Protocol):
         """Paths (flows, when weighted) from the network input into every unit, one
         flat :class:`Scaled` per node group."""
 
+    def may_have_underflowed(self) -> bool:
+        """Whether a forward or backward vector spans so many orders of magnitude that a
+        count or flow far below its group's largest may read as zero (a ``risky``
+        vector). Reachability is exact either way; per-unit counts and flows may not be."""
+
     def backward(self) -> list[Scaled]:
         """Paths (flows) from every unit to the network output, one per node group."""
 
@@ -234,6 +239,9 @@ class TableEngine(ABC):
                 self._reach = ({k: s.m for k, s in fwd.items()},
                                {k: s.m for k, s in bwd.items()})
         return self._reach
+
+    def may_have_underflowed(self) -> bool:
+        return any(s.risky for s in self.fwd.values()) or any(s.risky for s in self.bwd.values())
 
     def forward(self) -> list[Scaled]:
         fwd = self.fwd

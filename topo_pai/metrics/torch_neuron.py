@@ -570,6 +570,9 @@ class TorchNeuronEngine:
         self._propagate()
         return self._bwd
 
+    def may_have_underflowed(self) -> bool:
+        return any(s.risky for s in self.fwd.values()) or any(s.risky for s in self.bwd.values())
+
     @property
     def reach(self) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """``(rf, rb)``: per value, a tensor positive exactly where a unit is reached from
