@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,8 +55,14 @@ from topo_pai.masks.validate import (
 from topo_pai.metrics import exact as X
 from topo_pai.metrics.channel import Block, ChannelEngine
 from topo_pai.metrics.degrees import FAN_FIELDS, fan_stats
-from topo_pai.metrics.engine import Engine, EngineFactory, EngineOptions
-from topo_pai.metrics.scaled import RISKY_BITS, NodeCounts
+from topo_pai.metrics.engine import (
+    Engine,
+    EngineFactory,
+    EngineOptions,
+    group_counts,
+    warn_if_underflowed,
+)
+from topo_pai.metrics.scaled import NodeCounts
 from topo_pai.metrics.torch_neuron import neuron_engine
 from topo_pai.metrics_table import COLUMNS as METRIC_COLUMNS
 from topo_pai.metrics_table import MetricsTable
@@ -761,34 +766,6 @@ class EdgeWeights:
 
     flat: dict
     defaulted: frozenset = frozenset()
-
-
-def group_counts(engine: Engine, names: list[str], direction: str) -> dict[str, NodeCounts]:
-    """An engine's ``"forward"`` or ``"backward"`` counts as :class:`NodeCounts` per node
-    group name, each with its group's shape. The mantissas are read-only views of the
-    engine's cached arrays: no copy, and a write cannot change later results."""
-    table = engine.forward() if direction == "forward" else engine.backward()
-    warn_if_underflowed(engine, f"{direction} counts", stacklevel=4)
-    return {name: NodeCounts(_read_only(s.m.reshape(engine.group_shape(g))), s.e)
-            for g, (name, s) in enumerate(zip(names, table, strict=True))}
-
-
-def warn_if_underflowed(engine: Engine, what: str, stacklevel: int = 3) -> None:
-    """Warn when ``what`` may hold a count or flow read as zero although non-zero: one
-    exponent per node group holds about 2**1074 of dynamic range (README, "How it
-    works"). Never silent: the values are then only exact for the larger entries."""
-    if engine.may_have_underflowed():
-        warnings.warn(
-            f"{what}: a node group spans more than 2**{RISKY_BITS} between its largest and "
-            "smallest non-zero count or flow, so the smallest may read as 0 (log10 -inf) or "
-            "lose precision. Effective nodes, params and masks stay exact, the total accurate.",
-            RuntimeWarning, stacklevel=stacklevel)
-
-
-def _read_only(a: np.ndarray) -> np.ndarray:
-    view = a.view()
-    view.flags.writeable = False
-    return view
 
 
 class Flows:

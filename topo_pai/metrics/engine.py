@@ -68,6 +68,7 @@ queries (exact counts, effectiveness) are asked of unweighted engines only.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ from topo_pai.graph.ir import Layer
 from topo_pai.graph.masks import LayerMask
 from topo_pai.kernels.multiplicity import kernel_weight_sums
 from topo_pai.kernels.vectors import count_both_positive
-from topo_pai.metrics.scaled import NodeCounts, Scaled
+from topo_pai.metrics.scaled import RISKY_BITS, NodeCounts, Scaled
 
 
 class Engine(Protocol):
@@ -320,3 +321,31 @@ def unit_effective(lm: LayerMask, layer: Layer, fin: np.ndarray, bout: np.ndarra
         else:
             eff[r] = mask[r] & keep
     return eff.reshape(shape)
+
+
+def group_counts(engine: Engine, names: list[str], direction: str) -> dict[str, NodeCounts]:
+    """An engine's ``"forward"`` or ``"backward"`` counts as :class:`NodeCounts` per node
+    group name, each with its group's shape. The mantissas are read-only views of the
+    engine's cached arrays: no copy, and a write cannot change later results."""
+    table = engine.forward() if direction == "forward" else engine.backward()
+    warn_if_underflowed(engine, f"{direction} counts", stacklevel=4)
+    return {name: NodeCounts(_read_only(s.m.reshape(engine.group_shape(g))), s.e)
+            for g, (name, s) in enumerate(zip(names, table, strict=True))}
+
+
+def warn_if_underflowed(engine: Engine, what: str, stacklevel: int = 3) -> None:
+    """Warn when ``what`` may hold a count or flow read as zero although non-zero: one
+    exponent per node group holds about 2**1074 of dynamic range (README, "How it
+    works"). Never silent: the values are then only exact for the larger entries."""
+    if engine.may_have_underflowed():
+        warnings.warn(
+            f"{what}: a node group spans more than 2**{RISKY_BITS} between its largest and "
+            "smallest non-zero count or flow, so the smallest may read as 0 (log10 -inf) or "
+            "lose precision. Effective nodes, params and masks stay exact, the total accurate.",
+            RuntimeWarning, stacklevel=stacklevel)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
