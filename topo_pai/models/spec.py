@@ -112,8 +112,12 @@ def _import_file(path: Path):
     except BaseException as exc:
         del sys.modules[name]
         if isinstance(exc, ImportError):  # keeps its type; names the file that imports
-            raise type(exc)(f"model file {str(path)!r} could not import what it needs: "
-                            f"{exc}") from exc
+            message = f"model file {str(path)!r} could not import what it needs: {exc}"
+            try:
+                named = type(exc)(message)
+            except Exception:  # noqa: BLE001 - a subclass with other arguments
+                named = ImportError(message)
+            raise named from exc
         if isinstance(exc, SystemExit):
             raise ModelBuildError(
                 f"model file {str(path)!r} called sys.exit({exc.code!r}) while being imported; "
