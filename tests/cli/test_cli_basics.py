@@ -94,7 +94,8 @@ def test_shuffle_from_the_cli(tmp_path, capsys):
     assert code == 2 and "--masks is for methods that rework given masks" in err
     code, _, err = run(capsys, "prune", *base, "shuffle", "0.5", "--masks", tmp_path / "r.pt",
                        "--out", tmp_path / "t.pt")
-    assert code == 2 and "keep" in err
+    assert code == 2 and "the masks given to 'shuffle' keep" in err
+    assert "prune at the masks' sparsity, 0.8" in err and "option" not in err
 
 
 def test_plot_of_a_topology_only_sweep(tmp_path, capsys):

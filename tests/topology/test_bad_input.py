@@ -157,6 +157,26 @@ def test_mask_key_orig_on_pruned_model():
     assert "'0.weight'" in str(exc.value)  # says which name to use
 
 
+@pytest.mark.parametrize("root", [False, True])
+def test_mask_key_of_a_parametrization_names_the_weight(root):
+    """A parametrized layer's tensor named as a mask key: the message gives the weight's
+    name, also for a bare (root) layer, whose key starts with 'parametrizations.'."""
+    from torch.nn.utils import parametrize
+
+    class Same(nn.Module):
+        def forward(self, w):
+            return w
+
+    model = nn.Linear(4, 3) if root else mlp()
+    layer = model if root else model[0]
+    parametrize.register_parametrization(layer, "weight", Same())
+    prefix = "" if root else "0."
+    with pytest.raises(MaskError, match="re-parametrised") as exc:
+        topo_pai.Masks({f"{prefix}parametrizations.weight.original": torch.ones(3, 4)},
+                       model=model)
+    assert f"use the weight's name '{prefix}weight'" in str(exc.value)
+
+
 @pytest.mark.parametrize("masks", [[torch.ones(3, 4)], "0.weight", 3])
 def test_masks_not_a_mapping(masks):
     with pytest.raises(MaskError):

@@ -70,11 +70,28 @@ def paired_difference(a: Mapping[int, float], b: Mapping[int, float], *, margin:
     level : float
         Confidence level of :attr:`PairedDifference.ci`.
 
+    Notes
+    -----
+    With one shared seed every test, the interval and ``dz`` are ``nan``. When every
+    seed moved by exactly the same amount (no spread), the t statistic is undefined
+    (``scipy.stats.ttest_rel`` returns ``nan``); this function returns the t-test's limit
+    as the spread goes to zero instead: ``p = 0`` for a non-zero shift (``1`` for none),
+    ``ci = (mean, mean)``, ``dz = ±inf``, and the one-sided p-values 0 or 1 by the side
+    of ``margin`` the shift lies on. Such a ``p`` counts as significant under
+    :func:`holm`; with few seeds (two runs that differ by the same number of test
+    samples) it says only that the seeds agreed, so report ``n`` beside it.
+
     Examples
     --------
     >>> d = paired_difference({0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.8, 1: 0.75, 2: 0.6})
     >>> d.n, round(d.mean, 4), round(d.p, 4)
     (3, 0.0833, 0.0377)
+
+    Every seed 0.25 apart (0.25 and the values are exact in binary):
+
+    >>> d = paired_difference({0: 1.0, 1: 0.5}, {0: 0.75, 1: 0.25})
+    >>> d.mean, d.p, d.dz, d.ci
+    (0.25, 0.0, inf, (0.25, 0.25))
     """
     from scipy import stats
 

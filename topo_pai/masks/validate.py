@@ -143,8 +143,9 @@ def check_keys(keys, prunable, param_names) -> None:
     for key in keys:
         if key in prunable:
             continue
-        if isinstance(key, str) and (key.endswith("_orig") or ".parametrizations." in key):
-            base = key.replace(".parametrizations.", ".").removesuffix("_orig")
+        # "." + key: a root module's parametrized keys start with "parametrizations."
+        if isinstance(key, str) and (key.endswith("_orig") or ".parametrizations." in "." + key):
+            base = ("." + key).replace(".parametrizations.", ".")[1:].removesuffix("_orig")
             base = base.removesuffix(".original")
             raise MaskError(f"mask key '{key}' names a re-parametrised tensor; use the weight's "
                             f"name '{base}' instead")

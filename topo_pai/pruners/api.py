@@ -406,9 +406,11 @@ def _budgets_from_masks(m: Method, ctx: PruneContext, masks, sparsity: float) ->
     want = A.n_keep(total, sparsity)
     got = sum(budgets.values())
     if got != want:
-        raise ValueError(f"the masks in option {opt!r} keep {got} of the {total} pruned weights "
-                         f"(sparsity {1 - got / total:.6g}), but sparsity={sparsity:g} keeps "
-                         f"{want}")
+        # worded for both callers: prune(..., masks=...) and the command line's --masks
+        raise ValueError(f"the masks given to {m.name!r} keep {got} of the {total} prunable "
+                         f"weights (sparsity {1 - got / total:.6g}), but sparsity {sparsity:g} "
+                         f"keeps {want}: prune at the masks' sparsity, "
+                         f"{1 - got / total:.6g}, or give masks that keep {want}")
     return budgets
 
 
