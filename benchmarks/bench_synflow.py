@@ -82,9 +82,10 @@ def deep_chain(depth: int = 400, width: int = 16) -> nn.Module:
 def dense_conv_time(model: nn.Module, input_shape: tuple, repeats: int = 5) -> float:
     """Seconds of torch's float64 ops that every dense layer needs once per round: for
     each Conv/Linear (shapes taken from one float64 forward on an all-ones input), the
-    forward op, the gradient to its input and the gradient to its weight
-    (``aten.convolution_backward`` for a conv, two matmuls for a Linear); the fastest of
-    ``repeats`` runs, summed over the layers.
+    forward op, the gradient to its input (not for a layer that reads the model's input:
+    autograd skips it there) and the gradient to its weight (``aten.convolution_backward``
+    for a conv, matmuls for a Linear); the fastest of ``repeats`` runs, summed over the
+    layers.
 
     Both columns run these ops on every layer that is dense: the loop on all of them
     every round, topo_pai on each layer above ``SPARSE_MAX_DENSITY``. So ``loop / (rounds
@@ -92,34 +93,37 @@ def dense_conv_time(model: nn.Module, input_shape: tuple, repeats: int = 5) -> f
     the layers stay dense (the sparse products of late rounds can do better)."""
     net = copy.deepcopy(model).double().eval()
     shapes = {}
+    ones = torch.ones((1,) + tuple(input_shape), dtype=torch.float64)
 
     def record(name):
         def hook(module, args, out):  # returns None: the output stays as it is
-            shapes.setdefault(name, (args[0].shape, out.shape))
+            shapes.setdefault(name, (args[0].shape, out.shape, args[0] is ones))
         return hook
 
     hooks = [mod.register_forward_hook(record(name)) for name, mod in net.named_modules()
              if isinstance(mod, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
-        net(torch.ones((1,) + tuple(input_shape), dtype=torch.float64))
+        net(ones)
     for h in hooks:
         h.remove()
     total = 0.0
-    for name, (in_shape, out_shape) in shapes.items():
+    for name, (in_shape, out_shape, reads_input) in shapes.items():
         mod = net.get_submodule(name)
         w = mod.weight.detach()
         x = torch.ones(in_shape, dtype=torch.float64)
         g = torch.ones(out_shape, dtype=torch.float64)
         if isinstance(mod, nn.Conv2d):
-            def ops(mod=mod, w=w, x=x, g=g):
+            def ops(mod=mod, w=w, x=x, g=g, grad_in=not reads_input):
                 F.conv2d(x, w, None, mod.stride, mod.padding, mod.dilation, mod.groups)
                 torch.ops.aten.convolution_backward(
                     g, x, w, None, mod.stride, mod.padding, mod.dilation, False, [0, 0],
-                    mod.groups, [True, True, False])
+                    mod.groups, [grad_in, True, False])
         else:
-            def ops(w=w, x=x, g=g):
+            def ops(w=w, x=x, g=g, grad_in=not reads_input):
                 x2, g2 = x.reshape(-1, w.shape[1]), g.reshape(-1, w.shape[0])
-                x2 @ w.T, g2 @ w, g2.T @ x2
+                x2 @ w.T, g2.T @ x2
+                if grad_in:
+                    g2 @ w
         ops()
         best = float("inf")
         for _ in range(repeats):
@@ -190,13 +194,14 @@ def main(argv=None) -> int:
                      f"{1e3 * t_ops:.1f} ms | {t_ref / (rounds * t_ops):.2f}x |")
     lines += [
         "",
-        "*Dense ops a round*: torch's float64 forward, input-gradient and weight-gradient "
-        "ops of every Conv/Linear layer once, on its shapes (fastest of 5). Both columns "
-        "run them on every dense layer each round, so the last column is the most any tool "
-        "running them could gain on the loop at zero overhead while the layers stay dense; "
-        "topo_pai's sparse products in late rounds (layers at density <= "
-        f"{SPARSE_MAX_DENSITY} holding at least {SPARSE_MIN_WORK} elements x positions; "
-        "none of ResNet-20's layers is that large) are the only way past it on this CPU.",
+        ("*Dense ops a round*: torch's float64 forward, input-gradient (not into the "
+         "model's input) and weight-gradient ops of every Conv/Linear layer once, on its "
+         "shapes (fastest of 5). Both columns run them on every dense layer each round, so "
+         "the last column is the most any tool running them could gain on the loop at zero "
+         "overhead while the layers stay dense; topo_pai's sparse products in late rounds "
+         f"(layers at density <= {SPARSE_MAX_DENSITY} holding at least {SPARSE_MIN_WORK} "
+         "elements x positions; none of ResNet-20's layers is that large) are the only way "
+         "past it on this CPU."),
         "",
         "## Deep chain (400 Linear layers of width 16, one round, 90 %)",
         "",
