@@ -1,6 +1,8 @@
 """NPB driver: budgets, order, per-layer optimality against HiGHS, repair, spread, grouped
 convs, the official variant and option validation."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -257,3 +259,108 @@ def test_tau_one_reproduces_the_coverage_objective():
         # node term = covered inputs + covered outputs over the achievable normaliser
         den = min(r.n_in, r.budget) + min(r.n_out, r.budget)
         assert close_rel(r.node_term, (r.effective_in + r.effective_out) / den)
+
+
+# ---------------------------------------------------------------------------
+# Found by review: the repair and K, neuron resolution, huge tau, the report
+# ---------------------------------------------------------------------------
+
+
+def _narrow_convs():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+
+
+@pytest.mark.parametrize("sparsity, K", [(0.97, 1), (0.99, 1), (0.995, 1), (0.99, 2)])
+def test_repair_keeps_at_most_K_elements_per_kernel(sparsity, K):
+    """The repair moves weights (relocated > 0 here) but never past K in a kernel."""
+    res = prune_with_scores(_narrow_convs(), "npb", sparsity, input_shape=(3, 8, 8), K=K)
+    assert sum(r.relocated for r in res.report) > 0
+    for r in res.report:
+        m = res.masks[r.name].numpy()
+        assert m.reshape(m.shape[0], m.shape[1], -1).sum(-1).max() <= r.K == min(
+            K, m[0, 0].size)
+
+
+def test_neuron_repair_moves_weights_onto_paths():
+    """3x3 kernels with padding 1 on a 1x1 input: only the centre element touches an
+    input, so the first layer's corner weights lie on no path (nor, then, the second
+    layer's centres); the neuron-resolution repair moves every corner to a centre (per
+    element, not per kernel), and all 12 weights end up on paths."""
+    m = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 2, 3, padding=1))
+    topo = topo_pai.from_torch(m, None, (2, 1, 1))
+    w = {n: p.detach().abs().double().numpy() for n, p in m.named_parameters()
+         if n.endswith("weight")}
+    corners = {"0.weight": np.zeros((3, 2, 3, 3), bool), "2.weight": np.zeros((2, 3, 3, 3), bool)}
+    corners["0.weight"][:, :, 0, 0] = True
+    corners["2.weight"][:, :, 1, 1] = True
+    before = {k: v.copy() for k, v in corners.items()}
+    fixed = repair_masks(topo, corners, w, resolution="neuron")
+    assert all(np.array_equal(corners[k], before[k]) for k in corners)  # inputs untouched
+    eff = topo.with_masks(fixed).effective_masks_numpy("neuron")
+    for k, v in fixed.items():
+        assert int(v.sum()) == 6 and np.array_equal(eff[k], v)
+        assert v[:, :, 1, 1].all()
+
+
+def test_a_huge_tau_equals_the_largest_meaningful_one():
+    """tau above every fan-in/fan-out changes no min(., tau): same solution as
+    tau = K * max(C_in, C_out) (tau = 1e19 overflowed int64)."""
+    P = np.array([4.0, 1.0, 0.5])
+    ref = solve_layer(P, c_out=2, n=5, K=3, alpha=0.5, beta=1.0, tau=9.0)
+    for tau in (1e19, 1e300):
+        sol = solve_layer(P, c_out=2, n=5, K=3, alpha=0.5, beta=1.0, tau=tau)
+        assert np.array_equal(sol.M, ref.M) and sol.objective == ref.objective
+
+
+def test_a_K_too_small_names_the_layer_and_the_fix():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 10))
+    with pytest.raises(ValueError, match=r"K=1 is too small for layer '0\.weight'") as exc:
+        topo_pai.prune(model, "npb", 0.5, input_shape=(3, 8, 8), K=1)
+    k_min = int(re.search(r"pass K=\{'0\.weight': (\d+)\}", str(exc.value)).group(1))
+    assert k_min > 1
+    with pytest.raises(ValueError, match=f"K={k_min - 1} is too small"):
+        topo_pai.prune(model, "npb", 0.5, input_shape=(3, 8, 8), K={"0.weight": k_min - 1})
+    masks = topo_pai.prune(model, "npb", 0.5, input_shape=(3, 8, 8), K={"0.weight": k_min})
+    assert masks["0.weight"].reshape(16, 3, 9).sum(-1).max() <= k_min
+
+
+@pytest.mark.parametrize("repair", [False, True])
+def test_report_describes_the_returned_masks(repair):
+    """log10_paths_out and effective_out against a float64 product of the returned
+    masks (exact: counts below 2^53); with repair=False they are the solve's own."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 5), nn.ReLU(),
+                          nn.Linear(5, 3))
+    res = prune_with_scores(model, "npb", 0.5, input_shape=(6,), repair=repair)
+    v = np.ones(6)
+    for r in res.report:
+        w = res.masks[r.name].numpy().astype(float)
+        v = w @ v
+        assert r.log10_paths_out == pytest.approx(np.log10(v.sum()), abs=1e-12)
+        assert r.effective_out == int(np.count_nonzero(w.sum(axis=1)))
+        assert r.nonempty_kernels == int(w.sum())
+    assert (sum(r.relocated for r in res.report) > 0) == repair
+
+
+def test_open_positions_at_channel_resolution_is_the_opened_layers_effective_mask():
+    """The channel shortcut of open_positions (reach flags) against its definition: the
+    layer's effective mask with the layer itself dense, on random sparse ResNet masks."""
+    from topo_pai.npb.pruner import open_positions
+
+    model = resnet20(width=4)
+    topo = topo_pai.from_torch(model, None, SHAPE)
+    rng = np.random.default_rng(0)
+    masks = {layer.param: rng.random(layer.weight_shape) < 0.03 for layer in topo.layers}
+    partial = 0
+    for idx in range(len(topo.layers)):
+        layer = topo.layers[idx]
+        opened = topo.with_masks({**masks, layer.param: np.ones(layer.weight_shape, bool)})
+        want = opened.effective_masks_numpy("channel")[layer.param]
+        got = open_positions(topo, masks, idx, "channel")
+        assert np.array_equal(got, want)
+        partial += 0 < want.sum() < want.size
+    assert partial >= 2

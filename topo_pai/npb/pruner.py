@@ -66,10 +66,16 @@ PLACEMENTS = ("magnitude", "random")
 class LayerReport:
     """How one layer was balanced.
 
-    ``objective``, ``node_term``, ``path_term``, ``reg_term`` and ``upper_bound``
-    are sums over the groups of a grouped conv. ``relocated`` counts the weights
-    the repair step moved in this layer. The fan statistics (see
-    :func:`topo_pai.metrics.degrees.fan_stats`) describe the final mask.
+    ``objective``, ``node_term``, ``path_term``, ``reg_term``, ``upper_bound`` and
+    ``optimal`` describe the layer's solve, before the repair step moved
+    ``relocated`` weights; they are sums over the groups of a grouped conv.
+    ``effective_in``/``effective_out`` (inputs with a kept weight that count as
+    nodes, outputs with a kept weight from one), ``nonempty_kernels``,
+    ``log10_paths_out`` and the fan statistics (see
+    :func:`topo_pai.metrics.degrees.fan_stats`) describe the returned mask, with
+    ``P`` read off the returned masks of the layers before it; without a repair they
+    equal the solve's. ``tau_in``/``tau_out`` are the first group's saturation
+    levels (the groups' budgets differ by at most one weight).
     """
 
     name: str
@@ -80,7 +86,10 @@ class LayerReport:
     effective_in: int
     effective_out: int
     nonempty_kernels: int
-    log10_paths_out: float  # log10 of sum_i P_i * r_i: paths reaching this layer's outputs
+    # log10 of sum_i P_i * r_i, the path term's mass (r_i: kept weights reading input i);
+    # at p_in="channel" the paths into this layer's outputs; at "neuron" P_i sums input
+    # i's positions and padding is ignored, so it is not a path count there
+    log10_paths_out: float
     objective: float
     node_term: float
     path_term: float
@@ -101,8 +110,9 @@ class LayerReport:
 
 class BalanceReport(list):
     """One :class:`LayerReport` per NPB-pruned layer, in topological order; prints as
-    a table (budget, K, effective channels, paths achieved, objective and its bound,
-    weights relocated by the repair, fan-in/fan-out median/max of the final mask)."""
+    a table (budget, K, effective channels, log10 path mass and kernels of the returned
+    mask, the solve's objective and its bound, weights relocated by the repair,
+    fan-in/fan-out median/max of the returned mask)."""
 
     def to_records(self) -> list[dict]:
         fields = [f for f in LayerReport.__dataclass_fields__ if f != "p_in"]
@@ -239,6 +249,40 @@ def group_budgets(n: int, groups: int) -> np.ndarray:
     return out
 
 
+def _check_capacity(layer, n: int, k: int) -> None:
+    """Refuse a budget that ``k`` kept elements per kernel cannot hold, naming the layer
+    and the ``K`` that would (a grouped conv's budget is split over its groups)."""
+    O, per_group = layer.weight_shape[:2]
+    kernels = (O // layer.groups) * per_group  # per group
+    most = int(group_budgets(n, layer.groups).max()) if n else 0
+    if most > kernels * k:
+        k_min = -(-most // kernels)
+        where = f" ({most} in one of its {layer.groups} groups)" if layer.groups > 1 else ""
+        raise ValueError(f"NPB option K={k} is too small for layer '{layer.param}': its budget "
+                         f"of {n} weights{where} needs at least {k_min} kept elements per "
+                         f"kernel; pass K={{'{layer.param}': {k_min}}} (a mapping sets K per "
+                         "layer), a larger K, or leave K unset")
+
+
+def _mask_stats(mask: np.ndarray, layer, counts, node: str) -> dict:
+    """``effective_in``, ``effective_out``, ``nonempty_kernels`` and ``log10_paths_out``
+    of a layer's 0/1 ``mask`` under the input path counts ``counts``, as the solver
+    defines them (:func:`topo_pai.npb.solver.evaluate`): ``r_i`` kept elements read input
+    ``i``, an input counts when ``r_i > 0`` and it is live (every input for
+    ``node="degree"``, ``P_i > 0`` for ``"paths"``), an output when a live input feeds it."""
+    O, per_group = layer.weight_shape[:2]
+    G = layer.groups
+    M = mask.reshape(G, O // G, per_group, -1).sum(axis=3, dtype=np.int64)  # kernel counts
+    P = counts.mantissa
+    live = np.ones(P.size, dtype=bool) if node == "degree" else P > 0
+    r = M.sum(axis=1).reshape(-1)  # input g * per_group + j feeds group g's outputs
+    c_live = (M * live.reshape(G, 1, per_group)).sum(axis=2).reshape(-1)
+    return {"effective_in": int(np.count_nonzero((r > 0) & live)),
+            "effective_out": int(np.count_nonzero(c_live)),
+            "nonempty_kernels": int(np.count_nonzero(M)),
+            "log10_paths_out": log10_scaled(float(np.dot(P, r)), counts.exponent)}
+
+
 def _solve_layer_groups(P, layer, n: int, K: int, opts: dict):
     """Solve one layer (per group when grouped); returns ``(M (O, per_group), parts)``
     with ``parts`` the per-group :class:`~topo_pai.npb.solver.LayerSolution` list."""
@@ -272,45 +316,50 @@ def npb_masks(topo, weights_abs: dict[str, np.ndarray], budgets: dict[str, int],
     opts = check_options(alpha=alpha, beta=beta, K=K, tau=tau, node=node, p_in=p_in,
                          placement=placement, repair=repair, variant=variant,
                          layer_names=names)
+    caps = {layer.param: _kernel_cap(opts["K"], layer) for layer in layers
+            if layer.param in budgets}
+    for layer in layers:  # before any solve: a K too small is the user's to fix
+        if layer.param in caps:
+            _check_capacity(layer, int(budgets[layer.param]), caps[layer.param])
     rng = np.random.default_rng(seed)
     masks: dict[str, np.ndarray] = {}
     rows = []
+    solve_counts = {}
     current = topo.with_masks({})
     for idx, layer in enumerate(layers):
         if layer.param not in budgets:
             continue
         t0 = time.perf_counter()
-        counts = current.layer_input_counts(idx, opts["p_in"])
-        k = _kernel_cap(opts["K"], layer)
+        counts = solve_counts[idx] = current.layer_input_counts(idx, opts["p_in"])
+        k = caps[layer.param]
         n = int(budgets[layer.param])
         M, parts = _solve_layer_groups(counts.mantissa, layer, n, k, opts)
         masks[layer.param] = _place(M, weights_abs[layer.param], layer, opts["placement"], rng)
-        r = np.concatenate([s.row_sums for s in parts])
-        mass = float(np.dot(counts.mantissa, r))
-        log10_out = log10_scaled(mass, counts.exponent)
-        rows.append(dict(
+        rows.append((idx, dict(
             name=layer.param, budget=n, K=k, n_in=len(counts.mantissa),
-            n_out=layer.weight_shape[0], effective_in=sum(s.n_eff_in for s in parts),
-            effective_out=sum(s.n_eff_out for s in parts),
-            nonempty_kernels=sum(s.n_kernels for s in parts), log10_paths_out=log10_out,
+            n_out=layer.weight_shape[0],
             objective=sum(s.objective for s in parts), node_term=sum(s.node_term for s in parts),
             path_term=sum(s.path_term for s in parts), reg_term=sum(s.reg_term for s in parts),
             upper_bound=sum(s.upper_bound for s in parts),
             optimal=all(s.optimal for s in parts), seconds=time.perf_counter() - t0,
             groups=layer.groups, tau_in=parts[0].problem.tau_in,
-            tau_out=parts[0].problem.tau_out, p_in=counts.mantissa))
+            tau_out=parts[0].problem.tau_out, p_in=counts.mantissa)))
         current = topo.with_masks(masks)
     moved: dict[str, int] = {}
     if opts["repair"]:
         skip = () if opts["repair_linear"] else \
             tuple(layer.param for layer in layers if layer.kind == "Linear")
-        masks, moved = relocate_ineffective(topo, masks, weights_abs, skip=skip)
-    by_param = {layer.param: layer for layer in layers}
+        masks, moved = relocate_ineffective(topo, masks, weights_abs, skip=skip, caps=caps)
+    final = topo.with_masks(masks) if any(moved.values()) else None
     reports = BalanceReport()
-    for row in rows:
-        layer = by_param[row["name"]]
+    for idx, row in rows:
+        layer = layers[idx]
+        # the returned mask's numbers; P changes only where an earlier layer was repaired
+        counts = solve_counts[idx] if final is None else \
+            final.layer_input_counts(idx, opts["p_in"])
+        stats = _mask_stats(masks[layer.param], layer, counts, opts["node"])
         fans = fan_stats(masks[layer.param], layer.groups)
-        reports.append(LayerReport(**row, relocated=moved.get(layer.param, 0),
+        reports.append(LayerReport(**row, **stats, relocated=moved.get(layer.param, 0),
                                    **{f: fans[f] for f in FAN_FIELDS}))
     return masks, reports
 
@@ -320,16 +369,53 @@ def npb_masks(topo, weights_abs: dict[str, np.ndarray], budgets: dict[str, int],
 # ----------------------------------------------------------------------------
 
 
+def _within_caps(cand: np.ndarray, kept: np.ndarray, kv: int, cap: int) -> np.ndarray:
+    """The candidates (flat indices, in order of preference) that fit: a kernel of
+    ``kv`` elements holding ``c`` kept ones takes its first ``cap - c`` candidates."""
+    kern = cand // kv
+    by_kernel = np.argsort(kern, kind="stable")  # stable: preference order within a kernel
+    sorted_kern = kern[by_kernel]
+    rank = np.empty_like(kern)
+    rank[by_kernel] = np.arange(kern.size) - np.searchsorted(sorted_kern, sorted_kern)
+    held = kept.reshape(-1, kv).sum(axis=1, dtype=np.int64)
+    return cand[held[kern] + rank < cap]
+
+
+def open_positions(topo, masks: dict[str, np.ndarray], idx: int, resolution: str) -> np.ndarray:
+    """The elements of layer ``idx`` that would lie on an input-output path if kept,
+    the other layers' masks being ``masks``: those joining a reached input unit to an
+    output unit that reaches the output (the units' reach does not depend on this
+    layer's mask: the graph is acyclic).
+
+    At ``"channel"`` resolution that is every element of kernel ``(o, i)`` when input
+    channel ``i`` is reached and output channel ``o`` reaches the output, read off the
+    layer's reach flags. At ``"neuron"`` it is per element: one that joins such units
+    at some position, so this layer's effective mask with the layer itself dense
+    (a whole-network pass, hence the channel shortcut)."""
+    layer = topo.layers[idx]
+    current = topo.with_masks(masks)
+    shape = layer.weight_shape
+    if resolution == "channel":
+        fin, bout = current.layer_reach(idx, resolution)
+        ok = bout[:, None] & fin[layer.input_units()]
+        return np.broadcast_to(ok.reshape(ok.shape + (1,) * (len(shape) - 2)), shape)
+    opened = topo.with_masks({**masks, layer.param: np.ones(shape, dtype=bool)})
+    return opened.effective_masks_numpy(resolution)[layer.param]
+
+
 def relocate_ineffective(topo, masks: dict[str, np.ndarray], weights_abs: dict[str, np.ndarray],
-                         resolution: str = "channel", skip=()):
+                         resolution: str = "channel", skip=(), caps=None):
     """:func:`repair_masks`, also returning ``{param: weights relocated}``.
 
     Layers named in ``skip`` are left as they are (the official code repairs
-    convs only).
+    convs only). ``caps`` maps a layer to the most kept elements one of its kernels
+    may hold (NPB's ``K``); a kernel is filled up to it, counting the kept elements it
+    held before, ineffective ones included (so the cap holds whichever of them stay).
     """
     out = {k: v.copy() for k, v in masks.items()}
     moved: dict[str, int] = {}
     skip = set(skip)
+    caps = caps or {}
     for idx, layer in enumerate(topo.layers):
         if layer.param not in out or layer.param in skip:
             continue
@@ -339,15 +425,16 @@ def relocate_ineffective(topo, masks: dict[str, np.ndarray], weights_abs: dict[s
         n_free = int(np.count_nonzero(kept & ~eff))
         if n_free == 0:
             continue
-        fin, bout = current.layer_reach(idx, resolution)
-        ok = bout[:, None] & fin[layer.input_units()]
-        ok = ok.reshape(ok.shape + (1,) * (kept.ndim - 2))
-        cand = np.flatnonzero((~kept & ok).reshape(-1))
+        cand = np.flatnonzero((open_positions(topo, out, idx, resolution) & ~kept).reshape(-1))
+        w = weights_abs[layer.param].reshape(-1)[cand]
+        cand = cand[np.argsort(-w, kind="stable")]
+        kv = layer.kernel_volume
+        if caps.get(layer.param, kv) < kv:
+            cand = _within_caps(cand, kept, kv, caps[layer.param])
         if cand.size == 0:
             continue
         take = min(n_free, cand.size)
-        w = weights_abs[layer.param].reshape(-1)[cand]
-        chosen = cand[np.argsort(-w, kind="stable")[:take]]
+        chosen = cand[:take]
         new = (kept & eff).reshape(-1)
         new[chosen] = True
         if take < n_free:  # keep the budget exact: some ineffective weights stay
@@ -364,9 +451,10 @@ def repair_masks(topo, masks: dict[str, np.ndarray], weights_abs: dict[str, np.n
 
     Layer by layer in topological order: drop the layer's ineffective weights and
     add as many at free positions joining a reached input unit to an output unit
-    that reaches the output (largest ``|w|`` first, then lowest index). A weight
-    added there is effective at once, and removing ineffective weights takes no
-    path away, so effectiveness only grows. When a layer has fewer such free
+    that reaches the output (largest ``|w|`` first, then lowest index), at
+    ``resolution`` (at ``"neuron"``: an element that joins them at some position).
+    A weight added there is effective at once, and removing ineffective weights
+    takes no path away, so effectiveness only grows. When a layer has fewer such free
     positions than freed weights, the remainder stays where it was: the budget is
     exact. Deterministic. The inputs are not modified.
     """

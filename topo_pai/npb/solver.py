@@ -341,6 +341,10 @@ def make_problem(
         tau_in, tau_out = fair_shares(n, z, c_out)
     else:
         tau_in = tau_out = _as_real(tau, "tau", 0.0, open_lo=True)
+    # An input's fan-out is at most K*C_out and an output's fan-in at most K*C_in, so a
+    # larger tau changes no min(., tau); capped, the breakpoints stay small integers
+    # (tau=1e19 overflowed int64 in the output bonus).
+    tau_in, tau_out = min(tau_in, K * c_out), min(tau_out, K * c_in)
 
     if path_norm == "max":
         max_path = max_path_mass(p, c_out, n, K)
