@@ -70,8 +70,8 @@ def test_registry_lookup_aliases_and_errors():
     assert entry.make_params({}) is None  # overwritten without params
     reg.register("y", abs, params=Opts)
     assert reg.entry("y").make_params({"k": 5}) == Opts(5)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) 'kk' for 'y'; Did you mean 'k'\? "
-                                         r"valid options: k"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'kk' for 'y'\. Did you mean 'k'\? "
+                                         r"Valid options: k"):
         reg.entry("y").make_params({"kk": 5})
     del reg["y"]
     assert "y" not in reg
@@ -148,9 +148,11 @@ def test_values_that_need_the_model_are_left_to_prune():
 
 @pytest.mark.parametrize("method,options,match", [
     ("random", {"allocation_power": 1}, r"unknown option\(s\) 'allocation_power' for method "
-                                        r"'random'.*valid options: erk_include_kernel"),
-    ("snip", {"round": 3}, r"for method 'snip'.*valid options: .*max_batches"),
-    ("synflow", {"resolutoin": "channel"}, r"for method 'synflow'; Did you mean 'resolution'"),
+                                        r"'random'.*Valid options: allocation, erk_include_kernel"),
+    ("snip", {"round": 3}, r"for method 'snip'.*Valid options: .*max_batches"),
+    ("synflow", {"resolutoin": "channel"}, r"for method 'synflow'\. Did you mean 'resolution'"),
+    ("random", {"allocaton": "erk"}, (r"'allocaton' for method 'random'\. Did you mean "
+                                      r"'allocation'\?")),
 ])
 def test_unknown_options_are_refused_before_a_model_is_seen(method, options, match):
     with pytest.raises(ValueError, match=match):
@@ -200,7 +202,7 @@ def test_a_registered_method_gets_its_dataclass_fields_as_keywords():
         assert isinstance(r.masks, topo_pai.Masks)
         with pytest.raises(ValueError, match="tilt must be >= 0"):
             prune_with_scores(mlp(), name, 0.5, input_shape=(6,), tilt=-1.0)
-        with pytest.raises(ValueError, match=rf"for method '{name}'.*valid options: .*tilt"):
+        with pytest.raises(ValueError, match=rf"for method '{name}'.*Valid options: .*tilt"):
             prune_with_scores(mlp(), name, 0.5, input_shape=(6,), tlt=1.0)
     finally:
         del METHODS[name]

@@ -85,8 +85,9 @@ def _model_and_shape(args):
                          "(pass its arguments with --model-args)")
     ds, classes = None, 10 if args.num_classes is None else args.num_classes
     if args.dataset is not None:
-        from topo_pai.experiments.data import load_dataset
-        ds = load_dataset(args.dataset, "train", root=args.data_root)
+        from topo_pai.experiments.data import load_dataset, shaped_options
+        ds = load_dataset(args.dataset, "train", root=args.data_root,  # synthetic: any shape
+                          **shaped_options(args.dataset, args.input_shape, args.num_classes))
         if args.num_classes is not None and args.num_classes != ds.num_classes:
             raise UsageError(f"--num-classes {args.num_classes} contradicts --dataset "
                              f"{args.dataset}, which has {ds.num_classes} classes; drop "
@@ -265,6 +266,9 @@ def cmd_prune(args) -> int:
     from topo_pai.pruners.api import check_options
 
     method = get_method(args.method)
+    if args.masks_from_zeros and not args.masks:
+        raise UsageError("--masks-from-zeros needs --masks FILE (the weights whose zeros are "
+                         "the pruned entries)")
     if method.needs_data and args.dataset is None:
         raise UsageError(f"method {args.method!r} scores weights on data; pass --dataset (e.g. "
                          "fashion-mnist, digits or synthetic)")
@@ -407,6 +411,11 @@ def _finite(value) -> bool:
 
 
 def cmd_plot(args) -> int:
+    try:  # an optional extra: say how to install it, before reading anything
+        import matplotlib
+    except ImportError:
+        raise UsageError("topo-pai plot needs matplotlib, which is not installed: pip install "
+                         "'topo_pai[plot]' (or pip install matplotlib)") from None
     from topo_pai.experiments import plotting
 
     src = Path(args.results)
@@ -423,7 +432,6 @@ def cmd_plot(args) -> int:
     if any("model" not in r for r in records):
         raise UsageError(f"results: {str(src)!r} has no 'model' column, so it is not a sweep's "
                          f"results table (columns: {', '.join(sorted(records[0]))})")
-    import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -524,8 +532,12 @@ def _common_model_args(p):
                    help="keyword arguments of the model as a JSON object, e.g. "
                         "'{\"width\": 8}' (a zoo model's options, or the callable's arguments)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
-                   help="one model argument, e.g. width=8 (repeatable)")
-    p.add_argument("--seed", type=cli_args.seed, default=0)
+                   help="one model argument, e.g. width=8 or batch_norm=false (repeatable; "
+                        "values are JSON, and True/False/None work too)")
+    p.add_argument("--seed", type=cli_args.seed, default=0,
+                   help="seed of the model's initial weights (torch.manual_seed before it "
+                        "is built) and, for prune, of the method and its data sample "
+                        "(default 0)")
 
 
 def _masks_args(p, required: bool = False):
@@ -538,15 +550,36 @@ def _masks_args(p, required: bool = False):
                         "entries")
 
 
+class OneLineErrors(argparse.ArgumentParser):
+    """argparse's own errors (a bad value, a missing argument) on one line, as every other
+    user mistake: the usage block is one ``--help`` away."""
+
+    def error(self, message):
+        self.exit(EXIT_USER, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _unrecognized(parser, command: str, extra: list[str]) -> str:
+    """One line for arguments the command does not take, with the closest option."""
+    from topo_pai.checks import did_you_mean
+
+    # argparse keeps its subparsers and their actions in private attributes
+    sub = parser._subparsers._group_actions[0].choices[command]
+    flags = [f for action in sub._actions for f in action.option_strings]
+    first = extra[0].split("=", 1)[0]
+    hint = did_you_mean(first, flags) if first.startswith("-") else ""
+    return (f"topo-pai {command}: error: unrecognized argument(s): {' '.join(extra)}.{hint} "
+            f"See topo-pai {command} --help")
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="topo-pai", description="Topology of sparse networks: analyze, prune, sweep, plot.",
         epilog=EPILOG, formatter_class=fmt)
     from topo_pai import __version__
     from topo_pai.experiments.config import METRICS_MODES
     parser.add_argument("--version", action="version", version=f"topo-pai {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
 
     def add(name, help, epilog=EPILOG):
         return sub.add_parser(name, help=help, description=help, epilog=epilog,
@@ -582,9 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="masks file to write (.pt or .npz); its directory must exist")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="method option, e.g. rounds=100 or alpha=0.01 (repeatable)")
+                   help="method option, e.g. rounds=100, alpha=0.01, allocation=erk or "
+                        "repair=false (repeatable; values are JSON, and True/False/None "
+                        "as `topo-pai methods` shows them work too)")
     p.add_argument("--prune-samples", type=cli_args.positive, default=1000,
-                   help="training samples for data-dependent methods")
+                   help="training samples that data-dependent methods score on (default "
+                        "1000; data-free methods read none)")
     p.add_argument("--masks", default=None,
                    help="masks to rework, for shuffle (any format --masks of analyze reads)")
     p.add_argument("--masks-from-zeros", action="store_true",
@@ -613,7 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the shape the models are meant for; refused unless the dataset's")
     p.add_argument("--dataset", default=None, help="default: fashion-mnist")
     p.add_argument("--data-root", default=None)
-    p.add_argument("--methods", type=cli_args.names)
+    p.add_argument("--methods", type=cli_args.names,
+                   help="comma-separated pruning methods (see `topo-pai methods`) or arms of "
+                        "a config file")
     p.add_argument("--sparsities", type=cli_args.sparsities,
                    help="comma-separated fractions (0.9) or percentages (90%%)")
     p.add_argument("--seeds", type=cli_args.seeds, help="default: 0")
@@ -639,11 +677,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "metrics = \"off\"/\"cheap\"/\"all\"; true means all)")
     p.add_argument("--out", required=True,
                    help="sweep directory (created if missing; resumed if it exists)")
-    p.add_argument("--workers", type=cli_args.positive, default=1)
+    p.add_argument("--workers", type=cli_args.positive, default=1,
+                   help="trials run side by side, one process each (default 1; results do not "
+                        "depend on it)")
     p.add_argument("--engine", choices=("local", "dask"), default="local")
     p.add_argument("--scheduler", default=None, help="Dask scheduler address (engine dask)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--retries", type=cli_args.non_negative, default=1)
+    p.add_argument("--device", default="auto",
+                   help="where trials train: auto (CUDA if available, else CPU), cpu, cuda or "
+                        "cuda:N (default auto)")
+    p.add_argument("--retries", type=cli_args.non_negative, default=1,
+                   help="times a failed trial is retried before it counts as failed "
+                        "(default 1)")
     p.add_argument("--limit", type=cli_args.non_negative, default=None,
                    help="run at most this many trials now (0: only re-export the tables)")
     p.add_argument("--order", choices=("grid", "reverse", "random"), default="grid",
@@ -695,7 +739,10 @@ def main(argv=None) -> int:
         print(f"topo-pai: error: unknown command {argv[0]!r}.{did_you_mean(argv[0], commands)} "
               f"Commands: {', '.join(commands)}", file=sys.stderr)
         return EXIT_USER
-    args = parser.parse_args(argv)  # argparse reports its own errors (status 2)
+    args, extra = parser.parse_known_args(argv)  # argparse's own errors: one line, status 2
+    if extra:
+        print(_unrecognized(parser, args.command, extra), file=sys.stderr)
+        return EXIT_USER
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         with warnings.catch_warnings():

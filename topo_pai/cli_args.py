@@ -126,7 +126,20 @@ def sparsities(text: str) -> tuple[float, ...]:
     return tuple(parse_sparsity(v) for v in fields(text))
 
 
+#: Python's spellings of the JSON literals: ``topo-pai methods`` shows defaults such as
+#: ``repair=True`` and ``K=None``, so a value copied from there means the same.
+PYTHON_LITERALS = {"True": True, "False": False, "None": None}
+
+
 def value(text: str):
+    """A KEY=VALUE value: JSON (``8``, ``0.5``, ``true``, ``null``, ``[1, 2]``), Python's
+    ``True``/``False``/``None``, or else the text itself.
+
+    >>> value("8"), value("false"), value("False"), value("None"), value("erk")
+    (8, False, False, None, 'erk')
+    """
+    if text in PYTHON_LITERALS:
+        return PYTHON_LITERALS[text]
     try:
         return json.loads(text)
     except json.JSONDecodeError:

@@ -79,8 +79,8 @@ class Entry(Generic[T]):
         unknown = [k for k in options if k not in valid]
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for "
-                             f"{owner or repr(self.name)};{did_you_mean(unknown[0], valid)} "
-                             f"valid options: {', '.join(valid) or 'none'}")
+                             f"{owner or repr(self.name)}.{did_you_mean(unknown[0], valid)} "
+                             f"Valid options: {', '.join(valid) or 'none'}")
         if self.params is None:
             return None
         try:

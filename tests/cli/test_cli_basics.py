@@ -124,3 +124,66 @@ def test_toml_without_tomllib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tomli", None)
     with pytest.raises(ModuleNotFoundError, match="pip install tomli"):
         SweepConfig.from_file(path)
+
+
+# ---------------------------------------------------------------------------
+# Found by the review of the docs against the command line
+# ---------------------------------------------------------------------------
+
+
+def test_argparse_errors_are_one_line_and_a_mistyped_flag_gets_a_suggestion(capsys):
+    code, _, err = run(capsys, "analyze", "lenet_300_100", "--maks", "m.pt")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("topo-pai analyze: error: unrecognized argument(s): --maks m.pt.")
+    assert "Did you mean '--masks'?" in err
+    code, _, err = run(capsys, "prune", "lenet_300_100", "synflow", "99", "--out", "x.pt")
+    assert code == 2 and err.count("\n") == 1 and "usage:" not in err
+    assert err.startswith("topo-pai prune: error: argument sparsity:")
+
+
+def test_option_and_model_arg_values_may_be_written_as_python_shows_them(tmp_path, capsys):
+    """`topo-pai methods` shows repair=True and K=None: those spellings are accepted, and
+    batch_norm=False builds a VGG without BatchNorm (the string 'False' was true)."""
+    code, _, err = run(capsys, "prune", "lenet_300_100", "npb", "0.9", "--input-shape",
+                       "1,28,28", "--option", "repair=False", "--option", "K=None",
+                       "--option", "tau=None", "--out", tmp_path / "n.pt", "--quiet")
+    assert code == 0, err
+    code, _, err = run(capsys, "prune", "vgg11", "random", "0.5", "--model-arg",
+                       "batch_norm=False", "--out", tmp_path / "v.pt", "--quiet")
+    assert code == 0, err
+    assert "features.3.weight" in topo_pai.load_masks(tmp_path / "v.pt")  # conv, no BN at 1
+    with pytest.raises(ValueError, match="batch_norm must be True or False, got 'no'"):
+        topo_pai.models.get_model("vgg11", batch_norm="no")
+
+
+def test_masks_from_zeros_without_masks_is_refused_by_prune(tmp_path, capsys):
+    code, _, err = run(capsys, "prune", "lenet_300_100", "random", "0.5", "--input-shape",
+                       "1,28,28", "--masks-from-zeros", "--out", tmp_path / "r.pt")
+    assert code == 2 and "--masks-from-zeros needs --masks FILE" in err
+
+
+def test_synthetic_data_take_the_input_shape_and_classes(tmp_path, capsys):
+    code, _, err = run(capsys, "prune", "resnet20", "snip", "0.9", "--dataset", "synthetic",
+                       "--input-shape", "3,16,16", "--num-classes", "5", "--prune-samples",
+                       "16", "--out", tmp_path / "s.pt", "--quiet")
+    assert code == 0, err
+    masks = topo_pai.load_masks(tmp_path / "s.pt")
+    assert masks["conv1.weight"].shape[1] == 3 and masks["fc.weight"].shape[0] == 5
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises
+    code, _, err = run(capsys, "plot", tmp_path)
+    assert code == 2 and "pip install 'topo_pai[plot]'" in err
+
+
+def test_a_dask_sweep_without_dask_writes_nothing(tmp_path, monkeypatch):
+    from topo_pai.experiments.config import SweepConfig
+    from topo_pai.experiments.sweep import run_sweep
+
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    cfg = SweepConfig(models=["lenet_300_100"], dataset="synthetic", methods=["random"],
+                      sparsities=[0.5])
+    with pytest.raises(ImportError, match="pip install 'topo_pai\\[distributed\\]'"):
+        run_sweep(cfg, tmp_path / "sweep", engine="dask")
+    assert not (tmp_path / "sweep").exists()

@@ -210,7 +210,7 @@ def test_build_model_from_file_and_module(monkeypatch):
             (f"{OWN}:Nope", AttributeError, "no attribute 'Nope'"),
             (f"{OWN}:ResDepthNt", AttributeError, "Did you mean 'ResDepthNet'"),
             (f"{OWN}:NOT_A_MODEL", TypeError, "not a class or function"),
-            (f"{OWN}:returns_a_number", TypeError, "returned a int, not a torch.nn.Module"),
+            (f"{OWN}:returns_a_number", TypeError, "returned an object of type int, not a torch.nn.Module"),
             (f"{HERE}/missing.py:Net", FileNotFoundError, "does not exist"),
             ("no_such_package_xyz.nets:Net", ModuleNotFoundError, "cannot import module")):
         with pytest.raises(err, match=msg):
@@ -247,8 +247,8 @@ def test_cli_model_forms(capsys, monkeypatch, tmp_path):
     assert code == 0 and len(topo_pai.load_masks(tmp_path / "m.npz")) == 5
     for argv, msg in (
             ([f"{OWN}:CatNet"], "--input-shape"),
-            (["resnet20", "--dataset", "synthetic", "--input-shape", "3,32,32"],
-             "asked for input shape 3x32x32 but the dataset gives 1x28x28"),
+            (["resnet20", "--dataset", "digits", "--input-shape", "3,32,32"],
+             "asked for input shape 3x32x32 but the dataset gives 1x8x8"),
             ([f"{OWN}:CatNet", "--input-shape", "2,8,8", "--model-args", "[1]"], "JSON object"),
             ([f"{OWN}:CatNet", "--input-shape", "2,8,8", "--model-args", '{"width": 3}',
               "--model-arg", "width=3"], "given in both"),
@@ -263,14 +263,23 @@ def test_sweep_with_own_model_and_input_shape(tmp_path, capsys):
     from topo_pai.experiments.sweep import SweepConfig, run_sweep
 
     with pytest.raises(ValueError, match="'lenet5' is asked for input shape 3x32x32 but the "
-                                         "dataset gives 1x28x28"):
-        run_sweep(SweepConfig(models=("lenet5",), dataset="synthetic", input_shape=[3, 32, 32]),
+                                         "dataset gives 1x8x8"):
+        run_sweep(SweepConfig(models=("lenet5",), dataset="digits", input_shape=[3, 32, 32]),
                   tmp_path / "refused")
     assert not (tmp_path / "refused" / "results.jsonl").exists()
-    code, _, err = run(capsys, "sweep", "--models", "resnet20", "--dataset", "synthetic",
+    code, _, err = run(capsys, "sweep", "--models", "resnet20", "--dataset", "digits",
                        "--methods", "random", "--sparsities", "0.5", "--input-shape", "3,32,32",
                        "--out", tmp_path / "cli")
-    assert code == 2 and "asked for input shape 3x32x32 but the dataset gives 1x28x28" in err
+    assert code == 2 and "asked for input shape 3x32x32 but the dataset gives 1x8x8" in err
+    # the synthetic data take any shape: the same sweep runs on them at 3x16x16
+    code, _, err = run(capsys, "sweep", "--models", "resnet20", "--dataset", "synthetic",
+                       "--methods", "random", "--sparsities", "0.5", "--input-shape", "3,16,16",
+                       "--out", tmp_path / "synthetic", "--quiet")
+    assert code == 0, err
+    row = json.loads((tmp_path / "synthetic" / "results.json").read_text())
+    row = (row if isinstance(row, list) else row["rows"])[0]
+    assert row["dense_flops"] == topo_pai.from_torch(
+        topo_pai.models.get_model("resnet20"), {}, (3, 16, 16)).effective_flops()
     cfg = SweepConfig(models=("lenet5",), input_shape=[1, 28, 28])
     assert cfg.to_dict()["input_shape"] == [1, 28, 28] and "input_shape" in cfg._recipe()
     # an older configuration (no input_shape key) keeps its fingerprint

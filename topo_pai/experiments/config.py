@@ -111,9 +111,10 @@ class SweepConfig:
     model_kwargs : dict
         ``{model name: {kwarg: value}}``, e.g. ``{"conv6": {"width": 0.5}}``.
     input_shape : list of int or None
-        The input shape the models are meant for, ``[C, H, W]``; a sweep whose
-        dataset gives another shape is refused (models are not rebuilt silently
-        for the dataset). None: the dataset's.
+        The input shape the models are meant for, ``[C, H, W]``; the synthetic
+        data are generated at it, and a sweep whose dataset's files give another
+        shape is refused (models are not rebuilt silently for the dataset). None:
+        the dataset's.
     method_options : dict
         ``{method: {option: value}}`` passed to :func:`topo_pai.prune`.
     arms : dict

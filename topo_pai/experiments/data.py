@@ -368,7 +368,8 @@ def _fashion_files(split: str, root) -> tuple[Path, Path]:
         f"Fashion-MNIST ({split} split) not found: looked for {stems[0]}[.gz] and "
         f"{stems[1]}[.gz] in {where}. Install the Debian package with "
         f"`{APT_HINT}` (it puts the files in {FASHION_MNIST_SYSTEM_DIR}), or pass "
-        f"root=<directory with the idx files> or set {FASHION_MNIST_ENV}=<directory>. "
+        f"root=<directory with the idx files> (--data-root on the command line) or set "
+        f"{FASHION_MNIST_ENV}=<directory>. "
         "topo_pai never downloads data.")
 
 
@@ -517,6 +518,20 @@ DATASETS.register("synthetic", lambda split, root, limit, seed, **options:
                   params=params_from_signature(_load_synthetic, ("split", "limit", "seed"),
                                                "SyntheticOptions"),
                   summary="Gaussian noise around fixed class prototypes")
+
+
+def shaped_options(name: str, input_shape=None, num_classes=None) -> dict:
+    """The options that make dataset ``name`` give samples of ``input_shape`` and
+    ``num_classes`` classes, for a dataset that takes them (the synthetic data); ``{}``
+    for one whose files fix both (its shape is then checked against the model's).
+
+    >>> shaped_options("synthetic", (3, 32, 32)), shaped_options("digits", (3, 32, 32))
+    ({'input_shape': (3, 32, 32)}, {})
+    """
+    accepted = DATASETS.entry(name).option_names()
+    given = {"input_shape": None if input_shape is None else tuple(input_shape),
+             "num_classes": num_classes}
+    return {k: v for k, v in given.items() if v is not None and k in accepted}
 
 
 def available_datasets() -> list[str]:

@@ -119,6 +119,9 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
     if engine == "local":  # checked here, before any trial; a cluster's workers check their own
         from topo_pai.experiments.training import resolve_device
         resolve_device(device)
+    else:  # before the directory is written
+        from topo_pai.experiments.executors.dask import require_distributed
+        require_distributed()
     try:
         cfg.validate_names()
     except SameModelTwice as exc:

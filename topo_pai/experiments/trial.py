@@ -25,10 +25,13 @@ from topo_pai.experiments.schema import COLUMNS, METRIC_COLUMNS
 
 def trial_datasets(cfg: SweepConfig, data_root):
     """``(train, validation or None, test)`` datasets of a sweep, as its trials see them."""
-    from topo_pai.experiments.data import load_dataset
+    from topo_pai.experiments.data import load_dataset, shaped_options
+    shaped = shaped_options(cfg.dataset, cfg.input_shape)  # synthetic data take the shape
     # limit= selects before converting to float (the same samples as Dataset.subset)
-    train = load_dataset(cfg.dataset, "train", root=data_root, limit=cfg.train_limit, seed=0)
-    test = load_dataset(cfg.dataset, "test", root=data_root, limit=cfg.test_limit, seed=0)
+    train = load_dataset(cfg.dataset, "train", root=data_root, limit=cfg.train_limit, seed=0,
+                         **shaped)
+    test = load_dataset(cfg.dataset, "test", root=data_root, limit=cfg.test_limit, seed=0,
+                        **shaped)
     val = None
     if cfg.val_size is not None:
         if cfg.val_size >= len(train):
@@ -158,11 +161,12 @@ def check_models(cfg: SweepConfig, data_root=None) -> None:
     (a model is refused, not rebuilt silently for another input), every model builds and
     traces at the dataset's input shape (and, when the sweep trains, gives a logit for
     every class), and ``val_size`` leaves training images."""
-    from topo_pai.experiments.data import load_dataset
+    from topo_pai.experiments.data import load_dataset, shaped_options
     from topo_pai.models.spec import (check_input_shape, check_model_args, check_model_spec,
                                       resolve_callable)
 
-    ds = load_dataset(cfg.dataset, "train", root=data_root, limit=1, seed=0)
+    ds = load_dataset(cfg.dataset, "train", root=data_root, limit=1, seed=0,
+                      **shaped_options(cfg.dataset, cfg.input_shape))
     for model in cfg.models:
         spec = check_model_spec(model)
         shape = check_input_shape(spec, cfg.input_shape, ds.input_shape)

@@ -319,7 +319,7 @@ def build_model(text, *, input_shape=None, num_classes: int = 10, model_args=Non
         raise ModelBuildError(f"model {spec.text!r} raised {type(exc).__name__} while being "
                               f"built: {exc}") from exc
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model {spec.text!r} returned a {type(model).__name__}, not a "
+        raise TypeError(f"model {spec.text!r} returned an object of type {type(model).__name__}, not a "
                         "torch.nn.Module")
     return model, spec
 

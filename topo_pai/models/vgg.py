@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from topo_pai.checks import check_bool
 from topo_pai.models._common import check_input_size, check_positive_int
 
 _CONFIGS = {
@@ -30,6 +31,7 @@ class VGG(nn.Module):
             raise ValueError(f"depth must be one of {sorted(_CONFIGS)}, got {depth!r}")
         in_channels = check_positive_int("in_channels", in_channels)
         num_classes = check_positive_int("num_classes", num_classes)
+        batch_norm = check_bool("batch_norm", batch_norm)  # "False" is a true string
         check_input_size(input_size, 2 ** _CONFIGS[depth].count("M"), f"vgg{depth}")
         layers: list[nn.Module] = []
         channels = in_channels

@@ -108,6 +108,11 @@ class _Options:
     data: DataOptions
 
 
+#: :func:`prune`'s keyword arguments that are options of the run, as a command line's
+#: ``--option`` or a sweep arm names them.
+PRUNE_KEYWORDS = ("scope", "allocation", "exclude")
+
+
 def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool) -> _Options:
     """Split the options by owner and build their dataclasses, which check the values."""
     method_names = m.entry.option_names()
@@ -116,16 +121,18 @@ def _split_options(m: Method, options: dict, allocation_spec, needs_data: bool) 
     valid = [*method_names, *data_names, *alloc_owners]
     unknown = [k for k in options if k not in valid]
     if unknown and not m.forwards_options:
+        named = [*valid, *PRUNE_KEYWORDS]  # prune's own keywords are options too (CLI, sweeps)
         raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for method "
-                         f"{m.name!r};{did_you_mean(unknown[0], valid)} valid options: "
-                         f"{', '.join(sorted(valid)) or 'none'}")
+                         f"{m.name!r}.{did_you_mean(unknown[0], named)} Valid options: "
+                         f"{', '.join(sorted(named))}")
     spec = allocation_spec if isinstance(allocation_spec, str) else None
     alloc = A.ALLOCATIONS.entry(spec) if spec in A.ALLOCATIONS else None
     for key in options:
         if key in alloc_owners and (alloc is None or key not in alloc.option_names()):
             owners = "/".join(map(repr, alloc_owners[key]))
             raise ValueError(f"option {key!r} applies to allocation {owners}, but the "
-                             f"allocation is {allocation_spec!r}")
+                             f"allocation is {allocation_spec!r}; pass "
+                             f"allocation={alloc_owners[key][0]!r} with it")
     alloc_params = None if alloc is None else alloc.make_params(
         {k: v for k, v in options.items() if k in alloc_owners}, owner=f"allocation {spec!r}")
     return _Options(

@@ -70,7 +70,8 @@ class ClusterResourceError(TopoPaiError, RuntimeError):
     """No worker of the Dask cluster offers the resources a trial declares."""
 
 
-def _require_distributed():
+def require_distributed():
+    """The ``distributed`` module, or an ImportError that says how to install it."""
     try:
         import dask  # noqa: F401
         import distributed
@@ -117,7 +118,7 @@ def local_cluster(workers: int = 1, *, resources: dict | None = None, retries: i
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
         raise ValueError(f"retries must be a non-negative int, got {retries!r}")
-    distributed = _require_distributed()
+    distributed = require_distributed()
     import dask
 
     options = {"n_workers": workers, "threads_per_worker": 1, "processes": True,
@@ -223,7 +224,7 @@ def run_dask(cfg, pending, store, *, workers: int = 1, data_root=None, device="a
     ClusterResourceError
         No worker offers ``cfg.resources``.
     """
-    distributed = _require_distributed()
+    distributed = require_distributed()
     if not pending:
         return {}
     resources = _check_spec(cfg.resources) or None
