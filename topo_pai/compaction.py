@@ -132,11 +132,14 @@ class _Adapter(nn.Module):
         self.register_buffer("src", torch.as_tensor(src, dtype=torch.long))
         self.register_buffer("dst", torch.as_tensor(dst, dtype=torch.long))
         self.gathers = len(src) > 0  # without, x only gives the batch size
+        self.fill_dims = fill.dim()
 
     def forward(self, x):
-        out = self.fill.unsqueeze(0).expand(x.shape[0], *self.fill.shape).clone()
+        # ops torch.fx can trace (no unpacked shapes, no indexed assignment), so a
+        # compacted model still traces
+        out = self.fill.unsqueeze(0).repeat(x.size(0), *([1] * self.fill_dims))
         if self.gathers:
-            out[:, self.dst] = x[:, self.src]
+            out = out.index_copy(1, self.dst, x.index_select(1, self.src))
         return out
 
 
@@ -715,7 +718,12 @@ def compact(model: nn.Module, masks: Mapping | None = None, input_shape=None, *,
         On the CPU (move it with ``.to(device)``), in eval mode. Each Linear and Conv
         keeps exactly its effective units
         (channel resolution) and is dense; its outputs equal the masked model's
-        eval-mode outputs to float32 rounding.
+        eval-mode outputs to float32 rounding. It traces with torch.fx, but where
+        compaction had to move channels (a residual add or a concat whose sides
+        keep different channels) it holds helper modules built on
+        ``index_select``/``index_copy``, which :func:`topo_pai.from_torch` refuses
+        (no topology for them yet): count paths on the masked original, whose
+        effective units and paths the compacted model keeps.
 
     Raises
     ------

@@ -73,16 +73,17 @@ def uncovered_weights(model) -> Uncovered:
     ({'pos': 4}, 0.286)
     """
     prunable = {param_name(name) for name in prunable_modules(model)}
+    names: dict[int, list[str]] = {}  # every name of each tensor: a tied one has several
+    params = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(_canonical(name))
+        params[id(p)] = p
     tensors, total = {}, 0
-    seen = set()
-    for name, p in model.named_parameters():
-        if id(p) in seen:
-            continue
-        seen.add(id(p))
+    for key, p in params.items():
         total += p.numel()
-        name = _canonical(name)
-        if p.dim() >= 2 and name not in prunable:
-            tensors[name] = int(p.numel())
+        # covered when any of its names is a prunable weight, whichever module comes first
+        if p.dim() >= 2 and not any(n in prunable for n in names[key]):
+            tensors[names[key][0]] = int(p.numel())
     return Uncovered(tensors, int(total))
 
 

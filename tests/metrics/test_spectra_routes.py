@@ -417,3 +417,30 @@ def test_metrics_same_on_any_thread_count():
     finally:
         numba.set_num_threads(saved)
     assert tables[0] == tables[-1]
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-150, 1e-90, 1e77, 1e160, 1e300])
+def test_blocks_far_from_one_keep_the_contract(route, scale):
+    """Entries near 1e77 overflowed the squared products (Lanczos looped on NaN) and
+    near 1e-90 underflowed them (a certificate of zeros passed mu_hat off by 20 %); the
+    block is scaled by a power of two first, so every route keeps the contract."""
+    rng = np.random.default_rng(0)
+    B = (rng.random((90, 80)) < 0.3) * rng.random((90, 80))
+    ref = _svd_oracle(B)
+    mu0, mu_hat = spectra.top_singular_values(sp.csr_array(B * scale), TIGHT)
+    assert abs(mu0 / scale - ref[0]) <= 1e-11 * ref[0]
+    assert abs(mu_hat / scale - ref[1]) <= 1e-11 * ref[0]
+
+
+def test_non_finite_entries_are_refused():
+    B = sp.csr_array(np.array([[1.0, 2.0, 0.0], [np.inf, 1.0, 3.0], [0.0, 1.0, 1.0]]))
+    with pytest.raises(ValueError, match="non-finite entry"):
+        spectra.top_singular_values(B)
+
+
+def test_tridiagonal_bisection_returns_on_nan():
+    """A NaN from an overflowed product made the bisection loop forever."""
+    from topo_pai.kernels.gram import top_tridiagonal_pair
+
+    theta, y = top_tridiagonal_pair(np.array([np.nan, 2.0]), np.array([0.5]))
+    assert np.isnan(theta) and y.shape == (2,)

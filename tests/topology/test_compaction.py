@@ -350,3 +350,33 @@ def test_a_model_that_is_one_layer_is_refused_by_name():
     with pytest.raises(topo_pai.UnsupportedOpError, match="cannot compact Linear: the model "
                                                           "is itself one layer"):
         topo_pai.compact(nn.Linear(4, 2), {"weight": torch.ones(2, 4)}, (4,))
+
+
+def test_a_compacted_model_with_helpers_traces_with_torch_fx():
+    """The channel helpers used an indexed assignment and unpacked shapes, which torch.fx
+    cannot trace; the traced compacted model gives the same outputs (float64)."""
+
+    class Res(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c0, self.c1 = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x):
+            h = torch.relu(self.c0(x))
+            return self.fc(torch.relu(self.c1(h) + h).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Res().double().eval()
+    masks = {"c1.weight": torch.ones(3, 3, 3, 3)}
+    masks["c1.weight"][1] = 0  # c1's channel 1: a constant, put back at the add
+    small = topo_pai.compact(model, masks, (2, 4, 4)).double()
+    assert any(isinstance(m, _Adapter) for m in small.modules())
+    traced = torch.fx.symbolic_trace(small)
+    x = torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        model.c1.weight.mul_(masks["c1.weight"].double())
+        assert torch.allclose(traced(x), model(x), rtol=0, atol=1e-12)
+        assert torch.equal(traced(x), small(x))
+    with pytest.raises(topo_pai.UnsupportedOpError, match="index_select"):
+        topo_pai.from_torch(small, input_shape=(2, 4, 4))  # documented: count the original

@@ -160,6 +160,28 @@ def test_cli_reads_other_formats(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- uncovered weights
+@pytest.mark.parametrize("linear_first", [False, True])
+def test_a_tied_weight_is_covered_whichever_module_comes_first(linear_first):
+    """An Embedding tied to a Linear decoder: the tensor is the Linear's prunable weight,
+    whether the Embedding or the Linear is declared first (was: uncovered when first)."""
+    from torch import nn
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if linear_first:
+                self.dec = nn.Linear(4, 10, bias=False)
+                self.emb = nn.Embedding(10, 4)
+                self.emb.weight = self.dec.weight
+            else:
+                self.emb = nn.Embedding(10, 4)
+                self.dec = nn.Linear(4, 10, bias=False)
+                self.dec.weight = self.emb.weight
+
+    u = topo_pai.uncovered_weights(Tied())
+    assert u.tensors == {} and u.total_params == 40
+
+
 def test_uncovered_weights_are_named_with_their_share(capsys, tmp_path):
     model = own("WithPosition")
     total = sum(p.numel() for p in model.parameters())

@@ -142,7 +142,9 @@ def run_sweep(cfg: SweepConfig, out_dir, *, workers: int = 1, engine: str = "loc
             tid, error = next(iter(failed.items()))
             lines = error.strip().splitlines() or ["(no message)"]
             raise SweepError(f"{len(failed)} of {n_run} trials failed; the finished ones are "
-                             f"saved, rerun to retry the others. First: {tid}: {lines[-1]} "
+                             f"saved; rerun to retry the others (after fixing the cause: a "
+                             f"rerun alone repeats an error in the configuration). "
+                             f"First: {tid}: {lines[-1]} "
                              f"(full errors in {str(store.dir / 'failures.jsonl')!r})")
         return store.rows
 

@@ -280,6 +280,8 @@ def top_tridiagonal_pair(diagonal, off_diagonal):
     O(n) arrays, so a Lanczos run tests convergence without leaving compiled code;
     ``tests/kernels/test_gram_kernels.py`` holds it to scipy's ``eigh_tridiagonal``."""
     n = diagonal.shape[0]
+    if not (np.all(np.isfinite(diagonal)) and np.all(np.isfinite(off_diagonal))):
+        return np.nan, np.full(n, np.nan)  # no eigenvalue to find: bisection would not end
     if n == 1:
         return diagonal[0], np.ones(1)
     norm = 0.0  # a bound on ||T||: the largest Gershgorin centre plus radius
@@ -346,6 +348,9 @@ def ritz_test(alpha, beta, j, scale, grow, r1, tol, margin, lock_residual, size,
     (``last_step``, ``last_log``; ``last_step < 0`` for none) says it may have
     converged: between 1 and 8 steps on, 4 without a decrease to go by."""
     b = beta[j - 1]
+    if not (np.isfinite(b) and np.all(np.isfinite(alpha[:j]))):
+        # overflow in the products: no Ritz value to trust (bisection on NaN never ends)
+        return -1, np.nan, np.zeros(j), np.inf, scale, j, last_step, last_log
     vanished = b <= 1e-12 * scale
     theta, y = top_tridiagonal_pair(alpha[:j], beta[:j - 1])
     residual = b * abs(y[j - 1])

@@ -58,6 +58,12 @@ DENSE_OPERAND_MAX_ENTRIES = 1 << 22
 #: the Gram route at side 64 (1024 x 64) and 128 (2048 x 128), and at side 32 it is
 #: faster on all of them: the bound stays there.
 GRAM_MAX_SIDE = 32
+#: Blocks whose largest entry lies outside ``[2**-SAFE_EXPONENT, 2**SAFE_EXPONENT]`` are
+#: scaled by a power of two into ``[0.5, 1)`` (exact) before the routes above: the Gram
+#: products square the entries and the norms of the residuals square them again, so a
+#: block near 1e77 overflowed (Lanczos then looped on NaN) and one near 1e-78 underflowed
+#: (a certificate of zeros let a wrong value through).
+SAFE_EXPONENT = 128
 
 
 #: The tightest ``spectral_tol`` accepted: float64 rounding of the products (and the
@@ -150,6 +156,24 @@ def top_singular_values(matrix, tol: float | None = None) -> tuple[float, float]
     m, n = A.shape
     if A.nnz == 0 or m == 0 or n == 0:
         return 0.0, 0.0
+    peak = float(np.abs(A.data).max())
+    if not math.isfinite(peak):
+        raise ValueError("top_singular_values: the matrix holds a non-finite entry (inf or "
+                         "NaN); its singular values are not defined")
+    if peak == 0.0:
+        return 0.0, 0.0
+    if 2.0 ** -SAFE_EXPONENT <= peak <= 2.0 ** SAFE_EXPONENT:
+        return _top_two(A, tol)
+    shift = math.frexp(peak)[1]  # peak * 2**-shift lies in [0.5, 1)
+    scaled = sp.csr_array((np.ldexp(A.data, -shift), A.indices, A.indptr), shape=A.shape)
+    scaled.has_canonical_format = True
+    mu0, mu_hat = _top_two(scaled, tol)
+    return math.ldexp(mu0, shift), math.ldexp(mu_hat, shift)
+
+
+def _top_two(A, tol: float) -> tuple[float, float]:
+    """:func:`top_singular_values` of a canonical CSR block with entries of moderate size."""
+    m, n = A.shape
     if min(m, n) < 3 or m * n <= DENSE_SVD_MAX_ENTRIES:
         return _dense_top_two(A)
     binary = bool(np.all(A.data == 1.0))  # a 0/1 block: its transposes move no values
