@@ -707,6 +707,9 @@ def compact(model: nn.Module, masks: Mapping | None = None, input_shape=None, *,
         Not modified. Traced with torch.fx (as :func:`topo_pai.from_torch` does).
     masks : mapping, optional
         ``{param name: 0/1 tensor}``; ``None``: the masks attached to ``model``.
+        Masks attached to ``model`` (``torch.nn.utils.prune``, ``apply_masks``) stay
+        in force either way, since the model's forward applies them: given ``masks``
+        prune further (:func:`topo_pai.from_torch` counts the given masks only).
     input_shape : tuple of int
         One sample's shape without the batch dimension.
     seed : int
