@@ -40,7 +40,7 @@ import numpy as np
 from topo_pai.checks import check_bool
 from topo_pai.coverage import Uncovered, warn_uncovered
 from topo_pai.errors import MaskError, PathCountTooLarge
-from topo_pai.graph.ir import Program
+from topo_pai.graph.ir import Program, check_flow_factors
 from topo_pai.graph.masks import LayerMask, attached_masks, layer_mask, scan, validate_keys
 from topo_pai.graph.structure import Structure, build_structure
 from topo_pai.graph.trace import trace, validate_input_shape
@@ -427,9 +427,9 @@ class Topology:
         same at every position of a channel where it is non-zero.
         """
         engine = self.engine(resolution)
+        check_flow_factors(self.program)  # |c| past 2**900 would overflow the scaled flows
         prepared = self._edge_weights(weights)
-        flat_w = [prepared.flat[layer.param] for layer in self.program.layers]
-        return Flows(self, engine.with_weights(flat_w))
+        return Flows(self, engine.with_weights([prepared.flat[x.param] for x in self.program.layers]))
 
     def layer_input_counts(self, layer: int, resolution: str = "channel") -> NodeCounts:
         """Paths from the network input into each input unit of ``layer`` (an index

@@ -673,3 +673,37 @@ def test_counts_and_flows_past_a_groups_dynamic_range_warn(engine):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # within range: no warning
         plain.flows({n: t.abs() + 0.5 for n, t in w.items()}, "neuron").log10_through_weights()
+
+
+@pytest.mark.parametrize("engine", ["numba", "torch"])
+@pytest.mark.parametrize("resolution", ["channel", "neuron"])
+def test_weights_and_constants_past_the_flows_range_are_refused(engine, resolution):
+    """|w| = 1e308 (finite) made flows() raise "a count became infinite; please report
+    this as a bug"; weights and constant factors above MAX_FLOW_WEIGHT are now refused by
+    name, while 2**900 itself still flows exactly (a chain: log10 R = 900 log10 2 + ...)."""
+    from topo_pai.graph.ir import MAX_FLOW_WEIGHT
+
+    net = nn.Sequential(nn.Linear(2, 3, bias=False), nn.ReLU(), nn.Linear(3, 1, bias=False))
+    topo = topo_pai.from_torch(net, None, input_shape=(2,), engine=engine)
+    with pytest.raises(MaskError, match=r"weights for '2\.weight' hold 1e\+308 at index "
+                                        r"\(0, 1\), above the 8\.45e\+270"):
+        topo.flows({"2.weight": torch.tensor([[1.0, 1e308, 1.0]], dtype=torch.float64)},
+                   resolution)
+    w = {"0.weight": torch.ones(3, 2), "2.weight": torch.full((1, 3), MAX_FLOW_WEIGHT,
+                                                              dtype=torch.float64)}
+    got = topo.flows(w, resolution).log10_total
+    assert got == pytest.approx(900 * np.log10(2) + np.log10(6), abs=1e-12)
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.b(self.a(x) * 1e308)
+
+    scaled = topo_pai.from_torch(Scaled(), None, input_shape=(2,), engine=engine)
+    assert scaled.count_paths(resolution).exact == 4  # counts read only "non-zero"
+    with pytest.raises(ValueError, match="fx node 'mul' multiplies by a constant of magnitude "
+                                         "1e\\+308"):
+        scaled.flows(None, resolution)

@@ -105,6 +105,26 @@ class Program:
                                        for i in range(len(self.layers))]
 
 
+#: The largest ``|w|`` or ``|c|`` weighted flows take. A layer multiplies mantissas of up
+#: to 2**64 by its weights and sums them over its fan-in before it rescales, so weights past
+#: about ``2**(1024 - 64 - log2(fan-in))`` overflow float64; 2**900 (8.5e270) leaves room
+#: for fan-ins up to 2**60.
+MAX_FLOW_WEIGHT = 2.0 ** 900
+
+
+def check_flow_factors(program: Program) -> None:
+    """Refuse a product by a constant above :data:`MAX_FLOW_WEIGHT` in magnitude, naming
+    its fx node: weighted flows multiply by ``|c|`` (counts only read whether it is 0)."""
+    for op in program.ops:
+        if op.kind == "scale":
+            peak = float(np.abs(op.attrs["factor"]).max(initial=0.0))
+            if peak > MAX_FLOW_WEIGHT:
+                raise ValueError(f"fx node {op.fx_node!r} multiplies by a constant of magnitude "
+                                 f"{peak:.3g}, above the {MAX_FLOW_WEIGHT:.3g} that weighted "
+                                 "flows can scale without overflow; path counts and "
+                                 "reachability are fine, flows need a smaller constant")
+
+
 def unit_factors(factor: np.ndarray, shape: tuple[int, ...], weighted: bool,
                  fx_node: str = "") -> np.ndarray:
     """Per-unit factors of a ``scale`` op at channel resolution (units: ``shape[0]``).

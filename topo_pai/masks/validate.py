@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from topo_pai.errors import MaskError
+from topo_pai.graph.ir import MAX_FLOW_WEIGHT
 from topo_pai.graph.modules import check_untied, param_name, prunable_modules, weight_shape
 
 
@@ -178,5 +179,10 @@ def abs_weights_array(name: str, w, shape) -> np.ndarray:
         raise MaskError(f"weights for '{name}' hold {arr[where].item()!r} at index {where}: they "
                         "must be finite and non-negative (pass |w|, e.g. weight.abs(); NaN or "
                         "inf there means the model's weight holds one)")
+    if arr.size and float(arr.max()) > MAX_FLOW_WEIGHT:
+        where = tuple(int(i) for i in np.unravel_index(int(np.argmax(arr)), arr.shape))
+        raise MaskError(f"weights for '{name}' hold {arr[where].item():.3g} at index {where}, "
+                        f"above the {MAX_FLOW_WEIGHT:.3g} that flows can scale without "
+                        "overflow (topo_pai.graph.ir.MAX_FLOW_WEIGHT); pass smaller weights")
     # a copy: the caller's float64 array must not be able to change weights once checked
     return np.array(arr, dtype=np.float64, order="C", copy=True).reshape(-1)
