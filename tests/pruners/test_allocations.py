@@ -318,3 +318,87 @@ def test_allocation_validation(model):
         topo_pai.prune(model, "random", 0.9, input_shape=SHAPE, last_layer_min_density=0.3)
     with pytest.raises(ValueError, match="allocation must be"):
         topo_pai.prune(model, "random", 0.9, input_shape=SHAPE, allocation=3)
+
+
+# ---------------------------------------------------------------------------
+# Found by review: ratios options, dict densities 0/1 and names, uniform+'s minimum
+# ---------------------------------------------------------------------------
+
+
+def _three_linears():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(),
+                         nn.Linear(10, 10))
+
+
+def test_ratios_of_the_method_itself_use_its_options():
+    """allocation="ratios:synflow" with rounds=2 at channel resolution ranked with the
+    defaults (100 rounds, neuron resolution); its budgets are now the per-layer counts
+    of the method run with the same options."""
+    net = resnet20(width=4)
+    opts = {"input_shape": (3, 16, 16), "rounds": 2, "resolution": "channel"}
+    ratio = prune_with_scores(net, "synflow", 0.9, allocation="ratios:synflow", **opts)
+    plain = topo_pai.prune(net, "synflow", 0.9, **opts)
+    assert ratio.budgets == {k: int(v.sum()) for k, v in plain.items()}
+
+
+def test_dict_densities_of_0_and_1_are_kept_exactly():
+    """Up to one weight per layer of slack was taken from (or given to) the layers whose
+    density is exactly 0 or 1: {0.5, 0.5, 1.0} keeping 199 made the dense layer 99. Each
+    layer now stays within one weight of its density, or the sparsity is refused."""
+    net = _three_linears()
+    with pytest.raises(ValueError, match=r"keep 200 weights .* but sparsity=0\.336667 keeps "
+                                         r"199 of 300; pass sparsity=0\.333333"):
+        topo_pai.prune(net, "magnitude", 1 - 199 / 300, input_shape=(10,),
+                       allocation={"0": 0.5, "2": 0.5, "4": 1.0})
+    with pytest.raises(ValueError, match=r"keep 100 weights .* but sparsity=0\.66 keeps 102 "
+                                         r"of 300; pass sparsity=0\.666667"):
+        topo_pai.prune(net, "magnitude", 0.66, input_shape=(10,),
+                       allocation={"0": 0.0, "2": 0.5, "4": 0.5})
+    got = prune_with_scores(net, "magnitude", 1 - 199 / 300, input_shape=(10,),
+                            allocation={"0": 0.495, "2": 0.5, "4": 1.0}).budgets
+    assert got == {"0.weight": 49, "2.weight": 50, "4.weight": 100}
+    got = prune_with_scores(net, "magnitude", 1 - 101 / 300, input_shape=(10,),
+                            allocation={"0": 0.0, "2": 0.505, "4": 0.5}).budgets
+    assert got == {"0.weight": 0, "2.weight": 51, "4.weight": 50}
+
+
+def test_dict_allocation_naming_a_layer_twice_or_a_tensor_density_is_refused():
+    net = _three_linears()
+    with pytest.raises(ValueError, match=r"names layer '0\.weight' twice \('0' and '0\.weight'\)"):
+        topo_pai.prune(net, "magnitude", 0.5, input_shape=(10,),
+                       allocation={"0": 0.9, "0.weight": 0.5, "2": 0.5, "4": 0.5})
+    with pytest.raises(ValueError, match="must be a number .* got Tensor"):
+        topo_pai.prune(net, "magnitude", 0.5, input_shape=(10,),
+                       allocation={"0": torch.tensor(0.5), "2": 0.5, "4": 0.5})
+
+
+@given(st.integers(2, 12), st.integers(20, 60), st.floats(0.5, 0.97))
+def test_uniform_plus_keeps_the_last_layer_at_its_minimum(last_in, hidden, sparsity):
+    """The last layer's count was rounded down below last_layer_min_density (2 of 12
+    at 0.2); it now keeps at least ceil(0.2 * n) whenever uniform+ is feasible."""
+    net = nn.Sequential(nn.Linear(4, 10), nn.ReLU(), nn.Linear(10, hidden), nn.ReLU(),
+                        nn.Linear(hidden, last_in), nn.ReLU(), nn.Linear(last_in, 2))
+    try:
+        got = prune_with_scores(net, "random", sparsity, input_shape=(4,),
+                                allocation="uniform+").budgets
+    except ValueError as exc:  # infeasible: the first layer or the minimum does not fit
+        assert "uniform+ keeps the" in str(exc)
+        return
+    n_last = 2 * last_in
+    assert got["6.weight"] >= math.ceil(0.2 * n_last - 1e-9) and got["0.weight"] == 40
+
+
+def test_phew_on_a_model_with_attached_masks():
+    """A conv pruned with torch.nn.utils.prune: phew refused it with a budget error
+    ('outside [0, 22]'); like every method it now reads the masked weights as zero."""
+    from torch.nn.utils import prune as torch_prune
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 10))
+    torch_prune.random_unstructured(net[0], "weight", amount=0.8)
+    for alloc in ("erk", "uniform"):
+        res = prune_with_scores(net, "phew", 0.5, input_shape=(3, 8, 8), allocation=alloc)
+        assert {k: int(v.sum()) for k, v in res.masks.items()} == res.budgets
+    res = prune_with_scores(net, "phew", 0.5, input_shape=(3, 8, 8), exclude=["0"])
+    assert int(res.masks["0.weight"].sum()) == 108

@@ -30,7 +30,9 @@ Allocations
     ERK with the last layer in topological order (the classifier) dense.
 ``"ratios:<method>"``
     The per-layer counts of ``<method>``'s global ranking (resolved in
-    :mod:`topo_pai.pruners.api`).
+    :mod:`topo_pai.pruners.api`), with the pruning method's own options when
+    ``<method>`` is that method (``prune(m, "synflow", s, allocation="ratios:synflow",
+    rounds=2)``) and with ``<method>``'s defaults otherwise.
 a dict
     ``{param or module name: density}`` for every non-excluded prunable layer.
 """
@@ -185,7 +187,8 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float, *, power:
         if budget < -1e-9 * max(1.0, total_keep):
             raise ValueError(f"the dense layers {sorted(dense_set)} alone hold "
                              f"{sum(n[k] for k in dense_set)} weights, more than the "
-                             f"{total_keep:.0f} kept at density {density:g}")
+                             f"{total_keep:.0f} kept at density {density:g} (erk+ keeps the "
+                             "last layer dense); use a lower sparsity or allocation 'erk'")
         if not free:
             eps = 0.0
             break
@@ -235,15 +238,18 @@ def uniform_plus_densities(sizes: Mapping[str, int], density: float, *, first: s
     total_keep = max(total_keep, 0.0)
     n_rest = sum(rest.values())
     d = total_keep / n_rest if n_rest else 0.0
-    if last is not None and last in rest and d < last_min_density:
+    # the fewest whole weights that meet the minimum: a fractional target could be
+    # rounded down below it
+    need = math.ceil(last_min_density * rest[last] - 1e-9) if last in rest else 0
+    if last is not None and last in rest and d * rest[last] < need:
         mids = {k: v for k, v in rest.items() if k != last}
-        left = total_keep - last_min_density * rest[last]
+        left = total_keep - need
         if not mids or left < -1e-9:
             raise ValueError(
                 f"uniform+ keeps the last layer '{last}' at density >= {last_min_density:g}, "
                 f"which needs more weights than the budget leaves at density {density:g}; "
                 "lower last_layer_min_density or use another allocation")
-        out[last] = last_min_density
+        out[last] = need / rest[last]
         d_mid = max(left, 0.0) / sum(mids.values())
         for k in mids:
             out[k] = d_mid

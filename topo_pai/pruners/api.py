@@ -165,39 +165,65 @@ def _order_in_topology(ctx) -> tuple[str | None, str | None]:
     return (first if first in active else None), (last if last in active else None)
 
 
-def _resolve_allocation(spec, ctx: PruneContext, sparsity: float, params) -> dict[str, int]:
+def _resolve_allocation(spec, ctx: PruneContext, sparsity: float, params,
+                        method: Method | None = None, method_params=None) -> dict[str, int]:
     sizes = ctx.sizes
     total = sum(sizes.values())
     keep = A.n_keep(total, sparsity)
     density = keep / total
     if isinstance(spec, Mapping):
-        by_module = {t.module: t.param for t in ctx.targets}
-        dens = {}
-        for key, d in spec.items():
-            name = by_module.get(key, key)
-            if name not in sizes:
-                where = "an excluded layer" if name in {t.param for t in ctx.targets} else \
-                    "not a prunable weight"
-                raise ValueError(f"allocation names {key!r}, which is {where}")
-            if (not isinstance(d, numbers.Real) or isinstance(d, bool)
-                    or not 0.0 <= float(d) <= 1.0):  # NaN fails the comparison
-                raise ValueError(f"allocation density for {key!r} must lie in [0, 1], got {d!r}")
-            dens[name] = float(d)
-        missing = [n for n in sizes if n not in dens]
-        if missing:
-            raise ValueError(f"allocation dict gives no density for {missing[:5]}"
-                             f"{' ...' if len(missing) > 5 else ''}; name every pruned layer")
-        implied = sum(sizes[n] * dens[n] for n in sizes)
-        if abs(implied - keep) > len(sizes):
-            raise ValueError(f"the allocation densities keep {implied:.0f} weights, but "
-                             f"sparsity={sparsity:g} keeps {keep} of {total}")
-        return A.counts_from_densities(sizes, dens, keep)
+        return _dict_budgets(spec, ctx, sparsity, keep)
     ratio = _ratio_method(spec)
     if ratio is not None:
-        result = _run(ratio, ctx, sparsity, None, ratio.make_params({}), {})
+        # the method's own options when it ranks for itself ("synflow" with
+        # "ratios:synflow" and rounds=2); another method ranks with its defaults
+        params = method_params if method is not None and ratio.name == method.name else \
+            ratio.make_params({})
+        result = _run(ratio, ctx, sparsity, None, params, {})
         return {n: int(np.count_nonzero(result.masks[n])) for n in sizes}
     shapes = {t.param: t.shape for t in ctx.active}
     dens = A.ALLOCATIONS.get(spec)(shapes, density, lambda: _order_in_topology(ctx), params)
+    return A.counts_from_densities(sizes, dens, keep)
+
+
+def _dict_budgets(spec: Mapping, ctx: PruneContext, sparsity: float, keep: int) -> dict[str, int]:
+    """Counts of a ``{name: density}`` allocation: each layer within one weight of its
+    density (a density of 0 or 1 exactly), refused when no such counts keep ``keep``."""
+    sizes = ctx.sizes
+    by_module = {t.module: t.param for t in ctx.targets}
+    dens, named = {}, {}
+    for key, d in spec.items():
+        name = by_module.get(key, key)
+        if name not in sizes:
+            where = "an excluded layer" if name in {t.param for t in ctx.targets} else \
+                "not a prunable weight"
+            raise ValueError(f"allocation names {key!r}, which is {where}")
+        if name in named:
+            raise ValueError(f"allocation names layer {name!r} twice ({named[name]!r} and "
+                             f"{key!r}); give it once")
+        named[name] = key
+        if not isinstance(d, numbers.Real) or isinstance(d, bool):
+            raise ValueError(  # noqa: TRY004 - ValueError for every bad allocation, as before
+                f"allocation density for {key!r} must be a number (a Python or numpy float), "
+                f"got {type(d).__name__} {d!r}")
+        if not 0.0 <= float(d) <= 1.0:  # NaN fails the comparison
+            raise ValueError(f"allocation density for {key!r} must lie in [0, 1], got {d!r}")
+        dens[name] = float(d)
+    missing = [n for n in sizes if n not in dens]
+    if missing:
+        raise ValueError(f"allocation dict gives no density for {missing[:5]}"
+                         f"{' ...' if len(missing) > 5 else ''}; name every pruned layer")
+    targets = {n: sizes[n] * dens[n] for n in sizes}
+    # every layer within one weight of its target: floor or ceil (tolerant of rounding)
+    lo = sum(math.floor(t + 1e-9) for t in targets.values())
+    hi = sum(math.ceil(t - 1e-9) for t in targets.values())
+    if not lo <= keep <= hi:
+        total = sum(sizes.values())
+        implied = sum(targets.values())
+        span = f"{lo}" if lo == hi else f"{lo} to {hi}"
+        raise ValueError(f"the allocation densities keep {span} weights (each layer within one "
+                         f"weight of its density), but sparsity={sparsity:g} keeps {keep} of "
+                         f"{total}; pass sparsity={1 - implied / total:.6g}, the densities' own")
     return A.counts_from_densities(sizes, dens, keep)
 
 
@@ -394,7 +420,7 @@ def prune_with_scores(model, method: str, sparsity: float, *, input_shape, data=
     elif spec is None:
         budgets = None
     else:
-        budgets = _resolve_allocation(spec, ctx, sparsity, opts.allocation)
+        budgets = _resolve_allocation(spec, ctx, sparsity, opts.allocation, m, opts.method)
     return _run(m, ctx, sparsity, budgets, opts.method, opts.forwarded)
 
 
@@ -452,9 +478,10 @@ def prune(model, method: str, sparsity: float, *, input_shape, data=None, seed: 
     allocation : str or dict, optional
         Fixes each layer's kept count; the method then selects within each
         layer: ``"uniform"``, ``"uniform+"``, ``"erk"``, ``"erk+"``,
-        ``"ratios:<method>"`` or ``{name: density}``. See
-        :mod:`topo_pai.pruners.allocation`. ``random`` defaults to
-        ``"uniform"`` and ``phew`` to ``"erk"``.
+        ``"ratios:<method>"`` (ranked with this call's options when ``<method>`` is
+        ``method``, with its defaults otherwise) or ``{name: density}`` (each layer
+        within one weight of its density). See :mod:`topo_pai.pruners.allocation`.
+        ``random`` defaults to ``"uniform"`` and ``phew`` to ``"erk"``.
     exclude : iterable of str
         Module names, parameter names or fnmatch patterns kept dense (and left
         out of ``N``).

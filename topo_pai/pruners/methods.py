@@ -367,7 +367,9 @@ def _phew_masks(ctx, budgets, **options):
         raise ImportError("method 'phew' needs topo_pai.pruners.phew.phew_masks, which is not "
                           f"available: {exc}") from exc
     full = {t.param: int(budgets.get(t.param, t.numel)) for t in ctx.targets}
-    out = phew_masks(ctx.topology(), ctx.abs_weights(), full, ctx.seed, **options)
+    # walks on every weight: attached masks only zero some |w| (read as zero, as every
+    # method reads them), they do not take weights off the graph
+    out = phew_masks(ctx.topology().with_masks({}), ctx.abs_weights(), full, ctx.seed, **options)
     result = {}
     for t in ctx.active:
         if t.param in out:
