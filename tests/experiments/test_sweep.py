@@ -478,7 +478,7 @@ def test_a_sweep_whose_model_file_changed_is_not_resumed(tmp_path, monkeypatch):
     cfg = SweepConfig(models=("net.py:build",), **ALIAS)
     run_sweep(cfg, tmp_path / "s", progress=False, limit=1)
     before = (tmp_path / "s" / "results.jsonl").read_text()
-    net.write_text(source.replace("8", "32"))
+    net.write_text(source.replace("(784, 8)", "(784, 32)").replace("(8, 10)", "(32, 10)"))
     with pytest.raises(SweepConfigMismatch, match="model file of 'net.py:build' changed"):
         run_sweep(cfg, tmp_path / "s", progress=False)
     assert (tmp_path / "s" / "results.jsonl").read_text() == before

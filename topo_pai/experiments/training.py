@@ -12,6 +12,7 @@ seeded generator, so a run is reproducible on the same device and torch build.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ import numbers
 import os
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -51,6 +53,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<i>', got {device!r}") \
             from exc
+    if dev.type not in ("cpu", "cuda"):  # mps, xpu, meta...: not what training runs on
+        raise ValueError(f"device={device!r}: training runs on 'cpu' or 'cuda' (or 'auto'), "
+                         f"not {dev.type!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} asks for CUDA, but torch.cuda.is_available() is "
                          "False here; pass device='auto' or 'cpu'")
@@ -117,6 +122,13 @@ class TrainConfig:
             if not ok or list(ms) != sorted(set(ms)):
                 raise ValueError(f"training milestones must be increasing positive epoch "
                                  f"numbers (e.g. [5, 8]), got {ms!r}")
+            if self.schedule != "step":
+                raise ValueError(f"training milestones={list(ms)} apply to schedule='step', but "
+                                 f"the schedule is {self.schedule!r}; drop them or use 'step'")
+            if ms and ms[-1] >= self.epochs:
+                raise ValueError(f"training milestone {ms[-1]} is not before the last epoch "
+                                 f"(epochs={self.epochs}), so the rate would not drop there; "
+                                 "give milestones below epochs (or none: epochs/2 and 3/4)")
             object.__setattr__(self, "milestones", tuple(int(m) for m in ms))
 
     def lr_at(self, epoch: int) -> float:
@@ -152,15 +164,47 @@ def _tensors(dataset, name: str):
     if x.shape[0] != y.shape[0] or x.shape[0] == 0:
         raise ValueError(f"{name} has {x.shape[0]} inputs and {y.shape[0]} labels; they must be "
                          "equal and non-zero")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}.x holds {x.dtype} inputs; pass floats (e.g. x.float() / 255)")
+    if y.dtype != torch.int64 or y.dim() != 1:
+        raise TypeError(f"{name}.y must be a 1-D int64 tensor of class labels, got {y.dtype} of "
+                        f"shape {tuple(y.shape)}; convert it (e.g. y.long().reshape(-1))")
+    if bool((y < 0).any()):
+        raise ValueError(f"{name}.y holds the negative label {int(y.min())}; class labels are "
+                         "0, 1, ..., C - 1")
     return x, y
+
+
+def _check_dtype(model: nn.Module, x: torch.Tensor, name: str) -> None:
+    """Refuse inputs of another float dtype than the model's weights (torch: "mat1 and
+    mat2 must have the same dtype")."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name}.x holds {x.dtype} inputs but the model's weights are {dtype}; "
+                        f"convert one of them (e.g. x.to({dtype}) or model.to({x.dtype}))")
+
+
+def _refresh_pruned_weights(model: nn.Module) -> None:
+    """Recompute ``weight = weight_orig * weight_mask`` of modules masked with
+    ``torch.nn.utils.prune``: its hook does so only in a forward pass, so after the last
+    optimizer step the attribute is one step old (and a non-leaf: no deepcopy)."""
+    with torch.no_grad():
+        for module in model.modules():
+            for hook in module._forward_pre_hooks.values():
+                name = getattr(hook, "_tensor_name", None)  # a torch.nn.utils.prune method
+                if name is not None and hasattr(module, name + "_orig"):
+                    setattr(module, name, getattr(module, name + "_orig")
+                            * getattr(module, name + "_mask"))
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, *, batch_size: int = 1000,
              device: str | torch.device | None = "auto") -> tuple[float, float]:
     """Mean cross-entropy and accuracy (fraction) of ``model`` on ``dataset``, in eval mode."""
+    batch_size = check_int("evaluate batch_size", batch_size, minimum=1)
     dev = resolve_device(device)
     x, y = _tensors(dataset, "dataset")
+    _check_dtype(model, x, "dataset")
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
@@ -234,6 +278,12 @@ def rescale_kept_weights(model: nn.Module, masks) -> dict[str, float]:
     factors = {}
     for name, mask in masks.items():
         if name not in params:
+            owner, _, attr = name.rpartition(".")
+            original = f"{owner + '.' if owner else ''}parametrizations.{attr}.original"
+            if name + "_orig" in params or original in params:
+                raise KeyError(f"mask {name!r}: the model already has masks attached (its "
+                               "weight is re-parametrised); rescale before apply_masks, or "
+                               "remove the masks first (topo_pai.pruners.remove_masks)")
             raise KeyError(f"mask {name!r} names no parameter of the model")
         w = params[name]
         if w.dim() < 2:
@@ -316,11 +366,23 @@ def train(model: nn.Module, train_set, test_set=None, *, val_set=None, masks=Non
     >>> res.final_accuracy > 0.8, bool((net[0].weight[~mask["0.weight"]] == 0).all())
     (True, True)
     """
-    cfg = TrainConfig(**{**asdict(config or TrainConfig()), **hyper}) if hyper else \
-        (config or TrainConfig())
+    if isinstance(config, Mapping):  # a sweep's train section, as a dict
+        config = {**config, **hyper}
+        hyper = {}
+    elif config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig or a dict of its fields, got "
+                        f"{type(config).__name__}")
+    base = asdict(config) if isinstance(config, TrainConfig) else dict(config or {})
+    fields_ = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted((set(base) | set(hyper)) - fields_)
+    if unknown:
+        raise TypeError(f"unknown training option(s) {', '.join(map(repr, unknown))}; valid: "
+                        f"{', '.join(sorted(fields_))}")
+    cfg = TrainConfig(**{**base, **hyper})
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     x, y = _tensors(train_set, "train_set")
+    _check_dtype(model, x, "train_set")
     if test_set is not None:
         _tensors(test_set, "test_set")
     if val_set is not None:
@@ -352,10 +414,15 @@ def train(model: nn.Module, train_set, test_set=None, *, val_set=None, masks=Non
             model.train()
             order = torch.randperm(x.shape[0], generator=gen)
             loss_sum, correct = 0.0, 0
-            batches = range(0, x.shape[0], cfg.batch_size)
-            for i in _progress(batches, progress, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                               unit="batch"):
-                idx = order[i:i + cfg.batch_size]
+            starts = list(range(0, x.shape[0], cfg.batch_size))
+            if len(starts) > 1 and x.shape[0] - starts[-1] == 1:
+                # a last batch of one sample joins the one before: BatchNorm in train mode
+                # cannot normalise a single value per channel (a 1x1 map)
+                starts.pop()
+            ends = starts[1:] + [x.shape[0]]
+            for i, end in _progress(list(zip(starts, ends)), progress,
+                                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch"):
+                idx = order[i:end]
                 xb, yb = x[idx].to(dev, non_blocking=True), y[idx].to(dev, non_blocking=True)
                 out = model(xb)
                 if out.dim() != 2 or out.shape[1] < n_classes:  # torch: "Target 7 is out of bounds"
@@ -399,6 +466,7 @@ def train(model: nn.Module, train_set, test_set=None, *, val_set=None, masks=Non
         result.final_loss = result.history[-1]["test_loss"]
         result.final_accuracy = result.history[-1]["test_acc"]
     result.seconds = time.perf_counter() - start
+    _refresh_pruned_weights(model)  # the last step's weights, also for the check below
     leaked = _pruned_nonzero(model, attached)
     if leaked:
         raise RuntimeError(f"pruned weights became non-zero during training in {leaked[:5]}")

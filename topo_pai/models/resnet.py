@@ -82,7 +82,11 @@ class CifarResNet(nn.Module):
             raise ValueError(f"depth must be 6n + 2 with n >= 1 (20, 32, 56, ...), got {depth!r}")
         in_channels = check_positive_int("in_channels", in_channels)
         num_classes = check_positive_int("num_classes", num_classes)
-        width = check_positive_int("width", width)
+        try:
+            width = check_positive_int("width", width)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (the first stage's channels, default 16: not a "
+                             "multiplier as for the LeNets and Conv-N)") from None
         check_input_size(input_size, 4, f"resnet{depth}")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)

@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import sys
 from dataclasses import dataclass
@@ -91,10 +92,13 @@ def parse_model_spec(text) -> ModelSpec:
 
 
 def _import_file(path: Path):
-    """Import a .py file as a module of its own (named by its resolved path, so two
-    files of one name do not collide; cached, so repeated builds share it)."""
+    """Import a .py file as a module of its own, named by its resolved path and its
+    content: two files of one name do not collide, repeated builds share one import,
+    and a file edited since is imported again (a sweep records the file's SHA-256, so
+    its rows must come from that content)."""
     resolved = path.resolve()
-    name = "topo_pai_user_" + hashlib.sha1(str(resolved).encode()).hexdigest()[:12]
+    key = hashlib.sha1(str(resolved).encode() + b"\0" + resolved.read_bytes())
+    name = "topo_pai_user_" + key.hexdigest()[:16]
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, resolved)
@@ -309,9 +313,17 @@ def build_model(text, *, input_shape=None, num_classes: int = 10, model_args=Non
                           input_size=shape[1:], **args)
         return model, spec
     fn = resolve_callable(spec)
+    try:  # arguments that bind: a TypeError from the call is then the model code's own
+        inspect.signature(fn).bind(**args)
+        binds = True
+    except (TypeError, ValueError):  # ValueError: no signature to read
+        binds = False
     try:
         model = fn(**args)
     except TypeError as exc:
+        if binds:
+            raise ModelBuildError(f"model {spec.text!r} raised TypeError while being built: "
+                                  f"{exc}") from exc
         given = ", ".join(sorted(args)) or "no arguments"
         raise TypeError(f"model {spec.text!r} could not be called with {given}: {exc}; pass "
                         "its arguments as JSON with --model-args (model_args in Python)") from None
