@@ -108,22 +108,16 @@ def _load_masks_arg(args, model):
     model's parameters that carry no edges (e.g. a norm weight pruned with
     torch.nn.utils.prune) are skipped with a warning naming them."""
     import topo_pai
-    from topo_pai.graph.modules import param_name, prunable_modules
+    from topo_pai.masks.validate import without_unprunable
 
     if not args.masks:
         if getattr(args, "masks_from_zeros", False):
             raise UsageError("--masks-from-zeros needs --masks FILE")
         return {}
     masks = topo_pai.load_masks(args.masks, from_zeros=args.masks_from_zeros)
-    prunable = {param_name(n) for n in prunable_modules(model)}
-    params = {n.removesuffix("_orig") for n, _ in model.named_parameters()}
-    skipped = sorted(k for k in masks if k not in prunable and k in params)
-    if skipped:
-        warnings.warn(f"--masks: skipped the masks of {', '.join(map(repr, skipped))}: not "
-                      "Linear or Conv weights, so they carry no edges", stacklevel=2)
+    masks = without_unprunable(masks, model, "--masks")
     try:  # checked against the model here, so that the error names the file
-        return topo_pai.Masks({k: v for k, v in masks.items() if k not in skipped},
-                              model=model)
+        return topo_pai.Masks(masks, model=model)
     except topo_pai.MaskError as exc:
         raise topo_pai.MaskError(f"--masks {args.masks!r}: {exc}") from None
 

@@ -295,3 +295,123 @@ def test_abs_weights_have_one_validator(bad, match):
             call({**good, "0.weight": bad})
         errors.append(str(exc.value))
     assert len(set(errors)) == 1 and "'0.weight'" in errors[0]
+
+
+# ---------------------------------------------------------------------------
+# Found by review: mixed formats, foreign parametrisations, atomic writes, names
+# ---------------------------------------------------------------------------
+
+
+def _two_linears():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+
+
+def test_a_state_dict_with_prune_and_parametrize_masks_keeps_both(tmp_path):
+    """Layer 0 masked with "prune", layer 2 with "parametrize": the parametrize mask was
+    dropped on load (the file counted 6 paths, the model 0)."""
+    net = _two_linears()
+    topo_pai.apply_masks(net, {"0.weight": torch.eye(3, 4, dtype=torch.bool)}, method="prune")
+    topo_pai.apply_masks(net, {"2.weight": torch.zeros(2, 3, dtype=torch.bool)},
+                         method="parametrize")
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    loaded = topo_pai.load_masks(tmp_path / "sd.pt")
+    assert {k: int(v.sum()) for k, v in loaded.items()} == {"0.weight": 3, "2.weight": 0}
+
+
+def test_a_parametrisation_that_is_not_a_mask_reads_as_dense(tmp_path):
+    from torch.nn.utils.parametrizations import orthogonal, spectral_norm
+
+    for wrap in (spectral_norm, orthogonal):
+        net = _two_linears()
+        wrap(net[2])
+        topo_pai.apply_masks(net, {"0.weight": torch.eye(3, 4, dtype=torch.bool)},
+                             method="parametrize")
+        torch.save(net.state_dict(), tmp_path / "sd.pt")
+        loaded = topo_pai.load_masks(tmp_path / "sd.pt")
+        assert {k: int(v.sum()) for k, v in loaded.items()} == {"0.weight": 3}
+
+
+def test_apply_masks_refuses_a_foreign_chain_before_changing_anything():
+    """The other parametrisation was stripped silently (re-masking a chain), and a
+    refusal for a later layer came after earlier layers had been re-masked."""
+    from torch.nn.utils import parametrize
+
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    net = _two_linears()
+    topo_pai.apply_masks(net, {"2.weight": torch.ones(2, 3, dtype=torch.bool)},
+                         method="parametrize")
+    parametrize.register_parametrization(net[2], "weight", Double())
+    keys = list(net.state_dict())
+    with pytest.raises(ValueError, match="'2.weight' already has a parametrisation"):
+        topo_pai.apply_masks(net, {"0.weight": torch.eye(3, 4, dtype=torch.bool),
+                                   "2.weight": torch.ones(2, 3, dtype=torch.bool)})
+    assert list(net.state_dict()) == keys  # layer 0 untouched, the chain kept
+    assert len(net[2].parametrizations["weight"]) == 2
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npz"])
+def test_a_failed_write_leaves_the_previous_file(tmp_path, monkeypatch, suffix):
+    """Saves went straight to the final name: a kill mid-write left a truncated file
+    there. They now go through a temporary file moved into place."""
+    path = tmp_path / f"masks{suffix}"
+    good = Masks({"w": torch.ones(2, 2, dtype=torch.bool)})
+    good.save(path)
+    import numpy.lib.format as npformat
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill would, mid-write
+
+    monkeypatch.setattr(torch, "save", boom)
+    monkeypatch.setattr(npformat, "write_array", boom)
+    with pytest.raises(KeyboardInterrupt):
+        Masks({"w": torch.zeros(2, 2, dtype=torch.bool)}).save(path)
+    monkeypatch.undo()
+    assert torch.equal(topo_pai.load_masks(path)["w"], good["w"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary left
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npz"])
+def test_round_trips_keep_0d_shapes_and_npy_suffixed_names(tmp_path, suffix):
+    masks = Masks({"a": torch.ones(1, 2, dtype=torch.bool),
+                   "a.npy": torch.zeros(1, 2, dtype=torch.bool),
+                   "scalar": torch.tensor(True)})
+    back = topo_pai.load_masks(masks.save(tmp_path / f"m{suffix}"))
+    assert all(torch.equal(back[k], masks[k]) for k in masks)
+    assert back["scalar"].shape == ()
+
+
+def test_masks_on_parameters_that_are_not_weights_are_skipped_with_a_warning(tmp_path):
+    """A bias pruned with torch.nn.utils.prune made from_torch(model, None) refuse the
+    model ("'0.bias' ... Drop it"), a key the user never gave."""
+    from torch.nn.utils import prune as torch_prune
+
+    net = _two_linears()
+    torch_prune.random_unstructured(net[0], "weight", amount=0.5)
+    torch_prune.random_unstructured(net[0], "bias", amount=0.5)
+    with pytest.warns(UserWarning, match="skipped the masks of '0.bias'"):
+        topo = topo_pai.from_torch(net, None, input_shape=(4,))
+    assert topo.count_paths().exact > 0
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    with pytest.warns(UserWarning, match="skipped the masks of '0.bias'"):
+        loaded = topo_pai.load_masks(tmp_path / "sd.pt", model=_two_linears())
+    assert set(loaded) == {"0.weight"}
+
+
+def test_more_mistakes_are_named(tmp_path):
+    q = torch.quantize_per_tensor(torch.ones(2, 2), 1.0, 0, torch.quint8)
+    with pytest.raises(MaskError, match="dtype torch.quint8, which numpy cannot hold"):
+        Masks({"w": q})
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(MaskError, match="is a directory, not a masks file"):
+        topo_pai.load_masks(tmp_path / "d.npz")
+    with pytest.raises(IsADirectoryError, match="it is a directory"):
+        Masks({"w": torch.ones(1, dtype=torch.bool)}).save(tmp_path / "d.npz")
+    with torch.device("meta"):
+        net = _two_linears()
+    topo_pai.apply_masks(net, {"0.weight": torch.ones(3, 4, dtype=torch.bool)}, method="prune")
+    with pytest.raises(MaskError, match="on the meta device"):
+        topo_pai.read_masks(net)

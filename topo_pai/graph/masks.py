@@ -22,7 +22,13 @@ from topo_pai.kernels.matvec import (
     dense_rmatvec,
 )
 from topo_pai.kernels.multiplicity import counts_csr, kernel_csr
-from topo_pai.masks.validate import bad_value, check_keys, check_shape, numeric_array
+from topo_pai.masks.validate import (
+    bad_value,
+    check_keys,
+    check_shape,
+    numeric_array,
+    without_unprunable,
+)
 
 #: A layer's multiplicity matrix is kept as dense per-kernel counts (no index
 #: arrays) when at least this fraction of its kernels is non-empty: a dense entry
@@ -144,7 +150,7 @@ def attached_masks(model) -> dict:
                     for extra in held[1:]:
                         prod = prod & extra.bool()
                     found[prefix + tensor_name] = prod
-    return found
+    return without_unprunable(found, model, "masks attached to the model")
 
 
 def _flat_numpy(name: str, m) -> np.ndarray:

@@ -9,8 +9,10 @@ without topo_pai: ``torch.load(path, weights_only=True)`` or ``numpy.load(path)`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,15 +42,32 @@ def write(arrays: Mapping[str, np.ndarray], path) -> Path:
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write masks to {str(path)!r}: directory "
                                 f"{str(path.parent)!r} does not exist; create it first")
-    if suffix == ".npz":
-        # Written entry by entry (as numpy.savez does) so that no mask name can clash
-        # with a keyword of numpy.savez.
-        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for name, arr in arrays.items():
-                with zf.open(name + ".npy", "w", force_zip64=True) as f:
-                    np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
-    else:
-        torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write masks to {str(path)!r}: it is a directory; "
+                                "name a file in it")
+    # np.require keeps a 0-d array 0-d (np.ascontiguousarray makes it 1-d)
+    arrays = {k: np.require(v, requirements="C") for k, v in arrays.items()}
+    # Written next to the target and moved onto it: a kill mid-write leaves the previous
+    # file (or none), never a truncated one under the final name.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if suffix == ".npz":
+                # Written entry by entry (as numpy.savez does) so that no mask name can
+                # clash with a keyword of numpy.savez.
+                with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                    for name, arr in arrays.items():
+                        with zf.open(name + ".npy", "w", force_zip64=True) as f:
+                            np.lib.format.write_array(f, arr, allow_pickle=False)
+            else:
+                torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 
@@ -70,6 +89,8 @@ def _parametrized(key: str) -> bool:
 
 def _read_raw(path):
     suffix = check_suffix(path)
+    if Path(os.fspath(path)).is_dir():
+        raise MaskError(f"{os.fspath(path)!r} is a directory, not a masks file")
     if suffix == ".npz":
         if Path(os.fspath(path)).is_file() and not zipfile.is_zipfile(os.fspath(path)):
             raise MaskError(f"{os.fspath(path)!r} is not an .npz file (numpy.savez writes a zip "
@@ -78,7 +99,11 @@ def _read_raw(path):
             with np.load(os.fspath(path), allow_pickle=False) as z:
                 other = [k for k in z.zip.namelist() if not k.endswith(".npy")]
                 if not other:
-                    return {k: z[k] for k in z.files}
+                    # by the archive's own entry names: z["a.npy"] would read entry "a.npy",
+                    # which holds the array named "a", not the one named "a.npy"
+                    return {n[:-len(".npy")]: np.lib.format.read_array(z.zip.open(n),
+                                                                       allow_pickle=False)
+                            for n in z.zip.namelist()}
         except ValueError as exc:
             raise MaskError(f"{os.fspath(path)!r} holds something other than plain arrays: "
                             f"{exc}") from exc
@@ -170,21 +195,28 @@ def _from_parametrize(raw: dict, source: str) -> dict:
     for prefix, original in originals.items():
         owner, _, tensor = ("." + prefix).partition(_PARAMETRIZED)
         base = f"{owner[1:]}.{tensor}" if owner else tensor  # the model itself: no owner
+        # a mask: a 0/1 tensor of the original's shape (WeightMask's "mask" buffer); other
+        # parametrisations (spectral_norm's vectors, orthogonal's base) are not masks
         held = [k for k in raw if k.startswith(prefix + ".") and k != prefix + ".original"
                 and isinstance(raw[k], (torch.Tensor, np.ndarray))
-                and tuple(raw[k].shape) == tuple(original.shape)]
-        if not held:
-            raise MaskError(f"{source}: key '{prefix}.original' is a parametrised tensor whose "
-                            f"parametrisations hold no mask of its shape, so its pruned entries "
-                            f"are unknown (format guessed: {FORMAT_PARAMETRIZE}); save the "
-                            "masks themselves (topo_pai.save_masks(topo_pai.read_masks(model), "
-                            "path))")
+                and tuple(raw[k].shape) == tuple(original.shape) and _zero_one(raw[k])]
+        if not held:  # parametrised, not masked: dense
+            continue
         mask = None
         for k in held:
             m = _mask_or_error(k, raw[k], source, FORMAT_PARAMETRIZE)
             mask = m if mask is None else mask & m
         out[base] = mask
     return out
+
+
+def _zero_one(t) -> bool:
+    """Whether every entry of the tensor or array ``t`` is 0 or 1."""
+    try:
+        t = torch.as_tensor(t) if isinstance(t, np.ndarray) else t.detach()
+    except (TypeError, RuntimeError):  # an array torch cannot hold (objects, strings)
+        return False
+    return not t.is_complex() and bool(((t == 0) | (t == 1)).all())
 
 
 def _from_zeros(raw: dict, source: str) -> dict:
@@ -224,18 +256,32 @@ def masks_from_mapping(raw, *, from_zeros: bool = False, source: str = "masks") 
         fmt = FORMAT_ZEROS
     raw = _tensor_entries(raw, source, fmt)
     if fmt in (FORMAT_PRUNE, FORMAT_PARAMETRIZE):
-        out = (_from_prune if fmt == FORMAT_PRUNE else _from_parametrize)(raw, source)
+        out = _from_prune(raw, source) if fmt == FORMAT_PRUNE else {}
+        if any(_parametrized(k) for k in raw):  # a model may mix both ways of masking
+            for key, m in _from_parametrize(raw, source).items():
+                if key in out:
+                    raise MaskError(f"{source}: '{key}' is masked twice, by *_orig/*_mask keys "
+                                    "and by a parametrisation; keep one")
+                out[key] = m
+        if not out:  # parametrisations, none of them a mask: not a masks file
+            first = next((k for k in raw if _parametrized(k) and k.endswith(".original")),
+                         next(k for k in raw if _parametrized(k)))
+            raise MaskError(f"{source}: key '{first}' is a parametrised tensor whose "
+                            "parametrisations hold no mask of its shape, and no other weight "
+                            f"is masked, so the file holds no masks (format guessed: {fmt}); "
+                            "save the masks themselves (topo_pai.save_masks("
+                            "topo_pai.read_masks(model), path))")
         if from_zeros:  # the state_dict's other weights (e.g. pruned, then prune.remove'd)
             rest = {k: v for k, v in raw.items() if not _in_reparametrization(k, raw)}
             out.update({k: m for k, m in _from_zeros(rest, source).items() if k not in out})
         return out
-    if fmt == FORMAT_ZEROS:
-        return _from_zeros(raw, source)
     nested = next((k for k, v in raw.items() if isinstance(v, Mapping)), None)
     if nested is not None:
         raise MaskError(f"{source}: key {nested!r} holds a mapping, not a mask: a checkpoint "
                         "that keeps the weights or masks under a key? Save that mapping itself "
                         f"(e.g. torch.save(checkpoint[{nested!r}], path)) and load that")
+    if fmt == FORMAT_ZEROS:
+        return _from_zeros(raw, source)
     hint = ("; if these are weights whose zeros are the pruned entries, pass from_zeros=True "
             "(--masks-from-zeros on the command line)")
     return {name: _mask_or_error(name, m, source, fmt, hint) for name, m in raw.items()}

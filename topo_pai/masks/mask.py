@@ -23,6 +23,7 @@ from topo_pai.masks.validate import (
     mask_array,
     model_weights,
     parameter_names,
+    without_unprunable,
 )
 
 
@@ -191,7 +192,7 @@ class Masks(dict):
         if model is None:
             return cls._trusted({k: _torch().from_numpy(v) for k, v in arrays.items()})
         try:
-            return cls(arrays, model=model)
+            return cls(without_unprunable(arrays, model, repr(os.fspath(path))), model=model)
         except MaskError as exc:
             raise MaskError(f"{os.fspath(path)!r}: {exc}") from None
 

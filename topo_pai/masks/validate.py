@@ -69,7 +69,11 @@ def numeric_array(name: str, m, what: str = "mask") -> np.ndarray:
         if t.is_complex():
             raise MaskError(f"{what} for '{name}' is complex; give real numbers (a mask "
                             "holds only 0 and 1)")
-        arr = t.numpy()
+        try:
+            arr = t.numpy()
+        except TypeError as exc:  # quantized and float8 dtypes have no numpy dtype
+            raise MaskError(f"{what} for '{name}' has dtype {t.dtype}, which numpy cannot "
+                            "hold; give a bool, integer or float tensor") from exc
     elif isinstance(m, np.ndarray):
         arr = m
     else:
@@ -135,6 +139,24 @@ def parameter_names(model) -> set[str]:
     suffix removed (so a pruned weight is known by its own name)."""
     names = {name for name, _ in model.named_parameters()}
     return names | {name.removesuffix("_orig") for name in names}
+
+
+def without_unprunable(masks: Mapping, model, source: str) -> dict:
+    """``masks`` without the keys that name a parameter of ``model`` that is not a prunable
+    weight (a bias or an Embedding pruned with ``torch.nn.utils.prune``, zeros of a norm
+    weight read with ``from_zeros``), with a warning naming them: they carry no edges, and
+    the user did not name them. Other keys are left for :func:`check_keys` to judge."""
+    import warnings
+
+    prunable = {param_name(n) for n in prunable_modules(model)}
+    params = {n.removesuffix("_orig") for n, _ in model.named_parameters()}
+    params |= {n.replace(".parametrizations.", ".").removesuffix(".original")
+               for n in params if ".parametrizations." in "." + n}
+    skipped = sorted(k for k in masks if k not in prunable and k in params)
+    if skipped:
+        warnings.warn(f"{source}: skipped the masks of {', '.join(map(repr, skipped))}: not "
+                      "Linear or Conv weights, so they carry no edges", stacklevel=3)
+    return {k: v for k, v in masks.items() if k not in skipped}
 
 
 def check_keys(keys, prunable, param_names) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import torch
 
+from topo_pai.errors import MaskError
 from topo_pai.masks.mask import Masks
 from topo_pai.pruners.targets import prunable_targets
 
@@ -143,15 +144,18 @@ def apply_masks(model, masks: Mapping, method: str = "prune"):
     checked = Masks(masks, model=model)  # a copy: the model never shares the caller's tensors
     by_param = _modules_by_param(model)
     prepared = []
-    for name, m in checked.items():
+    for name, m in checked.items():  # validate everything before touching the model
         _, mod = by_param[name]
+        if parametrize.is_parametrized(mod, "weight") and not all(
+                _is_weight_mask(p) for p in mod.parametrizations["weight"]):
+            # replacing the mask would strip the whole chain, the other one included
+            raise ValueError(f"'{name}' already has a parametrisation that is not a topo_pai "
+                             "mask; remove it first (torch.nn.utils.parametrize."
+                             "remove_parametrizations)")
         w = getattr(mod, "weight_orig", None)
         prepared.append((mod, m.to(device=(w if w is not None else mod.weight).device)))
-    for mod, mask in prepared:  # validate everything before touching the model
+    for mod, mask in prepared:
         kind = _mask_kind(mod)
-        if kind is None and parametrize.is_parametrized(mod, "weight"):
-            raise ValueError("the weight already has a parametrisation that is not a topo_pai "
-                             "mask; remove it first")
         if kind is not None:
             strip_reparametrization(mod, keep_mask=False)
         if method == "prune":
@@ -209,6 +213,13 @@ def read_masks(model) -> Masks:
     out = {}
     for name, (_, mod) in _modules_by_param(model).items():
         kind = _mask_kind(mod)
+        if kind is not None:  # a mask on the meta device has no values to read
+            held = mod.weight_mask if kind == "prune" else next(
+                p.mask for p in mod.parametrizations["weight"] if _is_weight_mask(p))
+            if held.device.type == "meta":
+                raise MaskError(f"the mask of '{name}' is on the meta device, so it holds no "
+                                "values; materialise the model first (e.g. "
+                                "model.to_empty(device='cpu')) and attach the masks again")
         if kind == "prune":
             out[name] = mod.weight_mask.detach().cpu() != 0
         elif kind == "parametrize":
