@@ -429,7 +429,7 @@ class Topology:
         engine = self.engine(resolution)
         check_flow_factors(self.program)  # |c| past 2**900 would overflow the scaled flows
         prepared = self._edge_weights(weights)
-        return Flows(self, engine.with_weights([prepared.flat[x.param] for x in self.program.layers]))
+        return Flows(self, engine.with_weights([prepared.flat[x.param] for x in self.layers]))
 
     def layer_input_counts(self, layer: int, resolution: str = "channel") -> NodeCounts:
         """Paths from the network input into each input unit of ``layer`` (an index
@@ -838,9 +838,8 @@ def from_torch(model, masks: Mapping[str, Any] | None = None, input_shape=None, 
         ``"layer1.0.conv1.weight"``) to a 0/1 tensor or array of that shape. If
         ``None``, the masks attached by ``torch.nn.utils.prune`` (or by
         :func:`topo_pai.apply_masks`, either method) are used. A
-        prunable weight without a mask is dense; a mask given as ``None``, sparse or
-        on the meta device is an error. Masks are copied, not kept; given masks
-        replace attached ones (:func:`topo_pai.compact` applies both).
+        prunable weight without a mask is dense; a mask given as ``None``, sparse or on
+        the meta device is an error. Masks are copied; given ones replace attached ones.
     input_shape : tuple of int
         Shape of one input sample, without the batch dimension, e.g. ``(3, 32, 32)``.
     index_dtype : {None, numpy.int32, numpy.int64}
