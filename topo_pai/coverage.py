@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass
 
 from topo_pai.errors import UncoveredWeightsWarning
-from topo_pai.graph.modules import param_name, prunable_modules
+from topo_pai.graph.modules import param_name, prunable_modules, user_param_name
 
 
 @dataclass(frozen=True)
@@ -42,18 +42,6 @@ class Uncovered:
                 f"leave them out: {listed}{more}")
 
 
-def _canonical(name: str) -> str:
-    """A parameter's name as users know it: the stored original of a pruned
-    (``w_orig``) or parametrised (``m.parametrizations.w.original``) tensor is ``w``."""
-    owner, sep, rest = name.partition(".parametrizations.")
-    if sep:
-        tensor = rest.split(".")[0]
-        return f"{owner}.{tensor}" if owner else tensor
-    if owner.startswith("parametrizations."):  # the model itself is parametrised
-        return owner.split(".")[1]
-    return name.removesuffix("_orig")
-
-
 def uncovered_weights(model) -> Uncovered:
     """Parameters of two or more dimensions that are not the weight of a Linear or
     Conv1d/Conv2d module, with their element counts.
@@ -76,7 +64,7 @@ def uncovered_weights(model) -> Uncovered:
     names: dict[int, list[str]] = {}  # every name of each tensor: a tied one has several
     params = {}
     for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(_canonical(name))
+        names.setdefault(id(p), []).append(user_param_name(name))
         params[id(p)] = p
     tensors, total = {}, 0
     for key, p in params.items():

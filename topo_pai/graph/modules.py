@@ -55,6 +55,24 @@ def param_name(module_name: str) -> str:
     return f"{module_name}.weight" if module_name else "weight"
 
 
+def user_param_name(name: str) -> str:
+    """A parameter's name as users know it: the stored original of a pruned
+    (``w_orig``) or parametrised (``m.parametrizations.w.original``) tensor is ``w``.
+
+    >>> user_param_name("fc.weight_orig"), user_param_name("fc.parametrizations.weight.original")
+    ('fc.weight', 'fc.weight')
+    >>> user_param_name("parametrizations.weight.original0")  # the model itself
+    'weight'
+    """
+    owner, sep, rest = name.partition(".parametrizations.")
+    if sep:
+        tensor = rest.split(".")[0]
+        return f"{owner}.{tensor}" if owner else tensor
+    if owner.startswith("parametrizations."):  # the model itself is parametrised
+        return owner.split(".")[1]
+    return name.removesuffix("_orig")
+
+
 def prunable_modules(model) -> dict[str, Any]:
     """Modules whose ``weight`` carries edges: Linear, Conv1d and Conv2d."""
     import torch

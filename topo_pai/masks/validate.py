@@ -15,7 +15,13 @@ import numpy as np
 
 from topo_pai.errors import MaskError
 from topo_pai.graph.ir import MAX_FLOW_WEIGHT
-from topo_pai.graph.modules import check_untied, param_name, prunable_modules, weight_shape
+from topo_pai.graph.modules import (
+    check_untied,
+    param_name,
+    prunable_modules,
+    user_param_name,
+    weight_shape,
+)
 
 
 def _torch():
@@ -149,9 +155,7 @@ def without_unprunable(masks: Mapping, model, source: str) -> dict:
     import warnings
 
     prunable = {param_name(n) for n in prunable_modules(model)}
-    params = {n.removesuffix("_orig") for n, _ in model.named_parameters()}
-    params |= {n.replace(".parametrizations.", ".").removesuffix(".original")
-               for n in params if ".parametrizations." in "." + n}
+    params = {user_param_name(n) for n, _ in model.named_parameters()}
     skipped = sorted(k for k in masks if k not in prunable and k in params)
     if skipped:
         warnings.warn(f"{source}: skipped the masks of {', '.join(map(repr, skipped))}: not "
@@ -168,8 +172,7 @@ def check_keys(keys, prunable, param_names) -> None:
             continue
         # "." + key: a root module's parametrized keys start with "parametrizations."
         if isinstance(key, str) and (key.endswith("_orig") or ".parametrizations." in "." + key):
-            base = ("." + key).replace(".parametrizations.", ".")[1:].removesuffix("_orig")
-            base = base.removesuffix(".original")
+            base = user_param_name(key)
             raise MaskError(f"mask key '{key}' names a re-parametrised tensor; use the weight's "
                             f"name '{base}' instead")
         if key in param_names:
